@@ -1,0 +1,104 @@
+//! Why the program decided what it did, and what that decision was.
+
+/// What happens to a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pass,
+    Drop,
+}
+
+impl Action {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Drop => "drop",
+        }
+    }
+}
+
+/// The reason behind every verdict; each exit path of the program counts under exactly one.
+/// The discriminant is the index into the counters map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A parsed IP packet that matched nothing.
+    NoMatch = 0,
+    /// The source is on the allowlist.
+    Allowlisted = 1,
+    /// The source is covered by an unexpired manual ban.
+    ManualBan = 2,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    NotIp = 3,
+    /// A truncated frame or an invalid IP or L4 header.
+    Malformed = 4,
+    /// Headers deeper than the parser walks: more than two VLAN tags, or an IPv6
+    /// extension-header chain longer than [`crate::MAX_IPV6_EXT_HEADERS`]. An IPv6 source is
+    /// still checked against the allowlist and bans first.
+    Unparsed = 5,
+}
+
+impl Reason {
+    /// Number of counter slots.
+    pub const COUNT: u32 = 6;
+
+    /// All reasons, by index.
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::NoMatch,
+        Reason::Allowlisted,
+        Reason::ManualBan,
+        Reason::NotIp,
+        Reason::Malformed,
+        Reason::Unparsed,
+    ];
+
+    pub const fn action(self) -> Action {
+        match self {
+            Reason::ManualBan => Action::Drop,
+            Reason::NoMatch
+            | Reason::Allowlisted
+            | Reason::NotIp
+            | Reason::Malformed
+            | Reason::Unparsed => Action::Pass,
+        }
+    }
+
+    /// The label used in `blocker status` and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NoMatch => "no_match",
+            Reason::Allowlisted => "allowlisted",
+            Reason::ManualBan => "manual_ban",
+            Reason::NotIp => "not_ip",
+            Reason::Malformed => "malformed",
+            Reason::Unparsed => "unparsed",
+        }
+    }
+}
+
+/// One counter slot: packets and bytes (the whole frame, as the driver saw it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_indexed_by_discriminant() {
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index, "{}", reason.name());
+        }
+    }
+
+    #[test]
+    fn only_bans_drop() {
+        for reason in Reason::ALL {
+            let drops = matches!(reason, Reason::ManualBan);
+            assert_eq!(reason.action() == Action::Drop, drops, "{}", reason.name());
+        }
+    }
+}

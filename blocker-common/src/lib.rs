@@ -1,0 +1,11 @@
+//! Everything the XDP program and userspace must agree on: map names, key and value layouts,
+//! counter indices, limits, and the pure decision functions both sides run.
+#![no_std]
+
+pub mod counters;
+pub mod maps;
+pub mod verdict;
+
+pub use counters::{Action, Counter, Reason};
+pub use maps::*;
+pub use verdict::ban_is_active;

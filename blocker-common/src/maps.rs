@@ -1,0 +1,59 @@
+//! Map names and the layouts of their keys and values.
+//!
+//! Names are at most 15 bytes: the kernel truncates longer object names.
+
+/// Manual IPv4 bans: LPM trie keyed by `Key<[u8; 4]>`, value [`BanValue`].
+pub const MAP_BAN_V4: &str = "BAN_V4";
+/// Manual IPv6 bans: LPM trie keyed by `Key<[u8; 16]>`, value [`BanValue`].
+pub const MAP_BAN_V6: &str = "BAN_V6";
+/// IPv4 allowlist: LPM trie keyed by `Key<[u8; 4]>`, value [`AllowValue`].
+pub const MAP_ALLOW_V4: &str = "ALLOW_V4";
+/// IPv6 allowlist: LPM trie keyed by `Key<[u8; 16]>`, value [`AllowValue`].
+pub const MAP_ALLOW_V6: &str = "ALLOW_V6";
+/// Per-CPU packet and byte counters indexed by [`crate::Reason`].
+pub const MAP_COUNTERS: &str = "COUNTERS";
+
+/// Every map the XDP program declares, in the order `blocker status` reports them.
+pub const ALL_MAPS: [&str; 5] = [
+    MAP_BAN_V4,
+    MAP_BAN_V6,
+    MAP_ALLOW_V4,
+    MAP_ALLOW_V6,
+    MAP_COUNTERS,
+];
+
+/// The name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "blocker";
+
+/// How many IPv6 extension headers the parser walks before giving up on the L4 header.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// Default capacities; `blocker load --config` may override them.
+pub const DEFAULT_BAN_V4_CAPACITY: u32 = 1 << 20;
+pub const DEFAULT_BAN_V6_CAPACITY: u32 = 1 << 18;
+pub const DEFAULT_ALLOW_CAPACITY: u32 = 1 << 16;
+
+/// A manual ban. Kept to 4 bytes with 4-byte alignment because the kernel stores an LPM trie
+/// value right after the key data, which is only 4-byte aligned for IPv4 keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BanValue {
+    /// Expiry in whole seconds of CLOCK_BOOTTIME (which keeps counting through suspend);
+    /// [`BAN_PERMANENT`] means never.
+    pub expires_at_s: u32,
+}
+
+/// `BanValue::expires_at_s` of a ban that never expires.
+pub const BAN_PERMANENT: u32 = 0;
+
+/// An allowlist entry carries no data in the kernel; its reason lives in the state file.
+pub type AllowValue = u8;
+/// The value stored for every allowlist entry.
+pub const ALLOW_PRESENT: AllowValue = 1;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data with no padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::BanValue {}
+    unsafe impl aya::Pod for crate::Counter {}
+}

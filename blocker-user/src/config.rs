@@ -1,0 +1,104 @@
+//! The TOML config file read by `blocker load --config`. Every key is optional; a missing file
+//! argument means the built-in defaults.
+
+use std::path::Path;
+
+use blocker_common::{DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY};
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub maps: MapCapacities,
+}
+
+/// Capacities of the maps that never evict; they are fixed when the maps are created.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapCapacities {
+    pub ban_v4: u32,
+    pub ban_v6: u32,
+    pub allow: u32,
+}
+
+impl Default for MapCapacities {
+    fn default() -> Self {
+        Self {
+            ban_v4: DEFAULT_BAN_V4_CAPACITY,
+            ban_v6: DEFAULT_BAN_V6_CAPACITY,
+            allow: DEFAULT_ALLOW_CAPACITY,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file; errors name the line.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|err| Error::InvalidConfig {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })?;
+        Self::parse(&text).map_err(|message| Error::InvalidConfig {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses config text; the error is one line: `line N: what is wrong`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Config = toml::from_str(text).map_err(|err| {
+            let line = err
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1);
+            let message = err.message().replace('\n', " ");
+            match line {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            }
+        })?;
+        let maps = &config.maps;
+        for (key, value) in [
+            ("ban_v4", maps.ban_v4),
+            ("ban_v6", maps.ban_v6),
+            ("allow", maps.allow),
+        ] {
+            if value == 0 {
+                return Err(format!("[maps] {key} must be at least 1"));
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        assert_eq!(Config::default().maps.ban_v4, 1 << 20);
+    }
+
+    #[test]
+    fn capacities_can_be_set() {
+        let config = Config::parse("[maps]\nban_v4 = 16\nallow = 8\n").unwrap();
+        assert_eq!(config.maps.ban_v4, 16);
+        assert_eq!(config.maps.allow, 8);
+        assert_eq!(config.maps.ban_v6, DEFAULT_BAN_V6_CAPACITY);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let err = Config::parse("[maps]\nban_v4 = 16\nbogus = 1\n").unwrap_err();
+        assert!(err.starts_with("line 3:"), "{err}");
+        assert!(!err.contains('\n'));
+        let err = Config::parse("[maps]\nban_v4 = \"many\"\n").unwrap_err();
+        assert!(err.starts_with("line 2:"), "{err}");
+        let err = Config::parse("[maps]\nallow = 0\n").unwrap_err();
+        assert!(err.contains("allow must be at least 1"), "{err}");
+    }
+}

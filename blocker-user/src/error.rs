@@ -1,0 +1,84 @@
+//! The library's error type. Each variant is either bad input (exit code 2, nothing changed)
+//! or a runtime failure (exit code 1) whose message says what to do.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid address or CIDR: {0:?}")]
+    InvalidAddress(String),
+    #[error("invalid duration {0:?}: use a positive number with a unit, like 90s, 10m, 24h or 7d")]
+    InvalidDuration(String),
+    #[error("{path}:{line}: {message}")]
+    InvalidListLine {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("cannot read {path}: {message}")]
+    UnreadableInput { path: String, message: String },
+    #[error("invalid config {path}: {message}")]
+    InvalidConfig { path: PathBuf, message: String },
+    #[error("interface {0:?} does not exist")]
+    NoSuchInterface(String),
+    #[error("this needs root (CAP_BPF and CAP_NET_ADMIN): run it with sudo")]
+    NotRoot,
+    #[error("{0} is not on a bpf filesystem: mount it with `mount -t bpf bpf /sys/fs/bpf`")]
+    NoBpffs(PathBuf),
+    #[error("blocker is not loaded (no pins in {0}): run blocker load --iface IF")]
+    NotLoaded(PathBuf),
+    #[error("blocker is already loaded on {0}: run blocker unload --iface {0} first")]
+    AlreadyLoaded(String),
+    #[error("blocker is not loaded on {0}")]
+    NotLoadedOn(String),
+    #[error("map {map} is full ({capacity} entries): nothing was changed; remove entries or raise its capacity in the config and reload")]
+    MapFull { map: &'static str, capacity: u32 },
+    #[error("state file {path}: {message}")]
+    State { path: PathBuf, message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{context}: {source}")]
+    Map {
+        context: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("loading the XDP program: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("{context}: {source}")]
+    Program {
+        context: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+impl Error {
+    /// Bad input from the user: the command changed nothing and exits with code 2.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidAddress(_)
+                | Error::InvalidDuration(_)
+                | Error::InvalidListLine { .. }
+                | Error::UnreadableInput { .. }
+                | Error::InvalidConfig { .. }
+        )
+    }
+
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    pub(crate) fn map(context: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Error {
+        let context = context.into();
+        move |source| Error::Map { context, source }
+    }
+}

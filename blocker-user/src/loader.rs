@@ -1,0 +1,211 @@
+//! Loading the XDP program, attaching it to an interface and pinning it; and the reverse.
+
+use std::{fs, path::Path};
+
+use aya::{
+    programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use blocker_common::{ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, PROGRAM_NAME};
+use tracing::warn;
+
+use crate::{
+    config::Config,
+    pins::{require_root, AttachMode, Attachment, PinDir},
+    store, Error, Result, EBPF_OBJECT,
+};
+
+/// The attach mode a user asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeChoice {
+    /// Native, falling back to skb (with a warning) when the driver has no XDP support.
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+/// What `load` did.
+#[derive(Debug)]
+pub struct Loaded {
+    pub attachment: Attachment,
+    /// How many bans and allowlist entries were restored from the state file; `None` when the
+    /// maps already existed (another interface shares them).
+    pub restored: Option<usize>,
+    /// The loaded program, for callers that stay in the foreground (its log buffer).
+    pub ebpf: Ebpf,
+}
+
+/// Loads the program, restores the state file into fresh maps, attaches to `iface` and pins
+/// the maps and the link, so blocking goes on after this process exits.
+pub fn load(
+    pins: &PinDir,
+    state_path: &Path,
+    iface: &str,
+    mode: ModeChoice,
+    config: &Config,
+) -> Result<Loaded> {
+    require_root()?;
+    pins.require_bpffs()?;
+    let if_index = nix::net::if_::if_nametoindex(iface)
+        .map_err(|_| Error::NoSuchInterface(iface.to_string()))?;
+    pins.create()?;
+    let lock = pins.lock()?;
+    if pins.attachments()?.iter().any(|a| a.iface == iface) {
+        return Err(Error::AlreadyLoaded(iface.to_string()));
+    }
+    let fresh = !pins.maps_pinned();
+
+    let mut loader = EbpfLoader::new();
+    let map_paths: Vec<_> = ALL_MAPS
+        .iter()
+        .map(|name| (*name, pins.map_path(name)))
+        .collect();
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let capacities = &config.maps;
+    loader
+        .map_max_entries(MAP_BAN_V4, capacities.ban_v4)
+        .map_max_entries(MAP_BAN_V6, capacities.ban_v6)
+        .map_max_entries(MAP_ALLOW_V4, capacities.allow)
+        .map_max_entries(MAP_ALLOW_V6, capacities.allow);
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+
+    let result = restore_and_attach(pins, state_path, iface, if_index, mode, fresh, &mut ebpf);
+    drop(lock);
+    if result.is_err() && fresh {
+        // Leave nothing behind that would make the next load think maps are in use.
+        remove_map_pins(pins);
+    }
+    let (attachment, restored) = result?;
+    Ok(Loaded {
+        attachment,
+        restored,
+        ebpf,
+    })
+}
+
+fn restore_and_attach(
+    pins: &PinDir,
+    state_path: &Path,
+    iface: &str,
+    if_index: u32,
+    mode: ModeChoice,
+    fresh: bool,
+    ebpf: &mut Ebpf,
+) -> Result<(Attachment, Option<usize>)> {
+    // Restore before attaching, so no banned packet passes in between.
+    let restored = if fresh {
+        Some(store::restore(pins, state_path)?)
+    } else {
+        None
+    };
+    let program_error = |context: &str| {
+        let context = context.to_string();
+        move |source| Error::Program { context, source }
+    };
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or_else(|| Error::Program {
+            context: format!("program {PROGRAM_NAME} is missing from the object"),
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(program_error("program type"))?;
+    program
+        .load()
+        .map_err(program_error("verifying the XDP program"))?;
+
+    let (link_id, attach_mode) = match mode {
+        ModeChoice::Native => (
+            program.attach_to_if_index(if_index, XdpMode::Driver),
+            AttachMode::Native,
+        ),
+        ModeChoice::Skb => (
+            program.attach_to_if_index(if_index, XdpMode::Skb),
+            AttachMode::Skb,
+        ),
+        ModeChoice::Auto => match program.attach_to_if_index(if_index, XdpMode::Driver) {
+            Ok(link) => (Ok(link), AttachMode::Native),
+            Err(err) => {
+                warn!("native XDP on {iface} failed ({err}); falling back to skb (generic) mode, which is slower");
+                (
+                    program.attach_to_if_index(if_index, XdpMode::Skb),
+                    AttachMode::Skb,
+                )
+            }
+        },
+    };
+    let link_id = link_id.map_err(|source| Error::Program {
+        context: format!(
+            "attaching to {iface} in {} mode (is another XDP program attached? `ip link show {iface}`)",
+            attach_mode.name()
+        ),
+        source,
+    })?;
+    let link = program
+        .take_link(link_id)
+        .map_err(program_error("taking the XDP link"))?;
+    let link = FdLink::try_from(link).map_err(|err| Error::Program {
+        context: format!("this kernel cannot pin XDP links (bpf_link needs Linux 5.9+): {err}"),
+        source: aya::programs::ProgramError::NotLoaded,
+    })?;
+    let attachment = Attachment {
+        iface: iface.to_string(),
+        mode: attach_mode,
+    };
+    let link_path = pins.link_path(&attachment);
+    link.pin(&link_path).map_err(|err| Error::Io {
+        context: format!("pinning the XDP link at {}", link_path.display()),
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    Ok((attachment, restored))
+}
+
+fn remove_map_pins(pins: &PinDir) {
+    for name in ALL_MAPS {
+        let _ = fs::remove_file(pins.map_path(name));
+    }
+}
+
+/// Detaches from `iface` (or every interface) by removing the link pins; once no interface is
+/// left, removes the map pins and the directory. The state file is kept.
+pub fn unload(pins: &PinDir, iface: Option<&str>) -> Result<Vec<Attachment>> {
+    require_root()?;
+    let attached = pins.attachments()?;
+    if attached.is_empty() && !pins.maps_pinned() {
+        return Err(Error::NotLoaded(pins.path.clone()));
+    }
+    let _lock = pins.lock()?;
+    let targets: Vec<Attachment> = match iface {
+        Some(iface) => {
+            let found: Vec<_> = attached
+                .iter()
+                .filter(|a| a.iface == iface)
+                .cloned()
+                .collect();
+            if found.is_empty() {
+                return Err(Error::NotLoadedOn(iface.to_string()));
+            }
+            found
+        }
+        None => attached.clone(),
+    };
+    for attachment in &targets {
+        let path = pins.link_path(attachment);
+        let link = PinnedLink::from_pin(&path).map_err(|err| Error::Io {
+            context: format!("opening pinned link {}", path.display()),
+            source: std::io::Error::other(err.to_string()),
+        })?;
+        // Dropping the last reference to the link detaches the program.
+        link.unpin()
+            .map_err(Error::io(format!("removing {}", path.display())))?;
+    }
+    if pins.attachments()?.is_empty() {
+        remove_map_pins(pins);
+        let _ = fs::remove_dir(pins.links_dir());
+        let _ = fs::remove_dir(&pins.path);
+    }
+    Ok(targets)
+}

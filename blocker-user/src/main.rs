@@ -1,0 +1,497 @@
+//! `blocker`: load the XDP blocker onto interfaces and manage its bans and allowlist.
+
+use std::{
+    io::{IsTerminal, Read},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use blocker::{
+    addr::parse_net,
+    clock::parse_duration,
+    config::Config,
+    listfile,
+    loader::{self, ModeChoice},
+    pins::{require_root, PinDir, DEFAULT_PIN_DIR},
+    state::{Entry, State, DEFAULT_STATE_PATH},
+    status,
+    store::Store,
+    Error,
+};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use ipnet::IpNet;
+use jiff::Timestamp;
+use serde::Serialize;
+use tracing::{info, warn};
+
+/// Drops unwanted traffic at the NIC driver with XDP: manual bans of addresses and CIDR ranges
+/// (permanent or temporary, with a reason) and an allowlist that always wins.
+///
+/// Bans are kept in maps pinned in bpffs, so every command works whether or not a daemon runs,
+/// and blocking continues after the command exits. They are also written to a state file, from
+/// which `blocker load` restores them after a reboot.
+///
+/// Examples:
+///   blocker load --iface eth0
+///   blocker ban 203.0.113.7 198.51.100.0/24 --for 24h --reason "ssh brute force"
+///   blocker allow 192.0.2.10 --reason "monitoring"
+///   blocker list --json
+///   blocker status
+#[derive(Parser)]
+#[command(name = "blocker", version, verbatim_doc_comment)]
+struct Cli {
+    /// Directory in bpffs holding the pinned maps and links.
+    #[arg(long, global = true, env = "BLOCKER_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// State file with every ban and allowlist entry, restored by `load`.
+    #[arg(long, global = true, env = "BLOCKER_STATE", default_value = DEFAULT_STATE_PATH)]
+    state: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the XDP program, attach it to an interface and pin it, then restore saved bans.
+    ///
+    /// Example: blocker load --iface eth0 --mode native
+    Load(LoadArgs),
+    /// Load and attach like `load`, stay in the foreground, and detach on Ctrl-C.
+    ///
+    /// Example: blocker run --iface eth0
+    Run {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Leave the program attached and pinned when stopping.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Detach from an interface (or all) and remove the pins; the state file is kept.
+    ///
+    /// Example: blocker unload --iface eth0
+    Unload {
+        #[arg(long)]
+        iface: Option<String>,
+    },
+    /// Show attached interfaces, map usage against capacity and the packet counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban addresses or CIDR ranges; permanent unless --for is given.
+    ///
+    /// Example: blocker ban 203.0.113.7 2001:db8:bad::/48 --for 7d --reason "scanner"
+    Ban {
+        #[arg(required = true, value_name = "ADDR_OR_CIDR")]
+        addrs: Vec<String>,
+        /// How long the ban lasts: 90s, 10m, 24h, 7d.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift bans.
+    ///
+    /// Example: blocker unban 203.0.113.7
+    Unban {
+        #[arg(required = true, value_name = "ADDR_OR_CIDR")]
+        addrs: Vec<String>,
+    },
+    /// Add addresses or ranges to the allowlist, which wins over every ban.
+    ///
+    /// Example: blocker allow 192.0.2.0/24 --reason office; blocker allow --remove 192.0.2.0/24
+    Allow {
+        #[arg(required = true, value_name = "ADDR_OR_CIDR")]
+        addrs: Vec<String>,
+        #[arg(long, conflicts_with = "remove")]
+        reason: Option<String>,
+        /// Remove the entries instead of adding them.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// List bans and allowlist entries.
+    ///
+    /// Example: blocker list bans --json
+    List {
+        #[arg(value_enum)]
+        which: Option<ListWhich>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban every address or range in a file (`-` for stdin): one per line, `# comment` = reason.
+    ///
+    /// Example: blocker import blocklist.txt --for 30d
+    Import {
+        file: PathBuf,
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+    },
+    /// Print the bans in the format `import` reads.
+    Export,
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Network interface to attach to.
+    #[arg(long)]
+    iface: String,
+    #[arg(long, value_enum, default_value_t)]
+    mode: ModeChoice,
+    /// TOML config file; built-in defaults when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ListWhich {
+    Bans,
+    Allow,
+}
+
+/// One row of `blocker list --json`.
+#[derive(Serialize)]
+struct ListRow<'a> {
+    addr: String,
+    kind: &'static str,
+    expires_at: Option<Timestamp>,
+    reason: Option<&'a str>,
+    created_at: Timestamp,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let foreground = matches!(cli.command, Command::Run { .. });
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        );
+    if foreground {
+        subscriber.init();
+    } else {
+        subscriber.without_time().init();
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let bad_input = err.downcast_ref::<Error>().is_some_and(Error::is_bad_input);
+            ExitCode::from(if bad_input { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let pins = PinDir::new(&cli.pin_dir);
+    let state_path = cli.state.as_path();
+    match cli.command {
+        Command::Load(args) => {
+            load(&pins, state_path, &args)?;
+        }
+        Command::Run { load: args, keep } => run_foreground(&pins, state_path, &args, keep)?,
+        Command::Unload { iface } => {
+            for attachment in loader::unload(&pins, iface.as_deref())? {
+                info!("detached from {}", attachment.iface);
+            }
+        }
+        Command::Status { json } => print_status(&pins, json)?,
+        Command::Ban {
+            addrs,
+            duration,
+            reason,
+        } => {
+            let nets = parse_all(&addrs)?;
+            let duration = duration.as_deref().map(parse_duration).transpose()?;
+            require_root()?;
+            let mut store = Store::open(&pins, state_path)?;
+            let expires_at = expiry(store.now.wall, duration)?;
+            store.ban(&nets, expires_at, reason.as_deref());
+            store.commit(|| {})?;
+            for net in &nets {
+                match expires_at {
+                    Some(at) => info!("banned {net} until {at:.0}"),
+                    None => info!("banned {net} permanently"),
+                }
+            }
+        }
+        Command::Unban { addrs } => {
+            let nets = parse_all(&addrs)?;
+            require_root()?;
+            let mut store = Store::open(&pins, state_path)?;
+            let missing = store.unban(&nets);
+            store.commit(|| {})?;
+            report_removed(&nets, &missing, "banned");
+        }
+        Command::Allow {
+            addrs,
+            reason,
+            remove,
+        } => {
+            let nets = parse_all(&addrs)?;
+            require_root()?;
+            let mut store = Store::open(&pins, state_path)?;
+            if remove {
+                let missing = store.disallow(&nets);
+                store.commit(|| {})?;
+                report_removed(&nets, &missing, "on the allowlist");
+            } else {
+                store.allow(&nets, reason.as_deref());
+                store.commit(|| {})?;
+                for net in &nets {
+                    info!("allowed {net}");
+                }
+            }
+        }
+        Command::List { which, json } => list(state_path, which, json)?,
+        Command::Import { file, duration } => import(&pins, state_path, &file, duration)?,
+        Command::Export => {
+            let state = State::load(state_path)?;
+            let now = Timestamp::now();
+            let live = state.bans.iter().filter(|(_, e)| !e.is_expired(now));
+            print!("{}", listfile::render(live));
+        }
+    }
+    Ok(())
+}
+
+fn load(pins: &PinDir, state_path: &Path, args: &LoadArgs) -> anyhow::Result<loader::Loaded> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let loaded = loader::load(pins, state_path, &args.iface, args.mode, &config)?;
+    info!(
+        "attached to {} in {} mode; pins in {}",
+        loaded.attachment.iface,
+        loaded.attachment.mode.name(),
+        pins.path.display()
+    );
+    if let Some(restored) = loaded.restored {
+        info!("restored {restored} entries from {}", state_path.display());
+    }
+    Ok(loaded)
+}
+
+/// Loads, then stays until Ctrl-C or SIGTERM, relaying the program's log messages.
+fn run_foreground(
+    pins: &PinDir,
+    state_path: &Path,
+    args: &LoadArgs,
+    keep: bool,
+) -> anyhow::Result<()> {
+    let mut loaded = load(pins, state_path, args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let mut logger = aya_log::EbpfLogger::init(&mut loaded.ebpf)
+            .ok()
+            // SAFETY: the AsyncFd owns the logger, so the fd outlives its registration.
+            .and_then(|logger| unsafe { tokio::io::unix::AsyncFd::register(logger) }.ok());
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?;
+        info!("running; Ctrl-C to stop");
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+                ready = async { logger.as_mut()?.readable_mut().await.ok() }, if logger.is_some() => {
+                    if let Some(mut guard) = ready {
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    if keep {
+        info!("leaving the program attached (--keep)");
+    } else {
+        loader::unload(pins, Some(&args.iface))?;
+        info!("detached from {}", args.iface);
+    }
+    Ok(())
+}
+
+/// Parses every argument before anything changes, warning about normalized ones.
+fn parse_all(addrs: &[String]) -> Result<Vec<IpNet>, Error> {
+    addrs
+        .iter()
+        .map(|text| {
+            let parsed = parse_net(text)?;
+            if let Some(given) = parsed.normalized_from {
+                warn!("{given} has host bits set; using {}", parsed.net);
+            }
+            Ok(parsed.net)
+        })
+        .collect()
+}
+
+fn expiry(now: Timestamp, duration: Option<Duration>) -> Result<Option<Timestamp>, Error> {
+    duration
+        .map(|duration| {
+            jiff::SignedDuration::try_from(duration)
+                .ok()
+                .and_then(|d| now.checked_add(d).ok())
+                .ok_or_else(|| {
+                    Error::InvalidDuration(humantime::format_duration(duration).to_string())
+                })
+        })
+        .transpose()
+}
+
+fn report_removed(nets: &[IpNet], missing: &[IpNet], what: &str) {
+    for net in nets {
+        if missing.contains(net) {
+            warn!("{net} was not {what}");
+        } else {
+            info!("removed {net}");
+        }
+    }
+}
+
+fn print_status(pins: &PinDir, json: bool) -> anyhow::Result<()> {
+    let status = status::read(pins)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("pin dir: {}", status.pin_dir);
+    if status.interfaces.is_empty() {
+        println!("interfaces: none attached");
+    }
+    for attachment in &status.interfaces {
+        println!(
+            "interface {} ({} mode)",
+            attachment.iface,
+            attachment.mode.name()
+        );
+    }
+    println!("\n{:<10} {:>10} {:>10}", "map", "entries", "capacity");
+    for map in &status.maps {
+        println!("{:<10} {:>10} {:>10}", map.name, map.entries, map.capacity);
+    }
+    println!(
+        "\n{:<6} {:<12} {:>12} {:>14}",
+        "action", "reason", "packets", "bytes"
+    );
+    for row in &status.counters {
+        println!(
+            "{:<6} {:<12} {:>12} {:>14}",
+            row.action, row.reason, row.packets, row.bytes
+        );
+    }
+    Ok(())
+}
+
+fn list(state_path: &Path, which: Option<ListWhich>, json: bool) -> anyhow::Result<()> {
+    let state = State::load(state_path)?;
+    let now = Timestamp::now();
+    fn row<'a>(net: &IpNet, entry: &'a Entry, is_allow: bool) -> ListRow<'a> {
+        ListRow {
+            addr: net.to_string(),
+            kind: match (is_allow, entry.expires_at) {
+                (true, _) => "allow",
+                (false, None) => "permanent",
+                (false, Some(_)) => "temporary",
+            },
+            expires_at: entry.expires_at,
+            reason: entry.reason.as_deref(),
+            created_at: entry.created_at,
+        }
+    }
+    let mut rows = Vec::new();
+    if which != Some(ListWhich::Allow) {
+        rows.extend(
+            state
+                .bans
+                .iter()
+                .filter(|(_, e)| !e.is_expired(now))
+                .map(|(net, e)| row(net, e, false)),
+        );
+    }
+    if which != Some(ListWhich::Bans) {
+        rows.extend(state.allow.iter().map(|(net, e)| row(net, e, true)));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<43} {:<10} {:<21} {:<21} reason",
+        "addr", "kind", "expires", "created"
+    );
+    for row in rows {
+        let expires = row
+            .expires_at
+            .map_or("never".to_string(), |t| format!("{t:.0}"));
+        println!(
+            "{:<43} {:<10} {:<21} {:<21} {}",
+            row.addr,
+            row.kind,
+            expires,
+            format!("{:.0}", row.created_at),
+            row.reason.unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn import(
+    pins: &PinDir,
+    state_path: &Path,
+    file: &Path,
+    duration: Option<String>,
+) -> anyhow::Result<()> {
+    let duration = duration.as_deref().map(parse_duration).transpose()?;
+    let (text, source) = if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the list from stdin")?;
+        (text, "stdin".to_string())
+    } else {
+        let text = std::fs::read_to_string(file).map_err(|err| Error::UnreadableInput {
+            path: file.display().to_string(),
+            message: err.to_string(),
+        })?;
+        (text, file.display().to_string())
+    };
+    let entries = listfile::parse(&text, &source)?;
+    for entry in entries.iter().filter(|e| e.normalized_from.is_some()) {
+        warn!(
+            "{source}:{}: host bits set; using {}",
+            entry.line, entry.net
+        );
+    }
+    require_root()?;
+    let mut store = Store::open(pins, state_path)?;
+    let expires_at = expiry(store.now.wall, duration)?;
+    for entry in &entries {
+        store.ban(&[entry.net], expires_at, entry.reason.as_deref());
+    }
+    let progress = if std::io::stderr().is_terminal() && entries.len() >= 10_000 {
+        // The commit reports one step per ban in the resulting set.
+        let bar = ProgressBar::new(store.state.bans.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} prefixes ({per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    store.commit(|| progress.inc(1))?;
+    progress.finish_and_clear();
+    info!("imported {} prefixes from {source}", entries.len());
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The pin directory: where the maps and the per-interface XDP links live in bpffs, so the
+//! program keeps running and stays manageable after the loading process exits.
+
+use std::{
+    fs::{self, File},
+    path::{Path, PathBuf},
+};
+
+use blocker_common::ALL_MAPS;
+use nix::{
+    fcntl::{Flock, FlockArg},
+    sys::statfs::{statfs, BPF_FS_MAGIC},
+};
+
+use crate::{Error, Result};
+
+/// Default pin directory.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/blocker";
+
+/// Sub-directory holding one pinned link per attached interface, named `IFACE@MODE`.
+const LINKS_DIR: &str = "links";
+
+/// How the program is attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver, before the kernel allocates an skb.
+    Native,
+    /// Generic XDP in the network stack, for drivers without XDP support.
+    Skb,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "native" => Some(AttachMode::Native),
+            "skb" => Some(AttachMode::Skb),
+            _ => None,
+        }
+    }
+}
+
+/// One interface the program is attached to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attachment {
+    pub iface: String,
+    pub mode: AttachMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+/// An exclusive lock on the pin directory, held by every writer until dropped.
+pub struct DirLock {
+    _flock: Flock<File>,
+}
+
+impl PinDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.path.join(LINKS_DIR)
+    }
+
+    pub fn link_path(&self, attachment: &Attachment) -> PathBuf {
+        self.links_dir()
+            .join(format!("{}@{}", attachment.iface, attachment.mode.name()))
+    }
+
+    /// True when every map is pinned (a previous `blocker load` succeeded).
+    pub fn maps_pinned(&self) -> bool {
+        ALL_MAPS.iter().all(|name| self.map_path(name).exists())
+    }
+
+    /// Fails with the "run blocker load" hint unless the program's maps are pinned here.
+    pub fn require_loaded(&self) -> Result<()> {
+        if self.maps_pinned() {
+            Ok(())
+        } else {
+            Err(Error::NotLoaded(self.path.clone()))
+        }
+    }
+
+    /// Interfaces with a pinned link, sorted by name.
+    pub fn attachments(&self) -> Result<Vec<Attachment>> {
+        let entries = match fs::read_dir(self.links_dir()) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("reading {}", self.links_dir().display()),
+                    source,
+                })
+            }
+        };
+        let mut attachments: Vec<Attachment> = entries
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let (iface, mode) = name.rsplit_once('@')?;
+                Some(Attachment {
+                    iface: iface.to_string(),
+                    mode: AttachMode::from_name(mode)?,
+                })
+            })
+            .collect();
+        attachments.sort_by(|a, b| a.iface.cmp(&b.iface));
+        Ok(attachments)
+    }
+
+    /// Checks that the directory is, or would be created, on a bpf filesystem.
+    pub fn require_bpffs(&self) -> Result<()> {
+        let existing = self
+            .path
+            .ancestors()
+            .find(|dir| dir.exists())
+            .unwrap_or(Path::new("/"));
+        match statfs(existing) {
+            Ok(fs) if fs.filesystem_type() == BPF_FS_MAGIC => Ok(()),
+            _ => Err(Error::NoBpffs(existing.to_path_buf())),
+        }
+    }
+
+    /// Creates the directory (and the links sub-directory) if needed.
+    pub fn create(&self) -> Result<()> {
+        fs::create_dir_all(self.links_dir()).map_err(Error::io(format!(
+            "creating {}",
+            self.links_dir().display()
+        )))
+    }
+
+    /// Takes the writers' lock; waits while another writer holds it.
+    pub fn lock(&self) -> Result<DirLock> {
+        let dir = File::open(&self.path)
+            .map_err(Error::io(format!("opening {}", self.path.display())))?;
+        Flock::lock(dir, FlockArg::LockExclusive)
+            .map(|flock| DirLock { _flock: flock })
+            .map_err(|(_, errno)| Error::Io {
+                context: format!("locking {}", self.path.display()),
+                source: errno.into(),
+            })
+    }
+}
+
+/// Commands that change kernel state need root; say so plainly instead of failing on EPERM.
+pub fn require_root() -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(Error::NotRoot)
+    }
+}

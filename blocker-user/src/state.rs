@@ -1,0 +1,207 @@
+//! The state file: every manual ban and allowlist entry with its reason, creation time and
+//! wall-clock expiry. It is what `blocker load` restores after a reboot, and it is rewritten
+//! atomically (temp file, fsync, rename, fsync of the directory) on every change.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    io::{ErrorKind, Write},
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Default location of the state file.
+pub const DEFAULT_STATE_PATH: &str = "/var/lib/blocker/state.json";
+
+const FORMAT_VERSION: u32 = 1;
+
+/// What blocker remembers about one prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub reason: Option<String>,
+    pub created_at: Timestamp,
+    /// `None` for permanent bans and allowlist entries.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl Entry {
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|expiry| expiry <= now)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub bans: BTreeMap<IpNet, Entry>,
+    pub allow: BTreeMap<IpNet, Entry>,
+}
+
+/// The on-disk layout: lists of records, readable and diffable by people.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    #[serde(default)]
+    bans: Vec<Record>,
+    #[serde(default)]
+    allow: Vec<Record>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    addr: IpNet,
+    #[serde(flatten)]
+    entry: Entry,
+}
+
+fn to_records(entries: &BTreeMap<IpNet, Entry>) -> Vec<Record> {
+    entries
+        .iter()
+        .map(|(addr, entry)| Record {
+            addr: *addr,
+            entry: entry.clone(),
+        })
+        .collect()
+}
+
+fn from_records(records: Vec<Record>) -> BTreeMap<IpNet, Entry> {
+    records
+        .into_iter()
+        .map(|record| (record.addr.trunc(), record.entry))
+        .collect()
+}
+
+impl State {
+    /// Reads the state file; a missing file is an empty state. A file that does not parse is
+    /// an error, never silently replaced.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("reading state file {}", path.display()),
+                    source,
+                })
+            }
+        };
+        let file: StateFile = serde_json::from_str(&text).map_err(|err| Error::State {
+            path: path.to_path_buf(),
+            message: format!("{err}; fix it or move it aside (nothing was changed)"),
+        })?;
+        if file.version != FORMAT_VERSION {
+            return Err(Error::State {
+                path: path.to_path_buf(),
+                message: format!("unsupported format version {}", file.version),
+            });
+        }
+        Ok(Self {
+            bans: from_records(file.bans),
+            allow: from_records(file.allow),
+        })
+    }
+
+    /// Writes the state file atomically: readers and a crash at any moment see either the old
+    /// file or the new one, whole.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let io = |what: &str| Error::io(format!("{what} {}", path.display()));
+        fs::create_dir_all(&dir).map_err(io("creating the directory of"))?;
+        let file = StateFile {
+            version: FORMAT_VERSION,
+            bans: to_records(&self.bans),
+            allow: to_records(&self.allow),
+        };
+        let mut temp = tempfile::Builder::new()
+            .prefix(".state.")
+            .tempfile_in(&dir)
+            .map_err(io("creating a temporary file for"))?;
+        serde_json::to_writer_pretty(&mut temp, &file)
+            .map_err(std::io::Error::from)
+            .and_then(|()| temp.write_all(b"\n"))
+            .and_then(|()| temp.as_file().sync_all())
+            .map_err(io("writing"))?;
+        temp.persist(path)
+            .map_err(|err| err.error)
+            .map_err(io("replacing"))?;
+        File::open(&dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io("syncing the directory of"))?;
+        Ok(())
+    }
+
+    /// Drops entries whose expiry has passed.
+    pub fn prune_expired(&mut self, now: Timestamp) {
+        self.bans.retain(|_, entry| !entry.is_expired(now));
+        self.allow.retain(|_, entry| !entry.is_expired(now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(expires_at: Option<i64>) -> Entry {
+        Entry {
+            reason: Some("test".into()),
+            created_at: Timestamp::from_second(1_700_000_000).unwrap(),
+            expires_at: expires_at.map(|s| Timestamp::from_second(s).unwrap()),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.json");
+        let mut state = State::default();
+        state
+            .bans
+            .insert("10.0.0.0/8".parse().unwrap(), entry(None));
+        state
+            .bans
+            .insert("2001:db8::/64".parse().unwrap(), entry(Some(1_800_000_000)));
+        state
+            .allow
+            .insert("192.0.2.1/32".parse().unwrap(), entry(None));
+        state.save(&path).unwrap();
+        assert_eq!(State::load(&path).unwrap(), state);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"addr\": \"10.0.0.0/8\""), "{text}");
+        assert!(text.contains("2030-01-15T08:00:00Z"), "{text}");
+    }
+
+    #[test]
+    fn missing_file_is_empty_and_corrupt_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert_eq!(State::load(&path).unwrap(), State::default());
+        fs::write(&path, "{not json").unwrap();
+        let err = State::load(&path).unwrap_err();
+        assert!(err.to_string().contains("fix it or move it aside"), "{err}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{not json");
+    }
+
+    #[test]
+    fn pruning_drops_only_expired_entries() {
+        let mut state = State::default();
+        state
+            .bans
+            .insert("10.0.0.1/32".parse().unwrap(), entry(Some(100)));
+        state
+            .bans
+            .insert("10.0.0.2/32".parse().unwrap(), entry(Some(300)));
+        state
+            .bans
+            .insert("10.0.0.3/32".parse().unwrap(), entry(None));
+        state.prune_expired(Timestamp::from_second(200).unwrap());
+        let left: Vec<String> = state.bans.keys().map(|n| n.to_string()).collect();
+        assert_eq!(left, ["10.0.0.2/32", "10.0.0.3/32"]);
+    }
+}

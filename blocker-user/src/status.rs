@@ -1,0 +1,107 @@
+//! What `blocker status` reports: attached interfaces, map usage and the verdict counters.
+
+use aya::{
+    maps::{LpmTrie, Map, MapData, MapError, PerCpuArray},
+    Pod,
+};
+use blocker_common::{
+    AllowValue, BanValue, Counter, Reason, ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4,
+    MAP_BAN_V6, MAP_COUNTERS,
+};
+use serde::Serialize;
+
+use crate::{
+    pins::{Attachment, PinDir},
+    Error, Result,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    pub interfaces: Vec<Attachment>,
+    pub maps: Vec<MapUsage>,
+    pub counters: Vec<CounterRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MapUsage {
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CounterRow {
+    pub action: &'static str,
+    pub reason: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+fn open(pins: &PinDir, name: &str) -> Result<MapData> {
+    let path = pins.map_path(name);
+    MapData::from_pin(&path).map_err(Error::map(format!("opening map {}", path.display())))
+}
+
+/// Keys in an LPM trie, by walking them: the kernel keeps no count for tries.
+fn count_keys<K: Pod, V: Pod>(data: MapData) -> Result<u64, MapError> {
+    let map = Map::LpmTrie(data);
+    let trie = LpmTrie::<_, K, V>::try_from(&map)?;
+    Ok(trie.keys().count() as u64)
+}
+
+fn usage(pins: &PinDir, name: &'static str) -> Result<MapUsage> {
+    let data = open(pins, name)?;
+    let context = || format!("reading map {name}");
+    let capacity = data.info().map_err(Error::map(context()))?.max_entries();
+    let entries = match name {
+        MAP_BAN_V4 => count_keys::<[u8; 4], BanValue>(data),
+        MAP_BAN_V6 => count_keys::<[u8; 16], BanValue>(data),
+        MAP_ALLOW_V4 => count_keys::<[u8; 4], AllowValue>(data),
+        MAP_ALLOW_V6 => count_keys::<[u8; 16], AllowValue>(data),
+        // Arrays are always full.
+        _ => Ok(u64::from(capacity)),
+    }
+    .map_err(Error::map(context()))?;
+    Ok(MapUsage {
+        name,
+        entries,
+        capacity,
+    })
+}
+
+/// Sums the per-CPU counters of every reason.
+pub fn counters(pins: &PinDir) -> Result<Vec<CounterRow>> {
+    let data = Map::PerCpuArray(open(pins, MAP_COUNTERS)?);
+    let context = || format!("reading map {MAP_COUNTERS}");
+    let array: PerCpuArray<_, Counter> =
+        PerCpuArray::try_from(data).map_err(Error::map(context()))?;
+    Reason::ALL
+        .iter()
+        .map(|reason| {
+            let per_cpu = array
+                .get(&(*reason as u32), 0)
+                .map_err(Error::map(context()))?;
+            Ok(CounterRow {
+                action: reason.action().name(),
+                reason: reason.name(),
+                packets: per_cpu.iter().map(|c| c.packets).sum(),
+                bytes: per_cpu.iter().map(|c| c.bytes).sum(),
+            })
+        })
+        .collect()
+}
+
+pub fn read(pins: &PinDir) -> Result<Status> {
+    pins.require_loaded()?;
+    let maps = ALL_MAPS
+        .iter()
+        .map(|name| usage(pins, name))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Status {
+        pin_dir: pins.path.display().to_string(),
+        interfaces: pins.attachments()?,
+        maps,
+        counters: counters(pins)?,
+    })
+}

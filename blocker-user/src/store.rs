@@ -1,0 +1,447 @@
+//! Bans and the allowlist: the state file and the kernel maps, changed together under the pin
+//! directory lock. The state file is written only after the maps accepted every change, and a
+//! map that refuses one (full) gets all of the command's changes undone.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData, MapError};
+use blocker_common::{
+    AllowValue, BanValue, ALLOW_PRESENT, BAN_PERMANENT, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4,
+    MAP_BAN_V6,
+};
+use ipnet::IpNet;
+use jiff::Timestamp;
+
+use crate::{
+    addr::{v4_key, v6_key},
+    clock::Now,
+    pins::{DirLock, PinDir},
+    state::{Entry, State},
+    Error, Result,
+};
+
+/// What the kernel maps should hold for a state: each ban with its effective expiry, and the
+/// allowlist.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KernelImage {
+    pub bans: HashMap<IpNet, u32>,
+    pub allow: BTreeSet<IpNet>,
+}
+
+/// The expiry a ban is stored with in the kernel: the latest among itself and every ban that
+/// covers it. The kernel's longest-prefix match only sees the most specific entry, so without
+/// this a short ban inside a permanent range would open a hole in the range when it expired.
+/// Expiries are CLOCK_BOOTTIME seconds; already-expired bans keep their (past) second so an
+/// image of an older state matches what was written for it.
+pub fn kernel_image(state: &State, now: &Now) -> KernelImage {
+    let own_expiry = |entry: &Entry| match entry.expires_at {
+        None => BAN_PERMANENT,
+        Some(expiry) => now.boot_seconds_at(expiry).unwrap_or(1),
+    };
+    // Permanent sorts above every expiry.
+    let rank = |expiry: u32| {
+        if expiry == BAN_PERMANENT {
+            u64::MAX
+        } else {
+            u64::from(expiry)
+        }
+    };
+    let lengths: BTreeSet<(bool, u8)> = state
+        .bans
+        .keys()
+        .map(|net| (net.addr().is_ipv4(), net.prefix_len()))
+        .collect();
+    let bans = state
+        .bans
+        .iter()
+        .map(|(net, entry)| {
+            let covering = lengths
+                .iter()
+                .filter(|(is_v4, len)| *is_v4 == net.addr().is_ipv4() && *len < net.prefix_len())
+                .filter_map(|(_, len)| {
+                    let parent = IpNet::new(net.addr(), *len).ok()?.trunc();
+                    state.bans.get(&parent).map(own_expiry)
+                });
+            let expiry = covering
+                .chain([own_expiry(entry)])
+                .max_by_key(|expiry| rank(*expiry))
+                .unwrap_or(BAN_PERMANENT);
+            (*net, expiry)
+        })
+        .collect();
+    KernelImage {
+        bans,
+        allow: state.allow.keys().copied().collect(),
+    }
+}
+
+/// One pinned LPM trie with what error messages need to say about it.
+struct Trie<K, V> {
+    map: LpmTrie<MapData, K, V>,
+    name: &'static str,
+    capacity: u32,
+}
+
+impl<K: aya::Pod, V: aya::Pod> Trie<K, V> {
+    fn open(pins: &PinDir, name: &'static str) -> Result<Self> {
+        let path = pins.map_path(name);
+        let context = format!("opening map {}", path.display());
+        let data = MapData::from_pin(&path).map_err(Error::map(context.clone()))?;
+        let capacity = data
+            .info()
+            .map_err(Error::map(context.clone()))?
+            .max_entries();
+        let map = LpmTrie::try_from(Map::LpmTrie(data)).map_err(Error::map(context))?;
+        Ok(Self {
+            map,
+            name,
+            capacity,
+        })
+    }
+
+    /// Inserts or replaces one entry; a refusal because the map is full says so.
+    fn insert(&mut self, (prefix_len, data): (u32, K), value: V) -> Result<()> {
+        self.map
+            .insert(&Key::new(prefix_len, data), value, 0)
+            .map_err(|err| match &err {
+                MapError::SyscallError(syscall)
+                    if matches!(
+                        syscall.io_error.raw_os_error(),
+                        Some(nix::libc::ENOSPC | nix::libc::E2BIG)
+                    ) =>
+                {
+                    Error::MapFull {
+                        map: self.name,
+                        capacity: self.capacity,
+                    }
+                }
+                _ => Error::Map {
+                    context: format!("updating map {}", self.name),
+                    source: err,
+                },
+            })
+    }
+
+    /// Removes one entry; one that is already gone is fine.
+    fn remove(&mut self, (prefix_len, data): (u32, K)) -> Result<()> {
+        match self.map.remove(&Key::new(prefix_len, data)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(syscall))
+                if syscall.io_error.raw_os_error() == Some(nix::libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(Error::Map {
+                context: format!("removing from map {}", self.name),
+                source: err,
+            }),
+        }
+    }
+}
+
+/// The four LPM tries, opened from their pins.
+pub struct Maps {
+    ban_v4: Trie<[u8; 4], BanValue>,
+    ban_v6: Trie<[u8; 16], BanValue>,
+    allow_v4: Trie<[u8; 4], AllowValue>,
+    allow_v6: Trie<[u8; 16], AllowValue>,
+}
+
+/// One change to a map, and how to undo it.
+enum Change {
+    Ban(IpNet, Option<u32>),
+    Allow(IpNet, bool),
+}
+
+impl Maps {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self {
+            ban_v4: Trie::open(pins, MAP_BAN_V4)?,
+            ban_v6: Trie::open(pins, MAP_BAN_V6)?,
+            allow_v4: Trie::open(pins, MAP_ALLOW_V4)?,
+            allow_v6: Trie::open(pins, MAP_ALLOW_V6)?,
+        })
+    }
+
+    /// Sets a ban's kernel expiry, or removes it with `None`.
+    fn set_ban(&mut self, net: &IpNet, expiry: Option<u32>) -> Result<()> {
+        let value = |expires_at_s| BanValue { expires_at_s };
+        match (net, expiry) {
+            (IpNet::V4(v4), Some(e)) => self.ban_v4.insert(v4_key(v4), value(e)),
+            (IpNet::V6(v6), Some(e)) => self.ban_v6.insert(v6_key(v6), value(e)),
+            (IpNet::V4(v4), None) => self.ban_v4.remove(v4_key(v4)),
+            (IpNet::V6(v6), None) => self.ban_v6.remove(v6_key(v6)),
+        }
+    }
+
+    fn set_allow(&mut self, net: &IpNet, present: bool) -> Result<()> {
+        match (net, present) {
+            (IpNet::V4(v4), true) => self.allow_v4.insert(v4_key(v4), ALLOW_PRESENT),
+            (IpNet::V6(v6), true) => self.allow_v6.insert(v6_key(v6), ALLOW_PRESENT),
+            (IpNet::V4(v4), false) => self.allow_v4.remove(v4_key(v4)),
+            (IpNet::V6(v6), false) => self.allow_v6.remove(v6_key(v6)),
+        }
+    }
+
+    /// Brings the maps from `before` to `after`, changing only what differs. On failure every
+    /// change already made is undone, so the maps match `before` again.
+    pub fn apply(
+        &mut self,
+        before: &KernelImage,
+        after: &KernelImage,
+        mut progress: impl FnMut(),
+    ) -> Result<()> {
+        let mut undo: Vec<Change> = Vec::new();
+        let result = self.apply_recording(before, after, &mut undo, &mut progress);
+        if result.is_err() {
+            for change in undo.into_iter().rev() {
+                // Best effort: the original error is the one worth reporting.
+                let _ = match change {
+                    Change::Ban(net, expiry) => self.set_ban(&net, expiry),
+                    Change::Allow(net, present) => self.set_allow(&net, present),
+                };
+            }
+        }
+        result
+    }
+
+    fn apply_recording(
+        &mut self,
+        before: &KernelImage,
+        after: &KernelImage,
+        undo: &mut Vec<Change>,
+        progress: &mut impl FnMut(),
+    ) -> Result<()> {
+        // Removals first, so a full map has room for what replaces them.
+        for net in before
+            .bans
+            .keys()
+            .filter(|net| !after.bans.contains_key(net))
+        {
+            self.set_ban(net, None)?;
+            undo.push(Change::Ban(*net, before.bans.get(net).copied()));
+        }
+        for net in before.allow.difference(&after.allow) {
+            self.set_allow(net, false)?;
+            undo.push(Change::Allow(*net, true));
+        }
+        for (net, expiry) in &after.bans {
+            let previous = before.bans.get(net).copied();
+            if previous != Some(*expiry) {
+                self.set_ban(net, Some(*expiry))?;
+                undo.push(Change::Ban(*net, previous));
+            }
+            progress();
+        }
+        for net in after.allow.difference(&before.allow) {
+            self.set_allow(net, true)?;
+            undo.push(Change::Allow(*net, false));
+            progress();
+        }
+        Ok(())
+    }
+}
+
+/// A writer's session: the pin directory lock, the maps and the state, changed together.
+pub struct Store {
+    /// `None` when the caller holds the lock.
+    _lock: Option<DirLock>,
+    maps: Maps,
+    state_path: PathBuf,
+    pub state: State,
+    /// The state as it was when opened (what the kernel holds).
+    before: State,
+    pub now: Now,
+}
+
+impl Store {
+    /// Locks the pin directory and reads the state. Fails with the "run blocker load" hint
+    /// when nothing is loaded.
+    pub fn open(pins: &PinDir, state_path: &Path) -> Result<Self> {
+        pins.require_loaded()?;
+        let lock = pins.lock()?;
+        let mut store = Self::open_locked(pins, state_path)?;
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
+    /// Like [`Store::open`], for a caller that already holds the lock.
+    fn open_locked(pins: &PinDir, state_path: &Path) -> Result<Self> {
+        let state = State::load(state_path)?;
+        Ok(Self {
+            _lock: None,
+            maps: Maps::open(pins)?,
+            state_path: state_path.to_path_buf(),
+            before: state.clone(),
+            state,
+            now: Now::read(),
+        })
+    }
+
+    /// Adds or replaces bans. A ban that already exists keeps its creation time.
+    pub fn ban(&mut self, nets: &[IpNet], expires_at: Option<Timestamp>, reason: Option<&str>) {
+        for net in nets {
+            let created_at = self
+                .state
+                .bans
+                .get(net)
+                .filter(|entry| !entry.is_expired(self.now.wall))
+                .map_or(self.now.wall, |entry| entry.created_at);
+            let entry = Entry {
+                reason: reason.map(str::to_string),
+                created_at,
+                expires_at,
+            };
+            self.state.bans.insert(*net, entry);
+        }
+    }
+
+    /// Removes bans; returns the prefixes that were not banned.
+    pub fn unban(&mut self, nets: &[IpNet]) -> Vec<IpNet> {
+        nets.iter()
+            .filter(|net| self.state.bans.remove(net).is_none())
+            .copied()
+            .collect()
+    }
+
+    pub fn allow(&mut self, nets: &[IpNet], reason: Option<&str>) {
+        for net in nets {
+            let created_at = self
+                .state
+                .allow
+                .get(net)
+                .map_or(self.now.wall, |entry| entry.created_at);
+            let entry = Entry {
+                reason: reason.map(str::to_string),
+                created_at,
+                expires_at: None,
+            };
+            self.state.allow.insert(*net, entry);
+        }
+    }
+
+    /// Removes allowlist entries; returns the prefixes that were not on it.
+    pub fn disallow(&mut self, nets: &[IpNet]) -> Vec<IpNet> {
+        nets.iter()
+            .filter(|net| self.state.allow.remove(net).is_none())
+            .copied()
+            .collect()
+    }
+
+    /// Writes the changes to the maps, then the state file. Expired entries are dropped from
+    /// both on the way.
+    pub fn commit(mut self, progress: impl FnMut()) -> Result<()> {
+        self.state.prune_expired(self.now.wall);
+        let before = kernel_image(&self.before, &self.now);
+        let after = kernel_image(&self.state, &self.now);
+        self.maps.apply(&before, &after, progress)?;
+        if let Err(err) = self.state.save(&self.state_path) {
+            // Keep kernel and file in agreement: the command reports failure, so undo it.
+            let _ = self.maps.apply(&after, &before, || {});
+            return Err(err);
+        }
+        Ok(())
+    }
+}
+
+/// Fills freshly created maps from the state file (after a reboot or an unload). The caller
+/// holds the pin directory lock.
+pub fn restore(pins: &PinDir, state_path: &Path) -> Result<usize> {
+    let mut store = Store::open_locked(pins, state_path)?;
+    store.before = State::default();
+    let restored = {
+        let now = store.now.wall;
+        store
+            .state
+            .bans
+            .values()
+            .filter(|e| !e.is_expired(now))
+            .count()
+            + store.state.allow.len()
+    };
+    store.commit(|| {})?;
+    Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn now() -> Now {
+        Now {
+            wall: Timestamp::from_second(1_000_000).unwrap(),
+            boot: Duration::from_secs(5_000),
+        }
+    }
+
+    fn entry(expires_in: Option<i64>) -> Entry {
+        Entry {
+            reason: None,
+            created_at: now().wall,
+            expires_at: expires_in.map(|s| Timestamp::from_second(1_000_000 + s).unwrap()),
+        }
+    }
+
+    fn state(bans: &[(&str, Option<i64>)]) -> State {
+        let mut state = State::default();
+        for (net, expires_in) in bans {
+            state.bans.insert(net.parse().unwrap(), entry(*expires_in));
+        }
+        state
+    }
+
+    fn expiry(image: &KernelImage, net: &str) -> u32 {
+        image.bans[&net.parse::<IpNet>().unwrap()]
+    }
+
+    #[test]
+    fn a_ban_keeps_its_own_expiry_when_nothing_covers_it() {
+        let image = kernel_image(
+            &state(&[("10.0.0.1/32", Some(60)), ("10.0.0.0/8", None)]),
+            &now(),
+        );
+        assert_eq!(expiry(&image, "10.0.0.0/8"), BAN_PERMANENT);
+        let image = kernel_image(&state(&[("10.0.0.1/32", Some(60))]), &now());
+        assert_eq!(expiry(&image, "10.0.0.1/32"), 5_060);
+    }
+
+    #[test]
+    fn a_short_ban_inside_a_longer_one_inherits_the_longer_expiry() {
+        let image = kernel_image(
+            &state(&[
+                ("10.0.0.0/8", None),
+                ("10.1.0.0/16", Some(600)),
+                ("10.1.2.3/32", Some(60)),
+                ("11.1.2.3/32", Some(60)),
+                ("2001:db8::/32", Some(900)),
+                ("2001:db8::1/128", Some(30)),
+            ]),
+            &now(),
+        );
+        assert_eq!(expiry(&image, "10.1.0.0/16"), BAN_PERMANENT);
+        assert_eq!(expiry(&image, "10.1.2.3/32"), BAN_PERMANENT);
+        assert_eq!(expiry(&image, "11.1.2.3/32"), 5_060);
+        assert_eq!(expiry(&image, "2001:db8::1/128"), 5_900);
+    }
+
+    #[test]
+    fn families_do_not_cover_each_other() {
+        let image = kernel_image(&state(&[("::/0", None), ("10.0.0.1/32", Some(60))]), &now());
+        assert_eq!(expiry(&image, "10.0.0.1/32"), 5_060);
+    }
+
+    #[test]
+    fn expired_covering_bans_do_not_extend() {
+        let image = kernel_image(
+            &state(&[("10.0.0.0/8", Some(-10)), ("10.0.0.1/32", Some(60))]),
+            &now(),
+        );
+        assert_eq!(expiry(&image, "10.0.0.1/32"), 5_060);
+        assert_eq!(expiry(&image, "10.0.0.0/8"), 1);
+    }
+}
