@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(State::load(&path).unwrap(), state);
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"addr\": \"10.0.0.0/8\""), "{text}");
-        assert!(text.contains("2030-01-15T08:00:00Z"), "{text}");
+        assert!(text.contains("2027-01-15T08:00:00Z"), "{text}");
     }
 
     #[test]
