@@ -15,4 +15,5 @@ pub mod store;
 pub use error::{Error, Result};
 
 /// The XDP object built from blocker-ebpf, embedded at build time.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocker"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocker-xdp"));

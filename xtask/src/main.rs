@@ -1,1 +1,233 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | test | run`.
+//!
+//! Every task first makes sure the build chain is present (nightly rust-src, LLVM 22 and a
+//! bpf-linker built against it) and bpffs is mounted, installing what is missing.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install whatever the build and the tests need and is missing; mount bpffs.
+    Setup,
+    /// Build everything, the eBPF object included.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run the unit and integration tests (needs root).
+    Test {
+        /// Extra arguments for the test harness, e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build in release mode and run `blocker run` in the foreground.
+    ///
+    /// Example: cargo xtask run -- --iface eth0
+    Run {
+        /// Arguments for `blocker run`, e.g. `--iface eth0 --keep`.
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
+}
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+];
+/// Commands the integration tests drive, and the Debian packages that bring them.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("ping", "iputils-ping"),
+    ("bpftool", "bpftool"),
+];
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root).context("entering the workspace")?;
+    match cli.task {
+        Task::Setup => {
+            setup_build_chain()?;
+            setup_test_tools()?;
+        }
+        Task::Build { release } => {
+            setup_build_chain()?;
+            cargo_build(release)?;
+        }
+        Task::Test { args } => {
+            setup_build_chain()?;
+            setup_test_tools()?;
+            require_root("the integration tests create network namespaces and load XDP")?;
+            cargo_build(false)?;
+            let blocker = root.join("target/debug/blocker");
+            let mut test = Command::new(cargo());
+            test.args(["test", "--workspace", "--"])
+                .args(&args)
+                .env("BLOCKER_BIN", &blocker);
+            run(&mut test)?;
+        }
+        Task::Run { args } => {
+            setup_build_chain()?;
+            require_root("loading XDP programs")?;
+            cargo_build(true)?;
+            let mut blocker = Command::new(root.join("target/release/blocker"));
+            blocker.arg("run").args(&args);
+            run(&mut blocker)?;
+        }
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+fn on_path(program: &str) -> bool {
+    succeeds("sh", &["-c", &format!("command -v {program}")])
+}
+
+fn require_root(why: &str) -> Result<()> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        bail!("run this as root: {why}");
+    }
+    Ok(())
+}
+
+fn cargo_build(release: bool) -> Result<()> {
+    let mut build = Command::new(cargo());
+    build.args(["build", "--workspace", "--all-targets"]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)
+}
+
+/// Installs Debian packages, refreshing the package lists once per run.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    println!("xtask: installing {}", packages.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn setup_build_chain() -> Result<()> {
+    if !succeeds("rustup", &["run", "nightly", "rustc", "--version"]) {
+        println!("xtask: installing the nightly toolchain");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let has_rust_src = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("rust-src"));
+    if !has_rust_src {
+        println!("xtask: adding rust-src to nightly (the eBPF target builds core from source)");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    if !on_path("bpf-linker") {
+        if !Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
+            apt_install(LLVM_PACKAGES)?;
+        }
+        println!("xtask: building bpf-linker against LLVM 22 (a few minutes, once)");
+        let path = format!(
+            "{LLVM_PREFIX}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        run(Command::new(cargo())
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "0.13.0",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("PATH", path))?;
+    }
+    mount_bpffs()
+}
+
+fn setup_test_tools() -> Result<()> {
+    let missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    Ok(())
+}
+
+fn mount_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mounted = mounts.lines().any(|line| {
+        line.split_whitespace().nth(1) == Some("/sys/fs/bpf") && line.contains(" bpf ")
+    });
+    if !mounted {
+        println!("xtask: mounting bpffs at /sys/fs/bpf");
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}

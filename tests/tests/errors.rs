@@ -1,0 +1,129 @@
+//! Bad input exits 2 and changes nothing; runtime failures exit 1 with a hint.
+
+use blocker_tests::{can_run, TestNet};
+
+#[test]
+fn bad_input_exits_2_and_changes_nothing() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    net.blocker(&["ban", "192.0.2.1", "--reason", "kept"]).ok();
+    let state_before = net.state_text();
+    let list_before = net.blocker(&["list", "--json"]).ok().stdout;
+    let list_file = net.state_dir.path().join("bad-list.txt");
+    std::fs::write(&list_file, "192.0.2.7\n10.0.0.300 # typo\n").expect("write list");
+    let list_file = list_file.to_string_lossy().into_owned();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["ban", "10.0.0.300"],
+            "invalid address or CIDR: \"10.0.0.300\"",
+        ),
+        (vec!["ban", "192.0.2.9", "10.0.0.0/33"], "\"10.0.0.0/33\""),
+        (vec!["ban", "2001:db8::/129"], "\"2001:db8::/129\""),
+        (vec!["ban", "example.com"], "\"example.com\""),
+        (
+            vec!["ban", "192.0.2.9", "--for", "5x"],
+            "invalid duration \"5x\"",
+        ),
+        (
+            vec!["ban", "192.0.2.9", "--for", "0s"],
+            "invalid duration \"0s\"",
+        ),
+        (vec!["unban", "192.0.2.1/40"], "\"192.0.2.1/40\""),
+        (vec!["allow", "::ffff:1.2.3.4/200"], "::ffff:1.2.3.4/200"),
+        (vec!["allow", "--remove", "nope"], "\"nope\""),
+        (
+            vec!["import", &list_file],
+            ":2: invalid address or CIDR: \"10.0.0.300\"",
+        ),
+        (
+            vec!["import", "/nonexistent/list.txt"],
+            "cannot read /nonexistent/list.txt",
+        ),
+        (vec!["ban"], "ADDR_OR_CIDR"),
+    ];
+    for (args, message) in cases {
+        let run = net.blocker(&args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(message), "{args:?}: {}", run.stderr);
+        assert_eq!(
+            net.state_text(),
+            state_before,
+            "{args:?} changed the state file"
+        );
+    }
+    assert_eq!(net.blocker(&["list", "--json"]).ok().stdout, list_before);
+}
+
+#[test]
+fn broken_config_is_bad_input_naming_the_line() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let config = net.state_dir.path().join("blocker.toml");
+    std::fs::write(&config, "[maps]\nban_v4 = 16\nban_v5 = 1\n").expect("write config");
+    let run = net.load(&["--config", &config.to_string_lossy()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("line 3"), "{}", run.stderr);
+    assert!(!net.pin_dir.join("BAN_V4").exists(), "nothing was loaded");
+}
+
+#[test]
+fn runtime_failures_exit_1_with_a_hint() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let run = net.blocker(&["ban", "192.0.2.1"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("blocker is not loaded") && run.stderr.contains("blocker load --iface"),
+        "{}",
+        run.stderr
+    );
+    let run = net.blocker_in_server(&["load", "--iface", "no-such-if0"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("interface \"no-such-if0\" does not exist"),
+        "{}",
+        run.stderr
+    );
+    net.load(&[]).ok();
+    let run = net.load(&[]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("already loaded"), "{}", run.stderr);
+    let run = net.blocker(&["unload", "--iface", "no-such-if0"]);
+    assert_eq!(run.code, 1);
+}
+
+#[test]
+fn a_full_map_is_an_error_and_nothing_is_stored() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let config = net.state_dir.path().join("small.toml");
+    std::fs::write(&config, "[maps]\nban_v4 = 2\n").expect("write config");
+    net.load(&["--config", &config.to_string_lossy()]).ok();
+    net.blocker(&["ban", "192.0.2.1"]).ok();
+    let state_before = net.state_text();
+    let client = net.client_v4(1, 2).to_string();
+    let run = net.blocker(&["ban", &client, "192.0.2.2", "192.0.2.3"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("BAN_V4 is full (2 entries)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(net.state_text(), state_before);
+    assert!(
+        net.reaches(net.client_v4(1, 2)),
+        "the partial change was undone"
+    );
+    let listed = net.blocker(&["list", "--json"]).ok().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+}

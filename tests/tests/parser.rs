@@ -1,0 +1,291 @@
+//! The program's parser on crafted frames, run through the loaded program itself with
+//! BPF_PROG_TEST_RUN (`bpftool prog run`): VLAN tags, IPv4 options, IPv6 extension headers,
+//! truncation and non-IP frames, each with the verdict and the counter it must produce.
+
+use std::process::Command;
+
+use blocker_tests::{can_run, TestNet};
+use serde_json::Value;
+
+const XDP_DROP: u64 = 1;
+const XDP_PASS: u64 = 2;
+
+const BANNED_V4: [u8; 4] = [192, 0, 2, 66];
+const OTHER_V4: [u8; 4] = [192, 0, 2, 1];
+const BANNED_V6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x66,
+];
+const OTHER_V6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+];
+
+fn ethernet(ether_types: &[u16]) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    let (last, tags) = ether_types.split_last().expect("an ether type");
+    for tag in tags {
+        frame.extend_from_slice(&tag.to_be_bytes());
+        // The tag's TCI: VLAN 100.
+        frame.extend_from_slice(&[0x00, 0x64]);
+    }
+    frame.extend_from_slice(&last.to_be_bytes());
+    frame
+}
+
+fn tcp_syn() -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&22u16.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp
+}
+
+fn ipv4(source: [u8; 4], options: usize, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let header_len = 20 + options;
+    let mut ip = vec![0u8; header_len];
+    ip[0] = 0x40 | (header_len / 4) as u8;
+    ip[2..4].copy_from_slice(&((header_len + payload.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&source);
+    ip[16..20].copy_from_slice(&[192, 0, 2, 254]);
+    // Options: NOPs then end-of-list.
+    for byte in ip.iter_mut().skip(20) {
+        *byte = 1;
+    }
+    ip.extend_from_slice(payload);
+    ip
+}
+
+/// IPv6 with the given extension headers (protocol numbers) before `proto`.
+fn ipv6(source: [u8; 16], extensions: &[u8], proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut chain = Vec::new();
+    let next_of = |i: usize| extensions.get(i + 1).copied().unwrap_or(proto);
+    for (i, ext) in extensions.iter().enumerate() {
+        if *ext == 44 {
+            // Fragment header: first fragment (offset 0), more fragments.
+            chain.extend_from_slice(&[next_of(i), 0, 0, 1, 0, 0, 0, 7]);
+        } else {
+            // 8-byte options header padded with PadN.
+            chain.extend_from_slice(&[next_of(i), 0, 1, 4, 0, 0, 0, 0]);
+        }
+    }
+    let first = extensions.first().copied().unwrap_or(proto);
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&((chain.len() + payload.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[first, 64]);
+    ip.extend_from_slice(&source);
+    ip.extend_from_slice(&OTHER_V6);
+    ip.extend_from_slice(&chain);
+    ip.extend_from_slice(payload);
+    ip
+}
+
+fn frame(ether_types: &[u16], l3: &[u8]) -> Vec<u8> {
+    let mut frame = ethernet(ether_types);
+    frame.extend_from_slice(l3);
+    // Pad to the Ethernet minimum like a NIC would.
+    while frame.len() < 60 {
+        frame.push(0);
+    }
+    frame
+}
+
+fn bpftool_json(args: &[&str]) -> Value {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("running bpftool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+}
+
+fn run_frame(net: &TestNet, prog_id: u64, frame: &[u8]) -> u64 {
+    let path = net.state_dir.path().join("frame.bin");
+    std::fs::write(&path, frame).expect("write frame");
+    let result = bpftool_json(&[
+        "prog",
+        "run",
+        "id",
+        &prog_id.to_string(),
+        "data_in",
+        &path.to_string_lossy(),
+    ]);
+    result["retval"].as_u64().expect("retval")
+}
+
+#[test]
+fn crafted_frames_get_the_right_verdict_and_reason() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    net.blocker(&["ban", "192.0.2.66", "2001:db8::66"]).ok();
+    let link = net.pin_dir.join(format!("links/{}@native", net.server_if));
+    let link = bpftool_json(&["link", "show", "pinned", &link.to_string_lossy()]);
+    let prog_id = link["prog_id"].as_u64().expect("prog_id");
+
+    const IPV4: u16 = 0x0800;
+    const IPV6: u16 = 0x86dd;
+    const VLAN: u16 = 0x8100;
+    const QINQ: u16 = 0x88a8;
+    let syn = tcp_syn();
+    let cases: Vec<(&str, Vec<u8>, u64, &str)> = vec![
+        (
+            "ipv4 banned",
+            frame(&[IPV4], &ipv4(BANNED_V4, 0, 6, &syn)),
+            XDP_DROP,
+            "manual_ban",
+        ),
+        (
+            "ipv4 other",
+            frame(&[IPV4], &ipv4(OTHER_V4, 0, 6, &syn)),
+            XDP_PASS,
+            "no_match",
+        ),
+        (
+            "one vlan tag",
+            frame(&[VLAN, IPV4], &ipv4(BANNED_V4, 0, 6, &syn)),
+            XDP_DROP,
+            "manual_ban",
+        ),
+        (
+            "qinq",
+            frame(&[QINQ, VLAN, IPV4], &ipv4(BANNED_V4, 0, 6, &syn)),
+            XDP_DROP,
+            "manual_ban",
+        ),
+        (
+            "three tags",
+            frame(&[QINQ, VLAN, VLAN, IPV4], &ipv4(BANNED_V4, 0, 6, &syn)),
+            XDP_PASS,
+            "unparsed",
+        ),
+        (
+            "ipv4 options banned",
+            frame(&[IPV4], &ipv4(BANNED_V4, 8, 6, &syn)),
+            XDP_DROP,
+            "manual_ban",
+        ),
+        (
+            "ipv4 options other",
+            frame(&[IPV4], &ipv4(OTHER_V4, 40, 6, &syn)),
+            XDP_PASS,
+            "no_match",
+        ),
+        (
+            "ipv4 truncated",
+            {
+                let mut f = ethernet(&[IPV4]);
+                f.extend_from_slice(&ipv4(BANNED_V4, 0, 6, &[])[..12]);
+                f
+            },
+            XDP_PASS,
+            "malformed",
+        ),
+        (
+            "ipv4 bad ihl",
+            {
+                let mut ip = ipv4(BANNED_V4, 0, 6, &syn);
+                ip[0] = 0x44;
+                frame(&[IPV4], &ip)
+            },
+            XDP_PASS,
+            "malformed",
+        ),
+        (
+            "tcp truncated other",
+            {
+                let mut f = ethernet(&[IPV4]);
+                f.extend_from_slice(&ipv4(OTHER_V4, 0, 6, &syn[..10]));
+                f
+            },
+            XDP_PASS,
+            "malformed",
+        ),
+        (
+            "tcp truncated banned",
+            {
+                let mut f = ethernet(&[IPV4]);
+                f.extend_from_slice(&ipv4(BANNED_V4, 0, 6, &syn[..10]));
+                f
+            },
+            XDP_DROP,
+            "manual_ban",
+        ),
+        ("arp", frame(&[0x0806], &[0u8; 28]), XDP_PASS, "not_ip"),
+        (
+            "ipv6 banned",
+            frame(&[IPV6], &ipv6(BANNED_V6, &[], 6, &syn)),
+            XDP_DROP,
+            "manual_ban",
+        ),
+        (
+            "ipv6 ext chain banned",
+            frame(&[IPV6], &ipv6(BANNED_V6, &[0, 60, 44], 6, &syn)),
+            XDP_DROP,
+            "manual_ban",
+        ),
+        (
+            "ipv6 ext chain other",
+            frame(&[IPV6], &ipv6(OTHER_V6, &[0, 43, 60, 44], 17, &[0u8; 8])),
+            XDP_PASS,
+            "no_match",
+        ),
+        (
+            "ipv6 seven ext headers",
+            frame(
+                &[IPV6],
+                &ipv6(OTHER_V6, &[0, 60, 60, 60, 60, 60, 60], 6, &syn),
+            ),
+            XDP_PASS,
+            "unparsed",
+        ),
+        (
+            "ipv6 ext header truncated",
+            {
+                let mut f = ethernet(&[IPV6]);
+                let ip = ipv6(OTHER_V6, &[60], 6, &[]);
+                f.extend_from_slice(&ip[..41]);
+                f
+            },
+            XDP_PASS,
+            "malformed",
+        ),
+        (
+            "ipv6 vlan banned",
+            frame(
+                &[VLAN, IPV6],
+                &ipv6(BANNED_V6, &[], 58, &[128, 0, 0, 0, 0, 0, 0, 0]),
+            ),
+            XDP_DROP,
+            "manual_ban",
+        ),
+        (
+            "ipv6 truncated",
+            {
+                let mut f = ethernet(&[IPV6]);
+                f.extend_from_slice(&ipv6(BANNED_V6, &[], 6, &[])[..30]);
+                f
+            },
+            XDP_PASS,
+            "malformed",
+        ),
+    ];
+    for (name, frame, verdict, reason) in cases {
+        let before = net.packets(reason);
+        let got = run_frame(&net, prog_id, &frame);
+        assert_eq!(got, verdict, "{name}: verdict");
+        assert_eq!(
+            net.packets(reason),
+            before + 1,
+            "{name}: counted under {reason}"
+        );
+    }
+}
