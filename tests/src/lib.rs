@@ -231,6 +231,11 @@ impl TestNet {
         }
     }
 
+    /// Takes the client's end of the veth down, so nothing reaches the server's interface.
+    pub fn client_link_down(&self) {
+        sh("ip", &["-n", &self.client_ns, "link", "set", &self.client_if, "down"]);
+    }
+
     fn n(&self) -> u32 {
         self.id % 250 + 1
     }

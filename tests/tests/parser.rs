@@ -127,6 +127,8 @@ fn crafted_frames_get_the_right_verdict_and_reason() {
     let net = TestNet::new();
     net.load(&[]).ok();
     net.blocker(&["ban", "192.0.2.66", "2001:db8::66"]).ok();
+    // Silence the wire (router solicitations, MLD reports) so only crafted frames count.
+    net.client_link_down();
     let link = net.pin_dir.join(format!("links/{}@native", net.server_if));
     let link = bpftool_json(&["link", "show", "pinned", &link.to_string_lossy()]);
     let prog_id = link["prog_id"].as_u64().expect("prog_id");
