@@ -5,6 +5,8 @@
 pub enum Action {
     Pass,
     Drop,
+    /// Sent back out of the interface (a reject answer).
+    Tx,
 }
 
 impl Action {
@@ -12,6 +14,7 @@ impl Action {
         match self {
             Action::Pass => "pass",
             Action::Drop => "drop",
+            Action::Tx => "tx",
         }
     }
 }
@@ -35,11 +38,19 @@ pub enum Reason {
     /// extension-header chain longer than [`crate::MAX_IPV6_EXT_HEADERS`]. An IPv6 source is
     /// still checked against the allowlist and bans first.
     Unparsed = 5,
+    /// An event of a rate or burst rule that stayed below the threshold.
+    RuleEvent = 6,
+    /// The source is on the dynamic blacklist.
+    Blacklisted = 7,
+    /// This packet's event put the source on the dynamic blacklist.
+    RuleTriggered = 8,
+    /// Answered from XDP with a TCP RST or ICMP port unreachable instead of being dropped.
+    Rejected = 9,
 }
 
 impl Reason {
     /// Number of counter slots.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 10;
 
     /// All reasons, by index.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -49,16 +60,22 @@ impl Reason {
         Reason::NotIp,
         Reason::Malformed,
         Reason::Unparsed,
+        Reason::RuleEvent,
+        Reason::Blacklisted,
+        Reason::RuleTriggered,
+        Reason::Rejected,
     ];
 
     pub const fn action(self) -> Action {
         match self {
-            Reason::ManualBan => Action::Drop,
+            Reason::ManualBan | Reason::Blacklisted | Reason::RuleTriggered => Action::Drop,
+            Reason::Rejected => Action::Tx,
             Reason::NoMatch
             | Reason::Allowlisted
             | Reason::NotIp
             | Reason::Malformed
-            | Reason::Unparsed => Action::Pass,
+            | Reason::Unparsed
+            | Reason::RuleEvent => Action::Pass,
         }
     }
 
@@ -71,6 +88,10 @@ impl Reason {
             Reason::NotIp => "not_ip",
             Reason::Malformed => "malformed",
             Reason::Unparsed => "unparsed",
+            Reason::RuleEvent => "rule_event",
+            Reason::Blacklisted => "blacklisted",
+            Reason::RuleTriggered => "rule_triggered",
+            Reason::Rejected => "rejected",
         }
     }
 }
@@ -95,9 +116,12 @@ mod tests {
     }
 
     #[test]
-    fn only_bans_drop() {
+    fn only_bans_and_blacklists_drop() {
         for reason in Reason::ALL {
-            let drops = matches!(reason, Reason::ManualBan);
+            let drops = matches!(
+                reason,
+                Reason::ManualBan | Reason::Blacklisted | Reason::RuleTriggered
+            );
             assert_eq!(reason.action() == Action::Drop, drops, "{}", reason.name());
         }
     }

@@ -4,8 +4,11 @@
 
 pub mod counters;
 pub mod maps;
+pub mod reject;
+pub mod rules;
 pub mod verdict;
 
 pub use counters::{Action, Counter, Reason};
 pub use maps::*;
+pub use rules::*;
 pub use verdict::ban_is_active;

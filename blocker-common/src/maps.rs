@@ -13,13 +13,32 @@ pub const MAP_ALLOW_V6: &str = "ALLOW_V6";
 /// Per-CPU packet and byte counters indexed by [`crate::Reason`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
+/// Rule slots: array of [`crate::Rule`], [`crate::MAX_RULES`] long.
+pub const MAP_RULES: &str = "RULES";
+/// Per-CPU [`crate::RuleStats`] by rule slot.
+pub const MAP_RULE_STATS: &str = "RULE_STATS";
+/// One [`crate::Settings`].
+pub const MAP_SETTINGS: &str = "SETTINGS";
+/// LRU hash of [`crate::HistoryKey`] to [`crate::History`]: per-source event history per rule.
+pub const MAP_HISTORY: &str = "HISTORY";
+/// LRU hash of [`crate::SourceKey`] to [`crate::BlacklistEntry`]: the dynamic blacklist.
+pub const MAP_BLACKLIST: &str = "BLACKLIST";
+/// Ring buffer of [`crate::Event`]s: sources blacklisted.
+pub const MAP_EVENTS: &str = "EVENTS";
+
 /// Every map the XDP program declares, in the order `blocker status` reports them.
-pub const ALL_MAPS: [&str; 5] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_BAN_V4,
     MAP_BAN_V6,
     MAP_ALLOW_V4,
     MAP_ALLOW_V6,
+    MAP_BLACKLIST,
+    MAP_HISTORY,
+    MAP_RULES,
+    MAP_SETTINGS,
+    MAP_RULE_STATS,
     MAP_COUNTERS,
+    MAP_EVENTS,
 ];
 
 /// The name of the XDP program in the object file.
@@ -32,6 +51,10 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 pub const DEFAULT_BAN_V4_CAPACITY: u32 = 1 << 20;
 pub const DEFAULT_BAN_V6_CAPACITY: u32 = 1 << 18;
 pub const DEFAULT_ALLOW_CAPACITY: u32 = 1 << 16;
+pub const DEFAULT_BLACKLIST_CAPACITY: u32 = 1 << 20;
+pub const DEFAULT_HISTORY_CAPACITY: u32 = 1 << 20;
+/// Bytes of the event ring buffer (a power of two, a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 1 << 18;
 
 /// A manual ban. Kept to 4 bytes with 4-byte alignment because the kernel stores an LPM trie
 /// value right after the key data, which is only 4-byte aligned for IPv4 keys.
@@ -56,4 +79,12 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` data with no padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::BanValue {}
     unsafe impl aya::Pod for crate::Counter {}
+    unsafe impl aya::Pod for crate::Rule {}
+    unsafe impl aya::Pod for crate::RuleStats {}
+    unsafe impl aya::Pod for crate::Settings {}
+    unsafe impl aya::Pod for crate::SourceKey {}
+    unsafe impl aya::Pod for crate::HistoryKey {}
+    unsafe impl aya::Pod for crate::History {}
+    unsafe impl aya::Pod for crate::BlacklistEntry {}
+    unsafe impl aya::Pod for crate::Event {}
 }

@@ -5,20 +5,31 @@
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use core::mem::size_of;
+    use core::{ffi::c_void, mem::size_of};
 
     use aya_ebpf::{
         bindings::xdp_action,
-        btf_maps::{LpmTrie, PerCpuArray},
-        helpers::bpf_ktime_get_boot_ns,
+        btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+        helpers::{
+            bpf_ktime_get_boot_ns, bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+            bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        },
         macros::{btf_map, xdp},
         maps::lpm_trie::Key,
         programs::XdpContext,
     };
     use aya_log_ebpf::error;
     use blocker_common::{
-        ban_is_active, Action, AllowValue, BanValue, Counter, Reason, DEFAULT_ALLOW_CAPACITY,
-        DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY, MAX_IPV6_EXT_HEADERS,
+        ban_is_active, blacklist_hit, mask_addr, on_event,
+        reject::{
+            port_unreachable_v4, port_unreachable_v6, tcp_reset_v4, tcp_reset_v6, QUOTE_V4_MAX,
+            QUOTE_V6_MAX, UNREACH_V4_LEN, UNREACH_V6_LEN,
+        },
+        rule_matches, Action, AllowValue, BanValue, BlacklistEntry, Counter, Event, History,
+        HistoryKey, Outcome, Reason, Rule, RuleAction, RuleStats, Settings, SourceKey,
+        DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
+        DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
+        MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES,
     };
     use network_types::{
         eth::EthHdr,
@@ -43,7 +54,40 @@ mod program {
     static ALLOW_V6: LpmTrie<[u8; 16], AllowValue, { DEFAULT_ALLOW_CAPACITY as usize }> =
         LpmTrie::new();
     #[btf_map]
+    static BLACKLIST: LruHashMap<
+        SourceKey,
+        BlacklistEntry,
+        { DEFAULT_BLACKLIST_CAPACITY as usize },
+    > = LruHashMap::new();
+    #[btf_map]
+    static HISTORY: LruHashMap<HistoryKey, History, { DEFAULT_HISTORY_CAPACITY as usize }> =
+        LruHashMap::new();
+    #[btf_map]
+    static RULES: Array<Rule, MAX_RULES> = Array::new();
+    #[btf_map]
+    static SETTINGS: Array<Settings, 1> = Array::new();
+    #[btf_map]
+    static RULE_STATS: PerCpuArray<RuleStats, MAX_RULES> = PerCpuArray::new();
+    #[btf_map]
     static COUNTERS: PerCpuArray<Counter, { Reason::COUNT as usize }> = PerCpuArray::new();
+    #[btf_map]
+    static EVENTS: RingBuf<Event, { EVENTS_BYTES as usize }> = RingBuf::new();
+
+    /// Per-CPU working memory for values too large for the 512-byte BPF stack.
+    #[repr(C)]
+    struct Scratch {
+        history: History,
+        l2: [u8; MAX_L2_LEN],
+        ip_v4: [u8; 20],
+        ip_v6: [u8; 40],
+        tcp: [u8; 20],
+        reset_v4: [u8; 40],
+        reset_v6: [u8; 60],
+        unreach_v4: [u8; UNREACH_V4_LEN],
+        unreach_v6: [u8; UNREACH_V6_LEN],
+    }
+    #[btf_map]
+    static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
     // EtherType values as they appear on the wire, read as native-endian u16.
     const ETH_P_IPV4: u16 = 0x0800u16.to_be();
@@ -60,14 +104,106 @@ mod program {
     const IPPROTO_ICMPV6: u8 = 58;
     const IPPROTO_DSTOPTS: u8 = 60;
 
+    const TCP_SYN: u8 = 0x02;
+    const TCP_ACK: u8 = 0x10;
+
+    /// Ethernet header plus two VLAN tags.
+    const MAX_L2_LEN: usize = EthHdr::LEN + 2 * VlanHdr::LEN;
+
     /// Any offset the parser computes stays below this, which keeps the verifier's range
     /// tracking bounded (largest real case: 2 VLAN tags + IPv6 + 6 extension headers of 2 KiB).
     const MAX_HEADER_OFFSET: usize = 1 << 14;
 
+    /// What the L4 parse found.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum L4 {
+        /// A complete TCP, UDP, ICMP or ICMPv6 header, or another protocol.
+        Present,
+        /// A non-first fragment: no L4 header here.
+        Fragment,
+        /// The header is cut short.
+        Truncated,
+        /// Past the extension headers the parser walks.
+        Unparsed,
+    }
+
+    /// The parsed frame: what the decision needs, and where the headers are for a reject.
+    struct Packet {
+        family: u8,
+        source: [u8; 16],
+        ttl: u8,
+        l3_offset: usize,
+        l4_offset: usize,
+        l4: L4,
+        proto: u8,
+        dport: u16,
+        tcp_flags: u8,
+        /// The rule slot whose blacklist entry or trigger punishes this packet.
+        punished_by: u32,
+        /// What to count if a reject cannot be answered.
+        drop_reason: Reason,
+    }
+
+    impl Packet {
+        const EMPTY: Packet = Packet {
+            family: 0,
+            source: [0; 16],
+            ttl: 0,
+            l3_offset: 0,
+            l4_offset: 0,
+            l4: L4::Present,
+            proto: 0,
+            dport: 0,
+            tcp_flags: 0,
+            punished_by: 0,
+            drop_reason: Reason::NoMatch,
+        };
+
+        fn source_key(&self, prefix_len: u8) -> SourceKey {
+            SourceKey {
+                addr: mask_addr(self.source, prefix_len),
+                family: self.family,
+                prefix_len,
+            }
+        }
+    }
+
+    /// Reads CLOCK_BOOTTIME at most once per packet, and only when a decision needs it.
+    struct Clock(u64);
+
+    impl Clock {
+        fn now_ns(&mut self) -> u64 {
+            if self.0 == 0 {
+                // SAFETY: the helper has no preconditions.
+                self.0 = unsafe { bpf_ktime_get_boot_ns() };
+            }
+            self.0
+        }
+
+        fn now_ms(&mut self) -> u64 {
+            self.now_ns() / 1_000_000
+        }
+    }
+
     #[xdp]
     pub fn blocker(ctx: XdpContext) -> u32 {
-        let reason = classify(&ctx);
         let frame_len = (ctx.data_end() - ctx.data()) as u64;
+        let mut packet = Packet::EMPTY;
+        let mut reason = decide(&ctx, &mut packet);
+        if let Reason::Rejected = reason {
+            // Answering is kept out of `decide` so the two stack frames never nest.
+            let answered = reject(&ctx, &packet);
+            if let Some(stats) = rule_stats(packet.punished_by) {
+                if answered {
+                    stats.rejected += 1;
+                } else {
+                    stats.dropped += 1;
+                }
+            }
+            if !answered {
+                reason = packet.drop_reason;
+            }
+        }
         match COUNTERS.get_ptr_mut(reason as u32) {
             // SAFETY: a per-CPU slot is only ever touched by this CPU.
             Some(counter) => unsafe {
@@ -79,6 +215,45 @@ mod program {
         match reason.action() {
             Action::Pass => xdp_action::XDP_PASS,
             Action::Drop => xdp_action::XDP_DROP,
+            Action::Tx => xdp_action::XDP_TX,
+        }
+    }
+
+    /// Parses into `packet` and decides. `Reason::Rejected` means "answer if possible", with
+    /// `packet.punished_by` and `packet.drop_reason` saying what to count otherwise.
+    #[inline(never)]
+    fn decide(ctx: &XdpContext, packet: &mut Packet) -> Reason {
+        // Keeps LLVM from passing the context's 32-bit fields as arguments instead, which
+        // would need zero-extension shifts on packet pointers that the verifier refuses.
+        let ctx = core::hint::black_box(ctx);
+        if let Err(reason) = parse(ctx, packet) {
+            return reason;
+        }
+        let mut clock = Clock(0);
+        let listed = if packet.family == FAMILY_V4 {
+            let source = [
+                packet.source[0],
+                packet.source[1],
+                packet.source[2],
+                packet.source[3],
+            ];
+            source_verdict(&ALLOW_V4, &BAN_V4, source, &mut clock)
+        } else {
+            source_verdict(&ALLOW_V6, &BAN_V6, packet.source, &mut clock)
+        };
+        if let Some(reason) = listed {
+            return reason;
+        }
+        let Some(settings) = SETTINGS.get(0) else {
+            return Reason::NoMatch;
+        };
+        if let Some(reason) = check_blacklist(packet, settings, &mut clock) {
+            return reason;
+        }
+        match packet.l4 {
+            L4::Truncated => Reason::Malformed,
+            L4::Unparsed => Reason::Unparsed,
+            L4::Present | L4::Fragment => run_rules(packet, settings, &mut clock),
         }
     }
 
@@ -96,10 +271,8 @@ mod program {
     }
 
     #[inline(always)]
-    fn classify(ctx: &XdpContext) -> Reason {
-        let Some(eth) = header::<EthHdr>(ctx, 0) else {
-            return Reason::Malformed;
-        };
+    fn parse(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
+        let eth = header::<EthHdr>(ctx, 0).ok_or(Reason::Malformed)?;
         // SAFETY: `header` checked the bounds.
         let mut ether_type = unsafe { (*eth).ether_type };
         let mut offset = EthHdr::LEN;
@@ -107,108 +280,126 @@ mod program {
             if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
                 break;
             }
-            let Some(vlan) = header::<VlanHdr>(ctx, offset) else {
-                return Reason::Malformed;
-            };
+            let vlan = header::<VlanHdr>(ctx, offset).ok_or(Reason::Malformed)?;
             ether_type = unsafe { (*vlan).ether_type };
             offset += VlanHdr::LEN;
         }
         match ether_type {
-            ETH_P_IPV4 => classify_ipv4(ctx, offset),
-            ETH_P_IPV6 => classify_ipv6(ctx, offset),
-            ETH_P_8021Q | ETH_P_8021AD => Reason::Unparsed,
-            _ => Reason::NotIp,
+            ETH_P_IPV4 => parse_ipv4(ctx, offset, packet),
+            ETH_P_IPV6 => parse_ipv6(ctx, offset, packet),
+            ETH_P_8021Q | ETH_P_8021AD => Err(Reason::Unparsed),
+            _ => Err(Reason::NotIp),
         }
     }
 
     #[inline(always)]
-    fn classify_ipv4(ctx: &XdpContext, offset: usize) -> Reason {
-        let Some(ip) = header::<Ipv4Hdr>(ctx, offset) else {
-            return Reason::Malformed;
-        };
+    fn parse_ipv4(ctx: &XdpContext, l3_offset: usize, packet: &mut Packet) -> Result<(), Reason> {
+        let ip = header::<Ipv4Hdr>(ctx, l3_offset).ok_or(Reason::Malformed)?;
         // SAFETY: `header` checked the bounds.
         let ip = unsafe { &*ip };
         let header_len = usize::from(ip.vihl & 0x0f) * 4;
         if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
-            return Reason::Malformed;
+            return Err(Reason::Malformed);
         }
-        if let Some(reason) = source_verdict(&ALLOW_V4, &BAN_V4, ip.src_addr) {
-            return reason;
-        }
+        packet.family = FAMILY_V4;
+        packet.source[..4].copy_from_slice(&ip.src_addr);
+        packet.ttl = ip.ttl;
+        packet.l3_offset = l3_offset;
+        packet.l4_offset = l3_offset + header_len;
+        packet.proto = ip.proto;
         // Only the first fragment carries the L4 header.
-        let fragment_offset = u16::from_be_bytes(ip.frags) & 0x1fff;
-        if fragment_offset != 0 {
-            return Reason::NoMatch;
+        if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
+            packet.l4 = L4::Fragment;
+            return Ok(());
         }
-        let l4_offset = offset + header_len;
-        let l4_present = match ip.proto {
-            IPPROTO_TCP => header::<TcpHdr>(ctx, l4_offset).is_some(),
-            IPPROTO_UDP => header::<UdpHdr>(ctx, l4_offset).is_some(),
-            IPPROTO_ICMP => header::<Icmpv4Hdr>(ctx, l4_offset).is_some(),
-            _ => true,
-        };
-        if l4_present {
-            Reason::NoMatch
-        } else {
-            Reason::Malformed
-        }
+        parse_l4(ctx, packet);
+        Ok(())
     }
 
     #[inline(always)]
-    fn classify_ipv6(ctx: &XdpContext, offset: usize) -> Reason {
-        let Some(ip) = header::<Ipv6Hdr>(ctx, offset) else {
-            return Reason::Malformed;
-        };
+    fn parse_ipv6(ctx: &XdpContext, l3_offset: usize, packet: &mut Packet) -> Result<(), Reason> {
+        let ip = header::<Ipv6Hdr>(ctx, l3_offset).ok_or(Reason::Malformed)?;
         // SAFETY: `header` checked the bounds.
         let ip = unsafe { &*ip };
         if ip.vcf[0] >> 4 != 6 {
-            return Reason::Malformed;
+            return Err(Reason::Malformed);
         }
-        if let Some(reason) = source_verdict(&ALLOW_V6, &BAN_V6, ip.src_addr) {
-            return reason;
-        }
-        let mut next_header = ip.next_hdr;
-        let mut l4_offset = offset + Ipv6Hdr::LEN;
+        packet.family = FAMILY_V6;
+        packet.source = ip.src_addr;
+        packet.ttl = ip.hop_limit;
+        packet.l3_offset = l3_offset;
+        packet.l4_offset = l3_offset + Ipv6Hdr::LEN;
+        packet.proto = ip.next_hdr;
         for _ in 0..MAX_IPV6_EXT_HEADERS {
-            match next_header {
+            match packet.proto {
                 IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                     // Next header, then the length in 8-octet units not counting the first 8.
-                    let Some(ext) = header::<[u8; 2]>(ctx, l4_offset) else {
-                        return Reason::Malformed;
+                    let Some(ext) = header::<[u8; 2]>(ctx, packet.l4_offset) else {
+                        packet.l4 = L4::Truncated;
+                        return Ok(());
                     };
                     let ext = unsafe { *ext };
-                    next_header = ext[0];
-                    l4_offset += (usize::from(ext[1]) + 1) * 8;
+                    packet.proto = ext[0];
+                    packet.l4_offset += (usize::from(ext[1]) + 1) * 8;
                 }
                 IPPROTO_FRAGMENT => {
                     // Next header, reserved, then offset (13 bits) and flags.
-                    let Some(fragment) = header::<[u8; 8]>(ctx, l4_offset) else {
-                        return Reason::Malformed;
+                    let Some(fragment) = header::<[u8; 8]>(ctx, packet.l4_offset) else {
+                        packet.l4 = L4::Truncated;
+                        return Ok(());
                     };
                     let fragment = unsafe { *fragment };
+                    packet.proto = fragment[0];
+                    packet.l4_offset += 8;
                     if u16::from_be_bytes([fragment[2], fragment[3]]) >> 3 != 0 {
-                        return Reason::NoMatch;
+                        packet.l4 = L4::Fragment;
+                        return Ok(());
                     }
-                    next_header = fragment[0];
-                    l4_offset += 8;
                 }
                 _ => break,
             }
         }
-        let l4_present = match next_header {
-            IPPROTO_TCP => header::<TcpHdr>(ctx, l4_offset).is_some(),
-            IPPROTO_UDP => header::<UdpHdr>(ctx, l4_offset).is_some(),
+        if matches!(
+            packet.proto,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
+        ) {
+            packet.l4 = L4::Unparsed;
+            return Ok(());
+        }
+        parse_l4(ctx, packet);
+        Ok(())
+    }
+
+    /// Reads the destination port and TCP flags, or marks the L4 header truncated.
+    #[inline(always)]
+    fn parse_l4(ctx: &XdpContext, packet: &mut Packet) {
+        let offset = packet.l4_offset;
+        let complete = match packet.proto {
+            IPPROTO_TCP => match header::<TcpHdr>(ctx, offset) {
+                Some(tcp) => {
+                    // SAFETY: `header` checked the bounds.
+                    let tcp = unsafe { &*tcp };
+                    packet.dport = u16::from_be_bytes(tcp.dest);
+                    // The flags byte follows the data offset byte.
+                    let flags = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
+                    packet.tcp_flags = flags;
+                    true
+                }
+                None => false,
+            },
+            IPPROTO_UDP => match header::<UdpHdr>(ctx, offset) {
+                Some(udp) => {
+                    packet.dport = u16::from_be_bytes(unsafe { (*udp).dst });
+                    true
+                }
+                None => false,
+            },
             // ICMPv6 shares ICMP's 8-byte type, code, checksum, rest-of-header layout.
-            IPPROTO_ICMPV6 => header::<Icmpv4Hdr>(ctx, l4_offset).is_some(),
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
-                return Reason::Unparsed
-            }
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => header::<Icmpv4Hdr>(ctx, offset).is_some(),
             _ => true,
         };
-        if l4_present {
-            Reason::NoMatch
-        } else {
-            Reason::Malformed
+        if !complete {
+            packet.l4 = L4::Truncated;
         }
     }
 
@@ -218,19 +409,329 @@ mod program {
         allowlist: &LpmTrie<[u8; N], AllowValue, ALLOW_CAP>,
         bans: &LpmTrie<[u8; N], BanValue, BAN_CAP>,
         source: [u8; N],
+        clock: &mut Clock,
     ) -> Option<Reason> {
         let key = Key::new((N * 8) as u32, source);
         if allowlist.get(&key).is_some() {
             return Some(Reason::Allowlisted);
         }
         let ban = bans.get(&key)?;
-        ban_is_active(ban, boot_seconds).then_some(Reason::ManualBan)
+        ban_is_active(ban, || (clock.now_ns() / 1_000_000_000) as u32).then_some(Reason::ManualBan)
     }
 
     #[inline(always)]
-    fn boot_seconds() -> u32 {
-        // SAFETY: the helper has no preconditions.
-        (unsafe { bpf_ktime_get_boot_ns() } / 1_000_000_000) as u32
+    fn rule_stats(slot: u32) -> Option<&'static mut RuleStats> {
+        // SAFETY: a per-CPU slot is only ever touched by this CPU.
+        RULE_STATS
+            .get_ptr_mut(slot)
+            .map(|stats| unsafe { &mut *stats })
+    }
+
+    /// The verdict for a packet of a source a rule blacklisted: `Rejected` (answered later by
+    /// `blocker`, which counts it for the rule) or `drop_reason`, counted here.
+    #[inline(always)]
+    fn punish(packet: &mut Packet, action: u16, slot: u32, drop_reason: Reason) -> Reason {
+        if action == RuleAction::Reject as u16 {
+            packet.punished_by = slot;
+            packet.drop_reason = drop_reason;
+            return Reason::Rejected;
+        }
+        if let Some(stats) = rule_stats(slot) {
+            stats.dropped += 1;
+        }
+        drop_reason
+    }
+
+    /// The dynamic blacklist, looked up once per mask in use for the family.
+    #[inline(always)]
+    fn check_blacklist(
+        packet: &mut Packet,
+        settings: &Settings,
+        clock: &mut Clock,
+    ) -> Option<Reason> {
+        let masks = if packet.family == FAMILY_V4 {
+            &settings.masks_v4
+        } else {
+            &settings.masks_v6
+        };
+        for mask in masks.iter().take(MAX_MASKS) {
+            if *mask == 0 {
+                break;
+            }
+            let Some(entry) = BLACKLIST.get_ptr_mut(packet.source_key(*mask)) else {
+                continue;
+            };
+            // SAFETY: the entry stays valid during this program run; concurrent refreshes of
+            // the expiry race benignly (both write a time in the future).
+            let entry = unsafe { &mut *entry };
+            if blacklist_hit(entry, clock.now_ms()) {
+                let (action, slot) = (entry.action, u32::from(entry.slot));
+                return Some(punish(packet, action, slot, Reason::Blacklisted));
+            }
+        }
+        None
+    }
+
+    /// State shared with [`rule_step`] across `bpf_loop` iterations.
+    struct RulesLoop<'a> {
+        packet: &'a mut Packet,
+        clock: &'a mut Clock,
+        reason: Reason,
+    }
+
+    /// Rate and burst rules in slot order; the first that blacklists the source decides.
+    /// `bpf_loop` has the verifier check one iteration instead of every unrolled path.
+    #[inline(always)]
+    fn run_rules(packet: &mut Packet, settings: &Settings, clock: &mut Clock) -> Reason {
+        let slots = settings.rule_slots.min(MAX_RULES as u32);
+        let mut state = RulesLoop {
+            packet,
+            clock,
+            reason: Reason::NoMatch,
+        };
+        // SAFETY: `rule_step` matches the callback signature and gets `state` back as its
+        // context, which outlives the call.
+        unsafe {
+            bpf_loop(
+                slots,
+                rule_step as *mut c_void,
+                &mut state as *mut RulesLoop as *mut c_void,
+                0,
+            );
+        }
+        state.reason
+    }
+
+    /// One rule slot; returns 1 to stop the loop.
+    extern "C" fn rule_step(slot: u64, state: *mut c_void) -> i64 {
+        // SAFETY: `run_rules` passes its `RulesLoop`.
+        let state = unsafe { &mut *(state as *mut RulesLoop) };
+        let slot = slot as u32;
+        match rule_event(slot, state.packet, state.clock) {
+            None => 0,
+            Some(Reason::RuleEvent) => {
+                state.reason = Reason::RuleEvent;
+                0
+            }
+            Some(final_reason) => {
+                state.reason = final_reason;
+                1
+            }
+        }
+    }
+
+    /// The event, if any, this packet is for the rule in `slot`: `RuleEvent` when counted, a
+    /// final verdict when it blacklists the source.
+    #[inline(always)]
+    fn rule_event(slot: u32, packet: &mut Packet, clock: &mut Clock) -> Option<Reason> {
+        let rule = RULES.get(slot)?;
+        let syn_only = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if !rule_matches(rule, packet.proto, packet.dport, syn_only) {
+            return None;
+        }
+        let mask = if packet.family == FAMILY_V4 {
+            rule.mask_v4
+        } else {
+            rule.mask_v6
+        };
+        let key = HistoryKey {
+            source: packet.source_key(mask),
+            slot: slot as u16,
+            generation: rule.generation,
+        };
+        let now_ms = clock.now_ms();
+        let outcome = match HISTORY.get_ptr_mut(&key) {
+            // Known source: update in place, no map update call.
+            Some(history) => on_event(rule, unsafe { &mut *history }, now_ms as u32, packet.ttl),
+            None => {
+                let scratch = SCRATCH.get_ptr_mut(0)?;
+                // SAFETY: per-CPU scratch, only this program run uses it.
+                let history = unsafe { &mut (*scratch).history };
+                history.recorded = 0;
+                history.last_event_ms = 0;
+                history.bunch_len = 0;
+                history.ttl = u32::from(packet.ttl);
+                let outcome = on_event(rule, history, now_ms as u32, packet.ttl);
+                // A full LRU map evicts the least recently used history; nothing to handle.
+                let _ = HISTORY.insert(&key, &*history, 0);
+                outcome
+            }
+        };
+        let stats = rule_stats(slot);
+        match outcome {
+            Outcome::Ignored => None,
+            Outcome::Counted => {
+                if let Some(stats) = stats {
+                    stats.events += 1;
+                }
+                Some(Reason::RuleEvent)
+            }
+            Outcome::Blacklist { hits } => {
+                if let Some(stats) = stats {
+                    stats.events += 1;
+                    stats.blacklisted += 1;
+                }
+                let entry = BlacklistEntry {
+                    expires_at_ms: now_ms + u64::from(rule.blacklist_ms),
+                    refresh_ms: if rule.refresh != 0 {
+                        rule.blacklist_ms
+                    } else {
+                        0
+                    },
+                    hits,
+                    slot: slot as u16,
+                    action: u16::from(rule.action),
+                    generation: rule.generation,
+                };
+                let _ = BLACKLIST.insert(&key.source, &entry, 0);
+                // A full ring buffer loses the event, never the packet's verdict.
+                if let Some(mut event) = EVENTS.reserve(0) {
+                    event.write(Event {
+                        source: key.source,
+                        slot: slot as u16,
+                        generation: rule.generation,
+                        hits,
+                        blacklist_ms: rule.blacklist_ms,
+                    });
+                    event.submit(0);
+                }
+                Some(punish(packet, entry.action, slot, Reason::RuleTriggered))
+            }
+        }
+    }
+
+    /// Rewrites the packet into a TCP RST or ICMP port unreachable back to its source.
+    /// Returns false when the packet gets no answer (ICMP, a RST, too long to quote).
+    /// Kept out of line: only blacklisted traffic of reject rules pays for it.
+    #[inline(never)]
+    fn reject(ctx: &XdpContext, packet: &Packet) -> bool {
+        if packet.l4 != L4::Present {
+            return false;
+        }
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            return false;
+        };
+        // SAFETY: per-CPU scratch, only this program run uses it.
+        let scratch = unsafe { &mut *scratch };
+        let l2_len = packet.l3_offset;
+        if l2_len < EthHdr::LEN || l2_len > MAX_L2_LEN {
+            return false;
+        }
+        if load(ctx, 0, scratch.l2.as_mut_ptr(), l2_len as u32).is_none() {
+            return false;
+        }
+        // Back to where it came from: swap the MAC addresses.
+        for i in 0..6 {
+            scratch.l2.swap(i, i + 6);
+        }
+        let answered = match (packet.family, packet.proto) {
+            (FAMILY_V4, IPPROTO_TCP) => reset_v4(ctx, packet, scratch),
+            (FAMILY_V6, IPPROTO_TCP) => reset_v6(ctx, packet, scratch),
+            (_, IPPROTO_ICMP | IPPROTO_ICMPV6) => false,
+            (FAMILY_V4, _) => unreachable_v4(ctx, packet, scratch),
+            _ => unreachable_v6(ctx, packet, scratch),
+        };
+        answered && store(ctx, 0, scratch.l2.as_mut_ptr(), l2_len as u32)
+    }
+
+    #[inline(always)]
+    fn load(ctx: &XdpContext, offset: usize, buf: *mut u8, len: u32) -> Option<()> {
+        // SAFETY: the caller passes a buffer of at least `len` bytes.
+        let ret = unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, buf as *mut c_void, len) };
+        (ret == 0).then_some(())
+    }
+
+    #[inline(always)]
+    fn store(ctx: &XdpContext, offset: usize, buf: *mut u8, len: u32) -> bool {
+        // SAFETY: the caller passes a buffer of at least `len` bytes.
+        unsafe { bpf_xdp_store_bytes(ctx.ctx, offset as u32, buf as *mut c_void, len) == 0 }
+    }
+
+    /// Sets the frame's length to `len` bytes.
+    #[inline(always)]
+    fn resize(ctx: &XdpContext, len: usize) -> bool {
+        // black_box keeps LLVM from folding this into arithmetic on the packet-end pointer,
+        // which the verifier refuses.
+        let current = core::hint::black_box(ctx.data_end() - ctx.data()) as i32;
+        // SAFETY: the helper checks the new length against the buffer.
+        unsafe { bpf_xdp_adjust_tail(ctx.ctx, len as i32 - current) == 0 }
+    }
+
+    #[inline(always)]
+    fn reset_v4(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> bool {
+        if load(ctx, packet.l3_offset, scratch.ip_v4.as_mut_ptr(), 20).is_none()
+            || load(ctx, packet.l4_offset, scratch.tcp.as_mut_ptr(), 20).is_none()
+        {
+            return false;
+        }
+        let (ip, tcp) = (&scratch.ip_v4, &scratch.tcp);
+        let total_len = u32::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let headers = u32::from(ip[0] & 0x0f) * 4 + u32::from(tcp[12] >> 4) * 4;
+        let out = &mut scratch.reset_v4;
+        tcp_reset_v4(out, ip, tcp, total_len.saturating_sub(headers))
+            && resize(ctx, packet.l3_offset + out.len())
+            && store(ctx, packet.l3_offset, out.as_mut_ptr(), out.len() as u32)
+    }
+
+    #[inline(always)]
+    fn reset_v6(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> bool {
+        if load(ctx, packet.l3_offset, scratch.ip_v6.as_mut_ptr(), 40).is_none()
+            || load(ctx, packet.l4_offset, scratch.tcp.as_mut_ptr(), 20).is_none()
+        {
+            return false;
+        }
+        let (ip, tcp) = (&scratch.ip_v6, &scratch.tcp);
+        let payload_len = u32::from(u16::from_be_bytes([ip[4], ip[5]]));
+        let extensions = (packet.l4_offset - packet.l3_offset - Ipv6Hdr::LEN) as u32;
+        let headers = extensions + u32::from(tcp[12] >> 4) * 4;
+        let out = &mut scratch.reset_v6;
+        tcp_reset_v6(out, ip, tcp, payload_len.saturating_sub(headers))
+            && resize(ctx, packet.l3_offset + out.len())
+            && store(ctx, packet.l3_offset, out.as_mut_ptr(), out.len() as u32)
+    }
+
+    /// Makes room for `extra` bytes of new headers in front of the IP header.
+    #[inline(always)]
+    fn grow_head(ctx: &XdpContext, extra: i32) -> bool {
+        // SAFETY: the helper checks the headroom.
+        unsafe { bpf_xdp_adjust_head(ctx.ctx, -extra) == 0 }
+    }
+
+    #[inline(always)]
+    fn unreachable_v4(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> bool {
+        // The offending IP header and 8 bytes of what follows.
+        let quote_len = packet.l4_offset - packet.l3_offset + 8;
+        if quote_len > QUOTE_V4_MAX {
+            return false;
+        }
+        let out = &mut scratch.unreach_v4;
+        let quote = unsafe { out.as_mut_ptr().add(28) };
+        if load(ctx, packet.l3_offset, quote, quote_len as u32).is_none() {
+            return false;
+        }
+        scratch.ip_v4.copy_from_slice(&out[28..48]);
+        let len = port_unreachable_v4(out, &scratch.ip_v4, quote_len);
+        grow_head(ctx, 28)
+            && resize(ctx, packet.l3_offset + len)
+            && store(ctx, packet.l3_offset, out.as_mut_ptr(), len as u32)
+    }
+
+    #[inline(always)]
+    fn unreachable_v6(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> bool {
+        let quote_len = packet.l4_offset - packet.l3_offset + 8;
+        if quote_len > QUOTE_V6_MAX {
+            return false;
+        }
+        let out = &mut scratch.unreach_v6;
+        let quote = unsafe { out.as_mut_ptr().add(48) };
+        if load(ctx, packet.l3_offset, quote, quote_len as u32).is_none() {
+            return false;
+        }
+        scratch.ip_v6.copy_from_slice(&out[48..88]);
+        let len = port_unreachable_v6(out, &scratch.ip_v6, quote_len);
+        grow_head(ctx, 48)
+            && resize(ctx, packet.l3_offset + len)
+            && store(ctx, packet.l3_offset, out.as_mut_ptr(), len as u32)
     }
 
     #[cfg(not(test))]

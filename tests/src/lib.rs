@@ -233,7 +233,17 @@ impl TestNet {
 
     /// Takes the client's end of the veth down, so nothing reaches the server's interface.
     pub fn client_link_down(&self) {
-        sh("ip", &["-n", &self.client_ns, "link", "set", &self.client_if, "down"]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &self.client_ns,
+                "link",
+                "set",
+                &self.client_if,
+                "down",
+            ],
+        );
     }
 
     fn n(&self) -> u32 {

@@ -1,0 +1,576 @@
+//! Rate and burst rules: the layouts the kernel and userspace share, and the pure functions
+//! that decide, per event, whether a source gets blacklisted.
+//!
+//! Times are milliseconds of CLOCK_BOOTTIME. History timestamps are kept as `u32` to halve the
+//! per-source memory; they wrap after 49 days, and every comparison uses wrapping differences,
+//! which stay exact for windows shorter than 24 days.
+
+/// Rule slots in the kernel.
+pub const MAX_RULES: usize = 32;
+/// Timestamps kept per source and rule; also the largest hitcount and bunch count.
+pub const HISTORY_RING: usize = 64;
+/// Distinct source masks per address family that the dynamic blacklist is looked up with.
+pub const MAX_MASKS: usize = 4;
+/// Longest window, blacklist or gap a rule may use, so `u32` millisecond differences stay exact.
+pub const MAX_RULE_MS: u32 = 24 * 24 * 3600 * 1000;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// What a rule slot holds.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleKind {
+    Empty = 0,
+    /// `recent --rcheck --seconds S --hitcount N`, then `--set`.
+    Rate = 1,
+    /// Bunch analysis: bursts of events close together.
+    Burst = 2,
+}
+
+/// What happens to the packets of a source a rule blacklisted.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleAction {
+    Drop = 0,
+    /// Answer from XDP: TCP RST, or ICMP/ICMPv6 port unreachable; other packets are dropped.
+    Reject = 1,
+}
+
+/// `Rule::proto` value matching every protocol.
+pub const PROTO_ANY: u8 = 255;
+
+/// One rule slot. Slots are evaluated in index order; `generation` changes whenever a slot is
+/// reused, so history left by an earlier rule in the slot never counts for the new one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub generation: u32,
+    /// A [`RuleKind`].
+    pub kind: u8,
+    /// An IP protocol number, or [`PROTO_ANY`].
+    pub proto: u8,
+    /// A [`RuleAction`].
+    pub action: u8,
+    /// 1: only TCP SYN without ACK is an event; 0: every matching packet is.
+    pub new_only: u8,
+    /// 1: every packet of a blacklisted source extends its entry (`--update`).
+    pub refresh: u8,
+    /// 1: an event counts only with the TTL / hop limit first recorded for the source (`--rttl`).
+    pub ttl_match: u8,
+    /// Prefix lengths sources are aggregated to.
+    pub mask_v4: u8,
+    pub mask_v6: u8,
+    /// Destination port range, inclusive; 0..=65535 for any (and for port-less protocols).
+    pub dport_min: u16,
+    pub dport_max: u16,
+    /// Rate rules: hits within `window_ms`. Burst rules: bunches of `min_bunch` within it.
+    pub hitcount: u32,
+    pub window_ms: u32,
+    pub blacklist_ms: u32,
+    /// Burst rules: the largest gap between events of one bunch.
+    pub gap_ms: u32,
+    /// Burst rules: a bunch this long blacklists at once.
+    pub bunch_size: u32,
+    /// Burst rules: a bunch this long counts toward `hitcount`.
+    pub min_bunch: u32,
+}
+
+/// Per-rule counters (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleStats {
+    pub events: u64,
+    pub blacklisted: u64,
+    pub dropped: u64,
+    pub rejected: u64,
+}
+
+/// Global settings the program reads once per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Slots to scan: one past the highest slot in use (0 = no rules).
+    pub rule_slots: u32,
+    /// Masks the dynamic blacklist is keyed by, per family; 0 = unused.
+    pub masks_v4: [u8; MAX_MASKS],
+    pub masks_v6: [u8; MAX_MASKS],
+}
+
+/// A source aggregated to a prefix; IPv4 addresses use the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub prefix_len: u8,
+}
+
+/// The history of one source under one rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HistoryKey {
+    pub source: SourceKey,
+    pub slot: u16,
+    pub generation: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct History {
+    /// Rate rules: event times. Burst rules: times bunches reached `min_bunch`.
+    pub ring: [u32; HISTORY_RING],
+    /// Entries ever written to `ring`; the newest is at `(recorded - 1) % HISTORY_RING`.
+    pub recorded: u32,
+    /// Burst rules: the time of the previous event and the length of the current bunch.
+    pub last_event_ms: u32,
+    pub bunch_len: u32,
+    /// TTL / hop limit of the first event, for `ttl_match`.
+    pub ttl: u32,
+}
+
+/// A dynamically blacklisted source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlacklistEntry {
+    pub expires_at_ms: u64,
+    /// How far each packet pushes the expiry when the rule refreshes; 0 = no refresh.
+    pub refresh_ms: u32,
+    /// Events the rule had seen from the source when it blacklisted it.
+    pub hits: u32,
+    pub slot: u16,
+    /// A [`RuleAction`].
+    pub action: u16,
+    pub generation: u32,
+}
+
+/// What the program tells userspace through the event ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub source: SourceKey,
+    pub slot: u16,
+    pub generation: u32,
+    pub hits: u32,
+    pub blacklist_ms: u32,
+}
+
+// The layouts are shared byte for byte with the kernel: no implicit padding anywhere.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Rule>() == 40);
+    assert!(size_of::<RuleStats>() == 32);
+    assert!(size_of::<Settings>() == 12);
+    assert!(size_of::<SourceKey>() == 18);
+    assert!(size_of::<HistoryKey>() == 24);
+    assert!(size_of::<History>() == 4 * HISTORY_RING + 16);
+    assert!(size_of::<BlacklistEntry>() == 24);
+    assert!(size_of::<Event>() == 32);
+};
+
+impl History {
+    pub const fn new(ttl: u8) -> Self {
+        Self {
+            ring: [0; HISTORY_RING],
+            recorded: 0,
+            last_event_ms: 0,
+            bunch_len: 0,
+            ttl: ttl as u32,
+        }
+    }
+
+    #[inline(always)]
+    fn record(&mut self, now_ms: u32) {
+        self.ring[self.recorded as usize % HISTORY_RING] = now_ms;
+        self.recorded = self.recorded.wrapping_add(1);
+    }
+
+    /// Whether at least `count` recorded times lie within `window_ms` of `now_ms` (inclusive,
+    /// like `recent`). Times are recorded in order, so that is the `count`-th newest one: O(1).
+    #[inline(always)]
+    pub fn has_within(&self, count: u32, window_ms: u32, now_ms: u32) -> bool {
+        if count == 0 || count as usize > HISTORY_RING || self.recorded < count {
+            return false;
+        }
+        let oldest_needed = self.ring[(self.recorded - count) as usize % HISTORY_RING];
+        now_ms.wrapping_sub(oldest_needed) <= window_ms
+    }
+
+    /// Events recorded within the window, counted for event reports (bounded by the ring).
+    pub fn hits_within(&self, window_ms: u32, now_ms: u32) -> u32 {
+        let mut hits = 0;
+        while hits < self.recorded.min(HISTORY_RING as u32)
+            && self.has_within(hits + 1, window_ms, now_ms)
+        {
+            hits += 1;
+        }
+        hits
+    }
+}
+
+/// The result of one event under one rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not an event for this rule (TTL differs from the recorded one under `ttl_match`).
+    Ignored,
+    /// Recorded; the source stays below the threshold.
+    Counted,
+    /// The source crossed the threshold: blacklist it and drop or reject this packet.
+    Blacklist { hits: u32 },
+}
+
+/// One event of a source under a rule, at `now_ms`, with the packet's TTL / hop limit.
+/// `history` is the source's history under the rule (fresh from [`History::new`] for a new
+/// source) and is updated in place.
+#[inline(always)]
+pub fn on_event(rule: &Rule, history: &mut History, now_ms: u32, ttl: u8) -> Outcome {
+    if rule.ttl_match != 0 && history.ttl != u32::from(ttl) {
+        return Outcome::Ignored;
+    }
+    if rule.kind == RuleKind::Burst as u8 {
+        return on_burst_event(rule, history, now_ms);
+    }
+    // `--rcheck --hitcount N` comes before `--set`: a source that already has N hits in the
+    // window is blacklisted by this event, which is not recorded.
+    if history.has_within(rule.hitcount, rule.window_ms, now_ms) {
+        return Outcome::Blacklist {
+            hits: rule.hitcount + 1,
+        };
+    }
+    history.record(now_ms);
+    Outcome::Counted
+}
+
+#[inline(always)]
+fn on_burst_event(rule: &Rule, history: &mut History, now_ms: u32) -> Outcome {
+    let continues_bunch =
+        history.bunch_len > 0 && now_ms.wrapping_sub(history.last_event_ms) <= rule.gap_ms;
+    history.bunch_len = if continues_bunch {
+        history.bunch_len.saturating_add(1)
+    } else {
+        1
+    };
+    history.last_event_ms = now_ms;
+    if history.bunch_len == rule.min_bunch {
+        history.record(now_ms);
+    }
+    if history.bunch_len >= rule.bunch_size {
+        return Outcome::Blacklist {
+            hits: history.bunch_len,
+        };
+    }
+    if history.bunch_len == rule.min_bunch
+        && history.has_within(rule.hitcount, rule.window_ms, now_ms)
+    {
+        return Outcome::Blacklist {
+            hits: rule.hitcount,
+        };
+    }
+    Outcome::Counted
+}
+
+/// Whether a rule's protocol and port match a packet (`dport` 0 for port-less protocols).
+#[inline(always)]
+pub fn rule_matches(rule: &Rule, proto: u8, dport: u16, tcp_syn_only: bool) -> bool {
+    if rule.kind == RuleKind::Empty as u8 {
+        return false;
+    }
+    if rule.proto != PROTO_ANY && rule.proto != proto {
+        return false;
+    }
+    if dport < rule.dport_min || dport > rule.dport_max {
+        return false;
+    }
+    // "new" counts TCP connection openings only; other protocols have no such notion.
+    !(rule.new_only != 0 && proto == 6 && !tcp_syn_only)
+}
+
+/// Whether a blacklisted source is still blocked at `now_ms`; refreshes the expiry in place
+/// when the rule says so (`--update`).
+#[inline(always)]
+pub fn blacklist_hit(entry: &mut BlacklistEntry, now_ms: u64) -> bool {
+    if now_ms > entry.expires_at_ms {
+        return false;
+    }
+    if entry.refresh_ms != 0 {
+        entry.expires_at_ms = now_ms + u64::from(entry.refresh_ms);
+    }
+    true
+}
+
+/// The top `bits` bits of a 64-bit word set.
+#[inline(always)]
+fn prefix_mask64(bits: u32) -> u64 {
+    if bits == 0 {
+        0
+    } else if bits >= 64 {
+        u64::MAX
+    } else {
+        u64::MAX << (64 - bits)
+    }
+}
+
+/// `addr` with the bits past `prefix_len` cleared. IPv4 addresses sit in the first 4 bytes
+/// with the rest zero, so the same arithmetic serves both families. Branch-light on purpose:
+/// a byte loop here multiplies the verifier's work.
+#[inline(always)]
+pub fn mask_addr(addr: [u8; 16], prefix_len: u8) -> [u8; 16] {
+    let high = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let low = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let bits = u32::from(prefix_len);
+    let high = (high & prefix_mask64(bits)).to_be_bytes();
+    let low = (low & prefix_mask64(bits.saturating_sub(64))).to_be_bytes();
+    [
+        high[0], high[1], high[2], high[3], high[4], high[5], high[6], high[7], low[0], low[1],
+        low[2], low[3], low[4], low[5], low[6], low[7],
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ssh_rule() -> Rule {
+        Rule {
+            generation: 1,
+            kind: RuleKind::Rate as u8,
+            proto: 6,
+            new_only: 1,
+            refresh: 1,
+            mask_v4: 32,
+            mask_v6: 64,
+            dport_min: 22,
+            dport_max: 22,
+            hitcount: 3,
+            window_ms: 30_000,
+            blacklist_ms: 120_000,
+            ..Rule::default()
+        }
+    }
+
+    fn burst_rule() -> Rule {
+        Rule {
+            kind: RuleKind::Burst as u8,
+            gap_ms: 2_000,
+            bunch_size: 10,
+            min_bunch: 4,
+            hitcount: 10,
+            window_ms: 86_400_000,
+            ..ssh_rule()
+        }
+    }
+
+    #[test]
+    fn the_seed_gives_exactly_three_tries() {
+        let rule = ssh_rule();
+        let mut history = History::new(64);
+        for t in [0, 1_000, 2_000] {
+            assert_eq!(on_event(&rule, &mut history, t, 64), Outcome::Counted);
+        }
+        assert_eq!(
+            on_event(&rule, &mut history, 3_000, 64),
+            Outcome::Blacklist { hits: 4 }
+        );
+    }
+
+    #[test]
+    fn hits_outside_the_window_do_not_count() {
+        let rule = ssh_rule();
+        let mut history = History::new(64);
+        for t in [0, 10_000, 20_000, 30_001, 40_002, 50_003] {
+            assert_eq!(
+                on_event(&rule, &mut history, t, 64),
+                Outcome::Counted,
+                "{t}"
+            );
+        }
+        // At 60_000 the last three are 30_001, 40_002, 50_003: all within 30 s.
+        assert!(matches!(
+            on_event(&rule, &mut history, 60_000, 64),
+            Outcome::Blacklist { .. }
+        ));
+    }
+
+    #[test]
+    fn the_window_edge_is_inclusive_like_recent() {
+        let rule = ssh_rule();
+        let mut history = History::new(64);
+        for t in [0, 1, 2] {
+            on_event(&rule, &mut history, t, 64);
+        }
+        assert!(matches!(
+            on_event(&rule, &mut history, 30_000, 64),
+            Outcome::Blacklist { .. }
+        ));
+        let mut history = History::new(64);
+        for t in [0, 1, 2] {
+            on_event(&rule, &mut history, t, 64);
+        }
+        assert_eq!(on_event(&rule, &mut history, 30_001, 64), Outcome::Counted);
+    }
+
+    #[test]
+    fn window_checks_survive_clock_wrap() {
+        let rule = ssh_rule();
+        let mut history = History::new(64);
+        let start = u32::MAX - 1_000;
+        for i in 0..3u32 {
+            on_event(&rule, &mut history, start.wrapping_add(i * 1_000), 64);
+        }
+        assert!(matches!(
+            on_event(&rule, &mut history, start.wrapping_add(3_000), 64),
+            Outcome::Blacklist { .. }
+        ));
+    }
+
+    #[test]
+    fn hitcount_up_to_the_ring_size_is_exact() {
+        let rule = Rule {
+            hitcount: HISTORY_RING as u32,
+            ..ssh_rule()
+        };
+        let mut history = History::new(64);
+        for i in 0..HISTORY_RING as u32 {
+            assert_eq!(on_event(&rule, &mut history, i, 64), Outcome::Counted);
+        }
+        assert!(matches!(
+            on_event(&rule, &mut history, 100, 64),
+            Outcome::Blacklist { .. }
+        ));
+        assert_eq!(history.hits_within(30_000, 100), HISTORY_RING as u32);
+    }
+
+    #[test]
+    fn ttl_match_ignores_other_ttls() {
+        let rule = Rule {
+            ttl_match: 1,
+            ..ssh_rule()
+        };
+        let mut history = History::new(64);
+        for t in 0..10 {
+            assert_eq!(on_event(&rule, &mut history, t, 50), Outcome::Ignored);
+        }
+        for t in 0..3 {
+            assert_eq!(on_event(&rule, &mut history, t, 64), Outcome::Counted);
+        }
+        assert!(matches!(
+            on_event(&rule, &mut history, 4, 64),
+            Outcome::Blacklist { .. }
+        ));
+    }
+
+    #[test]
+    fn a_bunch_of_ten_blacklists_nine_do_not() {
+        let rule = burst_rule();
+        let mut history = History::new(64);
+        for i in 0..9u32 {
+            assert_eq!(
+                on_event(&rule, &mut history, i * 1_500, 64),
+                Outcome::Counted
+            );
+        }
+        // The 10th within the gap of the 9th.
+        assert_eq!(
+            on_event(&rule, &mut history, 9 * 1_500, 64),
+            Outcome::Blacklist { hits: 10 }
+        );
+        // Slow events never form a bunch.
+        let mut history = History::new(64);
+        for i in 0..100u32 {
+            assert_eq!(
+                on_event(&rule, &mut history, i * 2_001, 64),
+                Outcome::Counted
+            );
+        }
+    }
+
+    #[test]
+    fn many_small_bunches_within_the_window_blacklist() {
+        let rule = burst_rule();
+        let mut history = History::new(64);
+        let mut t = 0;
+        for bunch in 0..10 {
+            for event in 0..4 {
+                let outcome = on_event(&rule, &mut history, t, 64);
+                if bunch == 9 && event == 3 {
+                    assert_eq!(outcome, Outcome::Blacklist { hits: 10 });
+                } else {
+                    assert_eq!(outcome, Outcome::Counted, "bunch {bunch} event {event}");
+                }
+                t += 1_000;
+            }
+            t += 60_000;
+        }
+        // Bunches of three never count.
+        let mut history = History::new(64);
+        let mut t = 0;
+        for _ in 0..50 {
+            for _ in 0..3 {
+                assert_eq!(on_event(&rule, &mut history, t, 64), Outcome::Counted);
+                t += 1_000;
+            }
+            t += 60_000;
+        }
+    }
+
+    #[test]
+    fn rules_match_protocol_port_and_new_connections() {
+        let rule = ssh_rule();
+        assert!(rule_matches(&rule, 6, 22, true));
+        assert!(!rule_matches(&rule, 6, 22, false), "not a new connection");
+        assert!(!rule_matches(&rule, 6, 23, true));
+        assert!(!rule_matches(&rule, 17, 22, true));
+        let any = Rule {
+            proto: PROTO_ANY,
+            dport_min: 0,
+            dport_max: u16::MAX,
+            ..rule
+        };
+        assert!(
+            rule_matches(&any, 1, 0, false),
+            "ICMP counts when new_only is TCP-only"
+        );
+        assert!(!rule_matches(&Rule::default(), 6, 22, true), "empty slot");
+    }
+
+    #[test]
+    fn blacklist_refresh_extends_only_when_asked() {
+        let mut entry = BlacklistEntry {
+            expires_at_ms: 120_000,
+            refresh_ms: 120_000,
+            ..BlacklistEntry::default()
+        };
+        assert!(blacklist_hit(&mut entry, 100_000));
+        assert_eq!(entry.expires_at_ms, 220_000);
+        assert!(blacklist_hit(&mut entry, 220_000), "the edge is inclusive");
+        assert!(!blacklist_hit(&mut entry, 340_001));
+        let mut fixed = BlacklistEntry {
+            expires_at_ms: 120_000,
+            ..BlacklistEntry::default()
+        };
+        assert!(blacklist_hit(&mut fixed, 100_000));
+        assert_eq!(fixed.expires_at_ms, 120_000);
+        assert!(!blacklist_hit(&mut fixed, 120_001));
+    }
+
+    #[test]
+    fn masks_clear_host_bits() {
+        let addr = [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(mask_addr(addr, 24)[..4], [10, 1, 2, 0]);
+        assert_eq!(mask_addr(addr, 20)[..4], [10, 1, 0, 0]);
+        assert_eq!(mask_addr(addr, 32)[..4], [10, 1, 2, 3]);
+        let v6 = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2, 0xaa, 0xbb, 0, 0, 0, 0, 0, 9,
+        ];
+        let masked = mask_addr(v6, 64);
+        assert_eq!(masked[..8], v6[..8]);
+        assert_eq!(masked[8..], [0; 8]);
+        assert_eq!(mask_addr(v6, 4)[0], 0x20);
+        assert_eq!(mask_addr(v6, 3)[0], 0x20);
+        assert_eq!(mask_addr(v6, 2)[0], 0x00);
+    }
+}
