@@ -3,16 +3,22 @@
 
 use std::path::Path;
 
-use blocker_common::{DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY};
+use blocker_common::{
+    DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
+    DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY,
+};
 use serde::Deserialize;
 
-use crate::{Error, Result};
+use crate::{rules::RuleSpec, Error, Result};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub maps: MapCapacities,
+    /// Rate and burst rules, in evaluation order; they replace the rules in force at load.
+    /// Absent: keep the saved rules, or install the built-in `ssh` rule.
+    pub rules: Option<Vec<RuleSpec>>,
 }
 
 /// Capacities of the maps that never evict; they are fixed when the maps are created.
@@ -22,6 +28,10 @@ pub struct MapCapacities {
     pub ban_v4: u32,
     pub ban_v6: u32,
     pub allow: u32,
+    /// Dynamic blacklist entries (LRU: a flood evicts the oldest, never a manual ban).
+    pub blacklist: u32,
+    /// Tracked sources per rule history (LRU).
+    pub history: u32,
 }
 
 impl Default for MapCapacities {
@@ -30,6 +40,8 @@ impl Default for MapCapacities {
             ban_v4: DEFAULT_BAN_V4_CAPACITY,
             ban_v6: DEFAULT_BAN_V6_CAPACITY,
             allow: DEFAULT_ALLOW_CAPACITY,
+            blacklist: DEFAULT_BLACKLIST_CAPACITY,
+            history: DEFAULT_HISTORY_CAPACITY,
         }
     }
 }
@@ -64,10 +76,15 @@ impl Config {
             ("ban_v4", maps.ban_v4),
             ("ban_v6", maps.ban_v6),
             ("allow", maps.allow),
+            ("blacklist", maps.blacklist),
+            ("history", maps.history),
         ] {
             if value == 0 {
                 return Err(format!("[maps] {key} must be at least 1"));
             }
+        }
+        if let Some(rules) = &config.rules {
+            crate::rules::RuleTable::from_specs(rules)?;
         }
         Ok(config)
     }

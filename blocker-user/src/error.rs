@@ -19,6 +19,10 @@ pub enum Error {
     },
     #[error("cannot read {path}: {message}")]
     UnreadableInput { path: String, message: String },
+    #[error("{0}")]
+    InvalidRule(String),
+    #[error("no rule named {0:?}")]
+    NoSuchRule(String),
     #[error("invalid config {path}: {message}")]
     InvalidConfig { path: PathBuf, message: String },
     #[error("interface {0:?} does not exist")]
@@ -68,6 +72,8 @@ impl Error {
                 | Error::InvalidDuration(_)
                 | Error::InvalidListLine { .. }
                 | Error::UnreadableInput { .. }
+                | Error::InvalidRule(_)
+                | Error::NoSuchRule(_)
                 | Error::InvalidConfig { .. }
         )
     }

@@ -4,10 +4,12 @@
 pub mod addr;
 pub mod clock;
 pub mod config;
+pub mod dynamic;
 pub mod error;
 pub mod listfile;
 pub mod loader;
 pub mod pins;
+pub mod rules;
 pub mod state;
 pub mod status;
 pub mod store;

@@ -6,7 +6,10 @@ use aya::{
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use blocker_common::{ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, PROGRAM_NAME};
+use blocker_common::{
+    ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_HISTORY,
+    PROGRAM_NAME,
+};
 use tracing::warn;
 
 use crate::{
@@ -69,10 +72,20 @@ pub fn load(
         .map_max_entries(MAP_BAN_V4, capacities.ban_v4)
         .map_max_entries(MAP_BAN_V6, capacities.ban_v6)
         .map_max_entries(MAP_ALLOW_V4, capacities.allow)
-        .map_max_entries(MAP_ALLOW_V6, capacities.allow);
+        .map_max_entries(MAP_ALLOW_V6, capacities.allow)
+        .map_max_entries(MAP_BLACKLIST, capacities.blacklist)
+        .map_max_entries(MAP_HISTORY, capacities.history);
     let mut ebpf = loader.load(EBPF_OBJECT)?;
 
-    let result = restore_and_attach(pins, state_path, iface, if_index, mode, fresh, &mut ebpf);
+    let config_rules = config.rules.as_deref();
+    let result = restore_and_attach(
+        pins,
+        state_path,
+        (iface, if_index),
+        mode,
+        (fresh, config_rules),
+        &mut ebpf,
+    );
     drop(lock);
     if result.is_err() && fresh {
         // Leave nothing behind that would make the next load think maps are in use.
@@ -89,18 +102,13 @@ pub fn load(
 fn restore_and_attach(
     pins: &PinDir,
     state_path: &Path,
-    iface: &str,
-    if_index: u32,
+    (iface, if_index): (&str, u32),
     mode: ModeChoice,
-    fresh: bool,
+    (fresh, config_rules): (bool, Option<&[crate::rules::RuleSpec]>),
     ebpf: &mut Ebpf,
 ) -> Result<(Attachment, Option<usize>)> {
     // Restore before attaching, so no banned packet passes in between.
-    let restored = if fresh {
-        Some(store::restore(pins, state_path)?)
-    } else {
-        None
-    };
+    let restored = store::restore(pins, state_path, fresh, config_rules)?;
     let program_error = |context: &str| {
         let context = context.to_string();
         move |source| Error::Program { context, source }

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{rules::RuleTable, Error, Result};
 
 /// Default location of the state file.
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/blocker/state.json";
@@ -39,6 +39,8 @@ impl Entry {
 pub struct State {
     pub bans: BTreeMap<IpNet, Entry>,
     pub allow: BTreeMap<IpNet, Entry>,
+    /// `None` until rules were first set: `blocker load` then installs the default.
+    pub rules: Option<RuleTable>,
 }
 
 /// The on-disk layout: lists of records, readable and diffable by people.
@@ -49,6 +51,8 @@ struct StateFile {
     bans: Vec<Record>,
     #[serde(default)]
     allow: Vec<Record>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rules: Option<RuleTable>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -102,6 +106,7 @@ impl State {
         Ok(Self {
             bans: from_records(file.bans),
             allow: from_records(file.allow),
+            rules: file.rules,
         })
     }
 
@@ -118,6 +123,7 @@ impl State {
             version: FORMAT_VERSION,
             bans: to_records(&self.bans),
             allow: to_records(&self.allow),
+            rules: self.rules.clone(),
         };
         let mut temp = tempfile::Builder::new()
             .prefix(".state.")

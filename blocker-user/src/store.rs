@@ -18,7 +18,9 @@ use jiff::Timestamp;
 use crate::{
     addr::{v4_key, v6_key},
     clock::Now,
+    dynamic,
     pins::{DirLock, PinDir},
+    rules::{RuleSpec, RuleTable},
     state::{Entry, State},
     Error, Result,
 };
@@ -249,6 +251,9 @@ impl Maps {
 pub struct Store {
     /// `None` when the caller holds the lock.
     _lock: Option<DirLock>,
+    pins: PinDir,
+    /// The maps were just created: the rule table must be written whole.
+    fresh_maps: bool,
     maps: Maps,
     state_path: PathBuf,
     pub state: State,
@@ -273,6 +278,8 @@ impl Store {
         let state = State::load(state_path)?;
         Ok(Self {
             _lock: None,
+            pins: pins.clone(),
+            fresh_maps: false,
             maps: Maps::open(pins)?,
             state_path: state_path.to_path_buf(),
             before: state.clone(),
@@ -331,6 +338,23 @@ impl Store {
             .collect()
     }
 
+    /// Adds a rule, or replaces the rule of the same name; returns its slot.
+    pub fn upsert_rule(&mut self, spec: RuleSpec) -> Result<u32> {
+        self.state
+            .rules
+            .get_or_insert_with(RuleTable::default)
+            .upsert(spec)
+            .map_err(Error::InvalidRule)
+    }
+
+    pub fn remove_rule(&mut self, name: &str) -> Result<u32> {
+        self.state
+            .rules
+            .get_or_insert_with(RuleTable::default)
+            .remove(name)
+            .ok_or_else(|| Error::NoSuchRule(name.to_string()))
+    }
+
     /// Writes the changes to the maps, then the state file. Expired entries are dropped from
     /// both on the way.
     pub fn commit(mut self, progress: impl FnMut()) -> Result<()> {
@@ -338,19 +362,56 @@ impl Store {
         let before = kernel_image(&self.before, &self.now);
         let after = kernel_image(&self.state, &self.now);
         self.maps.apply(&before, &after, progress)?;
-        if let Err(err) = self.state.save(&self.state_path) {
+        let rules_changed = self.fresh_maps || self.state.rules != self.before.rules;
+        let result = match &self.state.rules {
+            Some(rules) if rules_changed => {
+                let previous = self.before.rules.as_ref().filter(|_| !self.fresh_maps);
+                dynamic::write_rules(&self.pins, previous, rules)
+            }
+            _ => Ok(()),
+        }
+        .and_then(|()| self.state.save(&self.state_path));
+        if let Err(err) = result {
             // Keep kernel and file in agreement: the command reports failure, so undo it.
             let _ = self.maps.apply(&after, &before, || {});
+            if rules_changed && !self.fresh_maps {
+                if let Some(rules) = &self.before.rules {
+                    let _ = dynamic::write_rules(&self.pins, None, rules);
+                }
+            }
             return Err(err);
         }
         Ok(())
     }
 }
 
-/// Fills freshly created maps from the state file (after a reboot or an unload). The caller
-/// holds the pin directory lock.
-pub fn restore(pins: &PinDir, state_path: &Path) -> Result<usize> {
+/// Fills freshly created maps from the state file (after a reboot or an unload), and installs
+/// the rules: `config_rules` when given, else the saved ones, else the built-in `ssh` rule.
+/// The caller holds the pin directory lock. Returns the number of bans and allowlist entries
+/// restored, or `None` when the maps were not fresh (only the rules were applied).
+pub fn restore(
+    pins: &PinDir,
+    state_path: &Path,
+    fresh: bool,
+    config_rules: Option<&[RuleSpec]>,
+) -> Result<Option<usize>> {
     let mut store = Store::open_locked(pins, state_path)?;
+    let saved = store.state.rules.clone().unwrap_or_default();
+    match config_rules {
+        Some(specs) => {
+            store.state.rules = Some(saved.replaced_by(specs).map_err(Error::InvalidRule)?)
+        }
+        None if store.state.rules.is_none() => {
+            store.state.rules =
+                Some(RuleTable::from_specs(&[RuleSpec::ssh()]).map_err(Error::InvalidRule)?)
+        }
+        None => {}
+    }
+    if !fresh {
+        store.commit(|| {})?;
+        return Ok(None);
+    }
+    store.fresh_maps = true;
     store.before = State::default();
     let restored = {
         let now = store.now.wall;
@@ -363,7 +424,7 @@ pub fn restore(pins: &PinDir, state_path: &Path) -> Result<usize> {
             + store.state.allow.len()
     };
     store.commit(|| {})?;
-    Ok(restored)
+    Ok(Some(restored))
 }
 
 #[cfg(test)]

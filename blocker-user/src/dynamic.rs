@@ -1,0 +1,184 @@
+//! The rule table, per-rule counters and the dynamic blacklist in the pinned maps.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use blocker_common::{
+    BlacklistEntry, RuleStats, Settings, SourceKey, FAMILY_V4, MAP_BLACKLIST, MAP_RULES,
+    MAP_RULE_STATS, MAP_SETTINGS, MAX_RULES,
+};
+use ipnet::IpNet;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::{clock::Now, pins::PinDir, rules::RuleTable, Error, Result};
+
+fn open(pins: &PinDir, name: &str, wrap: fn(MapData) -> Map) -> Result<Map> {
+    let path = pins.map_path(name);
+    let data =
+        MapData::from_pin(&path).map_err(Error::map(format!("opening map {}", path.display())))?;
+    Ok(wrap(data))
+}
+
+/// Writes the rule table to the kernel: every slot, then the settings, so a packet sees either
+/// the old or the new rule in each slot. Counters of slots whose rule changed start over.
+pub fn write_rules(pins: &PinDir, before: Option<&RuleTable>, after: &RuleTable) -> Result<()> {
+    let compiled = after.compile().map_err(Error::InvalidRule)?;
+    let context = |name: &str| format!("writing map {name}");
+    let mut rules: Array<_, blocker_common::Rule> =
+        Array::try_from(open(pins, MAP_RULES, Map::Array)?)
+            .map_err(Error::map(context(MAP_RULES)))?;
+    let mut stats: PerCpuArray<_, RuleStats> =
+        PerCpuArray::try_from(open(pins, MAP_RULE_STATS, Map::PerCpuArray)?)
+            .map_err(Error::map(context(MAP_RULE_STATS)))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| Error::Io {
+        context: "counting CPUs".into(),
+        source,
+    })?;
+    for (slot, rule) in compiled.slots.iter().enumerate() {
+        let previous = before
+            .and_then(|table| table.rules.iter().find(|r| r.slot == slot as u32))
+            .map(|r| r.generation);
+        let current = after
+            .rules
+            .iter()
+            .find(|r| r.slot == slot as u32)
+            .map(|r| r.generation);
+        if previous != current || before.is_none() {
+            let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus])
+                .map_err(Error::io(context(MAP_RULE_STATS)))?;
+            stats
+                .set(slot as u32, zero, 0)
+                .map_err(Error::map(context(MAP_RULE_STATS)))?;
+        }
+        rules
+            .set(slot as u32, rule, 0)
+            .map_err(Error::map(context(MAP_RULES)))?;
+    }
+    let mut settings: Array<_, Settings> = Array::try_from(open(pins, MAP_SETTINGS, Map::Array)?)
+        .map_err(Error::map(context(MAP_SETTINGS)))?;
+    let value = Settings {
+        rule_slots: compiled.rule_slots,
+        masks_v4: compiled.masks_v4,
+        masks_v6: compiled.masks_v6,
+    };
+    settings
+        .set(0, value, 0)
+        .map_err(Error::map(context(MAP_SETTINGS)))
+}
+
+/// Per-rule counters summed over CPUs, by slot.
+pub fn rule_stats(pins: &PinDir) -> Result<Vec<RuleStats>> {
+    let context = format!("reading map {MAP_RULE_STATS}");
+    let stats: PerCpuArray<_, RuleStats> =
+        PerCpuArray::try_from(open(pins, MAP_RULE_STATS, Map::PerCpuArray)?)
+            .map_err(Error::map(context.clone()))?;
+    (0..MAX_RULES as u32)
+        .map(|slot| {
+            let per_cpu = stats.get(&slot, 0).map_err(Error::map(context.clone()))?;
+            Ok(per_cpu
+                .iter()
+                .fold(RuleStats::default(), |sum, s| RuleStats {
+                    events: sum.events + s.events,
+                    blacklisted: sum.blacklisted + s.blacklisted,
+                    dropped: sum.dropped + s.dropped,
+                    rejected: sum.rejected + s.rejected,
+                }))
+        })
+        .collect()
+}
+
+/// The prefix a blacklist key stands for.
+pub fn key_net(key: &SourceKey) -> Option<IpNet> {
+    let addr = if key.family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(
+            key.addr[0],
+            key.addr[1],
+            key.addr[2],
+            key.addr[3],
+        ))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(key.addr))
+    };
+    IpNet::new(addr, key.prefix_len).ok()
+}
+
+/// One dynamic blacklist entry, as `blocker list blacklist` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Blacklisted {
+    pub addr: String,
+    pub kind: &'static str,
+    pub rule: Option<String>,
+    pub expires_at: Timestamp,
+    pub hits: u32,
+}
+
+fn open_blacklist(pins: &PinDir) -> Result<HashMap<MapData, SourceKey, BlacklistEntry>> {
+    HashMap::try_from(open(pins, MAP_BLACKLIST, Map::LruHashMap)?)
+        .map_err(Error::map(format!("opening map {MAP_BLACKLIST}")))
+}
+
+/// Entries still in force, soonest expiry first.
+pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<Vec<Blacklisted>> {
+    let map = open_blacklist(pins)?;
+    let now_ms = now.boot.as_millis() as u64;
+    let mut entries: Vec<(u64, Blacklisted)> = map
+        .iter()
+        .filter_map(|entry| entry.ok())
+        .filter(|(_, entry)| entry.expires_at_ms >= now_ms)
+        .filter_map(|(key, entry)| {
+            let remaining =
+                jiff::SignedDuration::from_millis((entry.expires_at_ms - now_ms) as i64);
+            Some((
+                entry.expires_at_ms,
+                Blacklisted {
+                    addr: key_net(&key)?.to_string(),
+                    kind: "dynamic",
+                    rule: rules
+                        .and_then(|table| table.name_of(entry.slot, entry.generation))
+                        .map(str::to_string),
+                    expires_at: now.wall.checked_add(remaining).ok()?,
+                    hits: entry.hits,
+                },
+            ))
+        })
+        .collect();
+    entries.sort_by_key(|(expiry, _)| *expiry);
+    Ok(entries.into_iter().map(|(_, entry)| entry).collect())
+}
+
+/// Removes the entries that overlap any of `nets` (all of them with `None`); returns the
+/// prefixes removed.
+pub fn remove_blacklisted(pins: &PinDir, nets: Option<&[IpNet]>) -> Result<Vec<IpNet>> {
+    let mut map = open_blacklist(pins)?;
+    let doomed: Vec<(SourceKey, IpNet)> = map
+        .keys()
+        .filter_map(|key| key.ok())
+        .filter_map(|key| Some((key, key_net(&key)?)))
+        .filter(|(_, entry)| {
+            nets.is_none_or(|nets| {
+                nets.iter()
+                    .any(|net| net.contains(entry) || entry.contains(net))
+            })
+        })
+        .collect();
+    let mut removed = Vec::new();
+    for (key, net) in doomed {
+        match map.remove(&key) {
+            // Gone already: expired and evicted, or another writer was first.
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => removed.push(net),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(nix::libc::ENOENT) =>
+            {
+                removed.push(net)
+            }
+            Err(err) => {
+                return Err(Error::Map {
+                    context: format!("removing from map {MAP_BLACKLIST}"),
+                    source: err,
+                })
+            }
+        }
+    }
+    Ok(removed)
+}
