@@ -118,13 +118,19 @@ fn open_blacklist(pins: &PinDir) -> Result<HashMap<MapData, SourceKey, Blacklist
         .map_err(Error::map(format!("opening map {MAP_BLACKLIST}")))
 }
 
-/// Entries still in force, soonest expiry first.
-pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<Vec<Blacklisted>> {
-    let map = open_blacklist(pins)?;
-    let now_ms = now.boot.as_millis() as u64;
-    let mut entries: Vec<(u64, Blacklisted)> = map
+/// Every entry in the map, expired or not.
+pub fn blacklist_raw(pins: &PinDir) -> Result<Vec<(SourceKey, BlacklistEntry)>> {
+    Ok(open_blacklist(pins)?
         .iter()
         .filter_map(|entry| entry.ok())
+        .collect())
+}
+
+/// Entries still in force, soonest expiry first.
+pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<Vec<Blacklisted>> {
+    let now_ms = now.boot.as_millis() as u64;
+    let mut entries: Vec<(u64, Blacklisted)> = blacklist_raw(pins)?
+        .into_iter()
         .filter(|(_, entry)| entry.expires_at_ms >= now_ms)
         .filter_map(|(key, entry)| {
             let remaining =

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod dynamic;
 pub mod error;
+pub mod events;
 pub mod listfile;
 pub mod loader;
 pub mod pins;

@@ -10,11 +10,14 @@ use std::{
 use anyhow::Context as _;
 use blocker::{
     addr::parse_net,
-    clock::parse_duration,
+    clock::{parse_duration, Now},
     config::Config,
+    dynamic,
+    events::{EventRecord, Watcher},
     listfile,
     loader::{self, ModeChoice},
     pins::{require_root, PinDir, DEFAULT_PIN_DIR},
+    rules::{self, PortRange, RuleSpec},
     state::{Entry, State, DEFAULT_STATE_PATH},
     status,
     store::Store,
@@ -93,7 +96,7 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Lift bans.
+    /// Lift bans, manual and dynamic (a dynamic entry that overlaps the prefix goes too).
     ///
     /// Example: blocker unban 203.0.113.7
     Unban {
@@ -131,6 +134,138 @@ enum Command {
     },
     /// Print the bans in the format `import` reads.
     Export,
+    /// Manage rate and burst rules; changes apply to the next packet.
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// Empty the dynamic blacklist.
+    ///
+    /// Example: blocker flush blacklist
+    Flush {
+        #[arg(value_enum)]
+        what: FlushWhat,
+    },
+    /// Follow events: sources blacklisted by rules, entries expired or removed. Ctrl-C stops.
+    Events {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RuleCommand {
+    /// Add a rule, or replace the rule of the same name (its counts start over).
+    ///
+    /// Examples:
+    ///   blocker rule add ssh --proto tcp --dport 22 --hitcount 3 --seconds 30 --blacklist-for 120s
+    ///   blocker rule add web --proto tcp --dport 80-443 --burst --gap 2s --bunch-size 10 --action reject
+    #[command(verbatim_doc_comment)]
+    Add(Box<RuleArgs>),
+    /// List rules in evaluation order with their counters.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a rule; the others keep their counts.
+    Remove { name: String },
+}
+
+/// `blocker rule add` options; anything left out takes the default shown.
+#[derive(clap::Args)]
+struct RuleArgs {
+    name: String,
+    /// [default: any]
+    #[arg(long, value_enum)]
+    proto: Option<rules::Proto>,
+    /// A port or a range like 6000-6010 (tcp and udp).
+    #[arg(long)]
+    dport: Option<PortRange>,
+    /// What counts for TCP: new connections (SYN) or every packet. [default: new]
+    #[arg(long, value_enum)]
+    events: Option<rules::Events>,
+    /// Events within --seconds after which the next one blacklists. [default: 3]
+    #[arg(long)]
+    hitcount: Option<u32>,
+    /// [default: 30]
+    #[arg(long)]
+    seconds: Option<u32>,
+    /// [default: 120s]
+    #[arg(long, value_parser = duration_arg)]
+    blacklist_for: Option<Duration>,
+    /// Let a blacklisted source's entry expire on schedule instead of refreshing it.
+    #[arg(long)]
+    no_refresh: bool,
+    /// [default: drop]
+    #[arg(long, value_enum)]
+    action: Option<rules::Action>,
+    /// IPv4 prefix length sources are counted by. [default: 32]
+    #[arg(long)]
+    mask: Option<u8>,
+    /// IPv6 prefix length sources are counted by. [default: 64]
+    #[arg(long)]
+    mask6: Option<u8>,
+    /// Count events only with the TTL first seen from the source.
+    #[arg(long)]
+    ttl_match: bool,
+    /// A burst rule (bunch analysis) instead of a rate rule.
+    #[arg(long)]
+    burst: bool,
+    /// Burst: largest gap inside a bunch. [default: 2s]
+    #[arg(long, value_parser = duration_arg)]
+    gap: Option<Duration>,
+    /// Burst: one bunch this long blacklists. [default: 10]
+    #[arg(long)]
+    bunch_size: Option<u32>,
+    /// Burst: this many bunches of --min-bunch within --window blacklist. [default: 10]
+    #[arg(long)]
+    bunch_count: Option<u32>,
+    /// [default: 4]
+    #[arg(long)]
+    min_bunch: Option<u32>,
+    /// [default: 24h]
+    #[arg(long, value_parser = duration_arg)]
+    window: Option<Duration>,
+}
+
+impl RuleArgs {
+    fn spec(&self) -> RuleSpec {
+        let mut spec = RuleSpec::named(&self.name);
+        spec.kind = if self.burst {
+            rules::Kind::Burst
+        } else {
+            rules::Kind::Rate
+        };
+        spec.dport = self.dport;
+        spec.refresh = !self.no_refresh;
+        spec.ttl_match = self.ttl_match;
+        macro_rules! given {
+            ($($field:ident),*) => { $(if let Some(value) = self.$field { spec.$field = value; })* };
+        }
+        given!(
+            proto,
+            events,
+            hitcount,
+            seconds,
+            blacklist_for,
+            action,
+            mask,
+            mask6,
+            gap,
+            bunch_size,
+            bunch_count,
+            min_bunch,
+            window
+        );
+        spec
+    }
+}
+
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|err| err.to_string())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FlushWhat {
+    Blacklist,
 }
 
 #[derive(clap::Args)]
@@ -149,6 +284,8 @@ struct LoadArgs {
 enum ListWhich {
     Bans,
     Allow,
+    /// The dynamic blacklist filled by rules.
+    Blacklist,
 }
 
 /// One row of `blocker list --json`.
@@ -158,7 +295,11 @@ struct ListRow<'a> {
     kind: &'static str,
     expires_at: Option<Timestamp>,
     reason: Option<&'a str>,
-    created_at: Timestamp,
+    created_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hits: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -226,6 +367,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut store = Store::open(&pins, state_path)?;
             let missing = store.unban(&nets);
             store.commit(|| {})?;
+            let dynamic = dynamic::remove_blacklisted(&pins, Some(&nets))?;
+            for net in &dynamic {
+                info!("removed {net} from the dynamic blacklist");
+            }
+            let missing: Vec<IpNet> = missing
+                .into_iter()
+                .filter(|net| !dynamic.iter().any(|d| d.contains(net) || net.contains(d)))
+                .collect();
             report_removed(&nets, &missing, "banned");
         }
         Command::Allow {
@@ -248,7 +397,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::List { which, json } => list(state_path, which, json)?,
+        Command::List { which, json } => list(&pins, state_path, which, json)?,
+        Command::Rule(command) => rule_command(&pins, state_path, command)?,
+        Command::Flush {
+            what: FlushWhat::Blacklist,
+        } => {
+            require_root()?;
+            pins.require_loaded()?;
+            let _lock = pins.lock()?;
+            let removed = dynamic::remove_blacklisted(&pins, None)?;
+            info!("flushed {} dynamic blacklist entries", removed.len());
+        }
+        Command::Events { json } => follow_events(&pins, state_path, json)?,
         Command::Import { file, duration } => import(&pins, state_path, &file, duration)?,
         Command::Export => {
             let state = State::load(state_path)?;
@@ -278,7 +438,7 @@ fn load(pins: &PinDir, state_path: &Path, args: &LoadArgs) -> anyhow::Result<loa
     Ok(loaded)
 }
 
-/// Loads, then stays until Ctrl-C or SIGTERM, relaying the program's log messages.
+/// Loads, then stays until Ctrl-C or SIGTERM, logging events and the program's messages.
 fn run_foreground(
     pins: &PinDir,
     state_path: &Path,
@@ -298,20 +458,22 @@ fn run_foreground(
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .context("installing the SIGTERM handler")?;
-        info!("running; Ctrl-C to stop");
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = terminate.recv() => break,
-                ready = async { logger.as_mut()?.readable_mut().await.ok() }, if logger.is_some() => {
-                    if let Some(mut guard) = ready {
-                        guard.get_inner_mut().flush();
-                        guard.clear_ready();
+        let stop = async {
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = terminate.recv() => break,
+                    ready = async { logger.as_mut()?.readable_mut().await.ok() }, if logger.is_some() => {
+                        if let Some(mut guard) = ready {
+                            guard.get_inner_mut().flush();
+                            guard.clear_ready();
+                        }
                     }
                 }
             }
-        }
-        anyhow::Ok(())
+        };
+        info!("running; Ctrl-C to stop");
+        watch_events(pins, state_path, stop, |event| info!("{event}")).await
     })?;
     if keep {
         info!("leaving the program attached (--keep)");
@@ -386,16 +548,21 @@ fn print_status(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     );
     for row in &status.counters {
         println!(
-            "{:<6} {:<12} {:>12} {:>14}",
+            "{:<6} {:<14} {:>12} {:>14}",
             row.action, row.reason, row.packets, row.bytes
         );
     }
     Ok(())
 }
 
-fn list(state_path: &Path, which: Option<ListWhich>, json: bool) -> anyhow::Result<()> {
+fn list(
+    pins: &PinDir,
+    state_path: &Path,
+    which: Option<ListWhich>,
+    json: bool,
+) -> anyhow::Result<()> {
     let state = State::load(state_path)?;
-    let now = Timestamp::now();
+    let now = Now::read();
     fn row<'a>(net: &IpNet, entry: &'a Entry, is_allow: bool) -> ListRow<'a> {
         ListRow {
             addr: net.to_string(),
@@ -406,21 +573,39 @@ fn list(state_path: &Path, which: Option<ListWhich>, json: bool) -> anyhow::Resu
             },
             expires_at: entry.expires_at,
             reason: entry.reason.as_deref(),
-            created_at: entry.created_at,
+            created_at: Some(entry.created_at),
+            rule: None,
+            hits: None,
         }
     }
+    let wants = |kind: ListWhich| which.is_none_or(|which| which == kind);
     let mut rows = Vec::new();
-    if which != Some(ListWhich::Allow) {
+    if wants(ListWhich::Bans) {
         rows.extend(
             state
                 .bans
                 .iter()
-                .filter(|(_, e)| !e.is_expired(now))
+                .filter(|(_, e)| !e.is_expired(now.wall))
                 .map(|(net, e)| row(net, e, false)),
         );
     }
-    if which != Some(ListWhich::Bans) {
+    if wants(ListWhich::Allow) {
         rows.extend(state.allow.iter().map(|(net, e)| row(net, e, true)));
+    }
+    // The dynamic blacklist lives only in the kernel: listed when loaded.
+    if wants(ListWhich::Blacklist) && (which.is_some() || pins.maps_pinned()) {
+        pins.require_loaded()?;
+        for entry in dynamic::blacklist(pins, state.rules.as_ref(), &now)? {
+            rows.push(ListRow {
+                addr: entry.addr,
+                kind: entry.kind,
+                expires_at: Some(entry.expires_at),
+                reason: None,
+                created_at: None,
+                rule: entry.rule,
+                hits: Some(entry.hits),
+            });
+        }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -431,19 +616,148 @@ fn list(state_path: &Path, which: Option<ListWhich>, json: bool) -> anyhow::Resu
         "addr", "kind", "expires", "created"
     );
     for row in rows {
-        let expires = row
-            .expires_at
-            .map_or("never".to_string(), |t| format!("{t:.0}"));
+        let time =
+            |t: Option<Timestamp>, none: &str| t.map_or(none.to_string(), |t| format!("{t:.0}"));
+        let reason = match (&row.rule, row.hits) {
+            (Some(rule), Some(hits)) => format!("rule {rule}, {hits} hits"),
+            _ => row.reason.unwrap_or("").to_string(),
+        };
         println!(
-            "{:<43} {:<10} {:<21} {:<21} {}",
+            "{:<43} {:<10} {:<21} {:<21} {reason}",
             row.addr,
             row.kind,
-            expires,
-            format!("{:.0}", row.created_at),
-            row.reason.unwrap_or("")
+            time(row.expires_at, "never"),
+            time(row.created_at, "-"),
         );
     }
     Ok(())
+}
+
+fn rule_command(pins: &PinDir, state_path: &Path, command: RuleCommand) -> anyhow::Result<()> {
+    match command {
+        RuleCommand::Add(args) => {
+            let spec = args.spec();
+            spec.compile(0).map_err(Error::InvalidRule)?;
+            require_root()?;
+            let mut store = Store::open(pins, state_path)?;
+            let slot = store.upsert_rule(spec)?;
+            store.commit(|| {})?;
+            info!("rule {} in slot {slot}", args.name);
+        }
+        RuleCommand::Remove { name } => {
+            require_root()?;
+            let mut store = Store::open(pins, state_path)?;
+            store.remove_rule(&name)?;
+            store.commit(|| {})?;
+            info!("removed rule {name}");
+        }
+        RuleCommand::List { json } => {
+            pins.require_loaded()?;
+            let table = State::load(state_path)?.rules.unwrap_or_default();
+            let stats = dynamic::rule_stats(pins)?;
+            #[derive(Serialize)]
+            struct Row<'a> {
+                slot: u32,
+                #[serde(flatten)]
+                spec: &'a RuleSpec,
+                events_seen: u64,
+                sources_blacklisted: u64,
+                packets_dropped: u64,
+                packets_rejected: u64,
+            }
+            let rows: Vec<Row> = table
+                .rules
+                .iter()
+                .map(|placed| {
+                    let counts = stats.get(placed.slot as usize).copied().unwrap_or_default();
+                    Row {
+                        slot: placed.slot,
+                        spec: &placed.spec,
+                        events_seen: counts.events,
+                        sources_blacklisted: counts.blacklisted,
+                        packets_dropped: counts.dropped,
+                        packets_rejected: counts.rejected,
+                    }
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<4} {:<16} {:>9} {:>11} {:>9} {:>9}  definition",
+                    "slot", "name", "events", "blacklisted", "dropped", "rejected"
+                );
+                for row in rows {
+                    println!(
+                        "{:<4} {:<16} {:>9} {:>11} {:>9} {:>9}  {}",
+                        row.slot,
+                        row.spec.name,
+                        row.events_seen,
+                        row.sources_blacklisted,
+                        row.packets_dropped,
+                        row.packets_rejected,
+                        row.spec.summary()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits for events until `stop` completes, handing each to `sink`.
+async fn watch_events(
+    pins: &PinDir,
+    state_path: &Path,
+    stop: impl std::future::Future<Output = ()>,
+    mut sink: impl FnMut(&EventRecord),
+) -> anyhow::Result<()> {
+    let watcher = Watcher::open(pins, state_path)?;
+    // SAFETY: the AsyncFd owns the watcher, so the ring buffer's fd outlives the registration.
+    let mut ring = unsafe { tokio::io::unix::AsyncFd::register(watcher) }
+        .map_err(|err| anyhow::anyhow!("watching the event ring buffer: {err}"))?;
+    let mut scan = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            ready = ring.readable_mut() => {
+                let mut guard = ready.context("waiting for events")?;
+                for event in guard.get_inner_mut().drain() {
+                    sink(&event);
+                }
+                guard.clear_ready();
+            }
+            _ = scan.tick() => {
+                for event in ring.get_mut().scan()? {
+                    sink(&event);
+                }
+            }
+        }
+    }
+}
+
+fn follow_events(pins: &PinDir, state_path: &Path, json: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(watch_events(
+        pins,
+        state_path,
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+        |event| {
+            if json {
+                if let Ok(line) = serde_json::to_string(event) {
+                    println!("{line}");
+                }
+            } else {
+                println!("{:.0} {event}", event.at);
+            }
+        },
+    ))
 }
 
 fn import(

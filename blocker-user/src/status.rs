@@ -1,12 +1,13 @@
 //! What `blocker status` reports: attached interfaces, map usage and the verdict counters.
 
 use aya::{
-    maps::{LpmTrie, Map, MapData, MapError, PerCpuArray},
+    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
     Pod,
 };
 use blocker_common::{
-    AllowValue, BanValue, Counter, Reason, ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4,
-    MAP_BAN_V6, MAP_COUNTERS,
+    AllowValue, BanValue, BlacklistEntry, Counter, History, HistoryKey, Reason, SourceKey,
+    ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_COUNTERS,
+    MAP_HISTORY,
 };
 use serde::Serialize;
 
@@ -50,6 +51,13 @@ fn count_keys<K: Pod, V: Pod>(data: MapData) -> Result<u64, MapError> {
     Ok(trie.keys().count() as u64)
 }
 
+/// Keys in an (LRU) hash map, by walking them.
+fn count_hash_keys<K: Pod, V: Pod>(data: MapData) -> Result<u64, MapError> {
+    let map = Map::LruHashMap(data);
+    let hash = HashMap::<_, K, V>::try_from(&map)?;
+    Ok(hash.keys().filter(|key| key.is_ok()).count() as u64)
+}
+
 fn usage(pins: &PinDir, name: &'static str) -> Result<MapUsage> {
     let data = open(pins, name)?;
     let context = || format!("reading map {name}");
@@ -59,7 +67,9 @@ fn usage(pins: &PinDir, name: &'static str) -> Result<MapUsage> {
         MAP_BAN_V6 => count_keys::<[u8; 16], BanValue>(data),
         MAP_ALLOW_V4 => count_keys::<[u8; 4], AllowValue>(data),
         MAP_ALLOW_V6 => count_keys::<[u8; 16], AllowValue>(data),
-        // Arrays are always full.
+        MAP_BLACKLIST => count_hash_keys::<SourceKey, BlacklistEntry>(data),
+        MAP_HISTORY => count_hash_keys::<HistoryKey, History>(data),
+        // Arrays are always full; the ring buffer's capacity is in bytes.
         _ => Ok(u64::from(capacity)),
     }
     .map_err(Error::map(context()))?;

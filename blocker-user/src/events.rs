@@ -1,0 +1,151 @@
+//! Events for people and log pipelines: sources blacklisted (from the kernel's ring buffer),
+//! and entries that expired or were removed (noticed by scanning the blacklist map, so the
+//! packet path never pays for them).
+
+use std::{collections::HashMap, path::PathBuf};
+
+use aya::maps::{Map, MapData, RingBuf};
+use blocker_common::{Event, SourceKey, MAP_EVENTS};
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::{clock::Now, dynamic, pins::PinDir, state::State, Error, Result};
+
+/// One event as `blocker events --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    /// `blacklisted`, `expired` or `removed`.
+    pub event: &'static str,
+    pub addr: String,
+    pub rule: Option<String>,
+    pub hits: Option<u32>,
+    pub expires_at: Option<Timestamp>,
+    pub at: Timestamp,
+}
+
+impl std::fmt::Display for EventRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.event {
+            // The seed's LOG prefix, so existing log filters keep working.
+            "blacklisted" => write!(
+                f,
+                "adding to BLACKLIST: {} rule={} hits={} until={}",
+                self.addr,
+                self.rule.as_deref().unwrap_or("?"),
+                self.hits.unwrap_or(0),
+                self.expires_at.map_or("?".into(), |t| format!("{t:.0}"))
+            ),
+            other => write!(f, "{other} from BLACKLIST: {}", self.addr),
+        }
+    }
+}
+
+/// Reads the ring buffer and watches the blacklist map of one pin directory.
+pub struct Watcher {
+    pins: PinDir,
+    state_path: PathBuf,
+    ring: RingBuf<MapData>,
+    /// Entries seen at the last scan: expiry (boot ms) and whether it was reported expired.
+    known: HashMap<SourceKey, (u64, bool)>,
+}
+
+/// Readable when the kernel has submitted events.
+impl std::os::fd::AsRawFd for Watcher {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.ring.as_fd().as_raw_fd()
+    }
+}
+
+impl Watcher {
+    pub fn open(pins: &PinDir, state_path: &std::path::Path) -> Result<Self> {
+        pins.require_loaded()?;
+        let path = pins.map_path(MAP_EVENTS);
+        let context = format!("opening map {}", path.display());
+        let data = MapData::from_pin(&path).map_err(Error::map(context.clone()))?;
+        let ring = RingBuf::try_from(Map::RingBuf(data)).map_err(Error::map(context))?;
+        let mut watcher = Self {
+            pins: pins.clone(),
+            state_path: state_path.to_path_buf(),
+            ring,
+            known: HashMap::new(),
+        };
+        // Entries that exist already are not news.
+        watcher.scan()?;
+        Ok(watcher)
+    }
+
+    fn rule_name(&self, slot: u16, generation: u32) -> Option<String> {
+        let state = State::load(&self.state_path).ok()?;
+        state.rules?.name_of(slot, generation).map(str::to_string)
+    }
+
+    /// Events waiting in the ring buffer.
+    pub fn drain(&mut self) -> Vec<EventRecord> {
+        let now = Now::read();
+        let mut raw = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<Event>() {
+                // SAFETY: the kernel wrote an `Event` (plain data) at the start of the item.
+                raw.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
+            }
+        }
+        raw.into_iter()
+            .filter_map(|event| {
+                let addr = dynamic::key_net(&event.source)?.to_string();
+                let duration = jiff::SignedDuration::from_millis(i64::from(event.blacklist_ms));
+                Some(EventRecord {
+                    event: "blacklisted",
+                    addr,
+                    rule: self.rule_name(event.slot, event.generation),
+                    hits: Some(event.hits),
+                    expires_at: now.wall.checked_add(duration).ok(),
+                    at: now.wall,
+                })
+            })
+            .collect()
+    }
+
+    /// Compares the blacklist map with the last scan: entries past their expiry, and entries
+    /// gone before it (unban, flush, or evicted by the LRU under a flood).
+    pub fn scan(&mut self) -> Result<Vec<EventRecord>> {
+        let now = Now::read();
+        let now_ms = now.boot.as_millis() as u64;
+        let current: HashMap<SourceKey, u64> = dynamic::blacklist_raw(&self.pins)?
+            .into_iter()
+            .map(|(key, entry)| (key, entry.expires_at_ms))
+            .collect();
+        let mut events = Vec::new();
+        let record = |event: &'static str, key: &SourceKey| {
+            dynamic::key_net(key).map(|net| EventRecord {
+                event,
+                addr: net.to_string(),
+                rule: None,
+                hits: None,
+                expires_at: None,
+                at: now.wall,
+            })
+        };
+        for (key, (expires_ms, reported)) in &self.known {
+            if !current.contains_key(key) && !reported {
+                let kind = if *expires_ms < now_ms {
+                    "expired"
+                } else {
+                    "removed"
+                };
+                events.extend(record(kind, key));
+            }
+        }
+        let mut known = HashMap::new();
+        for (key, expires_ms) in current {
+            let was_reported = self.known.get(&key).is_some_and(|(_, r)| *r);
+            let expired = expires_ms < now_ms;
+            if expired && !was_reported {
+                events.extend(record("expired", &key));
+            }
+            known.insert(key, (expires_ms, expired));
+        }
+        self.known = known;
+        Ok(events)
+    }
+}
