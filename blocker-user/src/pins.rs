@@ -17,7 +17,9 @@ use crate::{Error, Result};
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/blocker";
 
-/// Sub-directory holding one pinned link per attached interface, named `IFACE@MODE`.
+/// Sub-directory holding one pinned link per attached interface, named `IFACE@MODE`. bpffs
+/// refuses names with a dot, which VLAN interfaces have (`eth0.100`), so a dot is stored as a
+/// colon, which no interface name contains.
 const LINKS_DIR: &str = "links";
 
 /// How the program is attached to an interface.
@@ -78,8 +80,9 @@ impl PinDir {
     }
 
     pub fn link_path(&self, attachment: &Attachment) -> PathBuf {
+        let iface = attachment.iface.replace('.', ":");
         self.links_dir()
-            .join(format!("{}@{}", attachment.iface, attachment.mode.name()))
+            .join(format!("{iface}@{}", attachment.mode.name()))
     }
 
     /// True when every map is pinned (a previous `blocker load` succeeded).
@@ -114,7 +117,7 @@ impl PinDir {
                 let name = entry.file_name().into_string().ok()?;
                 let (iface, mode) = name.rsplit_once('@')?;
                 Some(Attachment {
-                    iface: iface.to_string(),
+                    iface: iface.replace(':', "."),
                     mode: AttachMode::from_name(mode)?,
                 })
             })

@@ -372,6 +372,64 @@ impl TestNet {
             .expect("starting blocker")
     }
 
+    /// Writes a config file into the test's directory and returns its path.
+    pub fn config(&self, name: &str, toml: &str) -> String {
+        let path = self.state_dir.path().join(name);
+        std::fs::write(&path, toml).expect("writing config");
+        path.to_string_lossy().into_owned()
+    }
+
+    /// Loads blocker on the server's veth with `rules` (TOML `[[rules]]` tables) as its only
+    /// rules.
+    pub fn load_with_rules(&self, rules: &str) -> Run {
+        let config = self.config("rules.toml", rules);
+        self.load(&["--config", &config])
+    }
+
+    /// Attaches an XDP program that passes everything to the client's end of the veth: a veth
+    /// only delivers frames sent back with XDP_TX (rejects) when its peer runs XDP too.
+    pub fn attach_client_xdp(&self) {
+        let config = self.config(
+            "client.toml",
+            "rules = []\n[maps]\nblacklist = 16\nhistory = 16\n",
+        );
+        let out: Run = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.client_ns))
+            .arg(blocker_bin())
+            .args(["load", "--iface", &self.client_if, "--config", &config])
+            .env("BLOCKER_PIN_DIR", self.client_pin_dir())
+            .env(
+                "BLOCKER_STATE",
+                self.state_dir.path().join("client-state.json"),
+            )
+            .output()
+            .expect("running blocker")
+            .into();
+        out.ok();
+    }
+
+    fn client_pin_dir(&self) -> PathBuf {
+        PathBuf::from(format!("{}-client", self.pin_dir.display()))
+    }
+
+    /// Adds another IPv4 address to the client, in subnet 1, and returns it.
+    pub fn add_client_v4(&self, host: u8) -> IpAddr {
+        let addr = self.client_v4(1, host);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &self.client_ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                &self.client_if,
+            ],
+        );
+        addr
+    }
+
     /// `blocker load` on the server's veth, with extra arguments.
     pub fn load(&self, extra: &[&str]) -> Run {
         let mut args = vec!["load", "--iface", &self.server_if];
@@ -408,12 +466,34 @@ impl TestNet {
 
     /// Whether a TCP connection from `from` to `to` completes (the SYN and the reply pass).
     pub fn tcp_connects(&self, from: IpAddr, to: SocketAddr) -> bool {
+        self.tcp_connect(from, to).is_ok()
+    }
+
+    /// A TCP connection attempt from `from` to `to`, closed at once if it succeeds.
+    pub fn tcp_connect(&self, from: IpAddr, to: SocketAddr) -> std::io::Result<()> {
+        self.tcp_stream(from, to).map(drop)
+    }
+
+    /// A TCP connection from `from` to `to`, left open.
+    pub fn tcp_stream(&self, from: IpAddr, to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
         in_netns(&self.client_ns, move || {
-            let socket = Socket::new(Domain::for_address(to), Type::STREAM, None).expect("socket");
-            socket
-                .bind(&SocketAddr::new(from, 0).into())
-                .expect("bind client");
-            socket.connect_timeout(&to.into(), PROBE_TIMEOUT).is_ok()
+            let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+            socket.bind(&SocketAddr::new(from, 0).into())?;
+            socket.connect_timeout(&to.into(), PROBE_TIMEOUT)?;
+            Ok(socket.into())
+        })
+    }
+
+    /// Sends one datagram from `from` to `to` on a connected UDP socket and waits for an
+    /// answer: `Err(ConnectionRefused)` when an ICMP port unreachable came back.
+    pub fn udp_exchange(&self, from: IpAddr, to: SocketAddr) -> std::io::Result<()> {
+        in_netns(&self.client_ns, move || {
+            let socket = UdpSocket::bind(SocketAddr::new(from, 0))?;
+            socket.connect(to)?;
+            socket.set_read_timeout(Some(PROBE_TIMEOUT))?;
+            socket.send(b"probe")?;
+            let mut buf = [0u8; 16];
+            socket.recv(&mut buf).map(drop)
         })
     }
 
@@ -492,6 +572,15 @@ impl Drop for TestNet {
         if self.pin_dir.exists() {
             let _ = self.blocker(&["unload"]);
             let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+        let client_pins = self.client_pin_dir();
+        if client_pins.exists() {
+            let _ = self
+                .command(None)
+                .env("BLOCKER_PIN_DIR", &client_pins)
+                .arg("unload")
+                .output();
+            let _ = std::fs::remove_dir_all(&client_pins);
         }
         // Deleting a namespace deletes the veth pair in it.
         let _ = Command::new("ip")

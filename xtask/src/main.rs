@@ -56,6 +56,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("ping", "iputils-ping"),
     ("bpftool", "bpftool"),
+    ("iptables", "iptables"),
 ];
 
 fn main() -> Result<()> {
