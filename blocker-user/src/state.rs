@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File},
-    io::{ErrorKind, Write},
+    io::{BufWriter, ErrorKind, Write},
     path::{Path, PathBuf},
 };
 
@@ -129,11 +129,15 @@ impl State {
             .prefix(".state.")
             .tempfile_in(&dir)
             .map_err(io("creating a temporary file for"))?;
-        serde_json::to_writer_pretty(&mut temp, &file)
-            .map_err(std::io::Error::from)
-            .and_then(|()| temp.write_all(b"\n"))
-            .and_then(|()| temp.as_file().sync_all())
-            .map_err(io("writing"))?;
+        {
+            let mut writer = BufWriter::new(temp.as_file_mut());
+            serde_json::to_writer_pretty(&mut writer, &file)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writer.write_all(b"\n"))
+                .and_then(|()| writer.flush())
+                .map_err(io("writing"))?;
+        }
+        temp.as_file().sync_all().map_err(io("syncing"))?;
         temp.persist(path)
             .map_err(|err| err.error)
             .map_err(io("replacing"))?;
