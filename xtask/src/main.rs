@@ -87,7 +87,7 @@ fn main() -> Result<()> {
         Task::Run { args } => {
             setup_build_chain()?;
             require_root("loading XDP programs")?;
-            cargo_build(true)?;
+            run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
             let mut blocker = Command::new(root.join("target/release/blocker"));
             blocker.arg("run").args(&args);
             run(&mut blocker)?;
