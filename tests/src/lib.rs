@@ -17,6 +17,8 @@ use std::{
 };
 
 use nix::sched::{setns, CloneFlags};
+
+pub mod frames;
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 

@@ -4,9 +4,14 @@
 
 use std::process::Command;
 
-use blocker_tests::{can_run, TestNet};
+use blocker_tests::{
+    can_run,
+    frames::{ethernet, frame, ipv4, ipv6, tcp_syn, ARP, IPV4, IPV6, QINQ, VLAN},
+    TestNet,
+};
 use serde_json::Value;
 
+const SSH: u16 = 22;
 const XDP_DROP: u64 = 1;
 const XDP_PASS: u64 = 2;
 
@@ -18,78 +23,6 @@ const BANNED_V6: [u8; 16] = [
 const OTHER_V6: [u8; 16] = [
     0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
 ];
-
-fn ethernet(ether_types: &[u16]) -> Vec<u8> {
-    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-    let (last, tags) = ether_types.split_last().expect("an ether type");
-    for tag in tags {
-        frame.extend_from_slice(&tag.to_be_bytes());
-        // The tag's TCI: VLAN 100.
-        frame.extend_from_slice(&[0x00, 0x64]);
-    }
-    frame.extend_from_slice(&last.to_be_bytes());
-    frame
-}
-
-fn tcp_syn() -> Vec<u8> {
-    let mut tcp = vec![0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&22u16.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
-    tcp
-}
-
-fn ipv4(source: [u8; 4], options: usize, proto: u8, payload: &[u8]) -> Vec<u8> {
-    let header_len = 20 + options;
-    let mut ip = vec![0u8; header_len];
-    ip[0] = 0x40 | (header_len / 4) as u8;
-    ip[2..4].copy_from_slice(&((header_len + payload.len()) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = proto;
-    ip[12..16].copy_from_slice(&source);
-    ip[16..20].copy_from_slice(&[192, 0, 2, 254]);
-    // Options: NOPs then end-of-list.
-    for byte in ip.iter_mut().skip(20) {
-        *byte = 1;
-    }
-    ip.extend_from_slice(payload);
-    ip
-}
-
-/// IPv6 with the given extension headers (protocol numbers) before `proto`.
-fn ipv6(source: [u8; 16], extensions: &[u8], proto: u8, payload: &[u8]) -> Vec<u8> {
-    let mut chain = Vec::new();
-    let next_of = |i: usize| extensions.get(i + 1).copied().unwrap_or(proto);
-    for (i, ext) in extensions.iter().enumerate() {
-        if *ext == 44 {
-            // Fragment header: first fragment (offset 0), more fragments.
-            chain.extend_from_slice(&[next_of(i), 0, 0, 1, 0, 0, 0, 7]);
-        } else {
-            // 8-byte options header padded with PadN.
-            chain.extend_from_slice(&[next_of(i), 0, 1, 4, 0, 0, 0, 0]);
-        }
-    }
-    let first = extensions.first().copied().unwrap_or(proto);
-    let mut ip = vec![0x60, 0, 0, 0];
-    ip.extend_from_slice(&((chain.len() + payload.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&[first, 64]);
-    ip.extend_from_slice(&source);
-    ip.extend_from_slice(&OTHER_V6);
-    ip.extend_from_slice(&chain);
-    ip.extend_from_slice(payload);
-    ip
-}
-
-fn frame(ether_types: &[u16], l3: &[u8]) -> Vec<u8> {
-    let mut frame = ethernet(ether_types);
-    frame.extend_from_slice(l3);
-    // Pad to the Ethernet minimum like a NIC would.
-    while frame.len() < 60 {
-        frame.push(0);
-    }
-    frame
-}
 
 fn bpftool_json(args: &[&str]) -> Value {
     let out = Command::new("bpftool")
@@ -134,11 +67,7 @@ fn crafted_frames_get_the_right_verdict_and_reason() {
     let link = bpftool_json(&["link", "show", "pinned", &link.to_string_lossy()]);
     let prog_id = link["prog_id"].as_u64().expect("prog_id");
 
-    const IPV4: u16 = 0x0800;
-    const IPV6: u16 = 0x86dd;
-    const VLAN: u16 = 0x8100;
-    const QINQ: u16 = 0x88a8;
-    let syn = tcp_syn();
+    let syn = tcp_syn(SSH);
     let cases: Vec<(&str, Vec<u8>, u64, &str)> = vec![
         (
             "ipv4 banned",
@@ -222,7 +151,7 @@ fn crafted_frames_get_the_right_verdict_and_reason() {
             XDP_DROP,
             "manual_ban",
         ),
-        ("arp", frame(&[0x0806], &[0u8; 28]), XDP_PASS, "not_ip"),
+        ("arp", frame(&[ARP], &[0u8; 28]), XDP_PASS, "not_ip"),
         (
             "ipv6 banned",
             frame(&[IPV6], &ipv6(BANNED_V6, &[], 6, &syn)),
