@@ -11,6 +11,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -32,6 +34,13 @@ enum Task {
         /// Extra arguments for the test harness, e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Measure blocker against xdp-filter, iptables and nftables; writes target/bench/ and,
+    /// for a full run, docs/benchmarks.md.
+    Bench {
+        /// A reduced set that runs in about two minutes.
+        #[arg(long)]
+        quick: bool,
     },
     /// Build in release mode and run `blocker run` in the foreground.
     ///
@@ -83,6 +92,13 @@ fn main() -> Result<()> {
                 .args(&args)
                 .env("BLOCKER_BIN", &blocker);
             run(&mut test)?;
+        }
+        Task::Bench { quick } => {
+            setup_build_chain()?;
+            setup_test_tools()?;
+            require_root("the benchmarks load XDP programs and create namespaces")?;
+            run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
+            bench::run(&root, bench::Plan::new(quick))?;
         }
         Task::Run { args } => {
             setup_build_chain()?;
