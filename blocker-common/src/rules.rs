@@ -86,15 +86,37 @@ pub struct RuleStats {
     pub rejected: u64,
 }
 
-/// Global settings the program reads once per packet.
+/// Global settings the program reads once per packet, so it can skip work nothing needs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Slots to scan: one past the highest slot in use (0 = no rules).
     pub rule_slots: u32,
+    /// `LIST_*` bits of the allowlist and ban tries that hold entries.
+    pub lists: u32,
+    /// [`proto_bit`]s of the protocols some rule matches.
+    pub rule_protos: u32,
     /// Masks the dynamic blacklist is keyed by, per family; 0 = unused.
     pub masks_v4: [u8; MAX_MASKS],
     pub masks_v6: [u8; MAX_MASKS],
+}
+
+pub const LIST_ALLOW_V4: u32 = 1;
+pub const LIST_ALLOW_V6: u32 = 2;
+pub const LIST_BAN_V4: u32 = 4;
+pub const LIST_BAN_V6: u32 = 8;
+
+/// A protocol's bit in [`Settings::rule_protos`]; [`PROTO_ANY`] has every bit.
+#[inline(always)]
+pub fn proto_bit(proto: u8) -> u32 {
+    match proto {
+        6 => 1,
+        17 => 2,
+        1 => 4,
+        58 => 8,
+        PROTO_ANY => 0x1f,
+        _ => 16,
+    }
 }
 
 /// A source aggregated to a prefix; IPv4 addresses use the first 4 bytes.
@@ -160,7 +182,7 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Rule>() == 40);
     assert!(size_of::<RuleStats>() == 32);
-    assert!(size_of::<Settings>() == 12);
+    assert!(size_of::<Settings>() == 20);
     assert!(size_of::<SourceKey>() == 18);
     assert!(size_of::<HistoryKey>() == 24);
     assert!(size_of::<History>() == 4 * HISTORY_RING + 16);
@@ -535,6 +557,23 @@ mod tests {
             "ICMP counts when new_only is TCP-only"
         );
         assert!(!rule_matches(&Rule::default(), 6, 22, true), "empty slot");
+    }
+
+    #[test]
+    fn protocol_bits_are_distinct_and_any_covers_all() {
+        let bits = [
+            proto_bit(6),
+            proto_bit(17),
+            proto_bit(1),
+            proto_bit(58),
+            proto_bit(47),
+        ];
+        for (i, a) in bits.iter().enumerate() {
+            for b in &bits[i + 1..] {
+                assert_eq!(a & b, 0);
+            }
+            assert_eq!(proto_bit(PROTO_ANY) & a, *a);
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod program {
     };
     use aya_log_ebpf::error;
     use blocker_common::{
-        ban_is_active, blacklist_hit, mask_addr, on_event,
+        ban_is_active, blacklist_hit, mask_addr, on_event, proto_bit,
         reject::{
             port_unreachable_v4, port_unreachable_v6, tcp_reset_v4, tcp_reset_v6, QUOTE_V4_MAX,
             QUOTE_V6_MAX, UNREACH_V4_LEN, UNREACH_V6_LEN,
@@ -29,7 +29,8 @@ mod program {
         HistoryKey, Outcome, Reason, Rule, RuleAction, RuleStats, Settings, SourceKey,
         DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
         DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
-        MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES,
+        LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS,
+        MAX_RULES,
     };
     use network_types::{
         eth::EthHdr,
@@ -230,6 +231,15 @@ mod program {
             return reason;
         }
         let mut clock = Clock(0);
+        let Some(settings) = SETTINGS.get(0) else {
+            return Reason::NoMatch;
+        };
+        // The exact-match blacklist first: it is the hot path under attack. An allowlisted
+        // source never has an entry (rules run after the allowlist, and `blocker allow`
+        // removes overlapping entries), so the allowlist still wins.
+        if let Some(reason) = check_blacklist(packet, settings, &mut clock) {
+            return reason;
+        }
         let listed = if packet.family == FAMILY_V4 {
             let source = [
                 packet.source[0],
@@ -237,23 +247,28 @@ mod program {
                 packet.source[2],
                 packet.source[3],
             ];
-            source_verdict(&ALLOW_V4, &BAN_V4, source, &mut clock)
+            let lists = (
+                settings.lists & LIST_ALLOW_V4 != 0,
+                settings.lists & LIST_BAN_V4 != 0,
+            );
+            source_verdict(&ALLOW_V4, &BAN_V4, lists, source, &mut clock)
         } else {
-            source_verdict(&ALLOW_V6, &BAN_V6, packet.source, &mut clock)
+            let lists = (
+                settings.lists & LIST_ALLOW_V6 != 0,
+                settings.lists & LIST_BAN_V6 != 0,
+            );
+            source_verdict(&ALLOW_V6, &BAN_V6, lists, packet.source, &mut clock)
         };
         if let Some(reason) = listed {
-            return reason;
-        }
-        let Some(settings) = SETTINGS.get(0) else {
-            return Reason::NoMatch;
-        };
-        if let Some(reason) = check_blacklist(packet, settings, &mut clock) {
             return reason;
         }
         match packet.l4 {
             L4::Truncated => Reason::Malformed,
             L4::Unparsed => Reason::Unparsed,
-            L4::Present | L4::Fragment => run_rules(packet, settings, &mut clock),
+            L4::Present | L4::Fragment if settings.rule_protos & proto_bit(packet.proto) != 0 => {
+                run_rules(packet, settings, &mut clock)
+            }
+            L4::Present | L4::Fragment => Reason::NoMatch,
         }
     }
 
@@ -403,17 +418,21 @@ mod program {
         }
     }
 
-    /// Allowlist first (it always wins), then manual bans.
+    /// Allowlist first (it always wins), then manual bans; an empty trie is not looked up.
     #[inline(always)]
     fn source_verdict<const N: usize, const ALLOW_CAP: usize, const BAN_CAP: usize>(
         allowlist: &LpmTrie<[u8; N], AllowValue, ALLOW_CAP>,
         bans: &LpmTrie<[u8; N], BanValue, BAN_CAP>,
+        (allow_used, bans_used): (bool, bool),
         source: [u8; N],
         clock: &mut Clock,
     ) -> Option<Reason> {
         let key = Key::new((N * 8) as u32, source);
-        if allowlist.get(&key).is_some() {
+        if allow_used && allowlist.get(&key).is_some() {
             return Some(Reason::Allowlisted);
+        }
+        if !bans_used {
+            return None;
         }
         let ban = bans.get(&key)?;
         ban_is_active(ban, || (clock.now_ns() / 1_000_000_000) as u32).then_some(Reason::ManualBan)

@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use blocker_common::{
-    BlacklistEntry, RuleStats, Settings, SourceKey, FAMILY_V4, MAP_BLACKLIST, MAP_RULES,
-    MAP_RULE_STATS, MAP_SETTINGS, MAX_RULES,
+    proto_bit, BlacklistEntry, RuleKind, RuleStats, Settings, SourceKey, FAMILY_V4, MAP_BLACKLIST,
+    MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS, MAX_MASKS, MAX_RULES,
 };
 use ipnet::IpNet;
 use jiff::Timestamp;
@@ -20,8 +20,9 @@ fn open(pins: &PinDir, name: &str, wrap: fn(MapData) -> Map) -> Result<Map> {
     Ok(wrap(data))
 }
 
-/// Writes the rule table to the kernel: every slot, then the settings, so a packet sees either
-/// the old or the new rule in each slot. Counters of slots whose rule changed start over.
+/// Writes the rule table to the kernel, slot by slot, so a packet sees either the old or the
+/// new rule in each slot. Counters of slots whose rule changed start over. The caller writes
+/// the settings next ([`write_settings`]).
 pub fn write_rules(pins: &PinDir, before: Option<&RuleTable>, after: &RuleTable) -> Result<()> {
     let compiled = after.compile().map_err(Error::InvalidRule)?;
     let context = |name: &str| format!("writing map {name}");
@@ -35,16 +36,13 @@ pub fn write_rules(pins: &PinDir, before: Option<&RuleTable>, after: &RuleTable)
         context: "counting CPUs".into(),
         source,
     })?;
+    let generation_in = |table: Option<&RuleTable>, slot: usize| {
+        table
+            .and_then(|table| table.rules.iter().find(|r| r.slot as usize == slot))
+            .map(|r| r.generation)
+    };
     for (slot, rule) in compiled.slots.iter().enumerate() {
-        let previous = before
-            .and_then(|table| table.rules.iter().find(|r| r.slot == slot as u32))
-            .map(|r| r.generation);
-        let current = after
-            .rules
-            .iter()
-            .find(|r| r.slot == slot as u32)
-            .map(|r| r.generation);
-        if previous != current || before.is_none() {
+        if before.is_none() || generation_in(before, slot) != generation_in(Some(after), slot) {
             let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus])
                 .map_err(Error::io(context(MAP_RULE_STATS)))?;
             stats
@@ -55,16 +53,69 @@ pub fn write_rules(pins: &PinDir, before: Option<&RuleTable>, after: &RuleTable)
             .set(slot as u32, rule, 0)
             .map_err(Error::map(context(MAP_RULES)))?;
     }
+    Ok(())
+}
+
+/// Writes what lets the program skip work: which lists hold entries (`lists`, `LIST_*`
+/// bits), the rule slots and protocols in use, and the blacklist masks. With `rules_changed`
+/// the masks are recomputed from the rules plus those of entries still in the blacklist (so
+/// an entry keeps blocking after its rule is removed); otherwise the current ones are kept.
+pub fn write_settings(
+    pins: &PinDir,
+    rules: Option<&RuleTable>,
+    lists: u32,
+    rules_changed: bool,
+) -> Result<()> {
+    let context = format!("writing map {MAP_SETTINGS}");
     let mut settings: Array<_, Settings> = Array::try_from(open(pins, MAP_SETTINGS, Map::Array)?)
-        .map_err(Error::map(context(MAP_SETTINGS)))?;
-    let value = Settings {
-        rule_slots: compiled.rule_slots,
-        masks_v4: compiled.masks_v4,
-        masks_v6: compiled.masks_v6,
-    };
-    settings
-        .set(0, value, 0)
-        .map_err(Error::map(context(MAP_SETTINGS)))
+        .map_err(Error::map(context.clone()))?;
+    let mut value = settings.get(&0, 0).map_err(Error::map(context.clone()))?;
+    let empty = RuleTable::default();
+    let compiled = rules
+        .unwrap_or(&empty)
+        .compile()
+        .map_err(Error::InvalidRule)?;
+    value.lists = lists;
+    value.rule_slots = compiled.rule_slots;
+    value.rule_protos = compiled
+        .slots
+        .iter()
+        .filter(|rule| rule.kind != RuleKind::Empty as u8)
+        .fold(0, |bits, rule| bits | proto_bit(rule.proto));
+    if rules_changed {
+        let mut masks_v4: Vec<u8> = compiled
+            .masks_v4
+            .iter()
+            .copied()
+            .filter(|m| *m != 0)
+            .collect();
+        let mut masks_v6: Vec<u8> = compiled
+            .masks_v6
+            .iter()
+            .copied()
+            .filter(|m| *m != 0)
+            .collect();
+        for (key, _) in blacklist_raw(pins)? {
+            let masks = if key.family == FAMILY_V4 {
+                &mut masks_v4
+            } else {
+                &mut masks_v6
+            };
+            if !masks.contains(&key.prefix_len) && masks.len() < MAX_MASKS {
+                masks.push(key.prefix_len);
+            }
+        }
+        let fill = |masks: &[u8]| {
+            let mut out = [0u8; MAX_MASKS];
+            for (slot, mask) in out.iter_mut().zip(masks) {
+                *slot = *mask;
+            }
+            out
+        };
+        value.masks_v4 = fill(&masks_v4);
+        value.masks_v6 = fill(&masks_v6);
+    }
+    settings.set(0, value, 0).map_err(Error::map(context))
 }
 
 /// Per-rule counters summed over CPUs, by slot.

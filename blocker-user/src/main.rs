@@ -392,6 +392,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 store.allow(&nets, reason.as_deref());
                 store.commit(|| {})?;
+                // The XDP program checks the dynamic blacklist before the allowlist, so an
+                // allowed source must not keep an entry there.
+                for net in dynamic::remove_blacklisted(&pins, Some(&nets))? {
+                    info!("removed {net} from the dynamic blacklist");
+                }
                 for net in &nets {
                     info!("allowed {net}");
                 }

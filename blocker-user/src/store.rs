@@ -9,8 +9,8 @@ use std::{
 
 use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData, MapError};
 use blocker_common::{
-    AllowValue, BanValue, ALLOW_PRESENT, BAN_PERMANENT, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4,
-    MAP_BAN_V6,
+    AllowValue, BanValue, ALLOW_PRESENT, BAN_PERMANENT, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4,
+    LIST_BAN_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6,
 };
 use ipnet::IpNet;
 use jiff::Timestamp;
@@ -141,6 +141,27 @@ impl<K: aya::Pod, V: aya::Pod> Trie<K, V> {
                 source: err,
             }),
         }
+    }
+}
+
+impl KernelImage {
+    /// The `LIST_*` bits of the tries this image puts entries in.
+    pub fn lists(&self) -> u32 {
+        let v4 = |net: &IpNet| net.addr().is_ipv4();
+        let mut bits = 0;
+        if self.allow.iter().any(v4) {
+            bits |= LIST_ALLOW_V4;
+        }
+        if self.allow.iter().any(|net| !v4(net)) {
+            bits |= LIST_ALLOW_V6;
+        }
+        if self.bans.keys().any(v4) {
+            bits |= LIST_BAN_V4;
+        }
+        if self.bans.keys().any(|net| !v4(net)) {
+            bits |= LIST_BAN_V6;
+        }
+        bits
     }
 }
 
@@ -370,6 +391,14 @@ impl Store {
             }
             _ => Ok(()),
         }
+        .and_then(|()| {
+            dynamic::write_settings(
+                &self.pins,
+                self.state.rules.as_ref(),
+                after.lists(),
+                rules_changed,
+            )
+        })
         .and_then(|()| self.state.save(&self.state_path));
         if let Err(err) = result {
             // Keep kernel and file in agreement: the command reports failure, so undo it.
@@ -379,6 +408,12 @@ impl Store {
                     let _ = dynamic::write_rules(&self.pins, None, rules);
                 }
             }
+            let _ = dynamic::write_settings(
+                &self.pins,
+                self.before.rules.as_ref(),
+                before.lists(),
+                rules_changed,
+            );
             return Err(err);
         }
         Ok(())
@@ -488,6 +523,15 @@ mod tests {
         assert_eq!(expiry(&image, "10.1.2.3/32"), BAN_PERMANENT);
         assert_eq!(expiry(&image, "11.1.2.3/32"), 5_060);
         assert_eq!(expiry(&image, "2001:db8::1/128"), 5_900);
+    }
+
+    #[test]
+    fn list_bits_name_the_tries_in_use() {
+        let mut image = kernel_image(&state(&[("10.0.0.1/32", None)]), &now());
+        assert_eq!(image.lists(), LIST_BAN_V4);
+        image.allow.insert("2001:db8::/64".parse().unwrap());
+        assert_eq!(image.lists(), LIST_BAN_V4 | LIST_ALLOW_V6);
+        assert_eq!(KernelImage::default().lists(), 0);
     }
 
     #[test]

@@ -118,9 +118,9 @@ impl Insn {
     pub const fn jgt(dst: u8, src: u8, off: i16) -> Self {
         Self::new(0x2d, dst, src, off, 0)
     }
-    /// if dst == imm goto +off
-    pub const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Self {
-        Self::new(0x15, dst, 0, off, imm)
+    /// if dst != imm goto +off
+    pub const fn jne_imm(dst: u8, imm: i32, off: i16) -> Self {
+        Self::new(0x55, dst, 0, off, imm)
     }
     pub const fn call(helper: i32) -> Self {
         Self::new(0x85, 0, 0, 0, helper)

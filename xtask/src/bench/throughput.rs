@@ -84,10 +84,12 @@ fn generator(scenario: Scenario) -> Result<OwnedFd> {
         ];
         insns.push(Insn::call(bpf::HELPER_PRANDOM_U32));
         if scenario == Scenario::FloodWithOffender {
-            // 1 in 16: leave the template (the offender) as it is.
+            // 1 in 16: the offender, whose low half is 0. Written every time: live frames
+            // keep what an earlier run wrote into a recycled page.
             insns.push(Insn::mov(7, 0));
             insns.push(Insn::and_imm(7, 0xf_0000));
-            insns.push(Insn::jeq_imm(7, 0, randomize.len() as i16));
+            insns.push(Insn::jne_imm(7, 0, 1));
+            insns.push(Insn::mov_imm(0, 0));
         }
         insns.extend(randomize);
     }
