@@ -1,7 +1,7 @@
 //! Rate and burst rules: the layouts the kernel and userspace share, and the pure functions
 //! that decide, per event, whether a source gets blacklisted.
 //!
-//! Times are milliseconds of CLOCK_BOOTTIME. History timestamps are kept as `u32` to halve the
+//! Times are milliseconds of CLOCK_MONOTONIC, read at tick resolution by the XDP program. History timestamps are kept as `u32` to halve the
 //! per-source memory; they wrap after 49 days, and every comparison uses wrapping differences,
 //! which stay exact for windows shorter than 24 days.
 

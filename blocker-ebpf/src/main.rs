@@ -11,8 +11,8 @@ mod program {
         bindings::xdp_action,
         btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
         helpers::{
-            bpf_ktime_get_boot_ns, bpf_loop, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
-            bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+            bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_loop, bpf_xdp_adjust_head,
+            bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
         },
         macros::{btf_map, xdp},
         maps::lpm_trie::Key,
@@ -54,15 +54,22 @@ mod program {
     #[btf_map]
     static ALLOW_V6: LpmTrie<[u8; 16], AllowValue, { DEFAULT_ALLOW_CAPACITY as usize }> =
         LpmTrie::new();
+    // Per-CPU LRU lists: inserting a new source takes no lock shared with other CPUs.
+    const NO_COMMON_LRU: usize = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU as usize;
     #[btf_map]
     static BLACKLIST: LruHashMap<
         SourceKey,
         BlacklistEntry,
         { DEFAULT_BLACKLIST_CAPACITY as usize },
+        NO_COMMON_LRU,
     > = LruHashMap::new();
     #[btf_map]
-    static HISTORY: LruHashMap<HistoryKey, History, { DEFAULT_HISTORY_CAPACITY as usize }> =
-        LruHashMap::new();
+    static HISTORY: LruHashMap<
+        HistoryKey,
+        History,
+        { DEFAULT_HISTORY_CAPACITY as usize },
+        NO_COMMON_LRU,
+    > = LruHashMap::new();
     #[btf_map]
     static RULES: Array<Rule, MAX_RULES> = Array::new();
     #[btf_map]
@@ -169,21 +176,22 @@ mod program {
         }
     }
 
-    /// Reads CLOCK_BOOTTIME at most once per packet, and only when a decision needs it.
-    struct Clock(u64);
+    /// Rule windows and the dynamic blacklist: CLOCK_MONOTONIC at tick resolution, which costs
+    /// a memory read where a precise clock costs a clocksource read (dear in a VM). Read only
+    /// where a decision needs it; no value is carried between checks, which keeps the
+    /// verifier's state count down.
+    #[inline(always)]
+    fn now_ms() -> u64 {
+        // SAFETY: the helper has no preconditions.
+        unsafe { bpf_ktime_get_coarse_ns() / 1_000_000 }
+    }
 
-    impl Clock {
-        fn now_ns(&mut self) -> u64 {
-            if self.0 == 0 {
-                // SAFETY: the helper has no preconditions.
-                self.0 = unsafe { bpf_ktime_get_boot_ns() };
-            }
-            self.0
-        }
-
-        fn now_ms(&mut self) -> u64 {
-            self.now_ns() / 1_000_000
-        }
+    /// Temporary manual bans: CLOCK_BOOTTIME, which keeps counting through suspend like the
+    /// wall clock their expiry was given in.
+    #[inline(always)]
+    fn boot_seconds() -> u32 {
+        // SAFETY: the helper has no preconditions.
+        (unsafe { bpf_ktime_get_boot_ns() } / 1_000_000_000) as u32
     }
 
     #[xdp]
@@ -230,14 +238,13 @@ mod program {
         if let Err(reason) = parse(ctx, packet) {
             return reason;
         }
-        let mut clock = Clock(0);
         let Some(settings) = SETTINGS.get(0) else {
             return Reason::NoMatch;
         };
         // The exact-match blacklist first: it is the hot path under attack. An allowlisted
         // source never has an entry (rules run after the allowlist, and `blocker allow`
         // removes overlapping entries), so the allowlist still wins.
-        if let Some(reason) = check_blacklist(packet, settings, &mut clock) {
+        if let Some(reason) = check_blacklist(packet, settings) {
             return reason;
         }
         let listed = if packet.family == FAMILY_V4 {
@@ -251,13 +258,13 @@ mod program {
                 settings.lists & LIST_ALLOW_V4 != 0,
                 settings.lists & LIST_BAN_V4 != 0,
             );
-            source_verdict(&ALLOW_V4, &BAN_V4, lists, source, &mut clock)
+            source_verdict(&ALLOW_V4, &BAN_V4, lists, source)
         } else {
             let lists = (
                 settings.lists & LIST_ALLOW_V6 != 0,
                 settings.lists & LIST_BAN_V6 != 0,
             );
-            source_verdict(&ALLOW_V6, &BAN_V6, lists, packet.source, &mut clock)
+            source_verdict(&ALLOW_V6, &BAN_V6, lists, packet.source)
         };
         if let Some(reason) = listed {
             return reason;
@@ -266,7 +273,7 @@ mod program {
             L4::Truncated => Reason::Malformed,
             L4::Unparsed => Reason::Unparsed,
             L4::Present | L4::Fragment if settings.rule_protos & proto_bit(packet.proto) != 0 => {
-                run_rules(packet, settings, &mut clock)
+                run_rules(packet, settings)
             }
             L4::Present | L4::Fragment => Reason::NoMatch,
         }
@@ -425,7 +432,6 @@ mod program {
         bans: &LpmTrie<[u8; N], BanValue, BAN_CAP>,
         (allow_used, bans_used): (bool, bool),
         source: [u8; N],
-        clock: &mut Clock,
     ) -> Option<Reason> {
         let key = Key::new((N * 8) as u32, source);
         if allow_used && allowlist.get(&key).is_some() {
@@ -435,7 +441,7 @@ mod program {
             return None;
         }
         let ban = bans.get(&key)?;
-        ban_is_active(ban, || (clock.now_ns() / 1_000_000_000) as u32).then_some(Reason::ManualBan)
+        ban_is_active(ban, boot_seconds).then_some(Reason::ManualBan)
     }
 
     #[inline(always)]
@@ -463,11 +469,7 @@ mod program {
 
     /// The dynamic blacklist, looked up once per mask in use for the family.
     #[inline(always)]
-    fn check_blacklist(
-        packet: &mut Packet,
-        settings: &Settings,
-        clock: &mut Clock,
-    ) -> Option<Reason> {
+    fn check_blacklist(packet: &mut Packet, settings: &Settings) -> Option<Reason> {
         let masks = if packet.family == FAMILY_V4 {
             &settings.masks_v4
         } else {
@@ -483,7 +485,7 @@ mod program {
             // SAFETY: the entry stays valid during this program run; concurrent refreshes of
             // the expiry race benignly (both write a time in the future).
             let entry = unsafe { &mut *entry };
-            if blacklist_hit(entry, clock.now_ms()) {
+            if blacklist_hit(entry, now_ms()) {
                 let (action, slot) = (entry.action, u32::from(entry.slot));
                 return Some(punish(packet, action, slot, Reason::Blacklisted));
             }
@@ -494,18 +496,16 @@ mod program {
     /// State shared with [`rule_step`] across `bpf_loop` iterations.
     struct RulesLoop<'a> {
         packet: &'a mut Packet,
-        clock: &'a mut Clock,
         reason: Reason,
     }
 
     /// Rate and burst rules in slot order; the first that blacklists the source decides.
     /// `bpf_loop` has the verifier check one iteration instead of every unrolled path.
     #[inline(always)]
-    fn run_rules(packet: &mut Packet, settings: &Settings, clock: &mut Clock) -> Reason {
+    fn run_rules(packet: &mut Packet, settings: &Settings) -> Reason {
         let slots = settings.rule_slots.min(MAX_RULES as u32);
         let mut state = RulesLoop {
             packet,
-            clock,
             reason: Reason::NoMatch,
         };
         // SAFETY: `rule_step` matches the callback signature and gets `state` back as its
@@ -526,7 +526,7 @@ mod program {
         // SAFETY: `run_rules` passes its `RulesLoop`.
         let state = unsafe { &mut *(state as *mut RulesLoop) };
         let slot = slot as u32;
-        match rule_event(slot, state.packet, state.clock) {
+        match rule_event(slot, state.packet) {
             None => 0,
             Some(Reason::RuleEvent) => {
                 state.reason = Reason::RuleEvent;
@@ -542,7 +542,7 @@ mod program {
     /// The event, if any, this packet is for the rule in `slot`: `RuleEvent` when counted, a
     /// final verdict when it blacklists the source.
     #[inline(always)]
-    fn rule_event(slot: u32, packet: &mut Packet, clock: &mut Clock) -> Option<Reason> {
+    fn rule_event(slot: u32, packet: &mut Packet) -> Option<Reason> {
         let rule = RULES.get(slot)?;
         let syn_only = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if !rule_matches(rule, packet.proto, packet.dport, syn_only) {
@@ -558,7 +558,7 @@ mod program {
             slot: slot as u16,
             generation: rule.generation,
         };
-        let now_ms = clock.now_ms();
+        let now_ms = now_ms();
         let outcome = match HISTORY.get_ptr_mut(&key) {
             // Known source: update in place, no map update call.
             Some(history) => on_event(rule, unsafe { &mut *history }, now_ms as u32, packet.ttl),

@@ -11,16 +11,17 @@ use nix::time::{clock_gettime, ClockId};
 pub struct Now {
     pub wall: Timestamp,
     pub boot: Duration,
+    /// CLOCK_MONOTONIC: the clock of rule windows and dynamic blacklist expiries.
+    pub mono: Duration,
 }
 
 impl Now {
     pub fn read() -> Self {
-        let boot = clock_gettime(ClockId::CLOCK_BOOTTIME)
-            .map(Duration::from)
-            .unwrap_or_default();
+        let read = |clock| clock_gettime(clock).map(Duration::from).unwrap_or_default();
         Self {
             wall: Timestamp::now(),
-            boot,
+            boot: read(ClockId::CLOCK_BOOTTIME),
+            mono: read(ClockId::CLOCK_MONOTONIC),
         }
     }
 
@@ -75,6 +76,7 @@ mod tests {
         let now = Now {
             wall: Timestamp::from_second(1_000_000).unwrap(),
             boot: Duration::from_millis(500_500),
+            mono: Duration::ZERO,
         };
         let in_ten = Timestamp::from_second(1_000_010).unwrap();
         assert_eq!(now.boot_seconds_at(in_ten), Some(511));

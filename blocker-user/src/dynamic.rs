@@ -179,7 +179,7 @@ pub fn blacklist_raw(pins: &PinDir) -> Result<Vec<(SourceKey, BlacklistEntry)>> 
 
 /// Entries still in force, soonest expiry first.
 pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<Vec<Blacklisted>> {
-    let now_ms = now.boot.as_millis() as u64;
+    let now_ms = now.mono.as_millis() as u64;
     let mut entries: Vec<(u64, Blacklisted)> = blacklist_raw(pins)?
         .into_iter()
         .filter(|(_, entry)| entry.expires_at_ms >= now_ms)

@@ -110,7 +110,7 @@ impl Watcher {
     /// gone before it (unban, flush, or evicted by the LRU under a flood).
     pub fn scan(&mut self) -> Result<Vec<EventRecord>> {
         let now = Now::read();
-        let now_ms = now.boot.as_millis() as u64;
+        let now_ms = now.mono.as_millis() as u64;
         let current: HashMap<SourceKey, u64> = dynamic::blacklist_raw(&self.pins)?
             .into_iter()
             .map(|(key, entry)| (key, entry.expires_at_ms))

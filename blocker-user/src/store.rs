@@ -472,6 +472,7 @@ mod tests {
         Now {
             wall: Timestamp::from_second(1_000_000).unwrap(),
             boot: Duration::from_secs(5_000),
+            mono: Duration::ZERO,
         }
     }
 
