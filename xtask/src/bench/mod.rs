@@ -306,6 +306,10 @@ impl Drop for StatsOff {
 }
 
 const BENCH_CONFIG: &str = r#"
+# Room for the 100k-entry allowlist of the scaling run.
+[maps]
+allow = 262144
+
 [[rules]]
 name = "ssh"
 proto = "tcp"
