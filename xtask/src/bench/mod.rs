@@ -197,6 +197,13 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The benchmark's config file, written on first use.
+    fn config(&self) -> Result<String> {
+        let path = self._dir.path().join("bench.toml");
+        std::fs::write(&path, BENCH_CONFIG)?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+
     fn ip(&self, args: &[&str]) -> Result<String> {
         let mut full = vec!["-n", self.ns.as_str()];
         full.extend_from_slice(args);
@@ -340,15 +347,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     install_peers()?;
     let _stats = StatsOff::new()?;
     let lab = Lab::new(root)?;
-    let config = lab._dir.path().join("bench.toml");
-    std::fs::write(&config, BENCH_CONFIG)?;
-    lab.blocker(&[
-        "load",
-        "--iface",
-        "bb0",
-        "--config",
-        &config.to_string_lossy(),
-    ])?;
+    lab.blocker(&["load", "--iface", "bb0", "--config", &lab.config()?])?;
     lab.blocker(&["ban", "192.0.2.66", "10.20.0.0/16", "2001:db8:bad::/64"])?;
     lab.blocker(&["allow", "203.0.113.10"])?;
     let blocker = lab.xdp_prog("bb0")?;
@@ -735,7 +734,7 @@ fn control_plane(lab: &Lab, plan: Plan) -> Result<ControlPlane> {
     drop(blocker);
     lab.blocker(&["unload"])?;
     let mut command = lab.blocker_command();
-    command.args(["load", "--iface", "bb0"]);
+    command.args(["load", "--iface", "bb0", "--config", &lab.config()?]);
     report.load_restoring_100k_s = timed(command)?.0.as_secs_f64();
     report.history_bytes_per_source = bytes_per_entry(&lab.pin_dir.join(MAP_HISTORY))?;
     report.blacklist_bytes_per_entry =
