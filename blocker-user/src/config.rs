@@ -9,9 +9,9 @@ use blocker_common::{
 };
 use serde::Deserialize;
 
-use crate::{rules::RuleSpec, Error, Result};
+use crate::{offense::OffenseConfig, rules::RuleSpec, Error, Result};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -19,6 +19,43 @@ pub struct Config {
     /// Rate and burst rules, in evaluation order; they replace the rules in force at load.
     /// Absent: keep the saved rules, or install the built-in `ssh` rule.
     pub rules: Option<Vec<RuleSpec>>,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub offenses: OffenseConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+/// Where `blocker daemon` listens and keeps its state; command-line flags win.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    pub listen: String,
+    pub socket: std::path::PathBuf,
+    /// The state file, when `--state` / `BLOCKER_STATE` do not say.
+    pub state: Option<std::path::PathBuf>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9977".into(),
+            socket: "/run/blocker/blocker.sock".into(),
+            state: None,
+        }
+    }
+}
+
+/// Where events go besides the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// An http:// URL that gets every event POSTed as JSON (with retries).
+    pub webhook: Option<String>,
+    /// A shell command run for every event, with the event in `BLOCKER_EVENT` (JSON),
+    /// `BLOCKER_EVENT_KIND` and `BLOCKER_ADDR`; e.g. `mail -s "$BLOCKER_EVENT_KIND $BLOCKER_ADDR" root`.
+    pub command: Option<String>,
 }
 
 /// Capacities of the maps that never evict; they are fixed when the maps are created.
@@ -85,6 +122,25 @@ impl Config {
         }
         if let Some(rules) = &config.rules {
             crate::rules::RuleTable::from_specs(rules)?;
+        }
+        config.offenses.validate()?;
+        if config
+            .daemon
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(format!(
+                "[daemon] listen must be ADDR:PORT, not {:?}",
+                config.daemon.listen
+            ));
+        }
+        if let Some(url) = &config.notify.webhook {
+            if !url.starts_with("http://") {
+                return Err(format!(
+                    "[notify] webhook must be an http:// URL, not {url:?}"
+                ));
+            }
         }
         Ok(config)
     }

@@ -21,6 +21,8 @@ pub enum Error {
     UnreadableInput { path: String, message: String },
     #[error("{0}")]
     InvalidRule(String),
+    #[error("invalid offense: {0}")]
+    InvalidOffense(String),
     #[error("no rule named {0:?}")]
     NoSuchRule(String),
     #[error("invalid config {path}: {message}")]
@@ -74,6 +76,7 @@ impl Error {
                 | Error::UnreadableInput { .. }
                 | Error::InvalidRule(_)
                 | Error::NoSuchRule(_)
+                | Error::InvalidOffense(_)
                 | Error::InvalidConfig { .. }
         )
     }

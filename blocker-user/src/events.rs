@@ -149,3 +149,34 @@ impl Watcher {
         Ok(events)
     }
 }
+
+/// Hands every event to `sink` until an error: blacklistings as the kernel reports them, and
+/// expiries and removals from a scan of the blacklist map once a second.
+pub async fn follow(
+    pins: &PinDir,
+    state_path: &std::path::Path,
+    mut sink: impl FnMut(&EventRecord),
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let watcher = Watcher::open(pins, state_path)?;
+    // SAFETY: the AsyncFd owns the watcher, so the ring buffer's fd outlives the registration.
+    let mut ring = unsafe { tokio::io::unix::AsyncFd::register(watcher) }
+        .map_err(|err| anyhow::anyhow!("watching the event ring buffer: {err}"))?;
+    let mut scan = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut guard = ready.context("waiting for events")?;
+                for event in guard.get_inner_mut().drain() {
+                    sink(&event);
+                }
+                guard.clear_ready();
+            }
+            _ = scan.tick() => {
+                for event in ring.get_mut().scan()? {
+                    sink(&event);
+                }
+            }
+        }
+    }
+}

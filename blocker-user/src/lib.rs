@@ -4,11 +4,13 @@
 pub mod addr;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod dynamic;
 pub mod error;
 pub mod events;
 pub mod listfile;
 pub mod loader;
+pub mod offense;
 pub mod pins;
 pub mod rules;
 pub mod state;

@@ -12,10 +12,10 @@ use blocker::{
     addr::parse_net,
     clock::{parse_duration, Now},
     config::Config,
-    dynamic,
-    events::{EventRecord, Watcher},
-    listfile,
+    daemon::{record_offense, report_via_socket, Daemon, OffenseReport},
+    dynamic, events, listfile,
     loader::{self, ModeChoice},
+    offense::{Level, Severity},
     pins::{require_root, PinDir, DEFAULT_PIN_DIR},
     rules::{self, PortRange, RuleSpec},
     state::{Entry, State, DEFAULT_STATE_PATH},
@@ -149,6 +149,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the offense API, the ban list and Prometheus metrics, and expire bans.
+    ///
+    /// Examples:
+    ///   blocker daemon --config /etc/blocker/blocker.toml
+    ///   blocker daemon --check-config /etc/blocker/blocker.toml
+    #[command(verbatim_doc_comment)]
+    Daemon(DaemonArgs),
+    /// Report an offense by a client (through the daemon when it runs, directly otherwise).
+    ///
+    /// Example: blocker report 203.0.113.7 --severity minor --reason "wrong password" --key alice
+    Report {
+        addr: String,
+        #[arg(long, value_enum, conflicts_with = "weight")]
+        severity: Option<Level>,
+        /// A weight instead of a named severity.
+        #[arg(long)]
+        weight: Option<f64>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Score per (address, key), e.g. a user name; see the README.
+        #[arg(long)]
+        key: Option<String>,
+        /// The daemon's socket.
+        #[arg(long, default_value = "/run/blocker/blocker.sock")]
+        socket: PathBuf,
+        /// Config for direct mode (scoring settings).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// TOML config (rules, offenses, listeners, notifications).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HTTP address for the offense and read APIs and /metrics [default: 127.0.0.1:9977].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Unix socket serving the same API [default: /run/blocker/blocker.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Validate a config file and exit.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -353,6 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut store = Store::open(&pins, state_path)?;
             let expires_at = expiry(store.now.wall, duration)?;
             store.ban(&nets, expires_at, reason.as_deref());
+            store.count_issued("cli", nets.len() as u64);
             store.commit(|| {})?;
             for net in &nets {
                 match expires_at {
@@ -414,6 +460,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             info!("flushed {} dynamic blacklist entries", removed.len());
         }
         Command::Events { json } => follow_events(&pins, state_path, json)?,
+        Command::Daemon(args) => {
+            if let Some(path) = &args.check_config {
+                Config::load(path)?;
+                println!("{}: ok", path.display());
+                return Ok(());
+            }
+            let config = match &args.config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            let state_path = match (&config.daemon.state, std::env::var_os("BLOCKER_STATE")) {
+                (Some(path), None) if state_path == Path::new(DEFAULT_STATE_PATH) => path.clone(),
+                _ => state_path.to_path_buf(),
+            };
+            pins.require_loaded()?;
+            serve_daemon(&pins, &state_path, &args, config, None)?;
+        }
+        Command::Report {
+            addr,
+            severity,
+            weight,
+            reason,
+            key,
+            socket,
+            config,
+        } => report(
+            &pins,
+            state_path,
+            (addr, severity, weight, reason, key),
+            &socket,
+            config,
+        )?,
         Command::Import { file, duration } => import(&pins, state_path, &file, duration)?,
         Command::Export => {
             let state = State::load(state_path)?;
@@ -443,7 +521,7 @@ fn load(pins: &PinDir, state_path: &Path, args: &LoadArgs) -> anyhow::Result<loa
     Ok(loaded)
 }
 
-/// Loads, then stays until Ctrl-C or SIGTERM, logging events and the program's messages.
+/// Loads, then runs the daemon in the foreground until Ctrl-C or SIGTERM.
 fn run_foreground(
     pins: &PinDir,
     state_path: &Path,
@@ -451,23 +529,82 @@ fn run_foreground(
     keep: bool,
 ) -> anyhow::Result<()> {
     let mut loaded = load(pins, state_path, args)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let daemon_args = DaemonArgs {
+        config: args.config.clone(),
+        listen: None,
+        socket: None,
+        check_config: None,
+    };
+    let result = serve_daemon(
+        pins,
+        state_path,
+        &daemon_args,
+        config,
+        Some(&mut loaded.ebpf),
+    );
+    if keep {
+        info!("leaving the program attached (--keep)");
+    } else {
+        loader::unload(pins, Some(&args.iface))?;
+        info!("detached from {}", args.iface);
+    }
+    result
+}
+
+/// Runs the daemon until Ctrl-C or SIGTERM; SIGHUP reloads the config file. With `ebpf`, the
+/// program's own log messages are relayed too.
+fn serve_daemon(
+    pins: &PinDir,
+    state_path: &Path,
+    args: &DaemonArgs,
+    config: Config,
+    ebpf: Option<&mut aya::Ebpf>,
+) -> anyhow::Result<()> {
+    let listen: std::net::SocketAddr = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| config.daemon.listen.clone())
+        .parse()
+        .map_err(|_| Error::InvalidConfig {
+            path: "--listen".into(),
+            message: "use ADDR:PORT".into(),
+        })?;
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| config.daemon.socket.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let mut logger = aya_log::EbpfLogger::init(&mut loaded.ebpf)
-            .ok()
+    let daemon = Daemon::new(pins.clone(), state_path.to_path_buf(), config);
+    let config_path = args.config.clone();
+    runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut logger = ebpf
+            .and_then(|ebpf| aya_log::EbpfLogger::init(ebpf).ok())
             // SAFETY: the AsyncFd owns the logger, so the fd outlives its registration.
             .and_then(|logger| unsafe { tokio::io::unix::AsyncFd::register(logger) }.ok());
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("installing the SIGTERM handler")?;
-        let stop = async {
+        let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let stop = async move {
             loop {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => break,
                     _ = terminate.recv() => break,
+                    _ = hangup.recv() => match &config_path {
+                        Some(path) => match Config::load(path) {
+                            Ok(config) => { let _ = reload_tx.send(config).await; }
+                            Err(err) => warn!("not reloading: {err}"),
+                        },
+                        None => info!("SIGHUP: no config file to reload"),
+                    },
                     ready = async { logger.as_mut()?.readable_mut().await.ok() }, if logger.is_some() => {
                         if let Some(mut guard) = ready {
                             guard.get_inner_mut().flush();
@@ -478,15 +615,8 @@ fn run_foreground(
             }
         };
         info!("running; Ctrl-C to stop");
-        watch_events(pins, state_path, stop, |event| info!("{event}")).await
-    })?;
-    if keep {
-        info!("leaving the program attached (--keep)");
-    } else {
-        loader::unload(pins, Some(&args.iface))?;
-        info!("detached from {}", args.iface);
-    }
-    Ok(())
+        daemon.serve(listen, &socket, reload_rx, stop).await
+    })
 }
 
 /// Parses every argument before anything changes, warning about normalized ones.
@@ -710,36 +840,64 @@ fn rule_command(pins: &PinDir, state_path: &Path, command: RuleCommand) -> anyho
     Ok(())
 }
 
-/// Waits for events until `stop` completes, handing each to `sink`.
-async fn watch_events(
+/// `blocker report`: through the daemon's socket when it answers, directly otherwise.
+fn report(
     pins: &PinDir,
     state_path: &Path,
-    stop: impl std::future::Future<Output = ()>,
-    mut sink: impl FnMut(&EventRecord),
+    (addr, severity, weight, reason, key): (
+        String,
+        Option<Level>,
+        Option<f64>,
+        String,
+        Option<String>,
+    ),
+    socket: &Path,
+    config: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let watcher = Watcher::open(pins, state_path)?;
-    // SAFETY: the AsyncFd owns the watcher, so the ring buffer's fd outlives the registration.
-    let mut ring = unsafe { tokio::io::unix::AsyncFd::register(watcher) }
-        .map_err(|err| anyhow::anyhow!("watching the event ring buffer: {err}"))?;
-    let mut scan = tokio::time::interval(Duration::from_secs(1));
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return Ok(()),
-            ready = ring.readable_mut() => {
-                let mut guard = ready.context("waiting for events")?;
-                for event in guard.get_inner_mut().drain() {
-                    sink(&event);
-                }
-                guard.clear_ready();
+    let severity = match (severity, weight) {
+        (_, Some(weight)) => Severity::Weight(weight),
+        (Some(level), None) => Severity::Named(level),
+        (None, None) => Severity::Named(Level::Minor),
+    };
+    parse_net(&addr)?;
+    let body =
+        serde_json::json!({ "addr": addr, "severity": severity, "reason": reason, "key": key });
+    if socket.exists() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        if let Ok((status, text)) = runtime.block_on(report_via_socket(socket, &body)) {
+            if status >= 400 {
+                let bad = status < 500;
+                let err = anyhow::anyhow!("daemon answered {status}: {}", text.trim());
+                return Err(if bad {
+                    Error::InvalidOffense(text.trim().to_string()).into()
+                } else {
+                    err
+                });
             }
-            _ = scan.tick() => {
-                for event in ring.get_mut().scan()? {
-                    sink(&event);
-                }
-            }
+            println!("{}", text.trim());
+            return Ok(());
         }
+        warn!(
+            "no daemon answered on {}; scoring directly",
+            socket.display()
+        );
     }
+    require_root()?;
+    let config = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    };
+    let report = OffenseReport {
+        addr,
+        severity,
+        reason,
+        key,
+    };
+    let answer = record_offense(pins, state_path, &config, &report)?;
+    println!("{}", serde_json::to_string(&answer)?);
+    Ok(())
 }
 
 fn follow_events(pins: &PinDir, state_path: &Path, json: bool) -> anyhow::Result<()> {
@@ -747,13 +905,8 @@ fn follow_events(pins: &PinDir, state_path: &Path, json: bool) -> anyhow::Result
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(watch_events(
-        pins,
-        state_path,
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        },
-        |event| {
+    runtime.block_on(async {
+        let events = events::follow(pins, state_path, |event| {
             if json {
                 if let Ok(line) = serde_json::to_string(event) {
                     println!("{line}");
@@ -761,8 +914,12 @@ fn follow_events(pins: &PinDir, state_path: &Path, json: bool) -> anyhow::Result
             } else {
                 println!("{:.0} {event}", event.at);
             }
-        },
-    ))
+        });
+        tokio::select! {
+            result = events => result,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
 }
 
 fn import(
@@ -798,6 +955,7 @@ fn import(
     for entry in &entries {
         store.ban(&[entry.net], expires_at, entry.reason.as_deref());
     }
+    store.count_issued("import", entries.len() as u64);
     let progress = if std::io::stderr().is_terminal() && entries.len() >= 10_000 {
         // The commit reports one step per ban in the resulting set.
         let bar = ProgressBar::new(store.state.bans.len() as u64);

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::{rules::RuleTable, Error, Result};
+use crate::{offense::OffenseBook, rules::RuleTable, Error, Result};
 
 /// Default location of the state file.
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/blocker/state.json";
@@ -35,12 +35,16 @@ impl Entry {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
     pub bans: BTreeMap<IpNet, Entry>,
     pub allow: BTreeMap<IpNet, Entry>,
     /// `None` until rules were first set: `blocker load` then installs the default.
     pub rules: Option<RuleTable>,
+    /// Offense scores and ban histories of `blocker daemon` / `blocker report`.
+    pub offenses: OffenseBook,
+    /// Bans issued so far, by where they came from (`cli`, `import`, `offense`).
+    pub issued: BTreeMap<String, u64>,
 }
 
 /// The on-disk layout: lists of records, readable and diffable by people.
@@ -53,6 +57,10 @@ struct StateFile {
     allow: Vec<Record>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rules: Option<RuleTable>,
+    #[serde(default)]
+    offenses: OffenseBook,
+    #[serde(default)]
+    issued: BTreeMap<String, u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -107,6 +115,8 @@ impl State {
             bans: from_records(file.bans),
             allow: from_records(file.allow),
             rules: file.rules,
+            offenses: file.offenses,
+            issued: file.issued,
         })
     }
 
@@ -124,6 +134,8 @@ impl State {
             bans: to_records(&self.bans),
             allow: to_records(&self.allow),
             rules: self.rules.clone(),
+            offenses: self.offenses.clone(),
+            issued: self.issued.clone(),
         };
         let mut temp = tempfile::Builder::new()
             .prefix(".state.")

@@ -327,6 +327,27 @@ impl Store {
         }
     }
 
+    /// Bans `net` until `expires_at` unless a ban already in force outlasts that (a permanent
+    /// ban is never shortened by an offense).
+    pub fn ban_at_least(&mut self, net: IpNet, expires_at: Option<Timestamp>, reason: &str) {
+        let outlasts = self.state.bans.get(&net).is_some_and(|existing| {
+            !existing.is_expired(self.now.wall)
+                && match (existing.expires_at, expires_at) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(old), Some(new)) => old >= new,
+                }
+        });
+        if !outlasts {
+            self.ban(&[net], expires_at, Some(reason));
+        }
+    }
+
+    /// Counts bans issued from `source`, for metrics.
+    pub fn count_issued(&mut self, source: &str, count: u64) {
+        *self.state.issued.entry(source.to_string()).or_default() += count;
+    }
+
     /// Removes bans; returns the prefixes that were not banned.
     pub fn unban(&mut self, nets: &[IpNet]) -> Vec<IpNet> {
         nets.iter()
