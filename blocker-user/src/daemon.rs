@@ -270,7 +270,10 @@ fn chrono_like(t: Timestamp) -> atom_syndication::FixedDateTime {
 
 /// Prometheus text exposition, built at scrape time from the kernel's per-CPU counters (summed
 /// here, nothing on the packet path) and the daemon's own.
-async fn get_metrics(AxumState(daemon): AxumState<Daemon>) -> Result<Response, ApiError> {
+async fn get_metrics(
+    AxumState(daemon): AxumState<Daemon>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let offenses = daemon
         .offenses
         .lock()
@@ -278,17 +281,52 @@ async fn get_metrics(AxumState(daemon): AxumState<Daemon>) -> Result<Response, A
         .unwrap_or_default();
     let pins = daemon.pins.clone();
     let state_path = daemon.state_path.clone();
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
     let text = tokio::task::spawn_blocking(move || metrics_text(&pins, &state_path, &offenses))
         .await
         .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
+    let (content_type, body) = if openmetrics {
+        (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
+            text,
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            prometheus_text(&text),
+        )
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// OpenMetrics text as the classic Prometheus text format (0.0.4), which every scraper and
+/// `promtool check metrics` read: counter families named with their `_total` samples, and no
+/// `# EOF`.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE ", "# UNIT "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 type Labels = Vec<(String, String)>;
@@ -606,4 +644,22 @@ pub async fn report_via_socket(
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_renamed_for_the_classic_format() {
+        let openmetrics = "# HELP blocker_packets Packets.\n# TYPE blocker_packets counter\n\
+                           blocker_packets_total{reason=\"x\"} 1\n# HELP blocker_bans Bans.\n\
+                           # TYPE blocker_bans gauge\nblocker_bans 2\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP blocker_packets_total Packets.\n# TYPE blocker_packets_total counter\n\
+             blocker_packets_total{reason=\"x\"} 1\n# HELP blocker_bans Bans.\n\
+             # TYPE blocker_bans gauge\nblocker_bans 2\n"
+        );
+    }
 }

@@ -71,6 +71,12 @@ enum Command {
         /// Leave the program attached and pinned when stopping.
         #[arg(long)]
         keep: bool,
+        /// The daemon's HTTP address [default: 127.0.0.1:9977].
+        #[arg(long)]
+        listen: Option<String>,
+        /// The daemon's Unix socket [default: /run/blocker/blocker.sock].
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Detach from an interface (or all) and remove the pins; the state file is kept.
     ///
@@ -380,7 +386,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Load(args) => {
             load(&pins, state_path, &args)?;
         }
-        Command::Run { load: args, keep } => run_foreground(&pins, state_path, &args, keep)?,
+        Command::Run {
+            load: args,
+            keep,
+            listen,
+            socket,
+        } => run_foreground(&pins, state_path, &args, keep, (listen, socket))?,
         Command::Unload { iface } => {
             for attachment in loader::unload(&pins, iface.as_deref())? {
                 info!("detached from {}", attachment.iface);
@@ -527,6 +538,7 @@ fn run_foreground(
     state_path: &Path,
     args: &LoadArgs,
     keep: bool,
+    (listen, socket): (Option<String>, Option<PathBuf>),
 ) -> anyhow::Result<()> {
     let mut loaded = load(pins, state_path, args)?;
     let config = match &args.config {
@@ -535,8 +547,8 @@ fn run_foreground(
     };
     let daemon_args = DaemonArgs {
         config: args.config.clone(),
-        listen: None,
-        socket: None,
+        listen,
+        socket,
         check_config: None,
     };
     let result = serve_daemon(

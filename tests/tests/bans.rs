@@ -145,7 +145,14 @@ fn blocking_continues_after_the_loading_process_is_killed() {
         return;
     }
     let net = TestNet::new();
-    let mut run = net.spawn_in_server(&["run", "--iface", &net.server_if]);
+    let socket = net.state_dir.path().join("run.sock");
+    let mut run = net.spawn_in_server(&[
+        "run",
+        "--iface",
+        &net.server_if,
+        "--socket",
+        &socket.to_string_lossy(),
+    ]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while net.blocker(&["status", "--json"]).code != 0 {
         assert!(

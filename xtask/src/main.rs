@@ -66,6 +66,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("bpftool", "bpftool"),
     ("iptables", "iptables"),
+    ("curl", "curl"),
+    ("promtool", "prometheus"),
 ];
 
 fn main() -> Result<()> {

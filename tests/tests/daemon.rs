@@ -1,0 +1,305 @@
+//! `blocker daemon`: offenses over HTTP and the Unix socket ban a real traffic source at the
+//! threshold and not before, bans expire, scores survive a restart, bad requests change
+//! nothing, and /metrics parses with promtool and moves with real traffic.
+
+use std::{
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use blocker_tests::{blocker_bin, can_run, TestNet};
+
+/// A daemon in the server namespace, stopped on drop.
+struct DaemonGuard {
+    child: Child,
+    port: u16,
+    socket: String,
+    ns: String,
+}
+
+impl DaemonGuard {
+    fn start(net: &TestNet, config: &str) -> Self {
+        let port = 20_000 + (net.id % 20_000) as u16;
+        let socket = net
+            .state_dir
+            .path()
+            .join("blocker.sock")
+            .to_string_lossy()
+            .into_owned();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", net.server_ns))
+            .arg(blocker_bin())
+            .args([
+                "daemon",
+                "--config",
+                config,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["--socket", &socket])
+            .env("BLOCKER_PIN_DIR", &net.pin_dir)
+            .env("BLOCKER_STATE", net.state_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting blocker daemon");
+        let daemon = Self {
+            child,
+            port,
+            socket,
+            ns: net.server_ns.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while daemon.curl(&["/healthz"]).1 != "ok" {
+            assert!(Instant::now() < deadline, "the daemon did not come up");
+            thread::sleep(Duration::from_millis(100));
+        }
+        daemon
+    }
+
+    /// `curl` inside the namespace; returns (HTTP status, body).
+    fn curl(&self, args: &[&str]) -> (u16, String) {
+        self.curl_with(&[], args)
+    }
+
+    fn curl_with(&self, extra: &[&str], args: &[&str]) -> (u16, String) {
+        let (path, rest) = args.split_first().expect("a path");
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .args(["curl", "-s", "-w", "\n%{http_code}", "--max-time", "5"])
+            .args(extra)
+            .args(rest)
+            .arg(format!("http://127.0.0.1:{}{path}", self.port))
+            .output()
+            .expect("running curl (cargo xtask setup installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (status.trim().parse().unwrap_or(0), body.trim().to_string())
+    }
+
+    fn offend(&self, body: &str) -> (u16, String) {
+        self.curl(&[
+            "/v1/offenses",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+        ])
+    }
+
+    fn offend_via_socket(&self, body: &str) -> (u16, String) {
+        self.curl_with(
+            &["--unix-socket", &self.socket],
+            &["/v1/offenses", "-X", "POST", "-d", body],
+        )
+    }
+}
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(net: &TestNet, ban_for: &str) -> String {
+    net.config(
+        "daemon.toml",
+        &format!("rules = []\n[offenses]\nban_for = \"{ban_for}\"\n"),
+    )
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|err| panic!("not JSON ({err}): {text}"))
+}
+
+#[test]
+fn offenses_ban_at_the_threshold_and_not_before_and_the_ban_expires() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let config = config(&net, "3s");
+    net.load(&["--config", &config]).ok();
+    let daemon = DaemonGuard::start(&net, &config);
+    let client = net.client_v4(1, 2);
+    let offense =
+        format!(r#"{{"addr": "{client}", "severity": "major", "reason": "exploit probe"}}"#);
+
+    let (status, body) = daemon.offend(&offense);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["banned"], false);
+    assert!(net.reaches(client), "one major offense is not enough");
+
+    let (status, body) = daemon.offend_via_socket(&offense);
+    assert_eq!(status, 200, "{body}");
+    let answer = json(&body);
+    assert_eq!(answer["banned"], true, "{answer}");
+    assert!(
+        !net.reaches(client),
+        "the second major offense bans at the driver"
+    );
+    assert!(net.reaches(net.client_v4(1, 3)), "others still pass");
+
+    let (_, bans) = daemon.curl(&["/v1/bans"]);
+    let bans = json(&bans);
+    assert_eq!(bans[0]["addr"], format!("{client}/32"));
+    assert_eq!(bans[0]["kind"], "temporary");
+    assert!(bans[0]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("exploit probe"));
+    let (status, atom) = daemon.curl(&["/v1/bans.atom"]);
+    assert_eq!(status, 200);
+    assert!(
+        atom.contains("<feed") && atom.contains(&format!("{client}/32")),
+        "{atom}"
+    );
+
+    thread::sleep(Duration::from_secs(4));
+    assert!(net.reaches(client), "the ban expired");
+    // The daemon removes it from the state file too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !net
+        .blocker(&["list", "bans", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .is_some_and(Vec::is_empty)
+    {
+        assert!(Instant::now() < deadline, "the expired ban stayed listed");
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!net
+        .state_text()
+        .contains(&format!("\"addr\": \"{client}/32\"")));
+}
+
+#[test]
+fn bad_requests_get_4xx_and_change_nothing() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let config = config(&net, "1h");
+    net.load(&["--config", &config]).ok();
+    let daemon = DaemonGuard::start(&net, &config);
+    let before = net.state_text();
+    let huge = format!(
+        r#"{{"addr": "192.0.2.1", "severity": "minor", "reason": "{}"}}"#,
+        "x".repeat(20_000)
+    );
+    for (body, expected) in [
+        ("not json", 400),
+        (r#"{"addr": "192.0.2.1"}"#, 400),
+        (r#"{"addr": "192.0.2.1", "severity": "dire"}"#, 400),
+        (
+            r#"{"addr": "192.0.2.1", "severity": "minor", "extra": 1}"#,
+            400,
+        ),
+        (r#"{"addr": "10.0.0.300", "severity": "minor"}"#, 422),
+        (r#"{"addr": "192.0.2.1", "severity": -3}"#, 422),
+        (huge.as_str(), 413),
+    ] {
+        let (status, answer) = daemon.offend(body);
+        assert_eq!(status, expected, "{body:.60}: {answer}");
+        if expected != 413 {
+            assert!(json(&answer)["error"].is_string(), "{answer}");
+        }
+    }
+    assert_eq!(net.state_text(), before, "bad requests changed the state");
+}
+
+#[test]
+fn scores_survive_a_daemon_restart() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let config = config(&net, "1h");
+    net.load(&["--config", &config]).ok();
+    let client = net.client_v4(1, 2);
+    let offense = format!(r#"{{"addr": "{client}", "severity": "major"}}"#);
+    {
+        let daemon = DaemonGuard::start(&net, &config);
+        assert_eq!(json(&daemon.offend(&offense).1)["banned"], false);
+    }
+    let daemon = DaemonGuard::start(&net, &config);
+    assert_eq!(
+        json(&daemon.offend(&offense).1)["banned"],
+        true,
+        "the first offense was kept"
+    );
+    assert!(!net.reaches(client));
+    // `blocker report` goes through the running daemon's socket.
+    let run = net.blocker(&[
+        "report",
+        &net.client_v4(1, 3).to_string(),
+        "--severity",
+        "critical",
+        "--socket",
+        &daemon.socket,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(json(&run.stdout)["banned"], true);
+    assert!(!net.reaches(net.client_v4(1, 3)));
+}
+
+#[test]
+fn metrics_parse_with_promtool_and_move_with_traffic() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let config = config(&net, "1h");
+    net.load(&["--config", &config]).ok();
+    let daemon = DaemonGuard::start(&net, &config);
+    let value = |metrics: &str, series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    let banned = r#"blocker_packets_total{action="drop",reason="manual_ban"}"#;
+    let (_, before) = daemon.curl(&["/metrics"]);
+    let client = net.client_v4(1, 2);
+    net.blocker(&["ban", &client.to_string()]).ok();
+    assert!(!net.reaches(client));
+    daemon.offend(r#"{"addr": "192.0.2.50", "severity": "minor"}"#);
+    let (status, after) = daemon.curl(&["/metrics"]);
+    assert_eq!(status, 200);
+    assert!(
+        value(&after, banned) >= value(&before, banned) + 3.0,
+        "drops are counted"
+    );
+    assert_eq!(
+        value(&after, r#"blocker_offenses_total{severity="minor"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(&after, r#"blocker_bans_issued_total{source="cli"}"#),
+        1.0
+    );
+    assert_eq!(value(&after, r#"blocker_bans{kind="permanent"}"#), 1.0);
+    assert!(value(&after, r#"blocker_map_capacity{map="BAN_V4"}"#) > 0.0);
+    // The helper trimmed the body; the format ends every line with a newline.
+    let scraped = net.state_dir.path().join("metrics.txt");
+    std::fs::write(&scraped, format!("{after}\n")).expect("writing metrics");
+    let check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&scraped).expect("metrics file"))
+        .output()
+        .expect("running promtool (cargo xtask setup installs it)");
+    assert!(
+        check.status.success(),
+        "promtool: {}{}\n{after}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
