@@ -521,6 +521,20 @@ impl Daemon {
         let expiry = self.expire_loop(notify_tx.clone());
         let reloads = async {
             while let Some(config) = reload.recv().await {
+                // Rules in the file replace the rules in force, as at load.
+                if let Some(rules) = config.rules.clone() {
+                    let (pins, state_path) = (self.pins.clone(), self.state_path.clone());
+                    let applied = tokio::task::spawn_blocking(move || -> Result<()> {
+                        let _lock = pins.lock()?;
+                        crate::store::restore(&pins, &state_path, false, Some(&rules)).map(drop)
+                    })
+                    .await;
+                    match applied {
+                        Ok(Ok(())) => info!("rules reloaded"),
+                        Ok(Err(err)) => warn!("rules not reloaded: {err}"),
+                        Err(err) => warn!("rules not reloaded: {err}"),
+                    }
+                }
                 if let Ok(mut current) = self.config.lock() {
                     *current = config;
                 }
@@ -557,6 +571,8 @@ impl Daemon {
 
 /// One pass of expiry: only takes the lock when something in the state file has expired.
 fn expire(pins: &PinDir, state_path: &Path) -> Result<Vec<EventRecord>> {
+    // Expired dynamic entries go too; the event watcher reports them as they disappear.
+    dynamic::remove_expired(pins, &Now::read())?;
     let now = Timestamp::now();
     let state = State::load(state_path)?;
     let due: Vec<IpNet> = state

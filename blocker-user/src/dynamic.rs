@@ -204,6 +204,20 @@ pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<
     Ok(entries.into_iter().map(|(_, entry)| entry).collect())
 }
 
+/// Removes entries whose expiry has passed (the program already ignores them; this frees the
+/// LRU slots and lets events report them); returns how many.
+pub fn remove_expired(pins: &PinDir, now: &Now) -> Result<usize> {
+    let now_ms = now.mono.as_millis() as u64;
+    let mut map = open_blacklist(pins)?;
+    let expired: Vec<SourceKey> = blacklist_raw(pins)?
+        .into_iter()
+        .filter(|(_, entry)| entry.expires_at_ms < now_ms)
+        .map(|(key, _)| key)
+        .collect();
+    // Already gone is fine: the LRU may have evicted it meanwhile.
+    Ok(expired.iter().filter(|key| map.remove(key).is_ok()).count())
+}
+
 /// Removes the entries that overlap any of `nets` (all of them with `None`); returns the
 /// prefixes removed.
 pub fn remove_blacklisted(pins: &PinDir, nets: Option<&[IpNet]>) -> Result<Vec<IpNet>> {

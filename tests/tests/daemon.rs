@@ -180,6 +180,28 @@ fn offenses_ban_at_the_threshold_and_not_before_and_the_ban_expires() {
 }
 
 #[test]
+fn check_config_names_the_line_of_an_error() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let good = config(&net, "1h");
+    let run = net.blocker(&["daemon", "--check-config", &good]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let bad = net.config(
+        "bad.toml",
+        "[offenses]\nthreshold = 10\nhalf_lif = \"1h\"\n",
+    );
+    let run = net.blocker(&["daemon", "--check-config", &bad]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("line 3"), "{}", run.stderr);
+    let bad = net.config("bad2.toml", "[offenses]\nthreshold = -1\n");
+    let run = net.blocker(&["daemon", "--check-config", &bad]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("threshold"), "{}", run.stderr);
+}
+
+#[test]
 fn bad_requests_get_4xx_and_change_nothing() {
     if !can_run() {
         return;
