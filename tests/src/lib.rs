@@ -19,6 +19,92 @@ use std::{
 use nix::sched::{setns, CloneFlags};
 
 pub mod frames;
+
+/// The seed's netfilter `recent` ruleset (002) on INPUT, as `iptables` argument lists, for
+/// `proto` traffic to `port`: `hitcount` new connections within `seconds` blacklist a source,
+/// which stays out while it keeps sending within `blacklist_seconds`. The differential test and
+/// the benchmark compare blocker with it.
+pub fn recent_ruleset(
+    proto: &str,
+    port: u16,
+    hitcount: u32,
+    seconds: u32,
+    blacklist_seconds: u32,
+) -> Vec<Vec<String>> {
+    let port = port.to_string();
+    let blacklist = blacklist_seconds.to_string();
+    let (seconds, hitcount) = (seconds.to_string(), hitcount.to_string());
+    let new_to_port = [
+        "-A", "INPUT", "-p", proto, "--dport", &port, "-m", "state", "--state", "NEW",
+    ];
+    let rules: Vec<Vec<&str>> = vec![
+        vec!["-N", "blacklistdrop"],
+        vec![
+            "-A",
+            "blacklistdrop",
+            "-m",
+            "recent",
+            "--name",
+            "BLACKLIST",
+            "--set",
+            "-j",
+            "DROP",
+        ],
+        vec![
+            "-A",
+            "INPUT",
+            "-m",
+            "recent",
+            "--name",
+            "BLACKLIST",
+            "--update",
+            "--seconds",
+            &blacklist,
+            "-j",
+            "DROP",
+        ],
+        vec![
+            "-A",
+            "INPUT",
+            "-p",
+            proto,
+            "--dport",
+            &port,
+            "-m",
+            "state",
+            "--state",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ],
+        [
+            &new_to_port[..],
+            &[
+                "-m",
+                "recent",
+                "--name",
+                "conn",
+                "--rcheck",
+                "--seconds",
+                &seconds,
+                "--hitcount",
+                &hitcount,
+                "-j",
+                "blacklistdrop",
+            ],
+        ]
+        .concat(),
+        [
+            &new_to_port[..],
+            &["-m", "recent", "--name", "conn", "--set", "-j", "ACCEPT"],
+        ]
+        .concat(),
+    ];
+    rules
+        .into_iter()
+        .map(|rule| rule.into_iter().map(str::to_string).collect())
+        .collect()
+}
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blocker_tests::{can_run, in_netns, TestNet};
+use blocker_tests::{can_run, in_netns, recent_ruleset, TestNet};
 
 /// A rate rule on `port` in TOML.
 fn rate_rule(port: u16, seconds: u32, blacklist: &str, refresh: bool) -> String {
@@ -143,78 +143,7 @@ fn schedule(rng: &mut Lcg, attempts: usize) -> Vec<f64> {
 
 /// The seed's ruleset for `iptables`, on INPUT, with the test's short times.
 fn install_recent_ruleset(net: &TestNet, port: u16) {
-    let port = port.to_string();
-    let window = (WINDOW_S as u32).to_string();
-    let blacklist = (BLACKLIST_S as u32).to_string();
-    let rules: Vec<Vec<&str>> = vec![
-        vec!["-N", "blacklistdrop"],
-        vec![
-            "-A",
-            "blacklistdrop",
-            "-m",
-            "recent",
-            "--name",
-            "BLACKLIST",
-            "--set",
-            "-j",
-            "DROP",
-        ],
-        vec![
-            "-A",
-            "INPUT",
-            "-m",
-            "recent",
-            "--name",
-            "BLACKLIST",
-            "--update",
-            "--seconds",
-            &blacklist,
-            "-j",
-            "DROP",
-        ],
-        vec![
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "-m",
-            "state",
-            "--state",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ],
-        vec![
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            &port,
-            "-m",
-            "state",
-            "--state",
-            "NEW",
-            "-m",
-            "recent",
-            "--name",
-            "sshconn",
-            "--rcheck",
-            "--seconds",
-            &window,
-            "--hitcount",
-            "3",
-            "-j",
-            "blacklistdrop",
-        ],
-        vec![
-            "-A", "INPUT", "-p", "tcp", "--dport", &port, "-m", "state", "--state", "NEW", "-m",
-            "recent", "--name", "sshconn", "--set", "-j", "ACCEPT",
-        ],
-    ];
-    for rule in rules {
+    for rule in recent_ruleset("tcp", port, 3, WINDOW_S as u32, BLACKLIST_S as u32) {
         let out = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", net.server_ns))
             .arg("iptables")

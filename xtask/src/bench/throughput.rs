@@ -12,7 +12,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use blocker_common::reject::{checksum_add, checksum_finish};
-use blocker_tests::frames::{frame, ipv4, udp, IPV4};
+use blocker_tests::{
+    frames::{frame, ipv4, udp, IPV4},
+    recent_ruleset,
+};
 use nix::sched::{sched_setaffinity, setns, CloneFlags, CpuSet};
 use serde::Serialize;
 
@@ -407,61 +410,8 @@ pub fn run(root: &Path, plan: Plan) -> Result<Vec<Row>> {
                     )?;
                 }
                 Candidate::IptablesRecent => {
-                    let port = FLOOD_PORT.to_string();
-                    for rule in [
-                        vec!["-N", "blacklistdrop"],
-                        vec![
-                            "-A",
-                            "blacklistdrop",
-                            "-m",
-                            "recent",
-                            "--name",
-                            "BLACKLIST",
-                            "--set",
-                            "-j",
-                            "DROP",
-                        ],
-                        vec![
-                            "-A",
-                            "INPUT",
-                            "-m",
-                            "recent",
-                            "--name",
-                            "BLACKLIST",
-                            "--update",
-                            "--seconds",
-                            "120",
-                            "-j",
-                            "DROP",
-                        ],
-                        vec![
-                            "-A",
-                            "INPUT",
-                            "-p",
-                            "udp",
-                            "--dport",
-                            &port,
-                            "-m",
-                            "state",
-                            "--state",
-                            "NEW",
-                            "-m",
-                            "recent",
-                            "--name",
-                            "conn",
-                            "--rcheck",
-                            "--seconds",
-                            "30",
-                            "--hitcount",
-                            "3",
-                            "-j",
-                            "blacklistdrop",
-                        ],
-                        vec![
-                            "-A", "INPUT", "-p", "udp", "--dport", &port, "-m", "state", "--state",
-                            "NEW", "-m", "recent", "--name", "conn", "--set", "-j", "ACCEPT",
-                        ],
-                    ] {
+                    for rule in recent_ruleset("udp", FLOOD_PORT, 3, 30, 120) {
+                        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
                         in_target("iptables", &rule)?;
                     }
                 }
