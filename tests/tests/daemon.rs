@@ -113,6 +113,15 @@ fn config(net: &TestNet, ban_for: &str) -> String {
     )
 }
 
+/// A loaded blocker without rules and a daemon whose offense bans last `ban_for`.
+fn loaded_with_daemon(ban_for: &str) -> (TestNet, DaemonGuard) {
+    let net = TestNet::new();
+    let config = config(&net, ban_for);
+    net.load(&["--config", &config]).ok();
+    let daemon = DaemonGuard::start(&net, &config);
+    (net, daemon)
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|err| panic!("not JSON ({err}): {text}"))
 }
@@ -122,10 +131,7 @@ fn offenses_ban_at_the_threshold_and_not_before_and_the_ban_expires() {
     if !can_run() {
         return;
     }
-    let net = TestNet::new();
-    let config = config(&net, "3s");
-    net.load(&["--config", &config]).ok();
-    let daemon = DaemonGuard::start(&net, &config);
+    let (net, daemon) = loaded_with_daemon("3s");
     let client = net.client_v4(1, 2);
     let offense =
         format!(r#"{{"addr": "{client}", "severity": "major", "reason": "exploit probe"}}"#);
@@ -206,10 +212,7 @@ fn bad_requests_get_4xx_and_change_nothing() {
     if !can_run() {
         return;
     }
-    let net = TestNet::new();
-    let config = config(&net, "1h");
-    net.load(&["--config", &config]).ok();
-    let daemon = DaemonGuard::start(&net, &config);
+    let (net, daemon) = loaded_with_daemon("1h");
     let before = net.state_text();
     let huge = format!(
         r#"{{"addr": "192.0.2.1", "severity": "minor", "reason": "{}"}}"#,
@@ -276,10 +279,7 @@ fn metrics_parse_with_promtool_and_move_with_traffic() {
     if !can_run() {
         return;
     }
-    let net = TestNet::new();
-    let config = config(&net, "1h");
-    net.load(&["--config", &config]).ok();
-    let daemon = DaemonGuard::start(&net, &config);
+    let (net, daemon) = loaded_with_daemon("1h");
     let value = |metrics: &str, series: &str| -> f64 {
         metrics
             .lines()
