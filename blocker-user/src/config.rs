@@ -96,6 +96,11 @@ impl Config {
         })
     }
 
+    /// The config in `path`, or the built-in defaults without one.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self> {
+        path.map_or_else(|| Ok(Self::default()), Self::load)
+    }
+
     /// Parses config text; the error is one line: `line N: what is wrong`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Config = toml::from_str(text).map_err(|err| {

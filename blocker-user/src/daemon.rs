@@ -38,7 +38,7 @@ use crate::{
     events::{self, EventRecord},
     offense::{Level, Severity, Verdict},
     pins::PinDir,
-    state::State,
+    state::{Listed, State},
     status,
     store::Store,
     Error, Result,
@@ -186,38 +186,10 @@ async fn post_offense(
     Ok(Json(answer))
 }
 
-/// One ban as `GET /v1/bans` lists it (the fields of `blocker list --json`).
-#[derive(Serialize)]
-struct BanRow {
-    addr: String,
-    kind: &'static str,
-    expires_at: Option<Timestamp>,
-    reason: Option<String>,
-    created_at: Option<Timestamp>,
-}
-
-fn ban_rows(state: &State, now: Timestamp) -> Vec<BanRow> {
-    state
-        .bans
-        .iter()
-        .filter(|(_, entry)| !entry.is_expired(now))
-        .map(|(net, entry)| BanRow {
-            addr: net.to_string(),
-            kind: if entry.expires_at.is_some() {
-                "temporary"
-            } else {
-                "permanent"
-            },
-            expires_at: entry.expires_at,
-            reason: entry.reason.clone(),
-            created_at: Some(entry.created_at),
-        })
-        .collect()
-}
-
-async fn get_bans(AxumState(daemon): AxumState<Daemon>) -> Result<Json<Vec<BanRow>>, ApiError> {
+/// The bans in force, with the fields of `blocker list --json`.
+async fn get_bans(AxumState(daemon): AxumState<Daemon>) -> Result<Json<Vec<Listed>>, ApiError> {
     let state = State::load(&daemon.state_path)?;
-    Ok(Json(ban_rows(&state, Timestamp::now())))
+    Ok(Json(state.listed_bans(Timestamp::now())))
 }
 
 /// The most recent bans as an Atom feed (seed 004 exports its block list as a feed).
@@ -225,7 +197,7 @@ async fn get_bans_atom(AxumState(daemon): AxumState<Daemon>) -> Result<Response,
     use atom_syndication::{Entry, Feed, Text};
     let state = State::load(&daemon.state_path)?;
     let now = Timestamp::now();
-    let mut rows = ban_rows(&state, now);
+    let mut rows = state.listed_bans(now);
     rows.sort_by_key(|row| std::cmp::Reverse(row.created_at));
     let entries: Vec<Entry> = rows
         .iter()
@@ -387,15 +359,11 @@ pub fn metrics_text(
     );
 
     let bans = Family::<Labels, Gauge>::default();
-    let live = state.bans.values().filter(|e| !e.is_expired(now.wall));
-    let (temporary, permanent): (Vec<_>, Vec<_>) = live.partition(|e| e.expires_at.is_some());
-    let dynamic_count = dynamic::blacklist(pins, None, &now)?.len();
-    for (kind, count) in [
-        ("permanent", permanent.len()),
-        ("temporary", temporary.len()),
-        ("dynamic", dynamic_count),
-        ("allow", state.allow.len()),
-    ] {
+    let mut listed = state.listed_bans(now.wall);
+    listed.extend(state.listed_allow());
+    listed.extend(dynamic::blacklist(pins, None, &now)?);
+    for kind in ["permanent", "temporary", "dynamic", "allow"] {
+        let count = listed.iter().filter(|entry| entry.kind == kind).count();
         bans.get_or_create(&labels(&[("kind", kind)]))
             .set(count as i64);
     }
@@ -509,7 +477,8 @@ impl Daemon {
         let app = self.router();
         let tcp_server = axum::serve(tcp, app.clone());
         let unix_server = axum::serve(unix, app);
-        let events = events::follow(&self.pins, &self.state_path, |event| {
+        // The daemon's scan also deletes expired dynamic entries.
+        let events = events::follow(&self.pins, &self.state_path, true, |event| {
             info!("{event}");
             if notify_tx.try_send(event.clone()).is_err() {
                 warn!(
@@ -556,12 +525,18 @@ impl Daemon {
     /// Removes expired bans from the maps and the state file, reporting each.
     async fn expire_loop(&self, notify: mpsc::Sender<EventRecord>) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut watch = ExpiryWatch::default();
         loop {
             tick.tick().await;
             let pins = self.pins.clone();
             let state_path = self.state_path.clone();
-            let expired = tokio::task::spawn_blocking(move || expire(&pins, &state_path)).await??;
-            for event in expired {
+            let (polled, expired) = tokio::task::spawn_blocking(move || {
+                let expired = watch.poll(&pins, &state_path);
+                (watch, expired)
+            })
+            .await?;
+            watch = polled;
+            for event in expired? {
                 info!("{event}");
                 let _ = notify.try_send(event);
             }
@@ -569,34 +544,56 @@ impl Daemon {
     }
 }
 
-/// One pass of expiry: only takes the lock when something in the state file has expired.
-fn expire(pins: &PinDir, state_path: &Path) -> Result<Vec<EventRecord>> {
-    // Expired dynamic entries go too; the event watcher reports them as they disappear.
-    dynamic::remove_expired(pins, &Now::read())?;
-    let now = Timestamp::now();
-    let state = State::load(state_path)?;
-    let due: Vec<IpNet> = state
-        .bans
-        .iter()
-        .filter(|(_, entry)| entry.is_expired(now))
-        .map(|(net, _)| *net)
-        .collect();
-    if due.is_empty() {
-        return Ok(Vec::new());
+/// When the next temporary ban of the state file is due. The file is read again only when it
+/// changed, and the lock is taken only when something is due, so a large state costs nothing
+/// between expiries.
+#[derive(Default)]
+struct ExpiryWatch {
+    modified: Option<std::time::SystemTime>,
+    next_due: Option<Timestamp>,
+}
+
+impl ExpiryWatch {
+    fn poll(&mut self, pins: &PinDir, state_path: &Path) -> Result<Vec<EventRecord>> {
+        let modified = std::fs::metadata(state_path)
+            .and_then(|meta| meta.modified())
+            .ok();
+        if modified.is_none() || modified != self.modified {
+            let state = State::load(state_path)?;
+            self.next_due = state
+                .bans
+                .values()
+                .filter_map(|entry| entry.expires_at)
+                .min();
+            self.modified = modified;
+        }
+        let now = Timestamp::now();
+        if self.next_due.is_none_or(|due| due > now) {
+            return Ok(Vec::new());
+        }
+        // `commit` prunes expired entries from the maps and the file.
+        let store = Store::open(pins, state_path)?;
+        let due: Vec<IpNet> = store
+            .state
+            .bans
+            .iter()
+            .filter(|(_, entry)| entry.is_expired(now))
+            .map(|(net, _)| *net)
+            .collect();
+        store.commit(|| {})?;
+        self.modified = None;
+        Ok(due
+            .into_iter()
+            .map(|net| EventRecord {
+                event: "expired",
+                addr: net.to_string(),
+                rule: None,
+                hits: None,
+                expires_at: None,
+                at: now,
+            })
+            .collect())
     }
-    // `commit` prunes expired entries from the maps and the file.
-    Store::open(pins, state_path)?.commit(|| {})?;
-    Ok(due
-        .into_iter()
-        .map(|net| EventRecord {
-            event: "expired",
-            addr: net.to_string(),
-            rule: None,
-            hits: None,
-            expires_at: None,
-            at: now,
-        })
-        .collect())
 }
 
 /// Sends events to the webhook (with retries) and the command, one at a time.

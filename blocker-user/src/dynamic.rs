@@ -8,16 +8,11 @@ use blocker_common::{
     MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS, MAX_MASKS, MAX_RULES,
 };
 use ipnet::IpNet;
-use jiff::Timestamp;
-use serde::Serialize;
 
-use crate::{clock::Now, pins::PinDir, rules::RuleTable, Error, Result};
+use crate::{clock::Now, pins::PinDir, rules::RuleTable, state::Listed, Error, Result};
 
 fn open(pins: &PinDir, name: &str, wrap: fn(MapData) -> Map) -> Result<Map> {
-    let path = pins.map_path(name);
-    let data =
-        MapData::from_pin(&path).map_err(Error::map(format!("opening map {}", path.display())))?;
-    Ok(wrap(data))
+    pins.open_map(name).map(wrap)
 }
 
 /// Writes the rule table to the kernel, slot by slot, so a packet sees either the old or the
@@ -154,16 +149,6 @@ pub fn key_net(key: &SourceKey) -> Option<IpNet> {
     IpNet::new(addr, key.prefix_len).ok()
 }
 
-/// One dynamic blacklist entry, as `blocker list blacklist` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Blacklisted {
-    pub addr: String,
-    pub kind: &'static str,
-    pub rule: Option<String>,
-    pub expires_at: Timestamp,
-    pub hits: u32,
-}
-
 fn open_blacklist(pins: &PinDir) -> Result<HashMap<MapData, SourceKey, BlacklistEntry>> {
     HashMap::try_from(open(pins, MAP_BLACKLIST, Map::LruHashMap)?)
         .map_err(Error::map(format!("opening map {MAP_BLACKLIST}")))
@@ -178,9 +163,9 @@ pub fn blacklist_raw(pins: &PinDir) -> Result<Vec<(SourceKey, BlacklistEntry)>> 
 }
 
 /// Entries still in force, soonest expiry first.
-pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<Vec<Blacklisted>> {
+pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<Vec<Listed>> {
     let now_ms = now.mono.as_millis() as u64;
-    let mut entries: Vec<(u64, Blacklisted)> = blacklist_raw(pins)?
+    let mut entries: Vec<(u64, Listed)> = blacklist_raw(pins)?
         .into_iter()
         .filter(|(_, entry)| entry.expires_at_ms >= now_ms)
         .filter_map(|(key, entry)| {
@@ -188,14 +173,16 @@ pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<
                 jiff::SignedDuration::from_millis((entry.expires_at_ms - now_ms) as i64);
             Some((
                 entry.expires_at_ms,
-                Blacklisted {
+                Listed {
                     addr: key_net(&key)?.to_string(),
                     kind: "dynamic",
+                    expires_at: Some(now.wall.checked_add(remaining).ok()?),
+                    reason: None,
+                    created_at: None,
                     rule: rules
                         .and_then(|table| table.name_of(entry.slot, entry.generation))
                         .map(str::to_string),
-                    expires_at: now.wall.checked_add(remaining).ok()?,
-                    hits: entry.hits,
+                    hits: Some(entry.hits),
                 },
             ))
         })
@@ -204,25 +191,30 @@ pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<
     Ok(entries.into_iter().map(|(_, entry)| entry).collect())
 }
 
-/// Removes entries whose expiry has passed (the program already ignores them; this frees the
-/// LRU slots and lets events report them); returns how many.
-pub fn remove_expired(pins: &PinDir, now: &Now) -> Result<usize> {
-    let now_ms = now.mono.as_millis() as u64;
+/// Removes `keys` from the blacklist; a key already gone (expired and evicted, or another
+/// writer was first) is fine.
+pub fn remove_keys(pins: &PinDir, keys: &[SourceKey]) -> Result<()> {
     let mut map = open_blacklist(pins)?;
-    let expired: Vec<SourceKey> = blacklist_raw(pins)?
-        .into_iter()
-        .filter(|(_, entry)| entry.expires_at_ms < now_ms)
-        .map(|(key, _)| key)
-        .collect();
-    // Already gone is fine: the LRU may have evicted it meanwhile.
-    Ok(expired.iter().filter(|key| map.remove(key).is_ok()).count())
+    for key in keys {
+        match map.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(nix::libc::ENOENT) => {}
+            Err(err) => {
+                return Err(Error::Map {
+                    context: format!("removing from map {MAP_BLACKLIST}"),
+                    source: err,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the entries that overlap any of `nets` (all of them with `None`); returns the
 /// prefixes removed.
 pub fn remove_blacklisted(pins: &PinDir, nets: Option<&[IpNet]>) -> Result<Vec<IpNet>> {
-    let mut map = open_blacklist(pins)?;
-    let doomed: Vec<(SourceKey, IpNet)> = map
+    let doomed: Vec<(SourceKey, IpNet)> = open_blacklist(pins)?
         .keys()
         .filter_map(|key| key.ok())
         .filter_map(|key| Some((key, key_net(&key)?)))
@@ -233,23 +225,8 @@ pub fn remove_blacklisted(pins: &PinDir, nets: Option<&[IpNet]>) -> Result<Vec<I
             })
         })
         .collect();
-    let mut removed = Vec::new();
-    for (key, net) in doomed {
-        match map.remove(&key) {
-            // Gone already: expired and evicted, or another writer was first.
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => removed.push(net),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(nix::libc::ENOENT) =>
-            {
-                removed.push(net)
-            }
-            Err(err) => {
-                return Err(Error::Map {
-                    context: format!("removing from map {MAP_BLACKLIST}"),
-                    source: err,
-                })
-            }
-        }
-    }
+    let keys: Vec<SourceKey> = doomed.iter().map(|(key, _)| *key).collect();
+    remove_keys(pins, &keys)?;
+    let removed = doomed.into_iter().map(|(_, net)| net).collect();
     Ok(removed)
 }

@@ -55,6 +55,8 @@ pub enum Error {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("loading the XDP program: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("{context}: {source}")]

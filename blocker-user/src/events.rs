@@ -45,8 +45,10 @@ pub struct Watcher {
     pins: PinDir,
     state_path: PathBuf,
     ring: RingBuf<MapData>,
-    /// Entries seen at the last scan: expiry (boot ms) and whether it was reported expired.
+    /// Entries seen at the last scan: expiry (monotonic ms) and whether it was reported expired.
     known: HashMap<SourceKey, (u64, bool)>,
+    /// Delete expired entries during the scan (the daemon does; `blocker events` only reads).
+    purge_expired: bool,
 }
 
 /// Readable when the kernel has submitted events.
@@ -58,17 +60,16 @@ impl std::os::fd::AsRawFd for Watcher {
 }
 
 impl Watcher {
-    pub fn open(pins: &PinDir, state_path: &std::path::Path) -> Result<Self> {
+    pub fn open(pins: &PinDir, state_path: &std::path::Path, purge_expired: bool) -> Result<Self> {
         pins.require_loaded()?;
-        let path = pins.map_path(MAP_EVENTS);
-        let context = format!("opening map {}", path.display());
-        let data = MapData::from_pin(&path).map_err(Error::map(context.clone()))?;
-        let ring = RingBuf::try_from(Map::RingBuf(data)).map_err(Error::map(context))?;
+        let ring = RingBuf::try_from(Map::RingBuf(pins.open_map(MAP_EVENTS)?))
+            .map_err(Error::map(format!("opening map {MAP_EVENTS}")))?;
         let mut watcher = Self {
             pins: pins.clone(),
             state_path: state_path.to_path_buf(),
             ring,
             known: HashMap::new(),
+            purge_expired,
         };
         // Entries that exist already are not news.
         watcher.scan()?;
@@ -107,7 +108,9 @@ impl Watcher {
     }
 
     /// Compares the blacklist map with the last scan: entries past their expiry, and entries
-    /// gone before it (unban, flush, or evicted by the LRU under a flood).
+    /// gone before it (unban, flush, or evicted by the LRU under a flood). With
+    /// `purge_expired`, expired entries are deleted in the same walk, which frees their LRU
+    /// slots (the program already ignores them).
     pub fn scan(&mut self) -> Result<Vec<EventRecord>> {
         let now = Now::read();
         let now_ms = now.mono.as_millis() as u64;
@@ -146,6 +149,15 @@ impl Watcher {
             known.insert(key, (expires_ms, expired));
         }
         self.known = known;
+        if self.purge_expired {
+            let expired: Vec<SourceKey> = self
+                .known
+                .iter()
+                .filter(|(_, (_, expired))| *expired)
+                .map(|(key, _)| *key)
+                .collect();
+            dynamic::remove_keys(&self.pins, &expired)?;
+        }
         Ok(events)
     }
 }
@@ -155,10 +167,11 @@ impl Watcher {
 pub async fn follow(
     pins: &PinDir,
     state_path: &std::path::Path,
+    purge_expired: bool,
     mut sink: impl FnMut(&EventRecord),
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let watcher = Watcher::open(pins, state_path)?;
+    let watcher = Watcher::open(pins, state_path, purge_expired)?;
     // SAFETY: the AsyncFd owns the watcher, so the ring buffer's fd outlives the registration.
     let mut ring = unsafe { tokio::io::unix::AsyncFd::register(watcher) }
         .map_err(|err| anyhow::anyhow!("watching the event ring buffer: {err}"))?;

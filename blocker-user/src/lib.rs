@@ -22,3 +22,27 @@ pub use error::{Error, Result};
 /// The XDP object built from blocker-ebpf, embedded at build time.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/blocker-xdp"));
+
+#[cfg(test)]
+mod tests {
+    use blocker_common::{ALL_MAPS, PROGRAM_NAME};
+
+    /// Map and program names are written twice: as constants in blocker-common and as the
+    /// static names in the XDP program. This keeps them from drifting apart.
+    #[test]
+    fn the_object_declares_every_shared_name() {
+        let object =
+            aya_obj::Object::parse(super::EBPF_OBJECT).expect("the embedded object parses");
+        for name in ALL_MAPS {
+            assert!(
+                object.maps.contains_key(name),
+                "map {name} is missing from the object"
+            );
+        }
+        assert!(
+            object.programs.contains_key(PROGRAM_NAME),
+            "program {PROGRAM_NAME} is missing; it has {:?}",
+            object.programs.keys().collect::<Vec<_>>()
+        );
+    }
+}

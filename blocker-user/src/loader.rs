@@ -115,9 +115,8 @@ fn restore_and_attach(
     };
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
-        .ok_or_else(|| Error::Program {
-            context: format!("program {PROGRAM_NAME} is missing from the object"),
-            source: aya::programs::ProgramError::NotLoaded,
+        .ok_or_else(|| {
+            Error::Unsupported(format!("program {PROGRAM_NAME} is missing from the object"))
         })?
         .try_into()
         .map_err(program_error("program type"))?;
@@ -155,9 +154,10 @@ fn restore_and_attach(
     let link = program
         .take_link(link_id)
         .map_err(program_error("taking the XDP link"))?;
-    let link = FdLink::try_from(link).map_err(|err| Error::Program {
-        context: format!("this kernel cannot pin XDP links (bpf_link needs Linux 5.9+): {err}"),
-        source: aya::programs::ProgramError::NotLoaded,
+    let link = FdLink::try_from(link).map_err(|err| {
+        Error::Unsupported(format!(
+            "this kernel cannot pin XDP links (bpf_link needs Linux 5.9+): {err}"
+        ))
     })?;
     let attachment = Attachment {
         iface: iface.to_string(),

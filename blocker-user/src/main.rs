@@ -18,7 +18,7 @@ use blocker::{
     offense::{Level, Severity},
     pins::{require_root, PinDir, DEFAULT_PIN_DIR},
     rules::{self, PortRange, RuleSpec},
-    state::{Entry, State, DEFAULT_STATE_PATH},
+    state::{State, DEFAULT_STATE_PATH},
     status,
     store::Store,
     Error,
@@ -339,20 +339,6 @@ enum ListWhich {
     Blacklist,
 }
 
-/// One row of `blocker list --json`.
-#[derive(Serialize)]
-struct ListRow<'a> {
-    addr: String,
-    kind: &'static str,
-    expires_at: Option<Timestamp>,
-    reason: Option<&'a str>,
-    created_at: Option<Timestamp>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hits: Option<u32>,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let foreground = matches!(cli.command, Command::Run { .. });
@@ -384,7 +370,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let state_path = cli.state.as_path();
     match cli.command {
         Command::Load(args) => {
-            load(&pins, state_path, &args)?;
+            let config = Config::load_or_default(args.config.as_deref())?;
+            load(&pins, state_path, &args, &config)?;
         }
         Command::Run {
             load: args,
@@ -449,11 +436,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 store.allow(&nets, reason.as_deref());
                 store.commit(|| {})?;
-                // The XDP program checks the dynamic blacklist before the allowlist, so an
-                // allowed source must not keep an entry there.
-                for net in dynamic::remove_blacklisted(&pins, Some(&nets))? {
-                    info!("removed {net} from the dynamic blacklist");
-                }
                 for net in &nets {
                     info!("allowed {net}");
                 }
@@ -477,10 +459,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}: ok", path.display());
                 return Ok(());
             }
-            let config = match &args.config {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
+            let config = Config::load_or_default(args.config.as_deref())?;
             let state_path = match (&config.daemon.state, std::env::var_os("BLOCKER_STATE")) {
                 (Some(path), None) if state_path == Path::new(DEFAULT_STATE_PATH) => path.clone(),
                 _ => state_path.to_path_buf(),
@@ -514,12 +493,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(pins: &PinDir, state_path: &Path, args: &LoadArgs) -> anyhow::Result<loader::Loaded> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    let loaded = loader::load(pins, state_path, &args.iface, args.mode, &config)?;
+fn load(
+    pins: &PinDir,
+    state_path: &Path,
+    args: &LoadArgs,
+    config: &Config,
+) -> anyhow::Result<loader::Loaded> {
+    let loaded = loader::load(pins, state_path, &args.iface, args.mode, config)?;
     info!(
         "attached to {} in {} mode; pins in {}",
         loaded.attachment.iface,
@@ -540,11 +520,8 @@ fn run_foreground(
     keep: bool,
     (listen, socket): (Option<String>, Option<PathBuf>),
 ) -> anyhow::Result<()> {
-    let mut loaded = load(pins, state_path, args)?;
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let config = Config::load_or_default(args.config.as_deref())?;
+    let mut loaded = load(pins, state_path, args, &config)?;
     let daemon_args = DaemonArgs {
         config: args.config.clone(),
         listen,
@@ -710,49 +687,18 @@ fn list(
 ) -> anyhow::Result<()> {
     let state = State::load(state_path)?;
     let now = Now::read();
-    fn row<'a>(net: &IpNet, entry: &'a Entry, is_allow: bool) -> ListRow<'a> {
-        ListRow {
-            addr: net.to_string(),
-            kind: match (is_allow, entry.expires_at) {
-                (true, _) => "allow",
-                (false, None) => "permanent",
-                (false, Some(_)) => "temporary",
-            },
-            expires_at: entry.expires_at,
-            reason: entry.reason.as_deref(),
-            created_at: Some(entry.created_at),
-            rule: None,
-            hits: None,
-        }
-    }
     let wants = |kind: ListWhich| which.is_none_or(|which| which == kind);
     let mut rows = Vec::new();
     if wants(ListWhich::Bans) {
-        rows.extend(
-            state
-                .bans
-                .iter()
-                .filter(|(_, e)| !e.is_expired(now.wall))
-                .map(|(net, e)| row(net, e, false)),
-        );
+        rows.extend(state.listed_bans(now.wall));
     }
     if wants(ListWhich::Allow) {
-        rows.extend(state.allow.iter().map(|(net, e)| row(net, e, true)));
+        rows.extend(state.listed_allow());
     }
     // The dynamic blacklist lives only in the kernel: listed when loaded.
     if wants(ListWhich::Blacklist) && (which.is_some() || pins.maps_pinned()) {
         pins.require_loaded()?;
-        for entry in dynamic::blacklist(pins, state.rules.as_ref(), &now)? {
-            rows.push(ListRow {
-                addr: entry.addr,
-                kind: entry.kind,
-                expires_at: Some(entry.expires_at),
-                reason: None,
-                created_at: None,
-                rule: entry.rule,
-                hits: Some(entry.hits),
-            });
-        }
+        rows.extend(dynamic::blacklist(pins, state.rules.as_ref(), &now)?);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -767,7 +713,7 @@ fn list(
             |t: Option<Timestamp>, none: &str| t.map_or(none.to_string(), |t| format!("{t:.0}"));
         let reason = match (&row.rule, row.hits) {
             (Some(rule), Some(hits)) => format!("rule {rule}, {hits} hits"),
-            _ => row.reason.unwrap_or("").to_string(),
+            _ => row.reason.clone().unwrap_or_default(),
         };
         println!(
             "{:<43} {:<10} {:<21} {:<21} {reason}",
@@ -897,10 +843,7 @@ fn report(
         );
     }
     require_root()?;
-    let config = match config {
-        Some(path) => Config::load(&path)?,
-        None => Config::default(),
-    };
+    let config = Config::load_or_default(config.as_deref())?;
     let report = OffenseReport {
         addr,
         severity,
@@ -918,7 +861,7 @@ fn follow_events(pins: &PinDir, state_path: &Path, json: bool) -> anyhow::Result
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let events = events::follow(pins, state_path, |event| {
+        let events = events::follow(pins, state_path, false, |event| {
             if json {
                 if let Ok(line) = serde_json::to_string(event) {
                     println!("{line}");

@@ -85,6 +85,13 @@ impl PinDir {
             .join(format!("{iface}@{}", attachment.mode.name()))
     }
 
+    /// Opens the pinned map `name`.
+    pub fn open_map(&self, name: &str) -> Result<aya::maps::MapData> {
+        let path = self.map_path(name);
+        aya::maps::MapData::from_pin(&path)
+            .map_err(Error::map(format!("opening map {}", path.display())))
+    }
+
     /// True when every map is pinned (a previous `blocker load` succeeded).
     pub fn maps_pinned(&self) -> bool {
         ALL_MAPS.iter().all(|name| self.map_path(name).exists())

@@ -33,6 +33,45 @@ impl Entry {
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.expires_at.is_some_and(|expiry| expiry <= now)
     }
+
+    /// `permanent` or `temporary` for a ban.
+    pub fn ban_kind(&self) -> &'static str {
+        if self.expires_at.is_some() {
+            "temporary"
+        } else {
+            "permanent"
+        }
+    }
+}
+
+/// One entry as `blocker list --json` and `GET /v1/bans` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub addr: String,
+    /// `permanent`, `temporary`, `allow` or `dynamic`.
+    pub kind: &'static str,
+    pub expires_at: Option<Timestamp>,
+    pub reason: Option<String>,
+    pub created_at: Option<Timestamp>,
+    /// Dynamic entries: the rule that blacklisted the source, and its hits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hits: Option<u32>,
+}
+
+impl Listed {
+    fn of(net: &IpNet, entry: &Entry, kind: &'static str) -> Self {
+        Self {
+            addr: net.to_string(),
+            kind,
+            expires_at: entry.expires_at,
+            reason: entry.reason.clone(),
+            created_at: Some(entry.created_at),
+            rule: None,
+            hits: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -157,6 +196,22 @@ impl State {
             .and_then(|dir| dir.sync_all())
             .map_err(io("syncing the directory of"))?;
         Ok(())
+    }
+
+    /// Bans in force at `now`.
+    pub fn listed_bans(&self, now: Timestamp) -> Vec<Listed> {
+        self.bans
+            .iter()
+            .filter(|(_, entry)| !entry.is_expired(now))
+            .map(|(net, entry)| Listed::of(net, entry, entry.ban_kind()))
+            .collect()
+    }
+
+    pub fn listed_allow(&self) -> Vec<Listed> {
+        self.allow
+            .iter()
+            .map(|(net, entry)| Listed::of(net, entry, "allow"))
+            .collect()
     }
 
     /// Drops entries whose expiry has passed.

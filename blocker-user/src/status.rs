@@ -39,11 +39,6 @@ pub struct CounterRow {
     pub bytes: u64,
 }
 
-fn open(pins: &PinDir, name: &str) -> Result<MapData> {
-    let path = pins.map_path(name);
-    MapData::from_pin(&path).map_err(Error::map(format!("opening map {}", path.display())))
-}
-
 /// Keys in an LPM trie, by walking them: the kernel keeps no count for tries.
 fn count_keys<K: Pod, V: Pod>(data: MapData) -> Result<u64, MapError> {
     let map = Map::LpmTrie(data);
@@ -59,7 +54,7 @@ fn count_hash_keys<K: Pod, V: Pod>(data: MapData) -> Result<u64, MapError> {
 }
 
 fn usage(pins: &PinDir, name: &'static str) -> Result<MapUsage> {
-    let data = open(pins, name)?;
+    let data = pins.open_map(name)?;
     let context = || format!("reading map {name}");
     let capacity = data.info().map_err(Error::map(context()))?.max_entries();
     let entries = match name {
@@ -82,7 +77,7 @@ fn usage(pins: &PinDir, name: &'static str) -> Result<MapUsage> {
 
 /// Sums the per-CPU counters of every reason.
 pub fn counters(pins: &PinDir) -> Result<Vec<CounterRow>> {
-    let data = Map::PerCpuArray(open(pins, MAP_COUNTERS)?);
+    let data = Map::PerCpuArray(pins.open_map(MAP_COUNTERS)?);
     let context = || format!("reading map {MAP_COUNTERS}");
     let array: PerCpuArray<_, Counter> =
         PerCpuArray::try_from(data).map_err(Error::map(context()))?;

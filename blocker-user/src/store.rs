@@ -89,9 +89,8 @@ struct Trie<K, V> {
 
 impl<K: aya::Pod, V: aya::Pod> Trie<K, V> {
     fn open(pins: &PinDir, name: &'static str) -> Result<Self> {
-        let path = pins.map_path(name);
-        let context = format!("opening map {}", path.display());
-        let data = MapData::from_pin(&path).map_err(Error::map(context.clone()))?;
+        let context = format!("opening map {name}");
+        let data = pins.open_map(name)?;
         let capacity = data
             .info()
             .map_err(Error::map(context.clone()))?
@@ -436,6 +435,14 @@ impl Store {
                 rules_changed,
             );
             return Err(err);
+        }
+        // The XDP program looks up the dynamic blacklist before the allowlist, so a source
+        // allowed now must not keep an entry there.
+        let allowed: Vec<IpNet> = after.allow.difference(&before.allow).copied().collect();
+        if !allowed.is_empty() {
+            for net in dynamic::remove_blacklisted(&self.pins, Some(&allowed))? {
+                tracing::info!("removed {net} from the dynamic blacklist: it is allowed now");
+            }
         }
         Ok(())
     }

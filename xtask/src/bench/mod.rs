@@ -174,7 +174,8 @@ struct Lab {
     pin_dir: PathBuf,
     state: PathBuf,
     blocker: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Holds the state file and the lists and configs the runs write.
+    dir: tempfile::TempDir,
 }
 
 impl Lab {
@@ -186,7 +187,7 @@ impl Lab {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/blocker-bench-{id}")),
             state: dir.path().join("state.json"),
             blocker: root.join("target/release/blocker"),
-            _dir: dir,
+            dir,
         };
         sh("ip", &["netns", "add", &lab.ns])?;
         for (a, b) in [("bb0", "bb1"), ("xf0", "xf1")] {
@@ -199,7 +200,7 @@ impl Lab {
 
     /// The benchmark's config file, written on first use.
     fn config(&self) -> Result<String> {
-        let path = self._dir.path().join("bench.toml");
+        let path = self.dir.path().join("bench.toml");
         std::fs::write(&path, BENCH_CONFIG)?;
         Ok(path.to_string_lossy().into_owned())
     }
@@ -463,7 +464,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     }
 
     let scaling = scaling(&lab, &blocker, plan, floor, per_call_floor)?;
-    let control_plane = control_plane(&lab, plan)?;
+    let control_plane = control_plane(&lab)?;
     drop(lab);
     let throughput = throughput::run(root, plan)?;
 
@@ -623,7 +624,7 @@ fn scaling(
                 banned += 1;
             }
         }
-        let path = lab._dir.path().join("bans.txt");
+        let path = lab.dir.path().join("bans.txt");
         std::fs::write(&path, list)?;
         lab.blocker(&["import", &path.to_string_lossy()])?;
         points.push(ScalePoint {
@@ -692,7 +693,7 @@ fn timed(mut command: Command) -> Result<(Duration, f64)> {
     Ok((elapsed, usage.ru_maxrss as f64 / 1024.0))
 }
 
-fn control_plane(lab: &Lab, plan: Plan) -> Result<ControlPlane> {
+fn control_plane(lab: &Lab) -> Result<ControlPlane> {
     let mut report = ControlPlane::default();
     let blocker = lab.xdp_prog("bb0")?;
     // Ban to enforcement on a state of modest size.
@@ -721,7 +722,7 @@ fn control_plane(lab: &Lab, plan: Plan) -> Result<ControlPlane> {
         let [_, a, b, c] = (n + 0x0100_0000).to_be_bytes();
         list.push_str(&format!("{}.{b}.{c}.0/24 # bulk {n}\n", 30 + a));
     }
-    let path = lab._dir.path().join("100k.txt");
+    let path = lab.dir.path().join("100k.txt");
     std::fs::write(&path, list)?;
     let mut command = lab.blocker_command();
     command.args(["import", &path.to_string_lossy()]);
@@ -739,7 +740,6 @@ fn control_plane(lab: &Lab, plan: Plan) -> Result<ControlPlane> {
     report.history_bytes_per_source = bytes_per_entry(&lab.pin_dir.join(MAP_HISTORY))?;
     report.blacklist_bytes_per_entry =
         bytes_per_entry(&lab.pin_dir.join(blocker_common::MAP_BLACKLIST))?;
-    let _ = plan;
     Ok(report)
 }
 
