@@ -24,8 +24,14 @@ pub fn parse_net(text: &str) -> Result<Parsed> {
         None => IpNet::from(trimmed.parse::<IpAddr>().map_err(|_| invalid())?),
         Some((addr, len)) => {
             let addr: IpAddr = addr.parse().map_err(|_| invalid())?;
-            // Reject "+8", "08" and the like: a prefix length is plain decimal digits.
-            if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+            // Reject "+8", "08" and the like: a prefix length is plain decimal digits, with no
+            // leading zero (some tools read "010" as octal).
+            let leading_zero = len.len() > 1 && len.starts_with('0');
+            if len.is_empty()
+                || len.len() > 3
+                || leading_zero
+                || !len.bytes().all(|b| b.is_ascii_digit())
+            {
                 return Err(invalid());
             }
             let len: u8 = len.parse().map_err(|_| invalid())?;
@@ -81,6 +87,8 @@ pub fn net_from_v6_key(prefix_len: u32, data: [u8; 16]) -> Option<IpNet> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn net(text: &str) -> IpNet {
@@ -125,11 +133,22 @@ mod tests {
             "example.com",
             "10.0.0",
             "10.0.0.1/8/8",
+            "10.0.0.0/08",
+            "10.0.0.0/032",
+            "10.0.0.0/00",
+            "2001:db8::/064",
+            "010.0.0.1",
         ] {
             let err = parse_net(bad).unwrap_err();
             assert!(err.is_bad_input(), "{bad}");
             assert_eq!(err.to_string(), format!("invalid address or CIDR: {bad:?}"));
         }
+    }
+
+    #[test]
+    fn a_zero_length_is_still_a_prefix_length() {
+        assert_eq!(net("10.0.0.0/0").to_string(), "0.0.0.0/0");
+        assert_eq!(net("10.0.0.0/10").to_string(), "10.0.0.0/10");
     }
 
     #[test]
@@ -144,5 +163,39 @@ mod tests {
         };
         let (len, data) = v6_key(&v6);
         assert_eq!(net_from_v6_key(len, data), Some(IpNet::V6(v6)));
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_is_a_one_line_error(text in any::<String>()) {
+            if let Err(err) = parse_net(&text) {
+                prop_assert!(err.is_bad_input());
+                prop_assert!(!err.to_string().contains('\n'));
+            }
+        }
+
+        #[test]
+        fn printed_prefixes_parse_back(addr in any::<IpAddr>(), len in 0u8..=128) {
+            let net = IpNet::new(addr, len.min(IpNet::from(addr).max_prefix_len()))
+                .expect("length within the family")
+                .trunc();
+            let parsed = parse_net(&net.to_string()).expect("a printed prefix parses");
+            prop_assert_eq!(parsed.net, unmap_ipv4(net));
+            prop_assert_eq!(parsed.normalized_from, None);
+        }
+
+        #[test]
+        fn host_bits_are_always_cleared(addr in any::<IpAddr>(), len in 0u8..=128) {
+            let len = len.min(IpNet::from(addr).max_prefix_len());
+            let parsed = parse_net(&format!("{addr}/{len}")).expect("a valid prefix parses");
+            prop_assert_eq!(parsed.net, parsed.net.trunc());
+            prop_assert_eq!(parsed.normalized_from.is_some(), parsed.net != unmap_ipv4(IpNet::new(addr, len).expect("valid")));
+        }
+
+        #[test]
+        fn leading_zeros_in_the_length_are_refused(addr in any::<IpAddr>(), len in 0u8..=32, zeros in 1usize..3) {
+            let text = format!("{addr}/{}{len}", "0".repeat(zeros));
+            prop_assert!(parse_net(&text).is_err(), "{} was accepted", text);
+        }
     }
 }

@@ -21,6 +21,11 @@ pub enum Error {
     UnreadableInput { path: String, message: String },
     #[error("{0}")]
     InvalidRule(String),
+    #[error("reason too long ({bytes} bytes): at most {max} bytes", max = crate::text::MAX_REASON_BYTES)]
+    ReasonTooLong { bytes: usize },
+    /// A ban that would cut the operator off; `--force` overrides it.
+    #[error("refusing to ban {net}: {why}; nothing was changed (add --force to ban it anyway)")]
+    LockOut { net: String, why: String },
     #[error("invalid offense: {0}")]
     InvalidOffense(String),
     #[error("no rule named {0:?}")]
@@ -76,6 +81,8 @@ impl Error {
                 | Error::InvalidDuration(_)
                 | Error::InvalidListLine { .. }
                 | Error::UnreadableInput { .. }
+                | Error::ReasonTooLong { .. }
+                | Error::LockOut { .. }
                 | Error::InvalidRule(_)
                 | Error::NoSuchRule(_)
                 | Error::InvalidOffense(_)
@@ -91,5 +98,76 @@ impl Error {
     pub(crate) fn map(context: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Error {
         let context = context.into();
         move |source| Error::Map { context, source }
+    }
+}
+
+/// `err` and its causes on one line (`what failed: why`), leaving out a cause whose text the
+/// message before it already holds: variants that print their `{source}` also hand it on as
+/// the error's source, and an OS message must not show twice.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !previous.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        previous = text;
+    }
+    line
+}
+
+/// Whether `err` comes from writing into a closed pipe (`blocker list | head`), which is how
+/// a reader says it has seen enough: not a failure.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn denied() -> io::Error {
+        io::Error::from_raw_os_error(13)
+    }
+
+    #[test]
+    fn the_os_message_is_printed_once() {
+        let err = anyhow::Error::from(Error::io("writing /var/lib/blocker/state.json")(denied()));
+        assert_eq!(
+            one_line(&err),
+            "writing /var/lib/blocker/state.json: Permission denied (os error 13)"
+        );
+        let wrapped = err.context("saving the state");
+        assert_eq!(
+            one_line(&wrapped),
+            "saving the state: writing /var/lib/blocker/state.json: Permission denied (os error 13)"
+        );
+    }
+
+    #[test]
+    fn causes_not_in_the_message_are_kept() {
+        let err = anyhow::Error::from(denied()).context("reading the list from stdin");
+        assert_eq!(
+            one_line(&err),
+            "reading the list from stdin: Permission denied (os error 13)"
+        );
+    }
+
+    #[test]
+    fn a_broken_pipe_is_recognised_through_context() {
+        let pipe =
+            anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe)).context("listing");
+        assert!(is_broken_pipe(&pipe));
+        assert!(!is_broken_pipe(&anyhow::Error::from(denied())));
     }
 }

@@ -16,6 +16,7 @@ pub mod rules;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod text;
 
 pub use error::{Error, Result};
 
