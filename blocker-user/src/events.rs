@@ -9,7 +9,7 @@ use blocker_common::{Event, SourceKey, MAP_EVENTS};
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::{clock::Now, dynamic, pins::PinDir, state::State, Error, Result};
+use crate::{clock::Now, dynamic, pins::PinDir, state::State, text::escape, Error, Result};
 
 /// One event as `blocker events --json` prints it.
 #[derive(Debug, Clone, Serialize)]
@@ -31,7 +31,7 @@ impl std::fmt::Display for EventRecord {
                 f,
                 "adding to BLACKLIST: {} rule={} hits={} until={}",
                 self.addr,
-                self.rule.as_deref().unwrap_or("?"),
+                escape(self.rule.as_deref().unwrap_or("?")),
                 self.hits.unwrap_or(0),
                 self.expires_at.map_or("?".into(), |t| format!("{t:.0}"))
             ),
@@ -191,5 +191,35 @@ pub async fn follow(
                 }
             }
         }
+    }
+}
+
+/// `blocker events`: writes each event to `out` as a line (text, or JSON with `json`) until an
+/// error. A failed write ends it with that error, so a closed pipe stops the command.
+pub async fn print(
+    pins: &PinDir,
+    state_path: &std::path::Path,
+    json: bool,
+    mut out: impl std::io::Write,
+) -> anyhow::Result<()> {
+    let failed = std::cell::Cell::new(None);
+    let stop = tokio::sync::Notify::new();
+    let follow = follow(pins, state_path, false, |event| {
+        let line = if json {
+            serde_json::to_string(event).unwrap_or_default()
+        } else {
+            format!("{:.0} {event}", event.at)
+        };
+        if let Err(err) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            failed.set(Some(err));
+            stop.notify_one();
+        }
+    });
+    tokio::select! {
+        result = follow => result,
+        _ = stop.notified() => match failed.take() {
+            Some(err) => Err(anyhow::Error::from(err).context("writing events")),
+            None => Ok(()),
+        },
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod listfile;
 pub mod loader;
+pub mod lockout;
 pub mod offense;
 pub mod pins;
 pub mod rules;

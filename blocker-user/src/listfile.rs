@@ -1,18 +1,62 @@
-//! The plain-text list format of `blocker import` and `blocker export`: one address or CIDR per
-//! line, an optional `# comment` after it that becomes the reason; blank lines and lines that
-//! are only a comment are skipped.
+//! The plain-text list format of `blocker import` and `blocker export`, a superset of the one
+//! the seed's block lists use:
+//!
+//! ```text
+//! ADDR_OR_CIDR [expires=RFC3339] [# reason]
+//! ```
+//!
+//! One address or CIDR per line; an optional `expires=` field (written by `export` for temporary
+//! bans, so export -> import keeps them temporary); an optional `# comment` that becomes the
+//! reason. Blank lines and lines that are only a comment are skipped, so the seed's files and
+//! older exports import unchanged.
+
+use std::{io::Read, path::Path};
 
 use ipnet::IpNet;
+use jiff::Timestamp;
 
-use crate::{addr::parse_net, state::Entry, Error, Result};
+use crate::{addr::parse_net, state::Entry, text, Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListEntry {
     pub net: IpNet,
     pub reason: Option<String>,
+    /// From an `expires=` field.
+    pub expires_at: Option<Timestamp>,
     pub line: usize,
     /// The text as given, when host bits had to be cleared.
     pub normalized_from: Option<String>,
+}
+
+/// Reads a list from `path`, or from stdin for `-`; returns the text and the name to use for it
+/// in messages. Unreadable and non-UTF-8 input are bad input alike.
+pub fn read(path: &Path) -> Result<(String, String)> {
+    let from_stdin = path == Path::new("-");
+    let source = if from_stdin {
+        "stdin".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let unreadable = |message: String| Error::UnreadableInput {
+        path: source.clone(),
+        message,
+    };
+    let mut bytes = Vec::new();
+    let read = if from_stdin {
+        std::io::stdin().lock().read_to_end(&mut bytes).map(drop)
+    } else {
+        std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut bytes).map(drop))
+    };
+    read.map_err(|err| unreadable(err.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|err| {
+        let line = err.as_bytes()[..err.utf8_error().valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        unreadable(format!("line {line} is not UTF-8 text"))
+    })?;
+    Ok((text, source))
 }
 
 /// Parses a whole list; the first bad line is an error naming its number, and nothing of the
@@ -21,21 +65,48 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<ListEntry>> {
     let mut entries = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
-        let (addr, comment) = match raw.split_once('#') {
-            Some((addr, comment)) => (addr.trim(), Some(comment.trim())),
-            None => (raw.trim(), None),
-        };
-        if addr.is_empty() {
-            continue;
-        }
-        let parsed = parse_net(addr).map_err(|err| Error::InvalidListLine {
+        let bad_line = |message: String| Error::InvalidListLine {
             path: source.to_string(),
             line,
-            message: err.to_string(),
-        })?;
+            message,
+        };
+        let (fields, comment) = match raw.split_once('#') {
+            Some((fields, comment)) => (fields, Some(comment.trim())),
+            None => (raw, None),
+        };
+        let mut fields = fields.split_whitespace();
+        let Some(addr) = fields.next() else {
+            continue;
+        };
+        let parsed = parse_net(addr).map_err(|err| bad_line(err.to_string()))?;
+        let mut expires_at = None;
+        for field in fields {
+            match field.split_once('=') {
+                Some(("expires", value)) if expires_at.is_none() => {
+                    let at = value.parse::<Timestamp>().map_err(|_| {
+                        bad_line(format!(
+                            "invalid expires={:?}: use an RFC 3339 time like 2026-12-31T23:59:59Z",
+                            text::escape(value)
+                        ))
+                    })?;
+                    expires_at = Some(at);
+                }
+                _ => {
+                    return Err(bad_line(format!(
+                        "unexpected {:?} after the address: only expires=TIME and a # comment may follow",
+                        text::escape(field)
+                    )))
+                }
+            }
+        }
+        let reason = comment.filter(|c| !c.is_empty());
+        if let Some(reason) = reason {
+            text::check_reason(reason).map_err(|err| bad_line(err.to_string()))?;
+        }
         entries.push(ListEntry {
             net: parsed.net,
-            reason: comment.filter(|c| !c.is_empty()).map(str::to_string),
+            reason: reason.map(str::to_string),
+            expires_at,
             line,
             normalized_from: parsed.normalized_from,
         });
@@ -43,14 +114,18 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<ListEntry>> {
     Ok(entries)
 }
 
-/// Renders entries in the same format, so an export imports back to the same list.
+/// Renders entries in the same format, so an export imports back to the same bans, expiry
+/// included. Control characters in reasons are escaped, which keeps one ban per line.
 pub fn render<'a>(entries: impl IntoIterator<Item = (&'a IpNet, &'a Entry)>) -> String {
     let mut out = String::new();
     for (net, entry) in entries {
         out.push_str(&net.to_string());
+        if let Some(at) = entry.expires_at {
+            out.push_str(&format!(" expires={at}"));
+        }
         if let Some(reason) = &entry.reason {
             out.push_str(" # ");
-            out.push_str(&reason.replace('\n', " "));
+            out.push_str(&text::escape(reason));
         }
         out.push('\n');
     }
@@ -59,7 +134,7 @@ pub fn render<'a>(entries: impl IntoIterator<Item = (&'a IpNet, &'a Entry)>) -> 
 
 #[cfg(test)]
 mod tests {
-    use jiff::Timestamp;
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -114,5 +189,134 @@ mod tests {
         assert_eq!(back[0].net, a);
         assert_eq!(back[0].reason.as_deref(), Some("bad network"));
         assert_eq!(back[1].net, b);
+    }
+
+    #[test]
+    fn temporary_bans_keep_their_expiry() {
+        let at: Timestamp = "2026-12-01T10:20:30.123456789Z".parse().unwrap();
+        let entry = Entry {
+            reason: Some("scanner".into()),
+            created_at: Timestamp::UNIX_EPOCH,
+            expires_at: Some(at),
+        };
+        let net: IpNet = "198.51.100.0/24".parse().unwrap();
+        let text = render([(&net, &entry)]);
+        assert_eq!(
+            text,
+            "198.51.100.0/24 expires=2026-12-01T10:20:30.123456789Z # scanner\n"
+        );
+        let back = parse(&text, "-").unwrap();
+        assert_eq!(back[0].expires_at, Some(at));
+        assert_eq!(back[0].reason.as_deref(), Some("scanner"));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (text, message) in [
+            (
+                "10.0.0.1 expires=tomorrow\n",
+                "-:1: invalid expires=\"tomorrow\"",
+            ),
+            (
+                "10.0.0.1 10.0.0.2\n",
+                "-:1: unexpected \"10.0.0.2\" after the address",
+            ),
+            (
+                "10.0.0.1 expires=2026-01-01T00:00:00Z expires=2027-01-01T00:00:00Z\n",
+                "-:1: unexpected \"expires=2027",
+            ),
+        ] {
+            let err = parse(text, "-").unwrap_err();
+            assert!(err.is_bad_input());
+            assert!(err.to_string().starts_with(message), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_reason_over_one_kib_is_refused() {
+        let text = format!("10.0.0.1\n10.0.0.2 # {}\n", "x".repeat(1025));
+        let err = parse(&text, "big.txt").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "big.txt:2: reason too long (1025 bytes): at most 1024 bytes"
+        );
+    }
+
+    #[test]
+    fn control_characters_in_reasons_cannot_split_a_line() {
+        let entry = Entry {
+            reason: Some("evil\n10.0.0.0/8 # \u{1b}[2J".into()),
+            created_at: Timestamp::UNIX_EPOCH,
+            expires_at: None,
+        };
+        let net: IpNet = "192.0.2.1/32".parse().unwrap();
+        let text = render([(&net, &entry)]);
+        assert_eq!(text, "192.0.2.1/32 # evil\\n10.0.0.0/8 # \\u{1b}[2J\n");
+        assert_eq!(parse(&text, "-").unwrap().len(), 1);
+    }
+
+    fn timestamp() -> impl Strategy<Value = Timestamp> {
+        (0i64..4_000_000_000, 0i32..1_000_000_000)
+            .prop_map(|(second, nanos)| Timestamp::new(second, nanos).expect("in range"))
+    }
+
+    fn entry() -> impl Strategy<Value = (IpNet, Entry)> {
+        // Reasons as import gives them back: trimmed, non-empty, no control characters.
+        let reason = proptest::option::of(any::<String>()).prop_map(|reason| {
+            reason
+                .map(|r| {
+                    r.chars()
+                        .filter(|c| !text::is_unsafe(*c))
+                        .collect::<String>()
+                })
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+        });
+        (
+            any::<std::net::IpAddr>(),
+            0u8..=128,
+            reason,
+            proptest::option::of(timestamp()),
+        )
+            .prop_map(|(addr, len, reason, expires_at)| {
+                let net = match addr {
+                    std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+                        IpNet::from(std::net::IpAddr::V4(v6.to_ipv4_mapped().expect("mapped")))
+                    }
+                    _ => IpNet::from(addr),
+                };
+                let net = IpNet::new(net.addr(), len.min(net.max_prefix_len()))
+                    .expect("valid length")
+                    .trunc();
+                let entry = Entry {
+                    reason,
+                    created_at: Timestamp::UNIX_EPOCH,
+                    expires_at,
+                };
+                (net, entry)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_is_a_one_line_error(text in any::<String>()) {
+            if let Err(err) = parse(&text, "list") {
+                prop_assert!(err.is_bad_input());
+                prop_assert!(!err.to_string().contains('\n'));
+            }
+        }
+
+        #[test]
+        fn export_then_import_is_lossless(entries in proptest::collection::vec(entry(), 0..20)) {
+            let text = render(entries.iter().map(|(net, entry)| (net, entry)));
+            let back = parse(&text, "export").expect("an export imports");
+            prop_assert_eq!(back.len(), entries.len());
+            for ((net, entry), parsed) in entries.iter().zip(&back) {
+                prop_assert_eq!(parsed.net, *net);
+                prop_assert_eq!(&parsed.reason, &entry.reason);
+                prop_assert_eq!(parsed.expires_at, entry.expires_at);
+                prop_assert_eq!(&parsed.normalized_from, &None);
+            }
+        }
     }
 }

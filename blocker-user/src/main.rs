@@ -1,7 +1,7 @@
 //! `blocker`: load the XDP blocker onto interfaces and manage its bans and allowlist.
 
 use std::{
-    io::{IsTerminal, Read},
+    io::{IsTerminal, Write},
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -13,14 +13,18 @@ use blocker::{
     clock::{parse_duration, Now},
     config::Config,
     daemon::{record_offense, report_via_socket, Daemon, OffenseReport},
-    dynamic, events, listfile,
+    dynamic,
+    error::{is_broken_pipe, one_line},
+    events, listfile,
     loader::{self, ModeChoice},
+    lockout::{self, Guard},
     offense::{Level, Severity},
     pins::{require_root, PinDir, DEFAULT_PIN_DIR},
     rules::{self, PortRange, RuleSpec},
     state::{State, DEFAULT_STATE_PATH},
     status,
     store::Store,
+    text::{self, escape},
     Error,
 };
 use clap::{Parser, Subcommand, ValueEnum};
@@ -101,6 +105,10 @@ enum Command {
         duration: Option<String>,
         #[arg(long)]
         reason: Option<String>,
+        /// Ban even what would lock you out: a range wider than /8 (IPv4) or /16 (IPv6), the
+        /// source of your SSH session, or an address of this host.
+        #[arg(long)]
+        force: bool,
     },
     /// Lift bans, manual and dynamic (a dynamic entry that overlaps the prefix goes too).
     ///
@@ -135,8 +143,12 @@ enum Command {
     /// Example: blocker import blocklist.txt --for 30d
     Import {
         file: PathBuf,
+        /// How long lines without their own `expires=` are banned for.
         #[arg(long = "for", value_name = "DURATION")]
         duration: Option<String>,
+        /// Import even lines that would lock you out (see `ban --force`).
+        #[arg(long)]
+        force: bool,
     },
     /// Print the bans in the format `import` reads.
     Export,
@@ -357,8 +369,10 @@ fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`blocker list | head`): it has what it wanted.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", one_line(&err));
             let bad_input = err.downcast_ref::<Error>().is_some_and(Error::is_bad_input);
             ExitCode::from(if bad_input { 2 } else { 1 })
         }
@@ -389,11 +403,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             addrs,
             duration,
             reason,
+            force,
         } => {
             let nets = parse_all(&addrs)?;
             let duration = duration.as_deref().map(parse_duration).transpose()?;
+            reason.as_deref().map(text::check_reason).transpose()?;
             require_root()?;
             let mut store = Store::open(&pins, state_path)?;
+            if !force {
+                let guard = Guard::detect()?;
+                for net in &nets {
+                    guard.check(net, &store.state.allow)?;
+                }
+            }
             let expires_at = expiry(store.now.wall, duration)?;
             store.ban(&nets, expires_at, reason.as_deref());
             store.count_issued("cli", nets.len() as u64);
@@ -427,6 +449,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             remove,
         } => {
             let nets = parse_all(&addrs)?;
+            reason.as_deref().map(text::check_reason).transpose()?;
             require_root()?;
             let mut store = Store::open(&pins, state_path)?;
             if remove {
@@ -456,7 +479,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Daemon(args) => {
             if let Some(path) = &args.check_config {
                 Config::load(path)?;
-                println!("{}: ok", path.display());
+                writeln!(std::io::stdout(), "{}: ok", path.display())?;
                 return Ok(());
             }
             let config = Config::load_or_default(args.config.as_deref())?;
@@ -482,12 +505,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &socket,
             config,
         )?,
-        Command::Import { file, duration } => import(&pins, state_path, &file, duration)?,
+        Command::Import {
+            file,
+            duration,
+            force,
+        } => import(&pins, state_path, &file, duration, force)?,
         Command::Export => {
             let state = State::load(state_path)?;
             let now = Timestamp::now();
             let live = state.bans.iter().filter(|(_, e)| !e.is_expired(now));
-            print!("{}", listfile::render(live));
+            std::io::stdout().write_all(listfile::render(live).as_bytes())?;
         }
     }
     Ok(())
@@ -509,6 +536,7 @@ fn load(
     if let Some(restored) = loaded.restored {
         info!("restored {restored} entries from {}", state_path.display());
     }
+    lockout::warn_if_ssh_exposed(state_path)?;
     Ok(loaded)
 }
 
@@ -647,34 +675,11 @@ fn report_removed(nets: &[IpNet], missing: &[IpNet], what: &str) {
 
 fn print_status(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     let status = status::read(pins)?;
+    let mut out = std::io::stdout().lock();
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(());
-    }
-    println!("pin dir: {}", status.pin_dir);
-    if status.interfaces.is_empty() {
-        println!("interfaces: none attached");
-    }
-    for attachment in &status.interfaces {
-        println!(
-            "interface {} ({} mode)",
-            attachment.iface,
-            attachment.mode.name()
-        );
-    }
-    println!("\n{:<10} {:>10} {:>10}", "map", "entries", "capacity");
-    for map in &status.maps {
-        println!("{:<10} {:>10} {:>10}", map.name, map.entries, map.capacity);
-    }
-    println!(
-        "\n{:<6} {:<12} {:>12} {:>14}",
-        "action", "reason", "packets", "bytes"
-    );
-    for row in &status.counters {
-        println!(
-            "{:<6} {:<14} {:>12} {:>14}",
-            row.action, row.reason, row.packets, row.bytes
-        );
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+    } else {
+        status::write_table(&status, &mut out)?;
     }
     Ok(())
 }
@@ -700,14 +705,17 @@ fn list(
         pins.require_loaded()?;
         rows.extend(dynamic::blacklist(pins, state.rules.as_ref(), &now)?);
     }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        out.flush()?;
         return Ok(());
     }
-    println!(
+    writeln!(
+        out,
         "{:<43} {:<10} {:<21} {:<21} reason",
         "addr", "kind", "expires", "created"
-    );
+    )?;
     for row in rows {
         let time =
             |t: Option<Timestamp>, none: &str| t.map_or(none.to_string(), |t| format!("{t:.0}"));
@@ -715,14 +723,17 @@ fn list(
             (Some(rule), Some(hits)) => format!("rule {rule}, {hits} hits"),
             _ => row.reason.clone().unwrap_or_default(),
         };
-        println!(
-            "{:<43} {:<10} {:<21} {:<21} {reason}",
+        writeln!(
+            out,
+            "{:<43} {:<10} {:<21} {:<21} {}",
             row.addr,
             row.kind,
             time(row.expires_at, "never"),
             time(row.created_at, "-"),
-        );
+            escape(&reason),
+        )?;
     }
+    out.flush()?;
     Ok(())
 }
 
@@ -773,24 +784,27 @@ fn rule_command(pins: &PinDir, state_path: &Path, command: RuleCommand) -> anyho
                     }
                 })
                 .collect();
+            let mut out = std::io::stdout().lock();
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
-                println!(
+                writeln!(
+                    out,
                     "{:<4} {:<16} {:>9} {:>11} {:>9} {:>9}  definition",
                     "slot", "name", "events", "blacklisted", "dropped", "rejected"
-                );
+                )?;
                 for row in rows {
-                    println!(
+                    writeln!(
+                        out,
                         "{:<4} {:<16} {:>9} {:>11} {:>9} {:>9}  {}",
                         row.slot,
-                        row.spec.name,
+                        escape(&row.spec.name),
                         row.events_seen,
                         row.sources_blacklisted,
                         row.packets_dropped,
                         row.packets_rejected,
-                        row.spec.summary()
-                    );
+                        escape(&row.spec.summary())
+                    )?;
                 }
             }
         }
@@ -834,7 +848,7 @@ fn report(
                     err
                 });
             }
-            println!("{}", text.trim());
+            writeln!(std::io::stdout(), "{}", text.trim())?;
             return Ok(());
         }
         warn!(
@@ -851,7 +865,7 @@ fn report(
         key,
     };
     let answer = record_offense(pins, state_path, &config, &report)?;
-    println!("{}", serde_json::to_string(&answer)?);
+    writeln!(std::io::stdout(), "{}", serde_json::to_string(&answer)?)?;
     Ok(())
 }
 
@@ -861,17 +875,8 @@ fn follow_events(pins: &PinDir, state_path: &Path, json: bool) -> anyhow::Result
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let events = events::follow(pins, state_path, false, |event| {
-            if json {
-                if let Ok(line) = serde_json::to_string(event) {
-                    println!("{line}");
-                }
-            } else {
-                println!("{:.0} {event}", event.at);
-            }
-        });
         tokio::select! {
-            result = events => result,
+            result = events::print(pins, state_path, json, std::io::stdout()) => result,
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
@@ -882,21 +887,10 @@ fn import(
     state_path: &Path,
     file: &Path,
     duration: Option<String>,
+    force: bool,
 ) -> anyhow::Result<()> {
     let duration = duration.as_deref().map(parse_duration).transpose()?;
-    let (text, source) = if file == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the list from stdin")?;
-        (text, "stdin".to_string())
-    } else {
-        let text = std::fs::read_to_string(file).map_err(|err| Error::UnreadableInput {
-            path: file.display().to_string(),
-            message: err.to_string(),
-        })?;
-        (text, file.display().to_string())
-    };
+    let (text, source) = listfile::read(file)?;
     let entries = listfile::parse(&text, &source)?;
     for entry in entries.iter().filter(|e| e.normalized_from.is_some()) {
         warn!(
@@ -906,12 +900,34 @@ fn import(
     }
     require_root()?;
     let mut store = Store::open(pins, state_path)?;
-    let expires_at = expiry(store.now.wall, duration)?;
-    for entry in &entries {
+    if !force {
+        let guard = Guard::detect()?;
+        for entry in &entries {
+            guard
+                .check(&entry.net, &store.state.allow)
+                .map_err(|err| Error::InvalidListLine {
+                    path: source.clone(),
+                    line: entry.line,
+                    message: err.to_string(),
+                })?;
+        }
+    }
+    let default_expiry = expiry(store.now.wall, duration)?;
+    let (live, expired): (Vec<_>, Vec<_>) = entries
+        .iter()
+        .partition(|entry| entry.expires_at.is_none_or(|at| at > store.now.wall));
+    if !expired.is_empty() {
+        warn!(
+            "{source}: skipped {} entries whose expires= time has passed",
+            expired.len()
+        );
+    }
+    for entry in &live {
+        let expires_at = entry.expires_at.or(default_expiry);
         store.ban(&[entry.net], expires_at, entry.reason.as_deref());
     }
-    store.count_issued("import", entries.len() as u64);
-    let progress = if std::io::stderr().is_terminal() && entries.len() >= 10_000 {
+    store.count_issued("import", live.len() as u64);
+    let progress = if std::io::stderr().is_terminal() && live.len() >= 10_000 {
         // The commit reports one step per ban in the resulting set.
         let bar = ProgressBar::new(store.state.bans.len() as u64);
         bar.set_style(
@@ -924,6 +940,6 @@ fn import(
     };
     store.commit(|| progress.inc(1))?;
     progress.finish_and_clear();
-    info!("imported {} prefixes from {source}", entries.len());
+    info!("imported {} prefixes from {source}", live.len());
     Ok(())
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::{
     pins::{Attachment, PinDir},
+    text::escape,
     Error, Result,
 };
 
@@ -109,4 +110,41 @@ pub fn read(pins: &PinDir) -> Result<Status> {
         maps,
         counters: counters(pins)?,
     })
+}
+
+/// Writes `status` as the `blocker status` table.
+pub fn write_table(status: &Status, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    writeln!(out, "pin dir: {}", escape(&status.pin_dir))?;
+    if status.interfaces.is_empty() {
+        writeln!(out, "interfaces: none attached")?;
+    }
+    for attachment in &status.interfaces {
+        writeln!(
+            out,
+            "interface {} ({} mode)",
+            escape(&attachment.iface),
+            attachment.mode.name()
+        )?;
+    }
+    writeln!(out, "\n{:<10} {:>10} {:>10}", "map", "entries", "capacity")?;
+    for map in &status.maps {
+        writeln!(
+            out,
+            "{:<10} {:>10} {:>10}",
+            map.name, map.entries, map.capacity
+        )?;
+    }
+    writeln!(
+        out,
+        "\n{:<6} {:<12} {:>12} {:>14}",
+        "action", "reason", "packets", "bytes"
+    )?;
+    for row in &status.counters {
+        writeln!(
+            out,
+            "{:<6} {:<14} {:>12} {:>14}",
+            row.action, row.reason, row.packets, row.bytes
+        )?;
+    }
+    Ok(())
 }

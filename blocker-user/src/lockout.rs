@@ -1,0 +1,295 @@
+//! Bans that would lock the operator out: refused without `--force`, and a warning when the
+//! operator's own SSH session is exposed to a rate rule.
+//!
+//! A ban is refused when it is wider than [`WIDEST_V4`] / [`WIDEST_V6`], or when it covers the
+//! source of the current SSH session (`SSH_CONNECTION`, else `SSH_CLIENT`) or an address of this
+//! host (every interface, from `getifaddrs`) that the allowlist does not cover: the allowlist
+//! wins over every ban, so an allowlisted address cannot be locked out.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use ipnet::IpNet;
+
+use crate::{
+    rules::{Proto, RuleSpec},
+    state::Entry,
+    Error, Result,
+};
+
+/// IPv4 bans shorter than this prefix length are refused: /7 and wider span more than 33
+/// million addresses, more than any one network is assigned, so such a ban is a typo or
+/// `0.0.0.0/0`.
+pub const WIDEST_V4: u8 = 8;
+/// IPv6 bans shorter than this are refused: a /15 or wider spans more than a regional
+/// registry's allocations.
+pub const WIDEST_V6: u8 = 16;
+
+/// The operator's SSH session, as sshd describes it in the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSession {
+    pub client: IpAddr,
+    /// The port sshd listens on, when the environment says.
+    pub server_port: Option<u16>,
+    /// The variable it came from, named in messages.
+    pub variable: &'static str,
+}
+
+impl SshSession {
+    /// The session of this process: `SSH_CONNECTION` ("client port server port"), else
+    /// `SSH_CLIENT` ("client port server-port").
+    pub fn from_env() -> Option<Self> {
+        let var = |name| std::env::var(name).ok();
+        Self::parse(
+            var("SSH_CONNECTION").as_deref(),
+            var("SSH_CLIENT").as_deref(),
+        )
+    }
+
+    /// Reads the two variables' values; anything unparsable is ignored.
+    pub fn parse(ssh_connection: Option<&str>, ssh_client: Option<&str>) -> Option<Self> {
+        let read = |value: &str, port_field: usize, variable| {
+            let fields: Vec<&str> = value.split_whitespace().collect();
+            let client: IpAddr = fields.first()?.parse().ok()?;
+            Some(Self {
+                client: unmapped(client),
+                server_port: fields.get(port_field).and_then(|port| port.parse().ok()),
+                variable,
+            })
+        };
+        ssh_connection
+            .and_then(|value| read(value, 3, "SSH_CONNECTION"))
+            .or_else(|| ssh_client.and_then(|value| read(value, 2, "SSH_CLIENT")))
+    }
+
+    /// The session's port, 22 when the environment does not say.
+    pub fn port(&self) -> u16 {
+        self.server_port.unwrap_or(22)
+    }
+}
+
+/// An IPv4 client of a dual-stack sshd shows as `::ffff:a.b.c.d`, but reaches XDP as IPv4.
+fn unmapped(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// What a ban must not cut off: the SSH session's source and this host's addresses.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    pub ssh: Option<SshSession>,
+    pub host_addrs: Vec<IpAddr>,
+}
+
+impl Guard {
+    /// The SSH session from the environment and the addresses of every interface in this
+    /// network namespace.
+    pub fn detect() -> Result<Self> {
+        let interfaces = nix::ifaddrs::getifaddrs().map_err(|errno| Error::Io {
+            context: "listing this host's addresses".into(),
+            source: errno.into(),
+        })?;
+        let host_addrs = interfaces
+            .filter_map(|interface| {
+                let address = interface.address?;
+                if let Some(v4) = address.as_sockaddr_in() {
+                    Some(IpAddr::V4(v4.ip()))
+                } else {
+                    address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+                }
+            })
+            .collect();
+        Ok(Self {
+            ssh: SshSession::from_env(),
+            host_addrs,
+        })
+    }
+
+    /// Refuses `net` if it would lock the operator out (see the module documentation).
+    pub fn check(&self, net: &IpNet, allow: &BTreeMap<IpNet, Entry>) -> Result<()> {
+        let refuse = |why: String| {
+            Err(Error::LockOut {
+                net: net.to_string(),
+                why,
+            })
+        };
+        let widest = match net {
+            IpNet::V4(_) => WIDEST_V4,
+            IpNet::V6(_) => WIDEST_V6,
+        };
+        if net.prefix_len() < widest {
+            return refuse(format!(
+                "it is wider than a /{widest}, a large part of the Internet"
+            ));
+        }
+        let exposed = |addr: &IpAddr| net.contains(addr) && !allowed(allow, *addr);
+        if let Some(ssh) = self.ssh.as_ref().filter(|ssh| exposed(&ssh.client)) {
+            return refuse(format!(
+                "it covers {client}, the source of your SSH session ({variable}); allowlist it \
+                 first with `{command}`",
+                client = ssh.client,
+                variable = ssh.variable,
+                command = allow_command(ssh.client),
+            ));
+        }
+        if let Some(own) = self.host_addrs.iter().find(|addr| exposed(addr)) {
+            return refuse(format!("it covers {own}, an address of this host"));
+        }
+        Ok(())
+    }
+}
+
+fn allowed(allow: &BTreeMap<IpNet, Entry>, addr: IpAddr) -> bool {
+    allow.keys().any(|net| net.contains(&addr))
+}
+
+/// The command that allowlists the operator's SSH source.
+pub fn allow_command(client: IpAddr) -> String {
+    format!("blocker allow {client} --reason \"operator ssh\"")
+}
+
+/// The warning `load` and `run` give when a rule limits the port of the operator's SSH
+/// session and its source is not allowlisted: a few reconnects would blacklist the operator.
+pub fn ssh_warning<'a>(
+    ssh: &SshSession,
+    allow: &BTreeMap<IpNet, Entry>,
+    rules: impl IntoIterator<Item = &'a RuleSpec>,
+) -> Option<String> {
+    if allowed(allow, ssh.client) {
+        return None;
+    }
+    let port = ssh.port();
+    let rule = rules.into_iter().find(|rule| {
+        matches!(rule.proto, Proto::Tcp | Proto::Any)
+            && rule
+                .dport
+                .is_none_or(|range| (range.min..=range.max).contains(&port))
+    })?;
+    Some(format!(
+        "your SSH session comes from {client} ({variable}), which is not allowlisted, and rule \
+         {rule:?} limits tcp/{port}: a few reconnects would blacklist you; run `{command}`",
+        client = ssh.client,
+        variable = ssh.variable,
+        rule = rule.name,
+        command = allow_command(ssh.client),
+    ))
+}
+
+/// After `load`: warns once when the operator's SSH session is exposed to a rule in force.
+pub fn warn_if_ssh_exposed(state_path: &std::path::Path) -> Result<()> {
+    let Some(ssh) = SshSession::from_env() else {
+        return Ok(());
+    };
+    let state = crate::state::State::load(state_path)?;
+    let rules = state.rules.iter().flat_map(|table| &table.rules);
+    if let Some(warning) = ssh_warning(&ssh, &state.allow, rules.map(|placed| &placed.spec)) {
+        tracing::warn!("{warning}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+
+    use super::*;
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    fn allowlist(nets: &[&str]) -> BTreeMap<IpNet, Entry> {
+        nets.iter()
+            .map(|text| {
+                let entry = Entry {
+                    reason: None,
+                    created_at: Timestamp::UNIX_EPOCH,
+                    expires_at: None,
+                };
+                (net(text), entry)
+            })
+            .collect()
+    }
+
+    fn guard() -> Guard {
+        Guard {
+            ssh: SshSession::parse(Some("198.51.100.7 50022 192.0.2.1 2222"), None),
+            host_addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn the_ssh_session_is_read_from_either_variable() {
+        let session = SshSession::parse(Some("198.51.100.7 50022 192.0.2.1 2222"), None).unwrap();
+        assert_eq!(session.client.to_string(), "198.51.100.7");
+        assert_eq!(session.port(), 2222);
+        let session = SshSession::parse(None, Some("::ffff:198.51.100.8 50022 22")).unwrap();
+        assert_eq!(session.client.to_string(), "198.51.100.8");
+        assert_eq!((session.port(), session.variable), (22, "SSH_CLIENT"));
+        assert_eq!(SshSession::parse(Some("garbage"), None), None);
+        assert_eq!(SshSession::parse(None, None), None);
+    }
+
+    #[test]
+    fn very_wide_bans_are_refused() {
+        let none = allowlist(&[]);
+        for wide in ["0.0.0.0/0", "128.0.0.0/1", "10.0.0.0/7", "::/0", "2000::/3"] {
+            let err = Guard::default().check(&net(wide), &none).unwrap_err();
+            assert!(err.is_bad_input());
+            assert!(err.to_string().contains("--force"), "{err}");
+        }
+        for fine in ["10.0.0.0/8", "2001:db8::/16"] {
+            Guard::default().check(&net(fine), &none).unwrap();
+        }
+    }
+
+    #[test]
+    fn bans_covering_the_ssh_source_or_the_host_are_refused() {
+        let none = allowlist(&[]);
+        let err = guard().check(&net("198.51.100.0/24"), &none).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "refusing to ban 198.51.100.0/24: it covers 198.51.100.7, the source of your SSH \
+             session (SSH_CONNECTION); allowlist it first with `blocker allow 198.51.100.7 \
+             --reason \"operator ssh\"`; nothing was changed (add --force to ban it anyway)"
+        );
+        let err = guard().check(&net("2001:db8::/64"), &none).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("2001:db8::1, an address of this host"));
+        guard().check(&net("198.51.100.8/32"), &none).unwrap();
+    }
+
+    #[test]
+    fn allowlisted_addresses_cannot_be_locked_out() {
+        let allow = allowlist(&["198.51.100.7/32", "192.0.2.0/24"]);
+        guard().check(&net("198.51.100.0/24"), &allow).unwrap();
+        guard().check(&net("192.0.2.0/24"), &allow).unwrap();
+    }
+
+    #[test]
+    fn a_rule_on_the_ssh_port_warns_with_the_fix() {
+        let ssh = SshSession::parse(None, Some("198.51.100.7 50022 22")).unwrap();
+        let ssh_rule = RuleSpec::named("ssh");
+        let mut web = RuleSpec::named("web");
+        web.proto = Proto::Tcp;
+        web.dport = Some("80-443".parse().unwrap());
+        let mut ssh_rule_tcp = ssh_rule.clone();
+        ssh_rule_tcp.proto = Proto::Tcp;
+        ssh_rule_tcp.dport = Some("22".parse().unwrap());
+        let warning = ssh_warning(&ssh, &allowlist(&[]), [&web, &ssh_rule_tcp]).unwrap();
+        assert!(
+            warning.ends_with("run `blocker allow 198.51.100.7 --reason \"operator ssh\"`"),
+            "{warning}"
+        );
+        assert!(warning.contains("rule \"ssh\" limits tcp/22"), "{warning}");
+        assert_eq!(ssh_warning(&ssh, &allowlist(&[]), [&web]), None);
+        assert_eq!(
+            ssh_warning(&ssh, &allowlist(&["198.51.100.0/24"]), [&ssh_rule]),
+            None
+        );
+        // A rule on any protocol and port covers SSH too.
+        assert!(ssh_warning(&ssh, &allowlist(&[]), [&ssh_rule]).is_some());
+    }
+}
