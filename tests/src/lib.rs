@@ -113,13 +113,16 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
-/// Returns false, with a message, when the test cannot run here (not root).
-pub fn can_run() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to create namespaces and load XDP");
-        return false;
-    }
-    true
+/// The first line of every integration test. The tests are marked
+/// `#[ignore = "needs root: cargo xtask test runs it"]`, so a plain `cargo test` lists them as
+/// ignored, with that reason, instead of counting them as passed; `cargo xtask test` runs them
+/// with `--include-ignored`. Run that way without root, a test fails here rather than pass
+/// without having run.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root to create network namespaces and load XDP: run `cargo xtask test` as root"
+    );
 }
 
 /// The `blocker` binary under test.

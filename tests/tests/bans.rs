@@ -2,13 +2,12 @@
 
 use std::{thread, time::Duration};
 
-use blocker_tests::{can_run, TestNet};
+use blocker_tests::{require_root, TestNet};
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn single_ip_ban_drops_only_that_source() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let banned = net.client_v4(1, 2);
@@ -24,10 +23,9 @@ fn single_ip_ban_drops_only_that_source() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn cidr_ban_covers_the_range_and_stops_at_its_edge() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let range = format!("{}/24", net.client_v4(1, 0));
@@ -41,10 +39,9 @@ fn cidr_ban_covers_the_range_and_stops_at_its_edge() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn ipv6_64_ban_covers_the_prefix() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let inside = net.client_v6(0xb10c, 2);
@@ -58,10 +55,9 @@ fn ipv6_64_ban_covers_the_prefix() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn allowlist_beats_ban() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let client = net.client_v4(1, 2);
@@ -85,10 +81,9 @@ fn allowlist_beats_ban() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn temporary_ban_expires_by_itself() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let client = net.client_v4(1, 2);
@@ -106,10 +101,9 @@ fn temporary_ban_expires_by_itself() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn short_ban_inside_a_permanent_range_does_not_open_a_hole_when_it_expires() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let client = net.client_v4(1, 2);
@@ -122,10 +116,9 @@ fn short_ban_inside_a_permanent_range_does_not_open_a_hole_when_it_expires() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn unban_restores_traffic() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let v4 = net.client_v4(1, 2);
@@ -140,10 +133,9 @@ fn unban_restores_traffic() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn blocking_continues_after_the_loading_process_is_killed() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     let socket = net.state_dir.path().join("run.sock");
     let mut run = net.spawn_in_server(&[
@@ -184,10 +176,9 @@ fn blocking_continues_after_the_loading_process_is_killed() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn unload_then_load_restores_bans_from_the_state_file() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let permanent = net.client_v4(1, 2);
@@ -234,10 +225,9 @@ fn unload_then_load_restores_bans_from_the_state_file() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn import_and_export_round_trip() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let client = net.client_v4(1, 2);

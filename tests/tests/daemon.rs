@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blocker_tests::{blocker_bin, can_run, TestNet};
+use blocker_tests::{blocker_bin, require_root, TestNet};
 
 /// A daemon in the server namespace, stopped on drop.
 struct DaemonGuard {
@@ -127,10 +127,9 @@ fn json(text: &str) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn offenses_ban_at_the_threshold_and_not_before_and_the_ban_expires() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let (net, daemon) = loaded_with_daemon("3s");
     let client = net.client_v4(1, 2);
     let offense =
@@ -186,10 +185,9 @@ fn offenses_ban_at_the_threshold_and_not_before_and_the_ban_expires() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn check_config_names_the_line_of_an_error() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     let good = config(&net, "1h");
     let run = net.blocker(&["daemon", "--check-config", &good]);
@@ -208,10 +206,9 @@ fn check_config_names_the_line_of_an_error() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn bad_requests_get_4xx_and_change_nothing() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let (net, daemon) = loaded_with_daemon("1h");
     let before = net.state_text();
     let huge = format!(
@@ -240,10 +237,9 @@ fn bad_requests_get_4xx_and_change_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn scores_survive_a_daemon_restart() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     let config = config(&net, "1h");
     net.load(&["--config", &config]).ok();
@@ -275,10 +271,9 @@ fn scores_survive_a_daemon_restart() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn metrics_parse_with_promtool_and_move_with_traffic() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let (net, daemon) = loaded_with_daemon("1h");
     let value = |metrics: &str, series: &str| -> f64 {
         metrics

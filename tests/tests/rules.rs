@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blocker_tests::{can_run, in_netns, recent_ruleset, TestNet};
+use blocker_tests::{in_netns, recent_ruleset, require_root, TestNet};
 
 /// A rate rule on `port` in TOML.
 fn rate_rule(port: u16, seconds: u32, blacklist: &str, refresh: bool) -> String {
@@ -24,10 +24,9 @@ fn sleep_until(deadline: Instant) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn the_seed_gives_exactly_three_tries_and_refresh_keeps_the_attacker_out() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     let listener = net.tcp_listener(net.server_v4());
     net.load_with_rules(&rate_rule(listener.port(), 4, "3s", true))
@@ -76,10 +75,9 @@ fn the_seed_gives_exactly_three_tries_and_refresh_keeps_the_attacker_out() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn without_refresh_the_entry_expires_on_schedule() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     let listener = net.tcp_listener(net.server_v4());
     net.load_with_rules(&rate_rule(listener.port(), 2, "3s", false))
@@ -159,10 +157,9 @@ fn install_recent_ruleset(net: &TestNet, port: u16) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn same_decisions_as_the_recent_module() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let seed = std::env::var("BLOCKER_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -254,10 +251,9 @@ fn same_decisions_as_the_recent_module() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn reject_refuses_at_once_over_tcp_udp_and_ipv6() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.attach_client_xdp();
     let tcp4 = net.tcp_listener(net.server_v4());
@@ -323,10 +319,9 @@ fn reject_refuses_at_once_over_tcp_udp_and_ipv6() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn ipv6_sources_of_one_64_share_one_count() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     let listener = net.tcp_listener(net.server_v6());
     net.load_with_rules(&rate_rule(listener.port(), 30, "30s", true))
@@ -353,10 +348,9 @@ fn ipv6_sources_of_one_64_share_one_count() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn burst_rule_ten_fast_blacklist_nine_do_not_slow_never() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     let listener = net.tcp_listener(net.server_v4());
     let rule = format!(
@@ -410,10 +404,9 @@ fn burst_rule_ten_fast_blacklist_nine_do_not_slow_never() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn rules_change_at_runtime_without_touching_established_traffic() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load_with_rules("rules = []\n").ok();
     // An echo server, and an established connection from a bystander.
@@ -543,10 +536,9 @@ fn rules_change_at_runtime_without_touching_established_traffic() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn bad_rules_are_bad_input() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let before = net.state_text();

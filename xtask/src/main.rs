@@ -90,7 +90,8 @@ fn main() -> Result<()> {
             cargo_build(false)?;
             let blocker = root.join("target/debug/blocker");
             let mut test = Command::new(cargo());
-            test.args(["test", "--workspace", "--"])
+            // The integration tests are `#[ignore]`d for a plain `cargo test` (they need root).
+            test.args(["test", "--workspace", "--", "--include-ignored"])
                 .args(&args)
                 .env("BLOCKER_BIN", &blocker);
             run(&mut test)?;
