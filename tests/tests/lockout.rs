@@ -1,0 +1,203 @@
+//! Operators cannot lock themselves out by accident: bans of huge ranges, of the SSH session's
+//! source or of the host's own addresses need `--force`, and `load` warns when a rule limits
+//! the operator's unallowlisted SSH source.
+
+use std::process::{Command, Stdio};
+
+use blocker_tests::{blocker_bin, require_root, Run, TestNet};
+
+/// `blocker ARGS` with this test's pins and state, `env` set and no SSH session inherited from
+/// whoever runs the tests; in the server namespace (whose addresses are "this host") with
+/// `in_server`.
+fn blocker(net: &TestNet, in_server: bool, env: &[(&str, &str)], args: &[&str]) -> Run {
+    blocker_with_stdin(net, in_server, env, args, "")
+}
+
+fn blocker_with_stdin(
+    net: &TestNet,
+    in_server: bool,
+    env: &[(&str, &str)],
+    args: &[&str],
+    input: &str,
+) -> Run {
+    use std::io::Write;
+    let mut command = if in_server {
+        let mut nsenter = Command::new("nsenter");
+        nsenter
+            .arg(format!("--net=/run/netns/{}", net.server_ns))
+            .arg(blocker_bin());
+        nsenter
+    } else {
+        Command::new(blocker_bin())
+    };
+    command
+        .args(args)
+        .env("BLOCKER_PIN_DIR", &net.pin_dir)
+        .env("BLOCKER_STATE", net.state_path())
+        .env("RUST_LOG", "info")
+        .env_remove("SSH_CONNECTION")
+        .env_remove("SSH_CLIENT")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("running blocker");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("writing stdin");
+    child
+        .wait_with_output()
+        .expect("waiting for blocker")
+        .into()
+}
+
+/// `SSH_CONNECTION` as sshd sets it for a session from `client` to the server's port 22.
+fn ssh_from(net: &TestNet, client: std::net::IpAddr) -> String {
+    format!("{client} 50022 {} 22", net.server_for(client))
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn bans_that_lock_the_operator_out_need_force() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let operator = net.client_v4(1, 2);
+    let neighbour = net.client_v4(1, 3);
+    let subnet = format!("{}/24", net.client_v4(1, 0));
+    let ssh = ssh_from(&net, operator);
+    let session = [("SSH_CONNECTION", ssh.as_str())];
+    let state_before = net.state_text();
+    let (operator_text, server_text) = (operator.to_string(), net.server_v4().to_string());
+    let ssh_client = format!("::ffff:{operator} 50022 22");
+    let old_style_session = [("SSH_CLIENT", ssh_client.as_str())];
+    let server_subnet6 = format!("{}/64", net.client_v6(0xb10c, 0));
+    let allow_hint = format!("`blocker allow {operator} --reason \"operator ssh\"`");
+
+    let refusals: Vec<(&[(&str, &str)], bool, Vec<&str>, String)> = vec![
+        (&[], false, vec!["ban", "0.0.0.0/0"], "refusing to ban 0.0.0.0/0: it is wider than a /8".into()),
+        (&[], false, vec!["ban", "::/0"], "refusing to ban ::/0: it is wider than a /16".into()),
+        (&[], false, vec!["ban", "192.0.2.1", "128.0.0.0/1"], "refusing to ban 128.0.0.0/1".into()),
+        (
+            &session,
+            false,
+            vec!["ban", &subnet, "--for", "1h"],
+            format!("refusing to ban {subnet}: it covers {operator}, the source of your SSH session (SSH_CONNECTION); allowlist it first with {allow_hint}"),
+        ),
+        (
+            &old_style_session,
+            false,
+            vec!["ban", &operator_text],
+            format!("it covers {operator}, the source of your SSH session (SSH_CLIENT)"),
+        ),
+        (
+            &[],
+            true,
+            vec!["ban", &server_text],
+            format!("it covers {}, an address of this host", net.server_v4()),
+        ),
+        (
+            &[],
+            true,
+            vec!["ban", &server_subnet6],
+            format!("it covers {}, an address of this host", net.server_v6()),
+        ),
+    ];
+    for (env, in_server, args, message) in &refusals {
+        let run = blocker(&net, *in_server, env, args);
+        assert_eq!(run.code, 2, "{args:?} was not refused: {}", run.stderr);
+        assert!(
+            run.stderr.contains(message.as_str()),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("add --force to ban it anyway"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(net.state_text(), state_before, "{args:?} changed the state");
+    }
+    // `import` checks every line, and names the one it refuses.
+    let list = format!("192.0.2.1 # fine\n{subnet} # the operator's network\n");
+    let run = blocker_with_stdin(&net, false, &session, &["import", "-"], &list);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("stdin:2: refusing to ban {subnet}")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        net.state_text(),
+        state_before,
+        "a refused import changed the state"
+    );
+    assert!(net.reaches(operator), "the operator still gets through");
+
+    // --force bans it all the same, and the ban works.
+    blocker(&net, false, &session, &["ban", &subnet, "--force"]).ok();
+    assert!(!net.reaches(operator));
+    net.blocker(&["unban", &subnet]).ok();
+    blocker_with_stdin(&net, false, &session, &["import", "-", "--force"], &list).ok();
+    assert!(!net.reaches(neighbour));
+    net.blocker(&["unban", &subnet]).ok();
+
+    // An allowlisted source cannot be locked out (the allowlist wins), so no --force is needed.
+    net.blocker(&["allow", &operator.to_string(), "--reason", "operator ssh"])
+        .ok();
+    blocker(&net, false, &session, &["ban", &subnet]).ok();
+    assert!(net.reaches(operator), "the allowlisted operator passes");
+    assert!(!net.reaches(neighbour), "the rest of the range is banned");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn load_warns_once_when_the_ssh_rule_covers_the_operator() {
+    require_root();
+    let net = TestNet::new();
+    let operator = net.client_v4(1, 2);
+    let ssh = ssh_from(&net, operator);
+    let session = [("SSH_CONNECTION", ssh.as_str())];
+    let fix = format!("run `blocker allow {operator} --reason \"operator ssh\"`");
+    let iface = net.server_if.as_str();
+
+    // The built-in `ssh` rule limits tcp/22, and the operator is not allowlisted.
+    let run = blocker(&net, true, &session, &["load", "--iface", iface]).ok();
+    assert_eq!(run.stderr.matches(&fix).count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("rule \"ssh\" limits tcp/22"),
+        "{}",
+        run.stderr
+    );
+
+    // Following the advice silences it.
+    net.blocker(&["allow", &operator.to_string(), "--reason", "operator ssh"])
+        .ok();
+    net.blocker(&["unload"]).ok();
+    let run = blocker(&net, true, &session, &["load", "--iface", iface]).ok();
+    assert!(!run.stderr.contains("SSH session"), "{}", run.stderr);
+
+    // No SSH session, or no rule on its port: nothing to warn about.
+    net.blocker(&["allow", "--remove", &operator.to_string()])
+        .ok();
+    net.blocker(&["unload"]).ok();
+    let run = blocker(&net, true, &[], &["load", "--iface", iface]).ok();
+    assert!(!run.stderr.contains("SSH session"), "{}", run.stderr);
+    net.blocker(&["unload"]).ok();
+    let web_only = net.config(
+        "web.toml",
+        "[[rules]]\nname = \"web\"\nproto = \"tcp\"\ndport = \"80-443\"\n",
+    );
+    let run = blocker(
+        &net,
+        true,
+        &session,
+        &["load", "--iface", iface, "--config", &web_only],
+    )
+    .ok();
+    assert!(!run.stderr.contains("SSH session"), "{}", run.stderr);
+}
