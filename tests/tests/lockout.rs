@@ -71,56 +71,64 @@ fn bans_that_lock_the_operator_out_need_force() {
     let ssh = ssh_from(&net, operator);
     let session = [("SSH_CONNECTION", ssh.as_str())];
     let state_before = net.state_text();
-    let (operator_text, server_text) = (operator.to_string(), net.server_v4().to_string());
-    let ssh_client = format!("::ffff:{operator} 50022 22");
-    let old_style_session = [("SSH_CLIENT", ssh_client.as_str())];
-    let server_subnet6 = format!("{}/64", net.client_v6(0xb10c, 0));
     let allow_hint = format!("`blocker allow {operator} --reason \"operator ssh\"`");
-
-    let refusals: Vec<(&[(&str, &str)], bool, Vec<&str>, String)> = vec![
-        (&[], false, vec!["ban", "0.0.0.0/0"], "refusing to ban 0.0.0.0/0: it is wider than a /8".into()),
-        (&[], false, vec!["ban", "::/0"], "refusing to ban ::/0: it is wider than a /16".into()),
-        (&[], false, vec!["ban", "192.0.2.1", "128.0.0.0/1"], "refusing to ban 128.0.0.0/1".into()),
-        (
-            &session,
-            false,
-            vec!["ban", &subnet, "--for", "1h"],
-            format!("refusing to ban {subnet}: it covers {operator}, the source of your SSH session (SSH_CONNECTION); allowlist it first with {allow_hint}"),
-        ),
-        (
-            &old_style_session,
-            false,
-            vec!["ban", &operator_text],
-            format!("it covers {operator}, the source of your SSH session (SSH_CLIENT)"),
-        ),
-        (
-            &[],
-            true,
-            vec!["ban", &server_text],
-            format!("it covers {}, an address of this host", net.server_v4()),
-        ),
-        (
-            &[],
-            true,
-            vec!["ban", &server_subnet6],
-            format!("it covers {}, an address of this host", net.server_v6()),
-        ),
-    ];
-    for (env, in_server, args, message) in &refusals {
-        let run = blocker(&net, *in_server, env, args);
+    let refused = |env: &[(&str, &str)], in_server: bool, args: &[&str], message: &str| {
+        let run = blocker(&net, in_server, env, args);
         assert_eq!(run.code, 2, "{args:?} was not refused: {}", run.stderr);
-        assert!(
-            run.stderr.contains(message.as_str()),
-            "{args:?}: {}",
-            run.stderr
-        );
+        assert!(run.stderr.contains(message), "{args:?}: {}", run.stderr);
         assert!(
             run.stderr.contains("add --force to ban it anyway"),
             "{}",
             run.stderr
         );
         assert_eq!(net.state_text(), state_before, "{args:?} changed the state");
-    }
+    };
+    refused(
+        &[],
+        false,
+        &["ban", "0.0.0.0/0"],
+        "refusing to ban 0.0.0.0/0: it is wider than a /8",
+    );
+    refused(
+        &[],
+        false,
+        &["ban", "::/0"],
+        "refusing to ban ::/0: it is wider than a /16",
+    );
+    refused(
+        &[],
+        false,
+        &["ban", "192.0.2.1", "128.0.0.0/1"],
+        "refusing to ban 128.0.0.0/1",
+    );
+    refused(
+        &session,
+        false,
+        &["ban", &subnet, "--for", "1h"],
+        &format!(
+            "refusing to ban {subnet}: it covers {operator}, the source of your SSH session \
+             (SSH_CONNECTION); allowlist it first with {allow_hint}"
+        ),
+    );
+    let ssh_client = format!("::ffff:{operator} 50022 22");
+    refused(
+        &[("SSH_CLIENT", &ssh_client)],
+        false,
+        &["ban", &operator.to_string()],
+        &format!("it covers {operator}, the source of your SSH session (SSH_CLIENT)"),
+    );
+    refused(
+        &[],
+        true,
+        &["ban", &net.server_v4().to_string()],
+        &format!("it covers {}, an address of this host", net.server_v4()),
+    );
+    refused(
+        &[],
+        true,
+        &["ban", &format!("{}/64", net.client_v6(0xb10c, 0))],
+        &format!("it covers {}, an address of this host", net.server_v6()),
+    );
     // `import` checks every line, and names the one it refuses.
     let list = format!("192.0.2.1 # fine\n{subnet} # the operator's network\n");
     let run = blocker_with_stdin(&net, false, &session, &["import", "-"], &list);
