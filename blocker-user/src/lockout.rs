@@ -176,17 +176,19 @@ pub fn ssh_warning<'a>(
     ))
 }
 
-/// After `load`: warns once when the operator's SSH session is exposed to a rule in force.
-pub fn warn_if_ssh_exposed(state_path: &std::path::Path) -> Result<()> {
+/// After `load`: warns once when the operator's SSH session is exposed to a rule in force. A
+/// state file that cannot be read is reported by the commands that need it, not here.
+pub fn warn_if_ssh_exposed(state_path: &std::path::Path) {
     let Some(ssh) = SshSession::from_env() else {
-        return Ok(());
+        return;
     };
-    let state = crate::state::State::load(state_path)?;
+    let Ok(state) = crate::state::State::load(state_path) else {
+        return;
+    };
     let rules = state.rules.iter().flat_map(|table| &table.rules);
     if let Some(warning) = ssh_warning(&ssh, &state.allow, rules.map(|placed| &placed.spec)) {
         tracing::warn!("{warning}");
     }
-    Ok(())
 }
 
 #[cfg(test)]

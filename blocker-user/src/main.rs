@@ -536,7 +536,7 @@ fn load(
     if let Some(restored) = loaded.restored {
         info!("restored {restored} entries from {}", state_path.display());
     }
-    lockout::warn_if_ssh_exposed(state_path)?;
+    lockout::warn_if_ssh_exposed(state_path);
     Ok(loaded)
 }
 
