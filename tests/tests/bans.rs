@@ -241,7 +241,12 @@ fn import_and_export_round_trip() {
     assert!(!net.reaches(client));
     let exported = net.blocker(&["export"]).ok().stdout;
     assert_eq!(exported.lines().count(), 2002, "{exported}");
-    assert!(exported.contains(&format!("{client}/32 # zombie machine 2008-01-21")));
+    // The import was temporary (--for 1h), so the export says until when.
+    let line = exported
+        .lines()
+        .find(|line| line.starts_with(&format!("{client}/32 expires=")))
+        .unwrap_or_else(|| panic!("no expiring line for {client}: {exported}"));
+    assert!(line.ends_with(" # zombie machine 2008-01-21"), "{line}");
     let status = net.blocker(&["status", "--json"]).ok().json();
     let ban_v4 = status["maps"]
         .as_array()
