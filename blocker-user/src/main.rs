@@ -747,6 +747,7 @@ fn rule_command(pins: &PinDir, state_path: &Path, command: RuleCommand) -> anyho
             let slot = store.upsert_rule(spec)?;
             store.commit(|| {})?;
             info!("rule {} in slot {slot}", args.name);
+            lockout::warn_if_ssh_exposed(state_path);
         }
         RuleCommand::Remove { name } => {
             require_root()?;
