@@ -208,4 +208,13 @@ fn load_warns_once_when_the_ssh_rule_covers_the_operator() {
     )
     .ok();
     assert!(!run.stderr.contains("SSH session"), "{}", run.stderr);
+    // A rule added at runtime on the SSH port warns the same way.
+    let run = blocker(
+        &net,
+        false,
+        &session,
+        &["rule", "add", "ssh", "--proto", "tcp", "--dport", "22"],
+    )
+    .ok();
+    assert_eq!(run.stderr.matches(&fix).count(), 1, "{}", run.stderr);
 }
