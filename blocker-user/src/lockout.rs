@@ -16,12 +16,12 @@ use crate::{
     Error, Result,
 };
 
-/// IPv4 bans shorter than this prefix length are refused: /7 and wider span more than 33
-/// million addresses, more than any one network is assigned, so such a ban is a typo or
-/// `0.0.0.0/0`.
+/// IPv4 bans shorter than this prefix length are refused: a /7 spans 33 million addresses,
+/// more than the largest allocation any one network holds (a legacy /8), so such a ban is a
+/// slip like `0.0.0.0/0` rather than one network.
 pub const WIDEST_V4: u8 = 8;
-/// IPv6 bans shorter than this are refused: a /15 or wider spans more than a regional
-/// registry's allocations.
+/// IPv6 bans shorter than this are refused: a /15 or wider (`::/0`, `2000::/3`, all global
+/// unicast) reaches across registries, far beyond one network.
 pub const WIDEST_V6: u8 = 16;
 
 /// The operator's SSH session, as sshd describes it in the environment.
