@@ -8,18 +8,40 @@ use blocker_tests::require_root;
 /// The unprivileged user the test binary is re-run as.
 const NOBODY: u32 = 65534;
 
-/// Re-runs this very test as `nobody`, with `extra` harness arguments.
+/// Re-runs this very test as `nobody`, with `extra` harness arguments. It runs a copy in a
+/// directory `nobody` may enter: the build directory may be under root's home.
 fn this_test_as_nobody(extra: &[&str]) -> (bool, String) {
-    let out = Command::new(std::env::current_exe().expect("test binary path"))
-        .args([
-            "--exact",
-            "root_tests_are_ignored_without_root_and_fail_if_forced",
-        ])
-        .args(extra)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .expect("re-running the test binary as nobody");
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("opening the temp dir to nobody");
+    let copy = dir.path().join("harness");
+    std::fs::copy(std::env::current_exe().expect("test binary path"), &copy)
+        .expect("copying the test binary");
+    let run = || {
+        Command::new(&copy)
+            .args([
+                "--exact",
+                "root_tests_are_ignored_without_root_and_fail_if_forced",
+            ])
+            .args(extra)
+            .current_dir(dir.path())
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+    };
+    // A process another test thread forks while the copy is being written holds it open for
+    // writing until that process execs: "text file busy" for a moment.
+    let mut tries = 0;
+    let out = loop {
+        match run() {
+            Err(err) if err.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => break result.expect("re-running the test binary as nobody"),
+        }
+    };
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
