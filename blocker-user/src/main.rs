@@ -901,9 +901,18 @@ fn import(
     }
     require_root()?;
     let mut store = Store::open(pins, state_path)?;
+    let (live, expired): (Vec<_>, Vec<_>) = entries
+        .iter()
+        .partition(|entry| entry.expires_at.is_none_or(|at| at > store.now.wall));
+    if !expired.is_empty() {
+        warn!(
+            "{source}: skipped {} entries whose expires= time has passed",
+            expired.len()
+        );
+    }
     if !force {
         let guard = Guard::detect()?;
-        for entry in &entries {
+        for entry in &live {
             guard
                 .check(&entry.net, &store.state.allow)
                 .map_err(|err| Error::InvalidListLine {
@@ -914,15 +923,6 @@ fn import(
         }
     }
     let default_expiry = expiry(store.now.wall, duration)?;
-    let (live, expired): (Vec<_>, Vec<_>) = entries
-        .iter()
-        .partition(|entry| entry.expires_at.is_none_or(|at| at > store.now.wall));
-    if !expired.is_empty() {
-        warn!(
-            "{source}: skipped {} entries whose expires= time has passed",
-            expired.len()
-        );
-    }
     for entry in &live {
         let expires_at = entry.expires_at.or(default_expiry);
         store.ban(&[entry.net], expires_at, entry.reason.as_deref());

@@ -206,9 +206,19 @@ fn export_then_import_keeps_temporary_bans_temporary() {
         .ok();
     assert!(net.reaches(temporary));
 
-    // An older export line without expires= still imports, as a permanent ban.
-    let list = format!("{exported}192.0.2.9 # from an older export\n");
-    net.blocker_with_stdin(&["import", "-"], &list).ok();
+    // An older export line without expires= still imports, as a permanent ban; a line whose
+    // time has passed is skipped.
+    let list = format!(
+        "{exported}192.0.2.9 # from an older export\n\
+         192.0.2.10 expires=2001-01-01T00:00:00Z # long gone\n"
+    );
+    let run = net.blocker_with_stdin(&["import", "-"], &list).ok();
+    assert!(
+        run.stderr
+            .contains("stdin: skipped 1 entries whose expires= time has passed"),
+        "{}",
+        run.stderr
+    );
     let after = net.blocker(&["list", "--json"]).ok().json();
     let row = |list: &serde_json::Value, addr: String| {
         list.as_array()
@@ -225,6 +235,7 @@ fn export_then_import_keeps_temporary_bans_temporary() {
         assert_eq!(is["reason"], was["reason"]);
     }
     assert_eq!(row(&after, "192.0.2.9/32".into())["kind"], "permanent");
+    assert_eq!(after.as_array().map(Vec::len), Some(3), "{after}");
 
     // The kernel has the expiry too: the imported ban lifts on time.
     assert!(!net.reaches(temporary));
