@@ -102,6 +102,7 @@ impl Error {
                 | Error::NoSuchRule(_)
                 | Error::InvalidOffense(_)
                 | Error::InvalidConfig { .. }
+                | Error::StateElsewhere { .. }
         )
     }
 

@@ -338,6 +338,65 @@ mod tests {
     }
 
     #[test]
+    fn saving_keeps_a_last_good_copy_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let stray = dir.path().join(".state.x7Yz01");
+        fs::write(&stray, "killed writer").unwrap();
+        let mut state = State::default();
+        state
+            .bans
+            .insert("10.0.0.0/8".parse().unwrap(), entry(None));
+        state.save(&path).unwrap();
+        assert_eq!(State::load(&last_good_path(&path)).unwrap(), state);
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, ["state.json", "state.json.last-good"]);
+    }
+
+    #[test]
+    fn a_boot_falls_back_to_the_last_good_copy_and_leaves_the_damaged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut state = State::default();
+        state
+            .bans
+            .insert("10.0.0.0/8".parse().unwrap(), entry(None));
+        state.save(&path).unwrap();
+        fs::write(&path, "{not json").unwrap();
+        let (read, damaged) = State::read_for_boot(&path).unwrap();
+        assert_eq!(read, Some(state));
+        assert!(damaged.is_some());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{not json");
+        fs::remove_file(last_good_path(&path)).unwrap();
+        let (read, damaged) = State::read_for_boot(&path).unwrap();
+        assert_eq!(read, Some(State::default()));
+        assert!(damaged.is_some());
+    }
+
+    #[test]
+    fn rules_are_checked_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut rules = RuleTable::from_specs(&[crate::rules::RuleSpec::ssh()]).unwrap();
+        rules.rules[0].slot = 32;
+        let state = State {
+            rules: Some(rules),
+            ..State::default()
+        };
+        state.save(&path).unwrap();
+        let err = State::read(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("slot 32; slots are 0 to 31"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn pruning_drops_only_expired_entries() {
         let mut state = State::default();
         state

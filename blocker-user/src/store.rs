@@ -621,7 +621,12 @@ pub fn restore(
     }
     store.fresh_maps = true;
     store.before = State::default();
-    let restored = store.state.bans.len() + store.state.allow.len();
+    // Bans the wall clock calls expired are kept, but not counted: the kernel ignores them.
+    let restored = {
+        let now = store.now.wall;
+        let in_force = store.state.bans.values().filter(|e| !e.is_expired(now));
+        in_force.count() + store.state.allow.len()
+    };
     match damaged {
         None => store.write(|| {}, true)?,
         Some(damaged) => {
@@ -713,6 +718,43 @@ mod tests {
     fn families_do_not_cover_each_other() {
         let image = kernel_image(&state(&[("::/0", None), ("10.0.0.1/32", Some(60))]), &now());
         assert_eq!(expiry(&image, "10.0.0.1/32"), 5_060);
+    }
+
+    #[test]
+    fn kernel_expiries_within_a_second_or_both_past_are_not_rewritten() {
+        let wanted = kernel_image(
+            &state(&[
+                ("10.0.0.1/32", Some(60)),
+                ("10.0.0.2/32", Some(60)),
+                ("10.0.0.3/32", Some(-10)),
+                ("10.0.0.4/32", None),
+            ]),
+            &now(),
+        );
+        let mut kernel = KernelImage::default();
+        for (net, expiry) in [
+            ("10.0.0.1/32", 5_059),
+            ("10.0.0.2/32", 5_050),
+            ("10.0.0.3/32", 4_000),
+            ("10.0.0.4/32", 5_060),
+            ("10.0.0.5/32", BAN_PERMANENT),
+        ] {
+            kernel.bans.insert(net.parse().unwrap(), expiry);
+        }
+        let matched = kernel.matched_to(&wanted, &now());
+        assert_eq!(expiry(&matched, "10.0.0.1/32"), 5_060, "rounding");
+        assert_eq!(expiry(&matched, "10.0.0.2/32"), 5_050, "a real difference");
+        assert_eq!(expiry(&matched, "10.0.0.3/32"), 1, "both past");
+        assert_eq!(
+            expiry(&matched, "10.0.0.4/32"),
+            5_060,
+            "permanent is not close"
+        );
+        assert_eq!(
+            expiry(&matched, "10.0.0.5/32"),
+            BAN_PERMANENT,
+            "an orphan stays"
+        );
     }
 
     #[test]

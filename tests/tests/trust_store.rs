@@ -123,7 +123,7 @@ fn every_command_uses_the_state_file_load_recorded() {
     let other = net.state_dir.path().join("other.json");
     let other = other.to_str().unwrap();
     let run = net.blocker(&["--state", other, "ban", &net.client_v4(1, 2).to_string()]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("keeps its state in"), "{}", run.stderr);
     assert!(!Path::new(other).exists());
     assert!(net.reaches(net.client_v4(1, 2)), "nothing was banned");
@@ -148,7 +148,7 @@ fn every_command_uses_the_state_file_load_recorded() {
     // refused while loaded.
     let config = net.config("state.toml", &format!("[daemon]\nstate = \"{other}\"\n"));
     let run = without_state_env(&["load", "--iface", "lo", "--config", &config]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("keeps its state in"), "{}", run.stderr);
 }
 
@@ -342,5 +342,71 @@ fn writers_leave_no_temporary_files() {
     assert_eq!(
         fs::read(net.state_path()).unwrap(),
         fs::read(net.state_dir.path().join("state.json.last-good")).unwrap()
+    );
+}
+
+#[test]
+fn sighup_keeps_the_history_of_unchanged_rules() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let listener = net.tcp_listener(net.server_v4());
+    let config = net.config("rules.toml", &rate_rule(listener.port()));
+    net.load(&["--config", &config]).ok();
+    let port = (20_000 + net.id % 20_000).to_string();
+    let socket = net.state_dir.path().join("blocker.sock");
+    let mut daemon = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", net.server_ns))
+        .arg(blocker_bin())
+        .args(["daemon", "--config", &config, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--socket")
+        .arg(&socket)
+        .env("BLOCKER_PIN_DIR", &net.pin_dir)
+        .env("BLOCKER_STATE", net.state_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting blocker daemon");
+    let (lines, log) = std::sync::mpsc::channel();
+    let stderr = daemon.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return,
+                Ok(_) => {}
+                Err(err) => panic!("the daemon did not log {what:?}: {err}"),
+            }
+        }
+    };
+    // The daemon is up once it reads the event ring; then the attacker knocks three times.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let attacker = net.client_v4(1, 2);
+    for attempt in 1..=3 {
+        assert!(net.tcp_connects(attacker, listener), "try {attempt} passes");
+    }
+    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    wait_for("rules reloaded");
+    let fourth = net.tcp_connects(attacker, listener);
+    let fifth = net.tcp_connects(attacker, listener);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        !fourth && !fifth,
+        "the 4th and 5th are counted with the first three"
     );
 }
