@@ -36,7 +36,10 @@ const LAYOUT_VERSION: u32 = 1;
 /// The layout of the maps this build pins: a version and the size of every key and value, so
 /// pins left by a build that lays them out differently are never reused.
 pub fn layout() -> String {
-    use blocker_common::*;
+    use blocker_common::{
+        AllowValue, BanValue, BlacklistEntry, Counter, Event, History, HistoryKey, Rule, RuleStats,
+        Settings, SourceKey, MAX_RULES,
+    };
     use std::mem::size_of;
     let sizes = [
         size_of::<BanValue>(),

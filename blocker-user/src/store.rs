@@ -457,10 +457,13 @@ impl Store {
         *self.state.issued.entry(source.to_string()).or_default() += count;
     }
 
-    /// Removes bans; returns the prefixes that were not banned.
+    /// Removes bans; returns the prefixes that were banned neither in the state nor in the
+    /// kernel (an entry only the kernel has is removed all the same by [`Store::commit`]).
     pub fn unban(&mut self, nets: &[IpNet]) -> Vec<IpNet> {
         nets.iter()
-            .filter(|net| self.state.bans.remove(net).is_none())
+            .filter(|net| {
+                self.state.bans.remove(net).is_none() && !self.kernel.bans.contains_key(net)
+            })
             .copied()
             .collect()
     }
@@ -481,10 +484,13 @@ impl Store {
         }
     }
 
-    /// Removes allowlist entries; returns the prefixes that were not on it.
+    /// Removes allowlist entries; returns the prefixes that were on it neither in the state
+    /// nor in the kernel.
     pub fn disallow(&mut self, nets: &[IpNet]) -> Vec<IpNet> {
         nets.iter()
-            .filter(|net| self.state.allow.remove(net).is_none())
+            .filter(|net| {
+                self.state.allow.remove(net).is_none() && !self.kernel.allow.contains(net)
+            })
             .copied()
             .collect()
     }

@@ -98,6 +98,14 @@ fn writers_change_the_maps_from_what_they_really_hold() {
         net.reaches(orphan),
         "a ban the state does not have is removed from the kernel, not kept apart"
     );
+    // `unban` removes a ban only the kernel has, and says so.
+    let before = fs::read_to_string(net.state_path()).unwrap();
+    net.blocker(&["ban", &orphan.to_string()]).ok();
+    fs::write(net.state_path(), before).unwrap();
+    assert!(!net.reaches(orphan));
+    let run = net.blocker(&["unban", &orphan.to_string()]).ok();
+    assert!(!run.stderr.contains("was not banned"), "{}", run.stderr);
+    assert!(net.reaches(orphan));
     // And the reverse: an entry of the state missing from the kernel is written back.
     let mut state = read_json(&net.state_path());
     let missing = net.add_client_v4(4);
