@@ -523,7 +523,6 @@ impl Store {
     fn write(mut self, progress: impl FnMut(), save: bool) -> Result<()> {
         let after = kernel_image(&self.state, &self.now);
         let before = std::mem::take(&mut self.kernel).matched_to(&after, &self.now);
-        self.maps.apply(&before, &after, progress)?;
         let kernel_rules_differ = match &self.state.rules {
             Some(rules) => {
                 rules
@@ -537,6 +536,7 @@ impl Store {
         };
         let rules_changed =
             self.fresh_maps || kernel_rules_differ || self.state.rules != self.before.rules;
+        self.maps.apply(&before, &after, progress)?;
         let result = match &self.state.rules {
             Some(rules) if rules_changed => {
                 let previous = self.before.rules.as_ref().filter(|_| !self.fresh_maps);
