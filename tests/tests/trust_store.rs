@@ -334,12 +334,13 @@ fn writers_leave_no_temporary_files() {
     }
     let net = TestNet::new();
     net.load(&[]).ok();
-    let stray = net.state_dir.path().join(".state.Ab12Cd");
-    fs::write(&stray, "left by a killed writer").unwrap();
+    // What a writer killed midway leaves is the one temporary file the next writer reuses.
+    let left = net.state_dir.path().join(".state.json.tmp");
+    fs::write(&left, "{\"version\": 1, \"ba").unwrap();
     net.blocker(&["ban", &net.client_v4(1, 2).to_string()]).ok();
     assert!(
-        !stray.exists(),
-        "a killed writer's temporary file is removed"
+        !left.exists(),
+        "a killed writer's temporary file is taken over"
     );
     let names: Vec<String> = fs::read_dir(net.state_dir.path())
         .unwrap()
