@@ -332,3 +332,52 @@ pub fn require_root() -> Result<()> {
         Err(Error::NotRoot)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_state_wins_and_another_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = PinDir::new(dir.path().join("pins"));
+        fs::create_dir_all(&pins.path).unwrap();
+        let state = dir.path().join("state.json");
+        let other = dir.path().join("other.json");
+        assert_eq!(
+            pins.state_path(Some(&other)).unwrap(),
+            other,
+            "nothing recorded"
+        );
+        assert_eq!(
+            pins.state_path(None).unwrap(),
+            Path::new(crate::state::DEFAULT_STATE_PATH)
+        );
+        pins.record_state(&state).unwrap();
+        assert_eq!(pins.state_path(None).unwrap(), state);
+        let via_link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &via_link).unwrap();
+        assert_eq!(
+            pins.state_path(Some(&via_link.join("state.json"))).unwrap(),
+            state,
+            "the same file by another path"
+        );
+        let err = pins.state_path(Some(&other)).unwrap_err();
+        assert!(err.is_bad_input());
+        assert!(err.to_string().contains("keeps its state in"), "{err}");
+    }
+
+    #[test]
+    fn pins_without_this_layout_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = PinDir::new(dir.path());
+        let err = pins.require_layout().unwrap_err();
+        assert!(err.to_string().contains("no layout recorded"), "{err}");
+        std::os::unix::fs::symlink("v0-1.2.3", dir.path().join(LAYOUT_LINK)).unwrap();
+        let err = pins.require_layout().unwrap_err();
+        assert!(err.to_string().contains("v0-1.2.3"), "{err}");
+        fs::remove_file(dir.path().join(LAYOUT_LINK)).unwrap();
+        pins.record_layout().unwrap();
+        assert!(pins.require_layout().is_ok());
+    }
+}
