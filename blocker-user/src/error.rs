@@ -70,6 +70,28 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("pins in {} are from another blocker layout ({found}; this build uses {expected}): run `blocker unload` to remove them, then `blocker load`", dir.display())]
+    PinLayout {
+        dir: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("blocker loaded in {} keeps its state in {}, not {}: drop --state (and BLOCKER_STATE, [daemon] state), or unload first", pin_dir.display(), recorded.display(), given.display())]
+    StateElsewhere {
+        pin_dir: PathBuf,
+        recorded: PathBuf,
+        given: PathBuf,
+    },
+    #[error("state file {} does not exist but blocker is loaded in {} with {entries} entries and {rules} rules; nothing was changed: put the file back (the last good copy is {}), or run `blocker unload` and `blocker load` to start empty", path.display(), pin_dir.display(), last_good.display())]
+    StateMissing {
+        path: PathBuf,
+        pin_dir: PathBuf,
+        entries: usize,
+        rules: usize,
+        last_good: PathBuf,
+    },
+    #[error("Linux {running} is too old: blocker needs 5.18 or later (bpf_loop is 5.17, bpf_xdp_load_bytes 5.18)")]
+    KernelTooOld { running: String },
 }
 
 impl Error {
@@ -87,6 +109,7 @@ impl Error {
                 | Error::NoSuchRule(_)
                 | Error::InvalidOffense(_)
                 | Error::InvalidConfig { .. }
+                | Error::StateElsewhere { .. }
         )
     }
 

@@ -1,9 +1,10 @@
 //! Loading the XDP program, attaching it to an interface and pinning it; and the reverse.
 
-use std::{fs, path::Path};
+use std::path::Path;
 
 use aya::{
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use blocker_common::{
@@ -49,6 +50,9 @@ pub fn load(
     config: &Config,
 ) -> Result<Loaded> {
     require_root()?;
+    let running = KernelVersion::current()
+        .map_err(|err| Error::Unsupported(format!("reading the kernel version: {err}")))?;
+    require_kernel(running)?;
     pins.require_bpffs()?;
     let if_index = nix::net::if_::if_nametoindex(iface)
         .map_err(|_| Error::NoSuchInterface(iface.to_string()))?;
@@ -58,7 +62,50 @@ pub fn load(
         return Err(Error::AlreadyLoaded(iface.to_string()));
     }
     let fresh = !pins.maps_pinned();
+    if fresh {
+        // What a failed or interrupted load left (some maps, records) is never reused.
+        pins.remove_pins_and_records()?;
+        pins.record_layout()?;
+        pins.record_state(state_path)?;
+    } else {
+        pins.require_layout()?;
+        if pins.recorded_state().is_none() {
+            pins.record_state(state_path)?;
+        }
+    }
+    let result = load_restore_attach(pins, state_path, (iface, if_index), mode, config, fresh);
+    drop(lock);
+    if result.is_err() && fresh {
+        // Leave nothing behind that would make the next load think maps are in use.
+        if let Err(err) = pins.remove_all() {
+            warn!("cleaning up after the failed load: {err}");
+        }
+    }
+    result
+}
 
+/// The minimum kernel: `bpf_loop` came in 5.17 and `bpf_xdp_load_bytes` in 5.18.
+pub const MIN_KERNEL: KernelVersion = KernelVersion::new(5, 18, 0);
+
+/// Refuses a kernel older than [`MIN_KERNEL`] before anything is loaded, rather than with a
+/// verifier message about an unknown helper.
+pub fn require_kernel(running: KernelVersion) -> Result<()> {
+    if running < MIN_KERNEL {
+        return Err(Error::KernelTooOld {
+            running: running.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn load_restore_attach(
+    pins: &PinDir,
+    state_path: &Path,
+    (iface, if_index): (&str, u32),
+    mode: ModeChoice,
+    config: &Config,
+    fresh: bool,
+) -> Result<Loaded> {
     let mut loader = EbpfLoader::new();
     let map_paths: Vec<_> = ALL_MAPS
         .iter()
@@ -78,20 +125,14 @@ pub fn load(
     let mut ebpf = loader.load(EBPF_OBJECT)?;
 
     let config_rules = config.rules.as_deref();
-    let result = restore_and_attach(
+    let (attachment, restored) = restore_and_attach(
         pins,
         state_path,
         (iface, if_index),
         mode,
         (fresh, config_rules),
         &mut ebpf,
-    );
-    drop(lock);
-    if result.is_err() && fresh {
-        // Leave nothing behind that would make the next load think maps are in use.
-        remove_map_pins(pins);
-    }
-    let (attachment, restored) = result?;
+    )?;
     Ok(Loaded {
         attachment,
         restored,
@@ -171,18 +212,12 @@ fn restore_and_attach(
     Ok((attachment, restored))
 }
 
-fn remove_map_pins(pins: &PinDir) {
-    for name in ALL_MAPS {
-        let _ = fs::remove_file(pins.map_path(name));
-    }
-}
-
 /// Detaches from `iface` (or every interface) by removing the link pins; once no interface is
 /// left, removes the map pins and the directory. The state file is kept.
 pub fn unload(pins: &PinDir, iface: Option<&str>) -> Result<Vec<Attachment>> {
     require_root()?;
     let attached = pins.attachments()?;
-    if attached.is_empty() && !pins.maps_pinned() {
+    if attached.is_empty() && !pins.path.exists() {
         return Err(Error::NotLoaded(pins.path.clone()));
     }
     let _lock = pins.lock()?;
@@ -211,9 +246,24 @@ pub fn unload(pins: &PinDir, iface: Option<&str>) -> Result<Vec<Attachment>> {
             .map_err(Error::io(format!("removing {}", path.display())))?;
     }
     if pins.attachments()?.is_empty() {
-        remove_map_pins(pins);
-        let _ = fs::remove_dir(pins.links_dir());
-        let _ = fs::remove_dir(&pins.path);
+        pins.remove_all()?;
     }
     Ok(targets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_before_5_18_are_refused_by_name() {
+        let err = require_kernel(KernelVersion::new(5, 17, 15)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Linux 5.17.15 is too old: blocker needs 5.18 or later (bpf_loop is 5.17, \
+             bpf_xdp_load_bytes 5.18)"
+        );
+        assert!(require_kernel(KernelVersion::new(5, 18, 0)).is_ok());
+        assert!(require_kernel(KernelVersion::new(6, 1, 0)).is_ok());
+    }
 }

@@ -21,7 +21,7 @@ use blocker::{
     offense::{Level, Severity},
     pins::{require_root, PinDir, DEFAULT_PIN_DIR},
     rules::{self, PortRange, RuleSpec},
-    state::{State, DEFAULT_STATE_PATH},
+    state::State,
     status,
     store::Store,
     text::{self, escape},
@@ -53,9 +53,10 @@ struct Cli {
     /// Directory in bpffs holding the pinned maps and links.
     #[arg(long, global = true, env = "BLOCKER_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
-    /// State file with every ban and allowlist entry, restored by `load`.
-    #[arg(long, global = true, env = "BLOCKER_STATE", default_value = DEFAULT_STATE_PATH)]
-    state: PathBuf,
+    /// State file with every ban and allowlist entry, restored by `load` [default:
+    /// /var/lib/blocker/state.json]. Once loaded, every command uses the file `load` used.
+    #[arg(long, global = true, env = "BLOCKER_STATE")]
+    state: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -381,18 +382,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let pins = PinDir::new(&cli.pin_dir);
-    let state_path = cli.state.as_path();
+    let explicit_state = cli.state.as_deref();
+    let state_path = &pins.state_path(explicit_state)?;
     match cli.command {
         Command::Load(args) => {
             let config = Config::load_or_default(args.config.as_deref())?;
-            load(&pins, state_path, &args, &config)?;
+            let state_path = pins.state_path(explicit_state.or(config.daemon.state.as_deref()))?;
+            load(&pins, &state_path, &args, &config)?;
         }
         Command::Run {
             load: args,
             keep,
             listen,
             socket,
-        } => run_foreground(&pins, state_path, &args, keep, (listen, socket))?,
+        } => run_foreground(&pins, explicit_state, &args, keep, (listen, socket))?,
         Command::Unload { iface } => {
             for attachment in loader::unload(&pins, iface.as_deref())? {
                 info!("detached from {}", attachment.iface);
@@ -483,10 +486,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let config = Config::load_or_default(args.config.as_deref())?;
-            let state_path = match (&config.daemon.state, std::env::var_os("BLOCKER_STATE")) {
-                (Some(path), None) if state_path == Path::new(DEFAULT_STATE_PATH) => path.clone(),
-                _ => state_path.to_path_buf(),
-            };
+            let state_path = pins.state_path(explicit_state.or(config.daemon.state.as_deref()))?;
             pins.require_loaded()?;
             serve_daemon(&pins, &state_path, &args, config, None)?;
         }
@@ -543,12 +543,13 @@ fn load(
 /// Loads, then runs the daemon in the foreground until Ctrl-C or SIGTERM.
 fn run_foreground(
     pins: &PinDir,
-    state_path: &Path,
+    explicit_state: Option<&Path>,
     args: &LoadArgs,
     keep: bool,
     (listen, socket): (Option<String>, Option<PathBuf>),
 ) -> anyhow::Result<()> {
     let config = Config::load_or_default(args.config.as_deref())?;
+    let state_path = &pins.state_path(explicit_state.or(config.daemon.state.as_deref()))?;
     let mut loaded = load(pins, state_path, args, &config)?;
     let daemon_args = DaemonArgs {
         config: args.config.clone(),

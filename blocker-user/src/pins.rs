@@ -22,6 +22,44 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/blocker";
 /// colon, which no interface name contains.
 const LINKS_DIR: &str = "links";
 
+/// Symlink in the pin directory to the state file `blocker load` used, so every later command
+/// uses the same one. bpffs holds symlinks but no regular files.
+const STATE_LINK: &str = "state";
+
+/// Symlink in the pin directory whose target names the layout of the pinned maps.
+const LAYOUT_LINK: &str = "layout";
+
+/// Bumped whenever a map changes type or meaning without changing the size of its key or
+/// value; size changes are caught by [`layout`] on their own.
+const LAYOUT_VERSION: u32 = 1;
+
+/// The layout of the maps this build pins: a version and the size of every key and value, so
+/// pins left by a build that lays them out differently are never reused.
+pub fn layout() -> String {
+    use blocker_common::{
+        AllowValue, BanValue, BlacklistEntry, Counter, Event, History, HistoryKey, Rule, RuleStats,
+        Settings, SourceKey, MAX_RULES,
+    };
+    use std::mem::size_of;
+    let sizes = [
+        size_of::<BanValue>(),
+        size_of::<AllowValue>(),
+        size_of::<Rule>(),
+        size_of::<RuleStats>(),
+        size_of::<Settings>(),
+        size_of::<HistoryKey>(),
+        size_of::<History>(),
+        size_of::<SourceKey>(),
+        size_of::<BlacklistEntry>(),
+        size_of::<Event>(),
+        size_of::<Counter>(),
+        MAX_RULES,
+        ALL_MAPS.len(),
+    ];
+    let sizes: Vec<String> = sizes.iter().map(usize::to_string).collect();
+    format!("v{LAYOUT_VERSION}-{}", sizes.join("."))
+}
+
 /// How the program is attached to an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,13 +135,121 @@ impl PinDir {
         ALL_MAPS.iter().all(|name| self.map_path(name).exists())
     }
 
-    /// Fails with the "run blocker load" hint unless the program's maps are pinned here.
+    /// Fails with the "run blocker load" hint unless the program's maps are pinned here, and
+    /// refuses pins of another layout.
     pub fn require_loaded(&self) -> Result<()> {
-        if self.maps_pinned() {
-            Ok(())
-        } else {
-            Err(Error::NotLoaded(self.path.clone()))
+        if !self.maps_pinned() {
+            return Err(Error::NotLoaded(self.path.clone()));
         }
+        self.require_layout()
+    }
+
+    /// Refuses pins that do not carry this build's layout: reusing them would have the
+    /// program and the commands read each other's bytes wrongly.
+    pub fn require_layout(&self) -> Result<()> {
+        let found = fs::read_link(self.path.join(LAYOUT_LINK))
+            .ok()
+            .map(|target| target.to_string_lossy().into_owned());
+        match found {
+            Some(found) if found == layout() => Ok(()),
+            found => Err(Error::PinLayout {
+                dir: self.path.clone(),
+                found: found.unwrap_or_else(|| "no layout recorded".into()),
+                expected: layout(),
+            }),
+        }
+    }
+
+    /// Records this build's layout beside freshly created maps.
+    pub fn record_layout(&self) -> Result<()> {
+        let link = self.path.join(LAYOUT_LINK);
+        std::os::unix::fs::symlink(layout(), &link)
+            .map_err(Error::io(format!("creating {}", link.display())))
+    }
+
+    /// The state file recorded by `blocker load`, if any.
+    pub fn recorded_state(&self) -> Option<PathBuf> {
+        fs::read_link(self.path.join(STATE_LINK)).ok()
+    }
+
+    /// Records `state` as the state file of what is loaded here.
+    pub fn record_state(&self, state: &Path) -> Result<()> {
+        let link = self.path.join(STATE_LINK);
+        let state = std::path::absolute(state)
+            .map_err(Error::io(format!("resolving {}", state.display())))?;
+        std::os::unix::fs::symlink(state, &link)
+            .map_err(Error::io(format!("creating {}", link.display())))
+    }
+
+    /// The state file of commands on this directory: the one `blocker load` recorded, else
+    /// `explicit` (`--state`, `BLOCKER_STATE` or the config's `[daemon] state`), else the
+    /// default. An explicit file other than the recorded one is refused, so no command
+    /// writes a state the kernel maps do not come from.
+    pub fn state_path(&self, explicit: Option<&Path>) -> Result<PathBuf> {
+        let given = explicit
+            .map(|path| {
+                std::path::absolute(path)
+                    .map_err(Error::io(format!("resolving {}", path.display())))
+            })
+            .transpose()?;
+        match (self.recorded_state(), given) {
+            (Some(recorded), Some(given)) if canonical(&recorded) != canonical(&given) => {
+                Err(Error::StateElsewhere {
+                    pin_dir: self.path.clone(),
+                    recorded,
+                    given,
+                })
+            }
+            (Some(recorded), _) => Ok(recorded),
+            (None, Some(given)) => Ok(given),
+            (None, None) => Ok(PathBuf::from(crate::state::DEFAULT_STATE_PATH)),
+        }
+    }
+
+    /// Removes every map pin and record in the directory (not the links).
+    pub fn remove_pins_and_records(&self) -> Result<()> {
+        self.remove_files_in(&self.path)
+    }
+
+    /// Removes every pin, link and record in the directory, then the directory: what a
+    /// complete load created, and whatever a failed or older one left.
+    pub fn remove_all(&self) -> Result<()> {
+        self.remove_files_in(&self.links_dir())?;
+        self.remove_files_in(&self.path)?;
+        for dir in [self.links_dir(), self.path.clone()] {
+            match fs::remove_dir(&dir) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Io {
+                        context: format!("removing {}", dir.display()),
+                        source: err,
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the files (pins, symlinks) directly in `dir`; sub-directories stay.
+    fn remove_files_in(&self, dir: &Path) -> Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("reading {}", dir.display()),
+                    source,
+                })
+            }
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            fs::remove_file(&path).map_err(Error::io(format!("removing {}", path.display())))?;
+        }
+        Ok(())
     }
 
     /// Interfaces with a pinned link, sorted by name.
@@ -167,11 +313,71 @@ impl PinDir {
     }
 }
 
+/// `path` with symlinks of its directory resolved (the file itself may not exist yet).
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(path) = fs::canonicalize(path) {
+        return path;
+    }
+    match (path.parent().map(fs::canonicalize), path.file_name()) {
+        (Some(Ok(dir)), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// Commands that change kernel state need root; say so plainly instead of failing on EPERM.
 pub fn require_root() -> Result<()> {
     if nix::unistd::geteuid().is_root() {
         Ok(())
     } else {
         Err(Error::NotRoot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_state_wins_and_another_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = PinDir::new(dir.path().join("pins"));
+        fs::create_dir_all(&pins.path).unwrap();
+        let state = dir.path().join("state.json");
+        let other = dir.path().join("other.json");
+        assert_eq!(
+            pins.state_path(Some(&other)).unwrap(),
+            other,
+            "nothing recorded"
+        );
+        assert_eq!(
+            pins.state_path(None).unwrap(),
+            Path::new(crate::state::DEFAULT_STATE_PATH)
+        );
+        pins.record_state(&state).unwrap();
+        assert_eq!(pins.state_path(None).unwrap(), state);
+        let via_link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &via_link).unwrap();
+        assert_eq!(
+            pins.state_path(Some(&via_link.join("state.json"))).unwrap(),
+            state,
+            "the same file by another path"
+        );
+        let err = pins.state_path(Some(&other)).unwrap_err();
+        assert!(err.is_bad_input());
+        assert!(err.to_string().contains("keeps its state in"), "{err}");
+    }
+
+    #[test]
+    fn pins_without_this_layout_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = PinDir::new(dir.path());
+        let err = pins.require_layout().unwrap_err();
+        assert!(err.to_string().contains("no layout recorded"), "{err}");
+        std::os::unix::fs::symlink("v0-1.2.3", dir.path().join(LAYOUT_LINK)).unwrap();
+        let err = pins.require_layout().unwrap_err();
+        assert!(err.to_string().contains("v0-1.2.3"), "{err}");
+        fs::remove_file(dir.path().join(LAYOUT_LINK)).unwrap();
+        pins.record_layout().unwrap();
+        assert!(pins.require_layout().is_ok());
     }
 }

@@ -400,20 +400,83 @@ impl RuleTable {
         Self::default().replaced_by(specs)
     }
 
-    /// A table holding `specs` in order, with generations continuing from this one's, so no
-    /// history of a rule here counts for a rule there.
+    /// A table holding `specs` in evaluation (slot) order. A rule already here with the same
+    /// name and settings keeps its slot and generation, so its history and counters go on
+    /// (SIGHUP, a second `load --config`); every other rule gets a fresh generation, continuing
+    /// from this table's, so no history of a rule here counts for a rule there.
     pub fn replaced_by(&self, specs: &[RuleSpec]) -> Result<Self, String> {
+        let mut names = BTreeSet::new();
+        if let Some(twice) = specs.iter().find(|spec| !names.insert(spec.name.as_str())) {
+            return Err(format!("rule {} is defined twice", twice.name));
+        }
+        if specs.len() > MAX_RULES {
+            return Err(format!("all {MAX_RULES} rule slots are in use"));
+        }
+        // Unchanged rules whose slots still follow the new order keep them.
+        let mut kept: Vec<Option<&Placed>> = Vec::with_capacity(specs.len());
+        let mut last_kept = None;
+        for spec in specs {
+            let unchanged = self
+                .get(&spec.name)
+                .filter(|placed| placed.spec == *spec)
+                .filter(|placed| last_kept.is_none_or(|last| placed.slot > last));
+            if let Some(placed) = unchanged {
+                last_kept = Some(placed.slot);
+            }
+            kept.push(unchanged);
+        }
+        let slots = loop {
+            match Self::slots_around(&kept) {
+                Ok(slots) => break slots,
+                // No free slot between two kept rules: that later one moves too.
+                Err(crowded) => kept[crowded] = None,
+            }
+        };
         let mut table = Self {
-            rules: Vec::new(),
+            rules: Vec::with_capacity(specs.len()),
             next_generation: self.next_generation,
         };
-        for spec in specs {
-            if table.get(&spec.name).is_some() {
-                return Err(format!("rule {} is defined twice", spec.name));
-            }
-            table.upsert(spec.clone())?;
+        for ((spec, kept), slot) in specs.iter().zip(&kept).zip(slots) {
+            let generation = match kept {
+                Some(placed) => placed.generation,
+                None => {
+                    table.next_generation = table.next_generation.wrapping_add(1).max(1);
+                    table.next_generation
+                }
+            };
+            spec.compile(generation)?;
+            table.rules.push(Placed {
+                slot,
+                generation,
+                spec: spec.clone(),
+            });
         }
+        table.compile()?;
         Ok(table)
+    }
+
+    /// Slots in increasing order for rules in order, where `kept` rules stay in their slot and
+    /// the others take the lowest slot after the previous rule. `Err(i)` names a kept rule `i`
+    /// that has to move: the rules before it do not fit below its slot, or those after it do
+    /// not fit above.
+    fn slots_around(kept: &[Option<&Placed>]) -> Result<Vec<u32>, usize> {
+        let mut slots = Vec::with_capacity(kept.len());
+        let mut next = 0;
+        let mut last_kept = None;
+        for (index, placed) in kept.iter().enumerate() {
+            let slot = match placed {
+                Some(placed) if placed.slot < next => return Err(index),
+                Some(placed) => {
+                    last_kept = Some(index);
+                    placed.slot
+                }
+                None if next as usize >= MAX_RULES => return Err(last_kept.unwrap_or(index)),
+                None => next,
+            };
+            slots.push(slot);
+            next = slot + 1;
+        }
+        Ok(slots)
     }
 
     pub fn get(&self, name: &str) -> Option<&Placed> {
@@ -425,6 +488,8 @@ impl RuleTable {
     pub fn upsert(&mut self, spec: RuleSpec) -> Result<u32, String> {
         spec.compile(0)?;
         let slot = match self.get(&spec.name) {
+            // The same rule again: it keeps its generation and history.
+            Some(existing) if existing.spec == spec => return Ok(existing.slot),
             Some(existing) => existing.slot,
             None => (0..MAX_RULES as u32)
                 .find(|slot| self.rules.iter().all(|rule| rule.slot != *slot))
@@ -454,8 +519,20 @@ impl RuleTable {
     /// The kernel's view of the table.
     pub fn compile(&self) -> Result<Compiled, String> {
         let mut slots = [Rule::default(); MAX_RULES];
+        let mut taken = BTreeSet::new();
         for placed in &self.rules {
-            slots[placed.slot as usize] = placed.spec.compile(placed.generation)?;
+            if !taken.insert(placed.slot) {
+                return Err(format!("two rules have slot {}", placed.slot));
+            }
+            let slot = slots.get_mut(placed.slot as usize).ok_or_else(|| {
+                format!(
+                    "rule {} has slot {}; slots are 0 to {}",
+                    placed.spec.name,
+                    placed.slot,
+                    MAX_RULES - 1
+                )
+            })?;
+            *slot = placed.spec.compile(placed.generation)?;
         }
         let masks = |family: u8| -> Result<[u8; MAX_MASKS], String> {
             let distinct: BTreeSet<u8> = self
@@ -657,6 +734,106 @@ mod tests {
         assert_ne!(replaced.generation, b_generation);
         assert_eq!(table.name_of(1, b_generation), None);
         assert_eq!(table.compile().unwrap().rule_slots, 3);
+    }
+
+    fn placement(table: &RuleTable) -> Vec<(String, u32, u32)> {
+        table
+            .rules
+            .iter()
+            .map(|rule| (rule.spec.name.clone(), rule.slot, rule.generation))
+            .collect()
+    }
+
+    #[test]
+    fn replacing_with_the_same_rules_keeps_slots_and_generations() {
+        let specs = [RuleSpec::named("a"), RuleSpec::named("b"), RuleSpec::ssh()];
+        let table = RuleTable::from_specs(&specs).unwrap();
+        let again = table.replaced_by(&specs).unwrap();
+        assert_eq!(placement(&again), placement(&table));
+        assert_eq!(again, table, "a reload of the same rules changes nothing");
+    }
+
+    #[test]
+    fn replacing_renews_only_changed_and_new_rules() {
+        let table =
+            RuleTable::from_specs(&[RuleSpec::named("a"), RuleSpec::named("b"), RuleSpec::ssh()])
+                .unwrap();
+        let old = |name: &str| table.get(name).unwrap().clone();
+        let changed_b = RuleSpec {
+            hitcount: 9,
+            ..RuleSpec::named("b")
+        };
+        let next = table
+            .replaced_by(&[
+                RuleSpec::named("a"),
+                changed_b,
+                RuleSpec::ssh(),
+                RuleSpec::named("new"),
+            ])
+            .unwrap();
+        let a = next.get("a").unwrap();
+        assert_eq!((a.slot, a.generation), (old("a").slot, old("a").generation));
+        let ssh = next.get("ssh").unwrap();
+        assert_eq!(
+            (ssh.slot, ssh.generation),
+            (old("ssh").slot, old("ssh").generation),
+            "ssh keeps its history although the rule before it changed"
+        );
+        let b = next.get("b").unwrap();
+        assert_eq!(b.slot, old("b").slot);
+        assert_ne!(
+            b.generation,
+            old("b").generation,
+            "a changed rule starts over"
+        );
+        let new = next.get("new").unwrap();
+        let generations: Vec<u32> = table.rules.iter().map(|r| r.generation).collect();
+        assert!(!generations.contains(&new.generation));
+        let order: Vec<&str> = next.rules.iter().map(|r| r.spec.name.as_str()).collect();
+        assert_eq!(
+            order,
+            ["a", "b", "ssh", "new"],
+            "slots follow the config order"
+        );
+    }
+
+    #[test]
+    fn replacing_moves_kept_rules_only_when_the_order_needs_it() {
+        let table = RuleTable::from_specs(&[RuleSpec::named("a"), RuleSpec::named("b")]).unwrap();
+        let swapped = table
+            .replaced_by(&[RuleSpec::named("b"), RuleSpec::named("a")])
+            .unwrap();
+        let order: Vec<&str> = swapped.rules.iter().map(|r| r.spec.name.as_str()).collect();
+        assert_eq!(order, ["b", "a"]);
+        assert_eq!(
+            swapped.get("b").unwrap().generation,
+            table.get("b").unwrap().generation
+        );
+        // 32 rules where one sat in slot 31: rules after it must move it.
+        let full: Vec<RuleSpec> = (0..MAX_RULES)
+            .map(|i| RuleSpec::named(&format!("r{i}")))
+            .collect();
+        let last = RuleTable::from_specs(&full[MAX_RULES - 1..]).unwrap();
+        let mut moved = full.clone();
+        moved.rotate_right(1);
+        let table = last.replaced_by(&moved[..1]).unwrap();
+        let table = table.replaced_by(&full).unwrap();
+        assert_eq!(table.rules.len(), MAX_RULES);
+        assert!(table.compile().is_ok());
+    }
+
+    #[test]
+    fn a_slot_out_of_range_or_taken_twice_is_an_error_not_a_panic() {
+        let mut table = RuleTable::from_specs(&[RuleSpec::ssh()]).unwrap();
+        table.rules[0].slot = 40;
+        let err = table.compile().unwrap_err();
+        assert!(err.contains("slot 40; slots are 0 to 31"), "{err}");
+        let mut table = RuleTable::from_specs(&[RuleSpec::ssh(), RuleSpec::named("b")]).unwrap();
+        table.rules[1].slot = 0;
+        assert!(table
+            .compile()
+            .unwrap_err()
+            .contains("two rules have slot 0"));
     }
 
     #[test]

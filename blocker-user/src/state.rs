@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File},
-    io::{BufWriter, ErrorKind, Write},
+    io::{ErrorKind, Write},
     path::{Path, PathBuf},
 };
 
@@ -130,9 +130,15 @@ impl State {
     /// Reads the state file; a missing file is an empty state. A file that does not parse is
     /// an error, never silently replaced.
     pub fn load(path: &Path) -> Result<Self> {
+        Ok(Self::read(path)?.unwrap_or_default())
+    }
+
+    /// Reads and checks the state file; `None` when it does not exist. Rules are checked as
+    /// the kernel will take them, so a bad file fails here, before any map is touched.
+    pub fn read(path: &Path) -> Result<Option<Self>> {
         let text = match fs::read_to_string(path) {
             Ok(text) => text,
-            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(Self::default()),
+            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
             Err(source) => {
                 return Err(Error::Io {
                     context: format!("reading state file {}", path.display()),
@@ -140,27 +146,55 @@ impl State {
                 })
             }
         };
-        let file: StateFile = serde_json::from_str(&text).map_err(|err| Error::State {
+        let invalid = |message: String| Error::State {
             path: path.to_path_buf(),
-            message: format!("{err}; fix it or move it aside (nothing was changed)"),
-        })?;
+            message: format!(
+                "{message}; fix it or replace it with {} (nothing was changed)",
+                last_good_path(path).display()
+            ),
+        };
+        let file: StateFile =
+            serde_json::from_str(&text).map_err(|err| invalid(err.to_string()))?;
         if file.version != FORMAT_VERSION {
-            return Err(Error::State {
-                path: path.to_path_buf(),
-                message: format!("unsupported format version {}", file.version),
-            });
+            return Err(invalid(format!(
+                "unsupported format version {}",
+                file.version
+            )));
         }
-        Ok(Self {
+        if let Some(rules) = &file.rules {
+            rules.compile().map_err(invalid)?;
+        }
+        Ok(Some(Self {
             bans: from_records(file.bans),
             allow: from_records(file.allow),
             rules: file.rules,
             offenses: file.offenses,
             issued: file.issued,
-        })
+        }))
+    }
+
+    /// Reads the state for `blocker load`, which must attach even when the file is damaged:
+    /// a file that cannot be used is left as it is for the operator, and the last good copy
+    /// (or nothing) is used instead. Returns the state and, when it is a fallback, why.
+    pub fn read_for_boot(path: &Path) -> Result<(Option<Self>, Option<Error>)> {
+        let damaged = match Self::read(path) {
+            Ok(state) => return Ok((state, None)),
+            Err(err @ Error::State { .. }) => err,
+            Err(err) => return Err(err),
+        };
+        let fallback = match Self::read(&last_good_path(path)) {
+            Ok(state) => state,
+            Err(err) => {
+                tracing::error!("the last good copy is not usable either: {err}");
+                None
+            }
+        };
+        Ok((Some(fallback.unwrap_or_default()), Some(damaged)))
     }
 
     /// Writes the state file atomically: readers and a crash at any moment see either the old
-    /// file or the new one, whole.
+    /// file or the new one, whole. Then refreshes the last good copy beside it, which
+    /// `blocker load` falls back to when the file is damaged.
     pub fn save(&self, path: &Path) -> Result<()> {
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
@@ -176,22 +210,13 @@ impl State {
             offenses: self.offenses.clone(),
             issued: self.issued.clone(),
         };
-        let mut temp = tempfile::Builder::new()
-            .prefix(".state.")
-            .tempfile_in(&dir)
-            .map_err(io("creating a temporary file for"))?;
-        {
-            let mut writer = BufWriter::new(temp.as_file_mut());
-            serde_json::to_writer_pretty(&mut writer, &file)
-                .map_err(std::io::Error::from)
-                .and_then(|()| writer.write_all(b"\n"))
-                .and_then(|()| writer.flush())
-                .map_err(io("writing"))?;
-        }
-        temp.as_file().sync_all().map_err(io("syncing"))?;
-        temp.persist(path)
-            .map_err(|err| err.error)
-            .map_err(io("replacing"))?;
+        let mut text = serde_json::to_vec_pretty(&file).map_err(|err| Error::State {
+            path: path.to_path_buf(),
+            message: format!("encoding: {err}"),
+        })?;
+        text.push(b'\n');
+        replace_file(path, &text)?;
+        replace_file(&last_good_path(path), &text)?;
         File::open(&dir)
             .and_then(|dir| dir.sync_all())
             .map_err(io("syncing the directory of"))?;
@@ -219,6 +244,32 @@ impl State {
         self.bans.retain(|_, entry| !entry.is_expired(now));
         self.allow.retain(|_, entry| !entry.is_expired(now));
     }
+}
+
+/// Where [`State::save`] keeps a copy of the last state it wrote.
+pub fn last_good_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".last-good");
+    path.with_file_name(name)
+}
+
+/// The temporary file `path` is written through. Its name is fixed, not random: writers hold
+/// the pin directory lock, and a writer killed midway leaves one file that the next overwrites.
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Writes `text` to a temporary file, syncs it and renames it over `path`.
+fn replace_file(path: &Path, text: &[u8]) -> Result<()> {
+    let io = |what: &str| Error::io(format!("{what} {}", path.display()));
+    let temp = temp_path(path);
+    let mut file = File::create(&temp).map_err(io("creating a temporary file for"))?;
+    file.write_all(text).map_err(io("writing"))?;
+    file.sync_all().map_err(io("syncing"))?;
+    fs::rename(&temp, path).map_err(io("replacing"))
 }
 
 #[cfg(test)]
@@ -261,8 +312,70 @@ mod tests {
         assert_eq!(State::load(&path).unwrap(), State::default());
         fs::write(&path, "{not json").unwrap();
         let err = State::load(&path).unwrap_err();
-        assert!(err.to_string().contains("fix it or move it aside"), "{err}");
+        assert!(
+            err.to_string().contains("fix it or replace it with"),
+            "{err}"
+        );
         assert_eq!(fs::read_to_string(&path).unwrap(), "{not json");
+    }
+
+    #[test]
+    fn saving_keeps_a_last_good_copy_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        // What a writer killed midway leaves is taken over by the next one.
+        fs::write(dir.path().join(".state.json.tmp"), "{killed wri").unwrap();
+        let mut state = State::default();
+        state
+            .bans
+            .insert("10.0.0.0/8".parse().unwrap(), entry(None));
+        state.save(&path).unwrap();
+        assert_eq!(State::load(&last_good_path(&path)).unwrap(), state);
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, ["state.json", "state.json.last-good"]);
+    }
+
+    #[test]
+    fn a_boot_falls_back_to_the_last_good_copy_and_leaves_the_damaged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut state = State::default();
+        state
+            .bans
+            .insert("10.0.0.0/8".parse().unwrap(), entry(None));
+        state.save(&path).unwrap();
+        fs::write(&path, "{not json").unwrap();
+        let (read, damaged) = State::read_for_boot(&path).unwrap();
+        assert_eq!(read, Some(state));
+        assert!(damaged.is_some());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{not json");
+        fs::remove_file(last_good_path(&path)).unwrap();
+        let (read, damaged) = State::read_for_boot(&path).unwrap();
+        assert_eq!(read, Some(State::default()));
+        assert!(damaged.is_some());
+    }
+
+    #[test]
+    fn rules_are_checked_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut rules = RuleTable::from_specs(&[crate::rules::RuleSpec::ssh()]).unwrap();
+        rules.rules[0].slot = 32;
+        let state = State {
+            rules: Some(rules),
+            ..State::default()
+        };
+        state.save(&path).unwrap();
+        let err = State::read(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("slot 32; slots are 0 to 31"),
+            "{err}"
+        );
     }
 
     #[test]

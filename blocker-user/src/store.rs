@@ -4,13 +4,15 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
-use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData, MapError};
+use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError};
 use blocker_common::{
-    AllowValue, BanValue, ALLOW_PRESENT, BAN_PERMANENT, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4,
-    LIST_BAN_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6,
+    AllowValue, BanValue, Rule, RuleKind, ALLOW_PRESENT, BAN_PERMANENT, LIST_ALLOW_V4,
+    LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6,
+    MAP_RULES,
 };
 use ipnet::IpNet;
 use jiff::Timestamp;
@@ -21,7 +23,7 @@ use crate::{
     dynamic,
     pins::{DirLock, PinDir},
     rules::{RuleSpec, RuleTable},
-    state::{Entry, State},
+    state::{last_good_path, Entry, State},
     Error, Result,
 };
 
@@ -126,6 +128,19 @@ impl<K: aya::Pod, V: aya::Pod> Trie<K, V> {
             })
     }
 
+    /// Every entry in the map.
+    fn entries(&self) -> Result<Vec<(u8, K, V)>> {
+        self.map
+            .iter()
+            .map(|entry| {
+                let (key, value) =
+                    entry.map_err(Error::map(format!("reading map {}", self.name)))?;
+                // LPM prefix lengths are at most 128.
+                Ok((key.prefix_len() as u8, key.data(), value))
+            })
+            .collect()
+    }
+
     /// Removes one entry; one that is already gone is fine.
     fn remove(&mut self, (prefix_len, data): (u32, K)) -> Result<()> {
         match self.map.remove(&Key::new(prefix_len, data)) {
@@ -144,6 +159,25 @@ impl<K: aya::Pod, V: aya::Pod> Trie<K, V> {
 }
 
 impl KernelImage {
+    /// Takes the expiries of `wanted` for bans whose kernel expiry means the same: within a
+    /// second (the wall-to-boot conversion rounds, and the two clocks drift apart slowly), or
+    /// both past. Only real differences are then written.
+    fn matched_to(mut self, wanted: &KernelImage, now: &Now) -> Self {
+        let boot_now = now.boot.as_secs();
+        let past = |expiry: u32| expiry != BAN_PERMANENT && u64::from(expiry) <= boot_now;
+        for (net, expiry) in &mut self.bans {
+            if let Some(&want) = wanted.bans.get(net) {
+                let close = want != BAN_PERMANENT
+                    && *expiry != BAN_PERMANENT
+                    && want.abs_diff(*expiry) <= 1;
+                if close || (past(want) && past(*expiry)) {
+                    *expiry = want;
+                }
+            }
+        }
+        self
+    }
+
     /// The `LIST_*` bits of the tries this image puts entries in.
     pub fn lists(&self) -> u32 {
         let v4 = |net: &IpNet| net.addr().is_ipv4();
@@ -186,6 +220,28 @@ impl Maps {
             allow_v4: Trie::open(pins, MAP_ALLOW_V4)?,
             allow_v6: Trie::open(pins, MAP_ALLOW_V6)?,
         })
+    }
+
+    /// What the maps really hold.
+    pub fn dump(&self) -> Result<KernelImage> {
+        let mut image = KernelImage::default();
+        for (len, addr, value) in self.ban_v4.entries()? {
+            image
+                .bans
+                .insert(net(Ipv4Addr::from(addr).into(), len)?, value.expires_at_s);
+        }
+        for (len, addr, value) in self.ban_v6.entries()? {
+            image
+                .bans
+                .insert(net(Ipv6Addr::from(addr).into(), len)?, value.expires_at_s);
+        }
+        for (len, addr, _) in self.allow_v4.entries()? {
+            image.allow.insert(net(Ipv4Addr::from(addr).into(), len)?);
+        }
+        for (len, addr, _) in self.allow_v6.entries()? {
+            image.allow.insert(net(Ipv6Addr::from(addr).into(), len)?);
+        }
+        Ok(image)
     }
 
     /// Sets a ban's kernel expiry, or removes it with `None`.
@@ -267,6 +323,26 @@ impl Maps {
     }
 }
 
+/// The rule slots as the kernel holds them.
+fn read_rules(pins: &PinDir) -> Result<Vec<Rule>> {
+    let context = format!("reading map {MAP_RULES}");
+    let rules: Array<_, Rule> = Array::try_from(Map::Array(pins.open_map(MAP_RULES)?))
+        .map_err(Error::map(context.clone()))?;
+    rules
+        .iter()
+        .map(|rule| rule.map_err(Error::map(context.clone())))
+        .collect()
+}
+
+/// The prefix of an LPM trie key; the kernel refuses keys longer than the address.
+fn net(addr: IpAddr, len: u8) -> Result<IpNet> {
+    IpNet::new(addr, len).map_err(|_| {
+        Error::Unsupported(format!(
+            "the kernel holds a key {addr}/{len} blocker never writes"
+        ))
+    })
+}
+
 /// A writer's session: the pin directory lock, the maps and the state, changed together.
 pub struct Store {
     /// `None` when the caller holds the lock.
@@ -277,8 +353,12 @@ pub struct Store {
     maps: Maps,
     state_path: PathBuf,
     pub state: State,
-    /// The state as it was when opened (what the kernel holds).
+    /// The state as it was when opened.
     before: State,
+    /// What the bans and allowlist maps held when opened: changes are made from this.
+    kernel: KernelImage,
+    /// The rule slots as the kernel held them when opened.
+    kernel_rules: Vec<Rule>,
     pub now: Now,
 }
 
@@ -293,17 +373,47 @@ impl Store {
         Ok(store)
     }
 
-    /// Like [`Store::open`], for a caller that already holds the lock.
+    /// Like [`Store::open`], for a caller that already holds the lock. A missing state file
+    /// is an empty state only while the maps are empty: otherwise writing would wipe them.
     fn open_locked(pins: &PinDir, state_path: &Path) -> Result<Self> {
-        let state = State::load(state_path)?;
+        let state = State::read(state_path)?;
+        Self::with_state(pins, state_path, state)
+    }
+
+    fn with_state(pins: &PinDir, state_path: &Path, state: Option<State>) -> Result<Self> {
+        let maps = Maps::open(pins)?;
+        let kernel = maps.dump()?;
+        let kernel_rules = read_rules(pins)?;
+        let state = match state {
+            Some(state) => state,
+            None => {
+                let rules = kernel_rules
+                    .iter()
+                    .filter(|rule| rule.kind != RuleKind::Empty as u8)
+                    .count();
+                let entries = kernel.bans.len() + kernel.allow.len();
+                if entries + rules > 0 {
+                    return Err(Error::StateMissing {
+                        path: state_path.to_path_buf(),
+                        pin_dir: pins.path.clone(),
+                        entries,
+                        rules,
+                        last_good: last_good_path(state_path),
+                    });
+                }
+                State::default()
+            }
+        };
         Ok(Self {
             _lock: None,
             pins: pins.clone(),
             fresh_maps: false,
-            maps: Maps::open(pins)?,
+            maps,
             state_path: state_path.to_path_buf(),
             before: state.clone(),
             state,
+            kernel,
+            kernel_rules,
             now: Now::read(),
         })
     }
@@ -347,10 +457,13 @@ impl Store {
         *self.state.issued.entry(source.to_string()).or_default() += count;
     }
 
-    /// Removes bans; returns the prefixes that were not banned.
+    /// Removes bans; returns the prefixes that were banned neither in the state nor in the
+    /// kernel (an entry only the kernel has is removed all the same by [`Store::commit`]).
     pub fn unban(&mut self, nets: &[IpNet]) -> Vec<IpNet> {
         nets.iter()
-            .filter(|net| self.state.bans.remove(net).is_none())
+            .filter(|net| {
+                self.state.bans.remove(net).is_none() && !self.kernel.bans.contains_key(net)
+            })
             .copied()
             .collect()
     }
@@ -371,10 +484,13 @@ impl Store {
         }
     }
 
-    /// Removes allowlist entries; returns the prefixes that were not on it.
+    /// Removes allowlist entries; returns the prefixes that were on it neither in the state
+    /// nor in the kernel.
     pub fn disallow(&mut self, nets: &[IpNet]) -> Vec<IpNet> {
         nets.iter()
-            .filter(|net| self.state.allow.remove(net).is_none())
+            .filter(|net| {
+                self.state.allow.remove(net).is_none() && !self.kernel.allow.contains(net)
+            })
             .copied()
             .collect()
     }
@@ -400,10 +516,27 @@ impl Store {
     /// both on the way.
     pub fn commit(mut self, progress: impl FnMut()) -> Result<()> {
         self.state.prune_expired(self.now.wall);
-        let before = kernel_image(&self.before, &self.now);
+        self.write(progress, true)
+    }
+
+    /// Brings the maps from what they hold to the state, then saves the state (if `save`).
+    fn write(mut self, progress: impl FnMut(), save: bool) -> Result<()> {
         let after = kernel_image(&self.state, &self.now);
+        let before = std::mem::take(&mut self.kernel).matched_to(&after, &self.now);
+        let kernel_rules_differ = match &self.state.rules {
+            Some(rules) => {
+                rules
+                    .compile()
+                    .map_err(Error::InvalidRule)?
+                    .slots
+                    .as_slice()
+                    != self.kernel_rules.as_slice()
+            }
+            None => false,
+        };
+        let rules_changed =
+            self.fresh_maps || kernel_rules_differ || self.state.rules != self.before.rules;
         self.maps.apply(&before, &after, progress)?;
-        let rules_changed = self.fresh_maps || self.state.rules != self.before.rules;
         let result = match &self.state.rules {
             Some(rules) if rules_changed => {
                 let previous = self.before.rules.as_ref().filter(|_| !self.fresh_maps);
@@ -419,7 +552,13 @@ impl Store {
                 rules_changed,
             )
         })
-        .and_then(|()| self.state.save(&self.state_path));
+        .and_then(|()| {
+            if save {
+                self.state.save(&self.state_path)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(err) = result {
             // Keep kernel and file in agreement: the command reports failure, so undo it.
             let _ = self.maps.apply(&after, &before, || {});
@@ -450,15 +589,27 @@ impl Store {
 
 /// Fills freshly created maps from the state file (after a reboot or an unload), and installs
 /// the rules: `config_rules` when given, else the saved ones, else the built-in `ssh` rule.
+/// Unchanged rules keep their slot, generation and history ([`RuleTable::replaced_by`]).
 /// The caller holds the pin directory lock. Returns the number of bans and allowlist entries
 /// restored, or `None` when the maps were not fresh (only the rules were applied).
+///
+/// Fresh maps mean a boot, when the wall clock may still be wrong: bans it calls expired are
+/// kept in the state (the kernel, on the boot clock, does not enforce them), and the next
+/// writer prunes them once the clock is right. A state file that cannot be used does not keep
+/// the host unprotected: its last good copy is restored instead, loudly, and the damaged file
+/// is left as it is (writers refuse it until it is fixed).
 pub fn restore(
     pins: &PinDir,
     state_path: &Path,
     fresh: bool,
     config_rules: Option<&[RuleSpec]>,
 ) -> Result<Option<usize>> {
-    let mut store = Store::open_locked(pins, state_path)?;
+    let (state, damaged) = if fresh {
+        State::read_for_boot(state_path)?
+    } else {
+        (State::read(state_path)?, None)
+    };
+    let mut store = Store::with_state(pins, state_path, state)?;
     let saved = store.state.rules.clone().unwrap_or_default();
     match config_rules {
         Some(specs) => {
@@ -476,17 +627,23 @@ pub fn restore(
     }
     store.fresh_maps = true;
     store.before = State::default();
+    // Bans the wall clock calls expired are kept, but not counted: the kernel ignores them.
     let restored = {
         let now = store.now.wall;
-        store
-            .state
-            .bans
-            .values()
-            .filter(|e| !e.is_expired(now))
-            .count()
-            + store.state.allow.len()
+        let in_force = store.state.bans.values().filter(|e| !e.is_expired(now));
+        in_force.count() + store.state.allow.len()
     };
-    store.commit(|| {})?;
+    match damaged {
+        None => store.write(|| {}, true)?,
+        Some(damaged) => {
+            // The maps get the fallback; the damaged file stays for the operator to see.
+            tracing::error!(
+                "{damaged}; attaching with the {restored} entries of {} instead",
+                last_good_path(state_path).display()
+            );
+            store.write(|| {}, false)?;
+        }
+    }
     Ok(Some(restored))
 }
 
@@ -567,6 +724,43 @@ mod tests {
     fn families_do_not_cover_each_other() {
         let image = kernel_image(&state(&[("::/0", None), ("10.0.0.1/32", Some(60))]), &now());
         assert_eq!(expiry(&image, "10.0.0.1/32"), 5_060);
+    }
+
+    #[test]
+    fn kernel_expiries_within_a_second_or_both_past_are_not_rewritten() {
+        let wanted = kernel_image(
+            &state(&[
+                ("10.0.0.1/32", Some(60)),
+                ("10.0.0.2/32", Some(60)),
+                ("10.0.0.3/32", Some(-10)),
+                ("10.0.0.4/32", None),
+            ]),
+            &now(),
+        );
+        let mut kernel = KernelImage::default();
+        for (net, expiry) in [
+            ("10.0.0.1/32", 5_059),
+            ("10.0.0.2/32", 5_050),
+            ("10.0.0.3/32", 4_000),
+            ("10.0.0.4/32", 5_060),
+            ("10.0.0.5/32", BAN_PERMANENT),
+        ] {
+            kernel.bans.insert(net.parse().unwrap(), expiry);
+        }
+        let matched = kernel.matched_to(&wanted, &now());
+        assert_eq!(expiry(&matched, "10.0.0.1/32"), 5_060, "rounding");
+        assert_eq!(expiry(&matched, "10.0.0.2/32"), 5_050, "a real difference");
+        assert_eq!(expiry(&matched, "10.0.0.3/32"), 1, "both past");
+        assert_eq!(
+            expiry(&matched, "10.0.0.4/32"),
+            5_060,
+            "permanent is not close"
+        );
+        assert_eq!(
+            expiry(&matched, "10.0.0.5/32"),
+            BAN_PERMANENT,
+            "an orphan stays"
+        );
     }
 
     #[test]

@@ -1,0 +1,421 @@
+//! The state file and the kernel maps never disagree silently: writers change the maps from
+//! what they really hold, every command uses the state file `load` recorded, rule history
+//! survives reloads, boots restore what they can, and failures leave nothing behind.
+
+use std::{fs, path::Path, process::Command};
+
+use blocker_tests::{blocker_bin, can_run, Run, TestNet};
+use serde_json::Value;
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(path).expect("reading state")).expect("state JSON")
+}
+
+fn write_json(path: &Path, value: &Value) {
+    fs::write(path, serde_json::to_string_pretty(value).unwrap()).expect("writing state");
+}
+
+fn banned_addrs(state: &Value) -> Vec<String> {
+    state["bans"]
+        .as_array()
+        .map(|bans| {
+            bans.iter()
+                .map(|ban| ban["addr"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A rate rule on `port`: the 4th new connection within 30 s blacklists the source for 60 s.
+fn rate_rule(port: u16) -> String {
+    format!(
+        "[[rules]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = {port}\nhitcount = 3\n\
+         seconds = 30\nblacklist_for = \"60s\"\n"
+    )
+}
+
+#[test]
+fn a_writer_without_the_state_file_refuses_and_changes_nothing() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let attacker = net.client_v4(2, 2);
+    let listener = net.tcp_listener(net.server_for(attacker));
+    net.load_with_rules(&rate_rule(listener.port())).ok();
+    let range = format!("{}/24", net.client_v4(1, 0));
+    let allowed = net.client_v4(1, 3);
+    net.blocker(&["ban", &range]).ok();
+    net.blocker(&["allow", &allowed.to_string()]).ok();
+    assert!(net.reaches(allowed));
+
+    let moved = net.state_dir.path().join("moved.json");
+    fs::rename(net.state_path(), &moved).unwrap();
+    let run = net.blocker(&["ban", "192.0.2.9"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("does not exist but blocker is loaded"),
+        "{}",
+        run.stderr
+    );
+    assert!(!net.state_path().exists(), "no new empty state was written");
+    assert!(
+        net.reaches(allowed),
+        "the allowlist still wins over the range ban"
+    );
+    assert!(
+        !net.reaches(net.client_v4(1, 2)),
+        "the range is still banned"
+    );
+    for attempt in 1..=3 {
+        assert!(net.tcp_connects(attacker, listener), "try {attempt} passes");
+    }
+    assert!(
+        !net.tcp_connects(attacker, listener),
+        "the rule is still on"
+    );
+
+    fs::rename(&moved, net.state_path()).unwrap();
+    net.blocker(&["unban", &range]).ok();
+    assert!(net.reaches(net.client_v4(1, 2)));
+}
+
+#[test]
+fn writers_change_the_maps_from_what_they_really_hold() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let orphan = net.client_v4(1, 2);
+    let before = fs::read_to_string(net.state_path()).unwrap();
+    net.blocker(&["ban", &orphan.to_string()]).ok();
+    assert!(!net.reaches(orphan));
+    // An older copy of the file, without the ban that is in the kernel.
+    fs::write(net.state_path(), before).unwrap();
+    net.blocker(&["ban", "192.0.2.9"]).ok();
+    assert!(
+        net.reaches(orphan),
+        "a ban the state does not have is removed from the kernel, not kept apart"
+    );
+    // `unban` removes a ban only the kernel has, and says so.
+    let before = fs::read_to_string(net.state_path()).unwrap();
+    net.blocker(&["ban", &orphan.to_string()]).ok();
+    fs::write(net.state_path(), before).unwrap();
+    assert!(!net.reaches(orphan));
+    let run = net.blocker(&["unban", &orphan.to_string()]).ok();
+    assert!(!run.stderr.contains("was not banned"), "{}", run.stderr);
+    assert!(net.reaches(orphan));
+    // And the reverse: an entry of the state missing from the kernel is written back.
+    let mut state = read_json(&net.state_path());
+    let missing = net.add_client_v4(4);
+    let mut ban = state["bans"][0].clone();
+    ban["addr"] = Value::from(format!("{missing}/32"));
+    state["bans"].as_array_mut().unwrap().push(ban);
+    write_json(&net.state_path(), &state);
+    assert!(net.reaches(missing));
+    net.blocker(&["allow", "192.0.2.1"]).ok();
+    assert!(
+        !net.reaches(missing),
+        "the missing ban is written to the kernel"
+    );
+}
+
+#[test]
+fn every_command_uses_the_state_file_load_recorded() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let other = net.state_dir.path().join("other.json");
+    let other = other.to_str().unwrap();
+    let run = net.blocker(&["--state", other, "ban", &net.client_v4(1, 2).to_string()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("keeps its state in"), "{}", run.stderr);
+    assert!(!Path::new(other).exists());
+    assert!(net.reaches(net.client_v4(1, 2)), "nothing was banned");
+
+    // Without --state or BLOCKER_STATE, commands find the recorded file.
+    let without_state_env = |args: &[&str]| -> Run {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", net.server_ns))
+            .arg(blocker_bin())
+            .args(args)
+            .env("BLOCKER_PIN_DIR", &net.pin_dir)
+            .env_remove("BLOCKER_STATE")
+            .output()
+            .expect("running blocker")
+            .into()
+    };
+    let banned = net.client_v4(1, 5).to_string();
+    without_state_env(&["ban", &banned]).ok();
+    assert!(banned_addrs(&read_json(&net.state_path())).contains(&format!("{banned}/32")));
+
+    // The config's [daemon] state is honoured by load as by the daemon: a different one is
+    // refused while loaded.
+    let config = net.config("state.toml", &format!("[daemon]\nstate = \"{other}\"\n"));
+    let run = without_state_env(&["load", "--iface", "lo", "--config", &config]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("keeps its state in"), "{}", run.stderr);
+}
+
+#[test]
+fn a_second_load_keeps_the_history_of_unchanged_rules() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let listener = net.tcp_listener(net.server_v4());
+    let config = net.config("rules.toml", &rate_rule(listener.port()));
+    net.load(&["--config", &config]).ok();
+    let attacker = net.client_v4(1, 2);
+    for attempt in 1..=3 {
+        assert!(net.tcp_connects(attacker, listener), "try {attempt} passes");
+    }
+    let generation =
+        |net: &TestNet| read_json(&net.state_path())["rules"]["rules"][0]["generation"].clone();
+    let before = generation(&net);
+    // The same config again, as SIGHUP does; a second interface takes the same path.
+    net.blocker_in_server(&["load", "--iface", "lo", "--config", &config])
+        .ok();
+    assert_eq!(generation(&net), before);
+    assert!(
+        !net.tcp_connects(attacker, listener),
+        "the 4th connection is counted with the first three"
+    );
+}
+
+#[test]
+fn a_boot_keeps_bans_a_wrong_clock_calls_expired() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let banned = net.client_v4(1, 2);
+    net.blocker(&["ban", &banned.to_string(), "--for", "1h"])
+        .ok();
+    net.blocker(&["unload"]).ok();
+    // As if the clock were 10 minutes ahead of the ban's end at boot.
+    let mut state = read_json(&net.state_path());
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 600;
+    let ended = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{ahead}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    state["bans"][0]["expires_at"] = Value::from(String::from_utf8_lossy(&ended.stdout).trim());
+    write_json(&net.state_path(), &state);
+    net.load(&[]).ok();
+    assert_eq!(
+        banned_addrs(&read_json(&net.state_path())),
+        [format!("{banned}/32")],
+        "the ban is kept for when the clock is right"
+    );
+}
+
+#[test]
+fn a_corrupt_state_file_still_attaches_with_the_last_good_copy() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let banned = net.client_v4(1, 2);
+    net.blocker(&["ban", &banned.to_string()]).ok();
+    net.blocker(&["unload"]).ok();
+    fs::write(net.state_path(), "{not json").unwrap();
+    let run = net.load(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("ERROR"), "loudly: {}", run.stderr);
+    assert!(
+        run.stderr.contains("state.json.last-good"),
+        "{}",
+        run.stderr
+    );
+    assert!(!net.reaches(banned), "the last good bans are enforced");
+    assert_eq!(
+        fs::read_to_string(net.state_path()).unwrap(),
+        "{not json",
+        "the damaged file is left for the operator"
+    );
+    let run = net.blocker(&["ban", &net.client_v4(1, 3).to_string()]);
+    assert_ne!(run.code, 0, "writers refuse the damaged file");
+    assert!(run.stderr.contains("last-good"), "{}", run.stderr);
+}
+
+#[test]
+fn pins_of_another_layout_are_refused_and_unload_removes_them() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let layout = net.pin_dir.join("layout");
+    fs::remove_file(&layout).expect("load records the layout");
+    std::os::unix::fs::symlink("v0-older", &layout).unwrap();
+    let run = net.blocker(&["ban", &net.client_v4(1, 2).to_string()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("another blocker layout"),
+        "{}",
+        run.stderr
+    );
+    let run = net.blocker_in_server(&["load", "--iface", "lo"]);
+    assert!(
+        run.stderr.contains("another blocker layout"),
+        "{}",
+        run.stderr
+    );
+    net.blocker(&["unload"]).ok();
+    assert!(!net.pin_dir.exists());
+}
+
+#[test]
+fn a_rule_slot_out_of_range_is_refused_before_any_map_changes() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let mut state = read_json(&net.state_path());
+    state["rules"]["rules"][0]["slot"] = Value::from(40);
+    write_json(&net.state_path(), &state);
+    let banned = net.client_v4(1, 2);
+    let run = net.blocker(&["ban", &banned.to_string()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("slot 40; slots are 0 to 31"),
+        "{}",
+        run.stderr
+    );
+    assert!(net.reaches(banned), "nothing was banned");
+    net.blocker(&["unload"]).ok();
+    let run = net.load(&[]);
+    assert_eq!(
+        run.code, 0,
+        "a boot attaches with the last good copy: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("slot 40"), "{}", run.stderr);
+}
+
+#[test]
+fn a_failed_load_leaves_no_pins_and_unload_removes_leftovers() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let config = net.config("huge.toml", "[maps]\nhistory = 4294967295\n");
+    let run = net.load(&["--config", &config]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        !net.pin_dir.exists(),
+        "nothing is left for the next load to reuse"
+    );
+    net.load(&[]).ok();
+    net.blocker(&["unload"]).ok();
+
+    // Whatever an older or interrupted run left, unload removes it.
+    fs::create_dir_all(&net.pin_dir).unwrap();
+    std::os::unix::fs::symlink("v0-older", net.pin_dir.join("layout")).unwrap();
+    net.blocker(&["unload"]).ok();
+    assert!(!net.pin_dir.exists());
+}
+
+#[test]
+fn writers_leave_no_temporary_files() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    // What a writer killed midway leaves is the one temporary file the next writer reuses.
+    let left = net.state_dir.path().join(".state.json.tmp");
+    fs::write(&left, "{\"version\": 1, \"ba").unwrap();
+    net.blocker(&["ban", &net.client_v4(1, 2).to_string()]).ok();
+    assert!(
+        !left.exists(),
+        "a killed writer's temporary file is taken over"
+    );
+    let names: Vec<String> = fs::read_dir(net.state_dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+    assert_eq!(
+        fs::read(net.state_path()).unwrap(),
+        fs::read(net.state_dir.path().join("state.json.last-good")).unwrap()
+    );
+}
+
+#[test]
+fn sighup_keeps_the_history_of_unchanged_rules() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let listener = net.tcp_listener(net.server_v4());
+    let config = net.config("rules.toml", &rate_rule(listener.port()));
+    net.load(&["--config", &config]).ok();
+    let port = (20_000 + net.id % 20_000).to_string();
+    let socket = net.state_dir.path().join("blocker.sock");
+    let mut daemon = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", net.server_ns))
+        .arg(blocker_bin())
+        .args(["daemon", "--config", &config, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--socket")
+        .arg(&socket)
+        .env("BLOCKER_PIN_DIR", &net.pin_dir)
+        .env("BLOCKER_STATE", net.state_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting blocker daemon");
+    let (lines, log) = std::sync::mpsc::channel();
+    let stderr = daemon.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return,
+                Ok(_) => {}
+                Err(err) => panic!("the daemon did not log {what:?}: {err}"),
+            }
+        }
+    };
+    // The daemon is up once it reads the event ring; then the attacker knocks three times.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let attacker = net.client_v4(1, 2);
+    for attempt in 1..=3 {
+        assert!(net.tcp_connects(attacker, listener), "try {attempt} passes");
+    }
+    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    wait_for("rules reloaded");
+    let fourth = net.tcp_connects(attacker, listener);
+    let fifth = net.tcp_connects(attacker, listener);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        !fourth && !fifth,
+        "the 4th and 5th are counted with the first three"
+    );
+}
