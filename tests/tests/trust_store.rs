@@ -4,7 +4,7 @@
 
 use std::{fs, path::Path, process::Command};
 
-use blocker_tests::{blocker_bin, can_run, Run, TestNet};
+use blocker_tests::{blocker_bin, require_root, Run, TestNet};
 use serde_json::Value;
 
 fn read_json(path: &Path) -> Value {
@@ -35,10 +35,9 @@ fn rate_rule(port: u16) -> String {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn a_writer_without_the_state_file_refuses_and_changes_nothing() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     let attacker = net.client_v4(2, 2);
     let listener = net.tcp_listener(net.server_for(attacker));
@@ -81,10 +80,9 @@ fn a_writer_without_the_state_file_refuses_and_changes_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn writers_change_the_maps_from_what_they_really_hold() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let orphan = net.client_v4(1, 2);
@@ -122,10 +120,9 @@ fn writers_change_the_maps_from_what_they_really_hold() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn every_command_uses_the_state_file_load_recorded() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let other = net.state_dir.path().join("other.json");
@@ -161,10 +158,9 @@ fn every_command_uses_the_state_file_load_recorded() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn a_second_load_keeps_the_history_of_unchanged_rules() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     let listener = net.tcp_listener(net.server_v4());
     let config = net.config("rules.toml", &rate_rule(listener.port()));
@@ -187,10 +183,9 @@ fn a_second_load_keeps_the_history_of_unchanged_rules() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn a_boot_keeps_bans_a_wrong_clock_calls_expired() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let banned = net.client_v4(1, 2);
@@ -219,10 +214,9 @@ fn a_boot_keeps_bans_a_wrong_clock_calls_expired() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn a_corrupt_state_file_still_attaches_with_the_last_good_copy() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let banned = net.client_v4(1, 2);
@@ -249,10 +243,9 @@ fn a_corrupt_state_file_still_attaches_with_the_last_good_copy() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn pins_of_another_layout_are_refused_and_unload_removes_them() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let layout = net.pin_dir.join("layout");
@@ -276,10 +269,9 @@ fn pins_of_another_layout_are_refused_and_unload_removes_them() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn a_rule_slot_out_of_range_is_refused_before_any_map_changes() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     let mut state = read_json(&net.state_path());
@@ -305,10 +297,9 @@ fn a_rule_slot_out_of_range_is_refused_before_any_map_changes() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn a_failed_load_leaves_no_pins_and_unload_removes_leftovers() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     let config = net.config("huge.toml", "[maps]\nhistory = 4294967295\n");
     let run = net.load(&["--config", &config]);
@@ -328,10 +319,9 @@ fn a_failed_load_leaves_no_pins_and_unload_removes_leftovers() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn writers_leave_no_temporary_files() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
     // What a writer killed midway leaves is the one temporary file the next writer reuses.
@@ -355,10 +345,9 @@ fn writers_leave_no_temporary_files() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn sighup_keeps_the_history_of_unchanged_rules() {
-    if !can_run() {
-        return;
-    }
+    require_root();
     let net = TestNet::new();
     let listener = net.tcp_listener(net.server_v4());
     let config = net.config("rules.toml", &rate_rule(listener.port()));
