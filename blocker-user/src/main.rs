@@ -12,7 +12,7 @@ use blocker::{
     addr::parse_net,
     clock::{parse_duration, Now},
     config::Config,
-    daemon::{record_offense, report_via_socket, Daemon, OffenseReport},
+    daemon::{record_offense, report_via_socket, Daemon, Listen, OffenseReport},
     dynamic, events, listfile,
     loader::{self, ModeChoice},
     offense::{Level, Severity},
@@ -77,6 +77,9 @@ enum Command {
         /// The daemon's Unix socket [default: /run/blocker/blocker.sock].
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// The TCP API's token file [default: api.token beside the state file].
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Detach from an interface (or all) and remove the pins; the state file is kept.
     ///
@@ -197,6 +200,10 @@ struct DaemonArgs {
     /// Unix socket serving the same API [default: /run/blocker/blocker.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// The TCP API's bearer token, created (mode 0600) if missing [default: api.token beside
+    /// the state file].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Validate a config file and exit.
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
@@ -378,7 +385,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             keep,
             listen,
             socket,
-        } => run_foreground(&pins, state_path, &args, keep, (listen, socket))?,
+            token_file,
+        } => run_foreground(&pins, state_path, &args, keep, (listen, socket, token_file))?,
         Command::Unload { iface } => {
             for attachment in loader::unload(&pins, iface.as_deref())? {
                 info!("detached from {}", attachment.iface);
@@ -518,7 +526,7 @@ fn run_foreground(
     state_path: &Path,
     args: &LoadArgs,
     keep: bool,
-    (listen, socket): (Option<String>, Option<PathBuf>),
+    (listen, socket, token_file): (Option<String>, Option<PathBuf>, Option<PathBuf>),
 ) -> anyhow::Result<()> {
     let config = Config::load_or_default(args.config.as_deref())?;
     let mut loaded = load(pins, state_path, args, &config)?;
@@ -526,6 +534,7 @@ fn run_foreground(
         config: args.config.clone(),
         listen,
         socket,
+        token_file,
         check_config: None,
     };
     let result = serve_daemon(
@@ -604,7 +613,12 @@ fn serve_daemon(
             }
         };
         info!("running; Ctrl-C to stop");
-        daemon.serve(listen, &socket, reload_rx, stop).await
+        let listen = Listen {
+            tcp: listen,
+            socket,
+            token_file: args.token_file.clone(),
+        };
+        daemon.serve(listen, reload_rx, stop).await
     })
 }
 
