@@ -639,3 +639,145 @@ fn a_hanging_notify_command_times_out_and_blocks_no_other_event() {
         daemon.log_text()
     );
 }
+
+/// Bans 50,000 /24s: a state file of several megabytes.
+fn import_bulk_bans(net: &TestNet) {
+    let list: String = (0..50_000u32)
+        .map(|n| {
+            let [_, a, b, c] = (n + 0x0100_0000).to_be_bytes();
+            format!("{}.{b}.{c}.0/24\n", 30 + a)
+        })
+        .collect();
+    let list_path = net.state_dir.path().join("bulk.txt");
+    std::fs::write(&list_path, list).expect("writing the list");
+    net.blocker(&["import", &list_path.to_string_lossy()]).ok();
+}
+
+/// Time of one `GET /healthz` on a new connection, from inside the namespace `ns`.
+fn healthz_time(ns: &str, port: u16) -> Duration {
+    in_netns(ns, move || {
+        let started = Instant::now();
+        let answered = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(30),
+        )
+        .and_then(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+            stream.write_all(
+                b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            )?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer.starts_with("HTTP/1.1 200"))
+        });
+        assert!(matches!(answered, Ok(true)), "{answered:?}");
+        started.elapsed()
+    })
+}
+
+#[test]
+fn blacklistings_with_a_large_state_do_not_stall_the_api() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let config = net.config(
+        "stall.toml",
+        "[[rules]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = 22\nhitcount = 1\nseconds = 60\n\
+         blacklist_for = \"60s\"\n",
+    );
+    net.load(&["--config", &config]).ok();
+    // The issue's large state: each blacklisting used to parse all of it on the serving loop.
+    import_bulk_bans(&net);
+    let daemon = DaemonGuard::start(&net, &config);
+    let sources: Vec<_> = (10..40).map(|host| net.add_client_v4(host)).collect();
+    let target = SocketAddr::new(net.server_v4(), 22);
+
+    let port = daemon.port;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let done = done.clone();
+        let server_ns = net.server_ns.clone();
+        thread::spawn(move || {
+            let mut slowest = Duration::ZERO;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                slowest = slowest.max(healthz_time(&server_ns, port));
+                thread::sleep(Duration::from_millis(50));
+            }
+            slowest
+        })
+    };
+    // Two SYNs per source: the second blacklists it (hitcount 1).
+    for &source in &sources {
+        let _ = net.tcp_connect(source, target);
+        let _ = net.tcp_connect(source, target);
+    }
+    thread::sleep(Duration::from_secs(3));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let slowest = prober.join().expect("prober");
+    let blacklisted = net
+        .blocker(&["list", "blacklist", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .map_or(0, Vec::len);
+    assert!(blacklisted >= sources.len(), "{blacklisted} blacklisted");
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "/healthz took {slowest:?} while {blacklisted} sources were blacklisted"
+    );
+    assert!(healthz_time(&net.server_ns, port) < Duration::from_millis(1000));
+}
+
+#[test]
+fn a_burst_of_offenses_with_a_large_state_is_written_in_batches() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    let config = config(&net, "");
+    net.load(&["--config", &config]).ok();
+    import_bulk_bans(&net);
+    let daemon = DaemonGuard::start(&net, &config);
+    // Without a token the answers are 401s, which fail below.
+    let token = daemon.token().unwrap_or_default();
+    let port = daemon.port;
+    let started = Instant::now();
+    // 100 clients at once; one state write each would take minutes with this state.
+    let clients: Vec<_> = (0..100u32)
+        .map(|n| {
+            let (ns, token) = (net.server_ns.clone(), token.clone());
+            thread::spawn(move || {
+                in_netns(&ns, move || {
+                    let body = format!(r#"{{"addr":"192.0.2.{}","severity":"critical"}}"#, n + 1);
+                    let mut stream = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
+                    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+                    write!(
+                        stream,
+                        "POST /v1/offenses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+                         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )?;
+                    let mut answer = String::new();
+                    stream.read_to_string(&mut answer)?;
+                    Ok::<_, std::io::Error>(answer)
+                })
+            })
+        })
+        .collect();
+    for client in clients {
+        let answer = client.join().expect("client").expect("answer");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains("\"banned\":true"),
+            "{answer}"
+        );
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "100 offenses took {elapsed:?}"
+    );
+    let bans = daemon.curl(&["/v1/bans"]).1;
+    assert!(bans.contains("192.0.2.100/32") && bans.contains("192.0.2.1/32"));
+}
