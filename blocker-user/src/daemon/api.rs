@@ -72,6 +72,7 @@ impl ApiError {
         }
     }
 
+    #[cfg(test)]
     pub fn status(&self) -> StatusCode {
         self.status
     }
@@ -213,16 +214,16 @@ pub fn router(api: Api, guard: Option<Arc<auth::Guard>>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offense::{OffenseBook, OffenseConfig};
+    use crate::{
+        daemon::offenses::{validate, ValidOffense},
+        offense::{OffenseBook, OffenseConfig},
+    };
     use proptest::prelude::*;
 
     /// Parsing then validating, as the daemon does before the store is touched.
-    fn accept(
-        content_type: Option<&str>,
-        body: &[u8],
-    ) -> Result<super::super::offenses::ValidOffense, ApiError> {
+    fn accept(content_type: Option<&str>, body: &[u8]) -> Result<ValidOffense, ApiError> {
         let report = parse_offense(content_type, body)?;
-        super::super::offenses::validate(&report, &OffenseConfig::default()).map_err(ApiError::from)
+        validate(&report, &OffenseConfig::default()).map_err(ApiError::from)
     }
 
     fn assert_client_error(err: &ApiError) {

@@ -28,12 +28,9 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-pub use api::{parse_offense, ApiError, OffenseAnswer, OffenseReport, MAX_BODY};
-pub use auth::{default_token_path, TOKEN_FILE};
+pub use api::{OffenseAnswer, OffenseReport};
 pub use client::report_via_socket;
-pub use metrics::{metrics_text, prometheus_text};
-pub use offenses::{record_offense, validate, ValidOffense, MAX_KEY, MAX_REASON};
-pub use server::HEADER_TIMEOUT;
+pub use offenses::record_offense;
 
 use crate::{config::Config, events, events::EventRecord, pins::PinDir, Result};
 
@@ -91,7 +88,7 @@ impl Daemon {
         let token_path = listen
             .token_file
             .clone()
-            .unwrap_or_else(|| default_token_path(&self.state_path));
+            .unwrap_or_else(|| auth::default_token_path(&self.state_path));
         let token = auth::load_or_create_token(&token_path)?;
         let tcp = tokio::net::TcpListener::bind(listen.tcp)
             .await
