@@ -2,14 +2,16 @@
 //! and entries that expired or were removed (noticed by scanning the blacklist map, so the
 //! packet path never pays for them).
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, path::PathBuf, time::SystemTime};
 
 use aya::maps::{Map, MapData, RingBuf};
 use blocker_common::{Event, SourceKey, MAP_EVENTS};
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::{clock::Now, dynamic, pins::PinDir, state::State, text::escape, Error, Result};
+use crate::{
+    clock::Now, dynamic, pins::PinDir, rules::RuleTable, state::State, text::escape, Error, Result,
+};
 
 /// One event as `blocker events --json` prints it.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +51,9 @@ pub struct Watcher {
     known: HashMap<SourceKey, (u64, bool)>,
     /// Delete expired entries during the scan (the daemon does; `blocker events` only reads).
     purge_expired: bool,
+    /// The rules of the state file as of its modification time, to name rules in events
+    /// without parsing the file for each one.
+    rules: (Option<SystemTime>, Option<RuleTable>),
 }
 
 /// Readable when the kernel has submitted events.
@@ -70,15 +75,29 @@ impl Watcher {
             ring,
             known: HashMap::new(),
             purge_expired,
+            rules: (None, None),
         };
         // Entries that exist already are not news.
         watcher.scan()?;
         Ok(watcher)
     }
 
+    /// Reads the rules again if the state file changed since they were read.
+    fn refresh_rules(&mut self) {
+        let modified = std::fs::metadata(&self.state_path)
+            .and_then(|meta| meta.modified())
+            .ok();
+        if modified.is_none() || modified != self.rules.0 {
+            let rules = State::load(&self.state_path)
+                .ok()
+                .and_then(|state| state.rules);
+            self.rules = (modified, rules);
+        }
+    }
+
     fn rule_name(&self, slot: u16, generation: u32) -> Option<String> {
-        let state = State::load(&self.state_path).ok()?;
-        state.rules?.name_of(slot, generation).map(str::to_string)
+        let rules = self.rules.1.as_ref()?;
+        rules.name_of(slot, generation).map(str::to_string)
     }
 
     /// Events waiting in the ring buffer.
@@ -90,6 +109,9 @@ impl Watcher {
                 // SAFETY: the kernel wrote an `Event` (plain data) at the start of the item.
                 raw.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
             }
+        }
+        if !raw.is_empty() {
+            self.refresh_rules();
         }
         raw.into_iter()
             .filter_map(|event| {

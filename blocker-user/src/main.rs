@@ -12,7 +12,7 @@ use blocker::{
     addr::parse_net,
     clock::{parse_duration, Now},
     config::Config,
-    daemon::{record_offense, report_via_socket, Daemon, OffenseReport},
+    daemon::{record_offense, report_via_socket, Daemon, Listen, OffenseReport},
     dynamic,
     error::{is_broken_pipe, one_line},
     events, listfile,
@@ -82,6 +82,9 @@ enum Command {
         /// The daemon's Unix socket [default: /run/blocker/blocker.sock].
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// The TCP API's token file [default: api.token beside the state file].
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Detach from an interface (or all) and remove the pins; the state file is kept.
     ///
@@ -210,6 +213,10 @@ struct DaemonArgs {
     /// Unix socket serving the same API [default: /run/blocker/blocker.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// The TCP API's bearer token, created (mode 0600) if missing [default: api.token beside
+    /// the state file].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Validate a config file and exit.
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
@@ -395,7 +402,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             keep,
             listen,
             socket,
-        } => run_foreground(&pins, explicit_state, &args, keep, (listen, socket))?,
+            token_file,
+        } => run_foreground(
+            &pins,
+            explicit_state,
+            &args,
+            keep,
+            (listen, socket, token_file),
+        )?,
         Command::Unload { iface } => {
             for attachment in loader::unload(&pins, iface.as_deref())? {
                 info!("detached from {}", attachment.iface);
@@ -546,7 +560,7 @@ fn run_foreground(
     explicit_state: Option<&Path>,
     args: &LoadArgs,
     keep: bool,
-    (listen, socket): (Option<String>, Option<PathBuf>),
+    (listen, socket, token_file): (Option<String>, Option<PathBuf>, Option<PathBuf>),
 ) -> anyhow::Result<()> {
     let config = Config::load_or_default(args.config.as_deref())?;
     let state_path = &pins.state_path(explicit_state.or(config.daemon.state.as_deref()))?;
@@ -555,6 +569,7 @@ fn run_foreground(
         config: args.config.clone(),
         listen,
         socket,
+        token_file,
         check_config: None,
     };
     let result = serve_daemon(
@@ -633,7 +648,12 @@ fn serve_daemon(
             }
         };
         info!("running; Ctrl-C to stop");
-        daemon.serve(listen, &socket, reload_rx, stop).await
+        let listen = Listen {
+            tcp: listen,
+            socket,
+            token_file: args.token_file.clone(),
+        };
+        daemon.serve(listen, reload_rx, stop).await
     })
 }
 

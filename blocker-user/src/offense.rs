@@ -83,6 +83,8 @@ impl Default for OffenseConfig {
 }
 
 impl OffenseConfig {
+    /// The weight of an offense. A numeric weight is bounded by the threshold: one report can
+    /// ban by itself, but never push a score past what one more offense would.
     pub fn weight(&self, severity: Severity) -> Result<f64, String> {
         let weight = match severity {
             Severity::Named(Level::Minor) => self.minor,
@@ -90,13 +92,18 @@ impl OffenseConfig {
             Severity::Named(Level::Critical) => self.critical,
             Severity::Weight(weight) => weight,
         };
-        if weight.is_finite() && weight > 0.0 {
-            Ok(weight)
-        } else {
-            Err(format!(
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(format!(
                 "severity weight must be a positive number, not {weight}"
-            ))
+            ));
         }
+        if matches!(severity, Severity::Weight(_)) && weight > self.threshold {
+            return Err(format!(
+                "severity weight {weight} is above the threshold {}, the largest accepted",
+                self.threshold
+            ));
+        }
+        Ok(weight)
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -382,6 +389,23 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.contains("positive"), "{err}");
+        for weight in [f64::INFINITY, f64::NAN, 1e300, 10.000_001] {
+            let err = book
+                .offend(
+                    &config,
+                    addr("10.0.0.3/32"),
+                    Severity::Weight(weight),
+                    "",
+                    None,
+                    at(0),
+                )
+                .unwrap_err();
+            assert!(err.contains("weight"), "{weight}: {err}");
+        }
+        assert!(!book
+            .scores
+            .keys()
+            .any(|subject| subject.starts_with("10.0.0.3")));
     }
 
     #[test]

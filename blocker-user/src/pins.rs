@@ -3,6 +3,7 @@
 
 use std::{
     fs::{self, File},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
@@ -292,16 +293,33 @@ impl PinDir {
         }
     }
 
-    /// Creates the directory (and the links sub-directory) if needed.
+    /// Creates the directory (and the links sub-directory) if needed, root's alone (0700),
+    /// and closes up one that an older version created open.
     pub fn create(&self) -> Result<()> {
         fs::create_dir_all(self.links_dir()).map_err(Error::io(format!(
             "creating {}",
             self.links_dir().display()
-        )))
+        )))?;
+        self.make_private()
     }
 
-    /// Takes the writers' lock; waits while another writer holds it.
+    /// Mode 0700: only root can open the directory, so only root can take the writers' lock
+    /// on it (an open directory would let any user hold the lock and hang every writer).
+    fn make_private(&self) -> Result<()> {
+        let meta = fs::metadata(&self.path)
+            .map_err(Error::io(format!("reading {}", self.path.display())))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700)).map_err(
+                Error::io(format!("setting the mode of {}", self.path.display())),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Takes the writers' lock; waits while another writer holds it. The directory is made
+    /// root's alone first.
     pub fn lock(&self) -> Result<DirLock> {
+        self.make_private()?;
         let dir = File::open(&self.path)
             .map_err(Error::io(format!("opening {}", self.path.display())))?;
         Flock::lock(dir, FlockArg::LockExclusive)

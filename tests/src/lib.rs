@@ -18,6 +18,7 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
+pub mod daemon;
 pub mod frames;
 
 /// The seed's netfilter `recent` ruleset (002) on INPUT, as `iptables` argument lists, for

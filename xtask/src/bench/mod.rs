@@ -4,6 +4,7 @@
 
 mod bpf;
 mod chart;
+mod daemon;
 mod throughput;
 
 use std::{
@@ -96,6 +97,7 @@ struct Report {
     scaling: Vec<ScalePoint>,
     control_plane: ControlPlane,
     throughput: Vec<throughput::Row>,
+    daemon: daemon::DaemonLoad,
 }
 
 fn verdict_name(retval: u32) -> &'static str {
@@ -467,6 +469,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     let control_plane = control_plane(&lab)?;
     drop(lab);
     let throughput = throughput::run(root, plan)?;
+    let daemon = daemon::run(root, plan)?;
 
     let report = Report {
         machine: machine(),
@@ -477,6 +480,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
         scaling,
         control_plane,
         throughput,
+        daemon,
     };
     write_report(root, &report)
 }
@@ -859,5 +863,6 @@ fn markdown(report: &Report) -> String {
         out += &format!("| {what} | {value} |\n");
     }
     out += &throughput::markdown(&report.throughput);
+    out += &daemon::markdown(&report.daemon);
     out
 }

@@ -1,0 +1,292 @@
+//! Who may use the TCP API. A bearer token, generated at first start into `api.token` beside
+//! the state file (mode 0600; `--token-file` puts it elsewhere), guards everything but
+//! `/metrics` and `/healthz`, which scrapers read without one. Requests a browser could send
+//! for a web page (an `Origin` header, or a `Host` that names another site, as after DNS
+//! rebinding) are refused whatever they carry. The Unix socket keeps file-permission auth.
+
+use std::{
+    fs::{self, OpenOptions},
+    io::{ErrorKind, Read, Write},
+    net::IpAddr,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use axum::{
+    extract::{Request, State as AxumState},
+    http::{header, HeaderMap, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use tracing::{info, warn};
+
+use super::api::ApiError;
+use crate::{Error, Result};
+
+/// The token file's name beside the state file.
+pub const TOKEN_FILE: &str = "api.token";
+
+/// Paths anyone who can reach the listener may read.
+const OPEN_PATHS: [&str; 2] = ["/metrics", "/healthz"];
+
+/// Random bytes in a new token.
+const TOKEN_BYTES: usize = 32;
+
+/// Where the token lives when `--token-file` does not say.
+pub fn default_token_path(state_path: &Path) -> PathBuf {
+    state_path.with_file_name(TOKEN_FILE)
+}
+
+/// Reads the token at `path`, or creates it (mode 0600) with fresh random bytes.
+pub fn load_or_create_token(path: &Path) -> Result<String> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim().to_string();
+            if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(Error::InvalidConfig {
+                    path: path.to_path_buf(),
+                    message: "the API token must be at least 16 printable characters; delete \
+                              the file to have a new one generated"
+                        .into(),
+                });
+            }
+            let mode = fs::metadata(path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
+            if mode & 0o077 != 0 {
+                warn!(
+                    "{} is readable by others (mode {:o}): run chmod 600 {0}",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+            Ok(token)
+        }
+        Err(err) if err.kind() == ErrorKind::NotFound => create_token(path),
+        Err(source) => Err(Error::Io {
+            context: format!("reading the API token {}", path.display()),
+            source,
+        }),
+    }
+}
+
+fn create_token(path: &Path) -> Result<String> {
+    let mut random = [0u8; TOKEN_BYTES];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut urandom| urandom.read_exact(&mut random))
+        .map_err(Error::io("reading /dev/urandom"))?;
+    let token: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(format!("{token}\n").as_bytes()))
+        .map_err(Error::io(format!(
+            "writing the API token {}",
+            path.display()
+        )))?;
+    info!("wrote a new API token to {}", path.display());
+    Ok(token)
+}
+
+/// The checks of the TCP listener.
+pub struct Guard {
+    token: String,
+    /// This machine's name, which a `Host` header may carry.
+    hostname: String,
+}
+
+impl Guard {
+    pub fn new(token: String) -> Arc<Self> {
+        let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        Arc::new(Self { token, hostname })
+    }
+
+    /// Passes a request, or says why not.
+    pub fn check(&self, path: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+        if headers.contains_key(header::ORIGIN) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "requests from web pages (with an Origin header) are refused",
+            ));
+        }
+        if let Some(host) = headers.get(header::HOST) {
+            let host = host.to_str().unwrap_or("");
+            if !self.is_this_host(host) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("Host {host:?} does not name this machine: use its address, localhost or its host name"),
+                ));
+            }
+        }
+        if OPEN_PATHS.contains(&path) {
+            return Ok(());
+        }
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if same_secret(presented.trim().as_bytes(), self.token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "send the token of the daemon's token file as `Authorization: Bearer TOKEN`, \
+                 or use the Unix socket",
+            ))
+        }
+    }
+
+    /// An address, `localhost`, or this machine's name, with or without a port.
+    fn is_this_host(&self, host: &str) -> bool {
+        let name = match host.rsplit_once(':') {
+            // An IPv6 literal is bracketed; a bare one (no port) has colons too.
+            Some((name, port))
+                if port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(':') =>
+            {
+                name
+            }
+            _ => host,
+        };
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        if name.parse::<IpAddr>().is_ok() || host.parse::<IpAddr>().is_ok() {
+            return true;
+        }
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        name == "localhost"
+            || name.ends_with(".localhost")
+            || (!self.hostname.is_empty()
+                && (name == self.hostname
+                    || name
+                        .strip_prefix(self.hostname.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))))
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    given.len() == secret.len()
+        && given
+            .iter()
+            .zip(secret)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+/// Middleware of the TCP router.
+pub(super) async fn guard_requests(
+    AxumState(guard): AxumState<Arc<Guard>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match guard.check(request.uri().path(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(err) => err.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn guard() -> Guard {
+        Guard {
+            token: "0123456789abcdef0123".into(),
+            hostname: "gate".into(),
+        }
+    }
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn status(path: &str, pairs: &[(header::HeaderName, &str)]) -> u16 {
+        match guard().check(path, &headers(pairs)) {
+            Ok(()) => 200,
+            Err(err) => err.status().as_u16(),
+        }
+    }
+
+    #[test]
+    fn the_token_is_needed_except_for_probes() {
+        let auth = (header::AUTHORIZATION, "Bearer 0123456789abcdef0123");
+        assert_eq!(status("/v1/offenses", std::slice::from_ref(&auth)), 200);
+        assert_eq!(status("/v1/offenses", &[]), 401);
+        assert_eq!(
+            status(
+                "/v1/bans",
+                &[(header::AUTHORIZATION, "Bearer 0123456789abcdef012")]
+            ),
+            401
+        );
+        assert_eq!(
+            status(
+                "/v1/bans",
+                &[(header::AUTHORIZATION, "Basic 0123456789abcdef0123")]
+            ),
+            401
+        );
+        assert_eq!(status("/metrics", &[]), 200);
+        assert_eq!(status("/healthz", &[]), 200);
+    }
+
+    #[test]
+    fn hosts_must_name_this_machine_and_origins_are_refused() {
+        let auth = (header::AUTHORIZATION, "Bearer 0123456789abcdef0123");
+        for host in [
+            "127.0.0.1:9977",
+            "[::1]:9977",
+            "::1",
+            "localhost",
+            "gate:9977",
+            "GATE.example.org",
+            "10.0.0.1",
+        ] {
+            assert_eq!(
+                status("/v1/bans", &[auth.clone(), (header::HOST, host)]),
+                200,
+                "{host}"
+            );
+        }
+        for host in [
+            "evil.example",
+            "gateway:9977",
+            "127.0.0.1.evil.example",
+            "localhost.evil",
+        ] {
+            assert_eq!(status("/metrics", &[(header::HOST, host)]), 403, "{host}");
+        }
+        assert_eq!(
+            status("/healthz", &[(header::ORIGIN, "http://127.0.0.1:9977")]),
+            403
+        );
+    }
+
+    #[test]
+    fn a_token_is_created_once_private_and_then_reread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join(TOKEN_FILE);
+        let token = load_or_create_token(&path).unwrap();
+        assert_eq!(token.len(), 2 * TOKEN_BYTES);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(load_or_create_token(&path).unwrap(), token);
+        fs::write(&path, "short\n").unwrap();
+        assert!(load_or_create_token(&path).unwrap_err().is_bad_input());
+    }
+}

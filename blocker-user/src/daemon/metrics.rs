@@ -1,0 +1,233 @@
+//! `GET /metrics`: Prometheus text built at scrape time from the kernel's per-CPU counters
+//! (summed here, nothing on the packet path) and the daemon's own. A state file that cannot be
+//! read does not stop the scrape: the kernel's numbers are still exported, and
+//! `blocker_state_readable` drops to 0.
+
+use std::{collections::BTreeMap, path::Path};
+
+use axum::{
+    extract::State as AxumState,
+    http::{header, HeaderMap},
+    response::{IntoResponse, Response},
+};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tracing::warn;
+
+use super::api::{Api, ApiError};
+use crate::{
+    clock::Now, dynamic, offense::Level, pins::PinDir, state::State, status, Error, Result,
+};
+
+/// Prometheus text, or OpenMetrics when the scraper asks for it.
+pub(super) async fn get_metrics(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let offenses = api.daemon.offense_counts();
+    let pins = api.daemon.pins.clone();
+    let state_path = api.daemon.state_path.clone();
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let text = super::api::blocking(move || metrics_text(&pins, &state_path, &offenses)).await?;
+    let (content_type, body) = if openmetrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            prometheus_text(&text),
+        )
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// OpenMetrics text as the classic Prometheus text format (0.0.4), which every scraper and
+/// `promtool check metrics` read: counter families named with their `_total` samples, and no
+/// `# EOF`.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE ", "# UNIT "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn metrics_text(
+    pins: &PinDir,
+    state_path: &Path,
+    offenses: &BTreeMap<String, u64>,
+) -> Result<String> {
+    let status = status::read(pins)?;
+    let (state, state_readable) = match State::load(state_path) {
+        Ok(state) => (state, 1),
+        Err(err) => {
+            warn!("metrics without the state file: {err}");
+            (State::default(), 0)
+        }
+    };
+    let now = Now::read();
+    let mut registry = Registry::with_prefix("blocker");
+
+    let packets = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    for row in &status.counters {
+        let l = labels(&[("action", row.action), ("reason", row.reason)]);
+        packets.get_or_create(&l).inc_by(row.packets);
+        bytes.get_or_create(&l).inc_by(row.bytes);
+    }
+    registry.register(
+        "packets",
+        "Packets seen by the XDP program, by verdict and reason",
+        packets,
+    );
+    registry.register(
+        "bytes",
+        "Bytes seen by the XDP program, by verdict and reason",
+        bytes,
+    );
+
+    let rule_events = Family::<Labels, Counter>::default();
+    let rule_blacklisted = Family::<Labels, Counter>::default();
+    let stats = dynamic::rule_stats(pins)?;
+    let mut rule_bans = 0;
+    for placed in state.rules.iter().flat_map(|table| &table.rules) {
+        let counts = stats.get(placed.slot as usize).copied().unwrap_or_default();
+        let l = labels(&[("rule", &placed.spec.name)]);
+        rule_events.get_or_create(&l).inc_by(counts.events);
+        rule_blacklisted
+            .get_or_create(&l)
+            .inc_by(counts.blacklisted);
+        rule_bans += counts.blacklisted;
+    }
+    registry.register("rule_events", "Events counted by each rule", rule_events);
+    registry.register(
+        "rule_blacklisted",
+        "Sources each rule put on the dynamic blacklist",
+        rule_blacklisted,
+    );
+
+    let bans = Family::<Labels, Gauge>::default();
+    let mut listed = state.listed_bans(now.wall);
+    listed.extend(state.listed_allow());
+    listed.extend(dynamic::blacklist(pins, None, &now)?);
+    for kind in ["permanent", "temporary", "dynamic", "allow"] {
+        let count = listed.iter().filter(|entry| entry.kind == kind).count();
+        bans.get_or_create(&labels(&[("kind", kind)]))
+            .set(count as i64);
+    }
+    registry.register("bans", "Entries in force, by kind", bans);
+
+    let entries = Family::<Labels, Gauge>::default();
+    let capacity = Family::<Labels, Gauge>::default();
+    for map in &status.maps {
+        let l = labels(&[("map", map.name)]);
+        entries.get_or_create(&l).set(map.entries as i64);
+        capacity.get_or_create(&l).set(i64::from(map.capacity));
+    }
+    registry.register("map_entries", "Entries in each kernel map", entries);
+    registry.register("map_capacity", "Capacity of each kernel map", capacity);
+
+    let offense_counter = Family::<Labels, Counter>::default();
+    for level in [Level::Minor, Level::Major, Level::Critical] {
+        // Every severity is exported, at 0 until reported.
+        let _ = offense_counter.get_or_create(&labels(&[("severity", level.name())]));
+    }
+    for (severity, count) in offenses {
+        offense_counter
+            .get_or_create(&labels(&[("severity", severity)]))
+            .inc_by(*count);
+    }
+    registry.register(
+        "offenses",
+        "Offenses reported to this daemon, by severity",
+        offense_counter,
+    );
+
+    let issued = Family::<Labels, Counter>::default();
+    for source in ["cli", "import", "offense", "log"] {
+        let count = state.issued.get(source).copied().unwrap_or(0);
+        issued
+            .get_or_create(&labels(&[("source", source)]))
+            .inc_by(count);
+    }
+    issued
+        .get_or_create(&labels(&[("source", "rule")]))
+        .inc_by(rule_bans);
+    registry.register(
+        "bans_issued",
+        "Bans issued, by where they came from",
+        issued,
+    );
+
+    let readable = Gauge::<i64>::default();
+    readable.set(state_readable);
+    registry.register(
+        "state_readable",
+        "1 when the state file reads; 0 while it is broken and writes are refused",
+        readable,
+    );
+
+    let build = Family::<Labels, Gauge>::default();
+    build
+        .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
+        .set(1);
+    registry.register("build_info", "Build information", build);
+
+    let mut text = String::new();
+    encode(&mut text, &registry).map_err(|err| Error::Io {
+        context: "encoding metrics".into(),
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_renamed_for_the_classic_format() {
+        let openmetrics = "# HELP blocker_packets Packets.\n# TYPE blocker_packets counter\n\
+                           blocker_packets_total{reason=\"x\"} 1\n# HELP blocker_bans Bans.\n\
+                           # TYPE blocker_bans gauge\nblocker_bans 2\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP blocker_packets_total Packets.\n# TYPE blocker_packets_total counter\n\
+             blocker_packets_total{reason=\"x\"} 1\n# HELP blocker_bans Bans.\n\
+             # TYPE blocker_bans gauge\nblocker_bans 2\n"
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! `blocker daemon`: takes offense reports from applications over HTTP (TCP and a Unix
+//! socket), serves the ban list (JSON and Atom) and Prometheus metrics, removes expired
+//! entries, and logs and forwards events. The kernel program and the CLI work without it: all
+//! it knows lives in the pinned maps and the state file.
+//!
+//! Work that touches files or maps never runs on the tasks that serve HTTP: the ring buffer and
+//! the blacklist scan have their own thread, offenses are written by one task in batches,
+//! everything else goes through `spawn_blocking`.
+
+mod api;
+mod auth;
+mod client;
+mod expiry;
+mod feed;
+mod metrics;
+mod notify;
+mod offenses;
+mod server;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+pub use api::{OffenseAnswer, OffenseReport};
+pub use client::report_via_socket;
+pub use offenses::record_offense;
+
+use crate::{config::Config, events, events::EventRecord, pins::PinDir, Result};
+
+/// What the daemon serves from.
+#[derive(Clone)]
+pub struct Daemon {
+    pub pins: PinDir,
+    pub state_path: PathBuf,
+    config: Arc<Mutex<Config>>,
+    offenses: Arc<Mutex<BTreeMap<String, u64>>>,
+    state_health: expiry::StateHealth,
+}
+
+/// Where the daemon listens.
+pub struct Listen {
+    pub tcp: SocketAddr,
+    pub socket: PathBuf,
+    /// The API token; `api.token` beside the state file when `None`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Daemon {
+    pub fn new(pins: PinDir, state_path: PathBuf, config: Config) -> Self {
+        Self {
+            pins,
+            state_path,
+            config: Arc::new(Mutex::new(config)),
+            offenses: Arc::default(),
+            state_health: expiry::StateHealth::default(),
+        }
+    }
+
+    fn config(&self) -> Config {
+        self.config.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn offense_counts(&self) -> BTreeMap<String, u64> {
+        self.offenses.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    fn count_offense(&self, label: String) {
+        if let Ok(mut offenses) = self.offenses.lock() {
+            *offenses.entry(label).or_default() += 1;
+        }
+    }
+
+    /// Serves until `stop` completes. `reload` yields a new config on SIGHUP.
+    pub async fn serve(
+        self,
+        listen: Listen,
+        mut reload: mpsc::Receiver<Config>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let token_path = listen
+            .token_file
+            .clone()
+            .unwrap_or_else(|| auth::default_token_path(&self.state_path));
+        let token = auth::load_or_create_token(&token_path)?;
+        let tcp = tokio::net::TcpListener::bind(listen.tcp)
+            .await
+            .with_context(|| format!("listening on {}", listen.tcp))?;
+        let (unix, _own_socket) = server::bind_unix(&listen.socket)?;
+        info!(
+            "listening on http://{} and {}",
+            listen.tcp,
+            listen.socket.display()
+        );
+        if !listen.tcp.ip().is_loopback() {
+            warn!(
+                "listening on {}, beyond loopback: anyone who can reach it can try the API. \
+                 Offenses and the ban list need the token in {}; /metrics and /healthz are \
+                 open to all. Firewall the port, or listen on 127.0.0.1 unless remote \
+                 clients need it",
+                listen.tcp,
+                token_path.display()
+            );
+        }
+
+        let (notify_tx, notify_rx) = mpsc::channel::<EventRecord>(notify::NOTIFY_QUEUE);
+        tokio::spawn(notify::notifier(self.config.clone(), notify_rx));
+        let api = api::Api {
+            daemon: self.clone(),
+            offenses: offenses::OffenseQueue::start(self.clone()),
+        };
+        let limit = server::connection_limit();
+        tokio::spawn(server::serve(
+            tcp,
+            format!("http://{}", listen.tcp),
+            api::router(api.clone(), Some(auth::Guard::new(token))),
+            limit,
+        ));
+        tokio::spawn(server::serve(
+            unix,
+            listen.socket.display().to_string(),
+            api::router(api, None),
+            limit,
+        ));
+        let watcher = self.watch_events(notify_tx.clone());
+        tokio::spawn(expiry::expire_loop(
+            self.pins.clone(),
+            self.state_path.clone(),
+            self.state_health.clone(),
+            notify_tx,
+        ));
+        let reloads = async {
+            while let Some(config) = reload.recv().await {
+                self.reload(config).await;
+            }
+        };
+        tokio::select! {
+            result = watcher => result.context("following events")?,
+            () = reloads => {},
+            () = stop => {},
+        }
+        Ok(())
+    }
+
+    /// Applies a reloaded config: rules in the file replace the rules in force, as at load.
+    async fn reload(&self, config: Config) {
+        if let Some(rules) = config.rules.clone() {
+            let (pins, state_path) = (self.pins.clone(), self.state_path.clone());
+            let applied = api::blocking(move || -> Result<()> {
+                let _lock = pins.lock()?;
+                crate::store::restore(&pins, &state_path, false, Some(&rules)).map(drop)
+            })
+            .await;
+            match applied {
+                Ok(()) => info!("rules reloaded"),
+                Err(err) => warn!("rules not reloaded: {}", err.message()),
+            }
+        }
+        if let Ok(mut current) = self.config.lock() {
+            *current = config;
+        }
+        info!("configuration reloaded");
+    }
+
+    /// Follows the ring buffer and scans the blacklist (deleting expired entries) on a thread
+    /// of its own, so neither ever delays a request. An error (say, out of descriptors) is
+    /// logged and the watch starts again; the returned receiver ends only if the thread dies.
+    fn watch_events(
+        &self,
+        notify: mpsc::Sender<EventRecord>,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> {
+        let (pins, state_path) = (self.pins.clone(), self.state_path.clone());
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("blocker-events".into())
+            .spawn(move || {
+                let _done = done_tx;
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        error!("starting the event thread: {err}");
+                        return;
+                    }
+                };
+                loop {
+                    let followed =
+                        runtime.block_on(events::follow(&pins, &state_path, true, |event| {
+                            info!("{event}");
+                            if notify.try_send(event.clone()).is_err() {
+                                warn!(
+                                    "notification queue full: dropped the event for {}",
+                                    event.addr
+                                );
+                            }
+                        }));
+                    if let Err(err) = followed {
+                        error!("following events: {err:#}; starting again in a second");
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        async move {
+            spawned.map_err(|err| anyhow::anyhow!("starting the event thread: {err}"))?;
+            let _ = done_rx.await;
+            anyhow::bail!("the event thread stopped")
+        }
+    }
+}

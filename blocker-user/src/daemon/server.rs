@@ -1,0 +1,207 @@
+//! Serving connections within limits: each listener holds at most a bounded number of
+//! connections (more are accepted and closed at once, so the backlog never fills), a client
+//! that does not send a complete request head within [`HEADER_TIMEOUT`] (a half-sent request,
+//! or an idle keep-alive connection) is cut off, and errors from `accept` (out of files) are
+//! waited out, never fatal. The bound follows the process's file limit, which is raised to its
+//! hard limit first, so connections never starve the maps of descriptors.
+
+use std::{
+    future::Future,
+    io,
+    os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use axum::Router;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, UnixListener},
+    sync::Semaphore,
+};
+use tracing::{debug, info, warn};
+
+/// A request head (or the next one, on a kept-alive connection) must arrive within this.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections per listener at most, whatever the file limit.
+const MAX_CONNECTIONS: usize = 512;
+/// Descriptors kept for everything but connections: maps, the ring buffer, files, the runtime.
+const RESERVED_FILES: u64 = 96;
+/// How long to wait after `accept` failed (typically out of descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Raises the soft file limit to the hard one and returns how many connections each of the
+/// two listeners may hold.
+pub fn connection_limit() -> usize {
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(err) => {
+                warn!("cannot raise the file limit from {soft} to {hard}: {err}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    };
+    let limit = (soft.saturating_sub(RESERVED_FILES) / 2).clamp(8, MAX_CONNECTIONS as u64) as usize;
+    info!("at most {limit} connections per listener (file limit {soft})");
+    limit
+}
+
+/// A listener the server accepts from.
+pub trait Listener: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<Self::Io> {
+        let (stream, _) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Listener for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<Self::Io> {
+        UnixListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+/// Serves `app` on `listener` forever.
+pub async fn serve(listener: impl Listener, name: String, app: Router, limit: usize) {
+    let slots = Arc::new(Semaphore::new(limit));
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let io = match listener.accept().await {
+            Ok(io) => {
+                if let Some(since) = failing_since.take() {
+                    info!("{name}: accepting again after {:.1?}", since.elapsed());
+                }
+                io
+            }
+            Err(err) => {
+                if failing_since.is_none() {
+                    warn!("{name}: accept failed: {err}; retrying");
+                    failing_since = Some(Instant::now());
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!("{name}: {limit} connections open; closing a new one");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(io), service);
+            if let Err(err) = connection.await {
+                debug!("connection ended: {err}");
+            }
+        });
+    }
+}
+
+/// A Unix socket this daemon bound, removed on drop only if it is still the same file.
+pub struct OwnSocket {
+    path: PathBuf,
+    /// Device, inode and change time: an inode number alone may be reused by the next file.
+    identity: (u64, u64, i64, i64),
+}
+
+fn identity(meta: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+}
+
+impl Drop for OwnSocket {
+    fn drop(&mut self) {
+        let same = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| identity(&meta) == self.identity);
+        if same {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds the Unix socket at `path` (mode 0660). An old socket left by a daemon that died is
+/// replaced; a live one (it accepts connections), and any file that is not a socket, are
+/// left alone and refused.
+pub fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, OwnSocket)> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => anyhow::bail!(
+            "{} exists and is not a socket: not deleting it; choose another --socket",
+            path.display()
+        ),
+        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => anyhow::bail!(
+            "a daemon is already listening on {}: stop it first, or choose another --socket",
+            path.display()
+        ),
+        Ok(_) => {
+            info!("removing the stale socket {}", path.display());
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        Err(_) => {}
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((
+        listener,
+        OwnSocket {
+            path: path.to_path_buf(),
+            identity: identity(&meta),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_stale_sockets_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "keep").unwrap();
+        let err = bind_unix(&file).err().expect("refused").to_string();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+
+        let path = dir.path().join("sock");
+        let (live, owner) = bind_unix(&path).unwrap();
+        let err = bind_unix(&path).err().expect("refused").to_string();
+        assert!(err.contains("already listening"), "{err}");
+        drop(live);
+        // Change times are coarse (a clock tick): a daemon does not restart faster.
+        std::thread::sleep(Duration::from_millis(20));
+        // The listener is closed but the file stays: stale, so it is replaced.
+        let (_again, second) = bind_unix(&path).unwrap();
+        // The first owner's drop must not remove the second daemon's socket.
+        drop(owner);
+        assert!(path.exists());
+        drop(second);
+        assert!(!path.exists());
+    }
+}
