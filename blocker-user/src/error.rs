@@ -70,6 +70,8 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("pin directory {} belongs to uid {owner}, not to this user ({euid}): another user may have planted it; check it, remove it (`rm -r {}`) and load again", dir.display(), dir.display())]
+    PinDirNotOurs { dir: PathBuf, owner: u32, euid: u32 },
     #[error("pins in {} are from another blocker layout ({found}; this build uses {expected}): run `blocker unload` to remove them, then `blocker load`", dir.display())]
     PinLayout {
         dir: PathBuf,

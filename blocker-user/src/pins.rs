@@ -3,7 +3,7 @@
 
 use std::{
     fs::{self, File},
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -187,6 +187,9 @@ impl PinDir {
     /// default. An explicit file other than the recorded one is refused, so no command
     /// writes a state the kernel maps do not come from.
     pub fn state_path(&self, explicit: Option<&Path>) -> Result<PathBuf> {
+        if self.path.exists() {
+            self.own_metadata()?;
+        }
         let given = explicit
             .map(|path| {
                 std::path::absolute(path)
@@ -306,14 +309,30 @@ impl PinDir {
     /// Mode 0700: only root can open the directory, so only root can take the writers' lock
     /// on it (an open directory would let any user hold the lock and hang every writer).
     fn make_private(&self) -> Result<()> {
-        let meta = fs::metadata(&self.path)
-            .map_err(Error::io(format!("reading {}", self.path.display())))?;
+        let meta = self.own_metadata()?;
         if meta.permissions().mode() & 0o077 != 0 {
             fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700)).map_err(
                 Error::io(format!("setting the mode of {}", self.path.display())),
             )?;
         }
         Ok(())
+    }
+
+    /// The directory's metadata, if it is our own real directory (not a symlink): bpffs is
+    /// world-writable (mode 1777), so any user can create the pin directory first and plant
+    /// pins or a `state` record in it.
+    fn own_metadata(&self) -> Result<fs::Metadata> {
+        let meta = fs::symlink_metadata(&self.path)
+            .map_err(Error::io(format!("reading {}", self.path.display())))?;
+        let euid = nix::unistd::geteuid().as_raw();
+        if !meta.is_dir() || meta.uid() != euid {
+            return Err(Error::PinDirNotOurs {
+                dir: self.path.clone(),
+                owner: meta.uid(),
+                euid,
+            });
+        }
+        Ok(meta)
     }
 
     /// Takes the writers' lock; waits while another writer holds it. The directory is made

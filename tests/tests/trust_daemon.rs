@@ -544,7 +544,7 @@ fn nobody_cannot_take_the_writers_lock() {
     thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     let mut ban = Command::new(blocker_tests::blocker_bin())
-        .args(["ban", "192.0.2.2"])
+        .args(["ban", "198.51.100.2"])
         .env("BLOCKER_PIN_DIR", &net.pin_dir)
         .env("BLOCKER_STATE", net.state_path())
         .spawn()

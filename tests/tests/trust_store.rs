@@ -408,3 +408,45 @@ fn sighup_keeps_the_history_of_unchanged_rules() {
         "the 4th and 5th are counted with the first three"
     );
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_pin_directory_another_user_planted_is_refused() {
+    require_root();
+    let net = TestNet::new();
+    // bpffs is world-writable: `nobody` creates the pin directory first, with a `state`
+    // record pointing at a file of their choosing.
+    let planted = net.state_dir.path().join("chosen-by-nobody");
+    let status = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "mkdir -m 0777 {dir} && ln -s {target} {dir}/state",
+            dir = net.pin_dir.display(),
+            target = planted.display()
+        ))
+        .status()
+        .expect("setpriv");
+    assert!(status.success(), "nobody could not plant the directory");
+    let run = net.load(&[]);
+    assert_eq!(run.code, 1, "load must refuse: {}", run.stderr);
+    assert!(
+        run.stderr.contains("belongs to uid 65534"),
+        "the error names the owner: {}",
+        run.stderr
+    );
+    assert!(
+        !planted.exists(),
+        "nothing was written where nobody pointed"
+    );
+    assert_eq!(
+        fs::read_link(net.pin_dir.join("state")).expect("the planted record is untouched"),
+        planted
+    );
+    fs::remove_dir_all(&net.pin_dir).expect("removing the planted directory");
+}
