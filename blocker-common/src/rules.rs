@@ -99,7 +99,22 @@ pub struct Settings {
     /// Masks the dynamic blacklist is keyed by, per family; 0 = unused.
     pub masks_v4: [u8; MAX_MASKS],
     pub masks_v6: [u8; MAX_MASKS],
+    /// Rejects: tokens added per second to each CPU's bucket; 0 = never answer, always drop.
+    pub reject_per_s: u32,
+    /// Rejects: bucket size.
+    pub reject_burst: u32,
+    pub _reserved: u32,
+    /// Differential tests only: when non-zero, the time the program uses instead of its
+    /// clocks: milliseconds for rule windows and the dynamic blacklist, and
+    /// `clock_override_ms / 1000` as the CLOCK_BOOTTIME second for manual-ban expiry.
+    /// 0 (always in production) = the real clocks.
+    pub clock_override_ms: u64,
 }
+
+/// Reject answers per second per CPU by default, like the kernel's `icmp_msgs_per_sec`.
+pub const DEFAULT_REJECT_PER_S: u32 = 1000;
+/// Reject burst by default, like the kernel's `icmp_msgs_burst`.
+pub const DEFAULT_REJECT_BURST: u32 = 50;
 
 pub const LIST_ALLOW_V4: u32 = 1;
 pub const LIST_ALLOW_V6: u32 = 2;
@@ -182,7 +197,7 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Rule>() == 40);
     assert!(size_of::<RuleStats>() == 32);
-    assert!(size_of::<Settings>() == 20);
+    assert!(size_of::<Settings>() == 40);
     assert!(size_of::<SourceKey>() == 18);
     assert!(size_of::<HistoryKey>() == 24);
     assert!(size_of::<History>() == 4 * HISTORY_RING + 16);

@@ -14,6 +14,7 @@ use tracing::warn;
 
 use crate::{
     config::Config,
+    dynamic,
     pins::{require_root, AttachMode, Attachment, PinDir},
     store, Error, Result, EBPF_OBJECT,
 };
@@ -78,14 +79,16 @@ pub fn load(
     let mut ebpf = loader.load(EBPF_OBJECT)?;
 
     let config_rules = config.rules.as_deref();
-    let result = restore_and_attach(
-        pins,
-        state_path,
-        (iface, if_index),
-        mode,
-        (fresh, config_rules),
-        &mut ebpf,
-    );
+    let result = dynamic::write_reject_limits(pins, &config.rejects).and_then(|()| {
+        restore_and_attach(
+            pins,
+            state_path,
+            (iface, if_index),
+            mode,
+            (fresh, config_rules),
+            &mut ebpf,
+        )
+    });
     drop(lock);
     if result.is_err() && fresh {
         // Leave nothing behind that would make the next load think maps are in use.
