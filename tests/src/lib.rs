@@ -19,6 +19,7 @@ use std::{
 use nix::sched::{setns, CloneFlags};
 
 pub mod frames;
+pub mod testrun;
 
 /// The seed's netfilter `recent` ruleset (002) on INPUT, as `iptables` argument lists, for
 /// `proto` traffic to `port`: `hitcount` new connections within `seconds` blacklist a source,
