@@ -46,11 +46,15 @@ pub enum Reason {
     RuleTriggered = 8,
     /// Answered from XDP with a TCP RST or ICMP port unreachable instead of being dropped.
     Rejected = 9,
+    /// A first fragment too short to hold the transport header, or an IPv6 extension-header
+    /// chain longer than the parser walks, of a protocol some rule covers: dropped, since the
+    /// stack would reassemble it into a packet the rule never saw (RFC 1858, RFC 7112).
+    Evasive = 10,
 }
 
 impl Reason {
     /// Number of counter slots.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     /// All reasons, by index.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -64,11 +68,14 @@ impl Reason {
         Reason::Blacklisted,
         Reason::RuleTriggered,
         Reason::Rejected,
+        Reason::Evasive,
     ];
 
     pub const fn action(self) -> Action {
         match self {
-            Reason::ManualBan | Reason::Blacklisted | Reason::RuleTriggered => Action::Drop,
+            Reason::ManualBan | Reason::Blacklisted | Reason::RuleTriggered | Reason::Evasive => {
+                Action::Drop
+            }
             Reason::Rejected => Action::Tx,
             Reason::NoMatch
             | Reason::Allowlisted
@@ -92,6 +99,7 @@ impl Reason {
             Reason::Blacklisted => "blacklisted",
             Reason::RuleTriggered => "rule_triggered",
             Reason::Rejected => "rejected",
+            Reason::Evasive => "evasive",
         }
     }
 }
@@ -116,11 +124,11 @@ mod tests {
     }
 
     #[test]
-    fn only_bans_and_blacklists_drop() {
+    fn only_bans_blacklists_and_evasive_packets_drop() {
         for reason in Reason::ALL {
             let drops = matches!(
                 reason,
-                Reason::ManualBan | Reason::Blacklisted | Reason::RuleTriggered
+                Reason::ManualBan | Reason::Blacklisted | Reason::RuleTriggered | Reason::Evasive
             );
             assert_eq!(reason.action() == Action::Drop, drops, "{}", reason.name());
         }

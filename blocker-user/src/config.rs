@@ -5,7 +5,8 @@ use std::path::Path;
 
 use blocker_common::{
     DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
-    DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY,
+    DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, DEFAULT_REJECT_BURST,
+    DEFAULT_REJECT_PER_S,
 };
 use serde::Deserialize;
 
@@ -25,6 +26,28 @@ pub struct Config {
     pub offenses: OffenseConfig,
     #[serde(default)]
     pub notify: NotifyConfig,
+    #[serde(default)]
+    pub rejects: RejectConfig,
+}
+
+/// How often reject rules may answer: a token bucket per CPU. Out of tokens, or for a source
+/// that is not unicast, a reject rule drops instead, so it never amplifies a spoofed flood.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RejectConfig {
+    /// Answers per second per CPU; 0 never answers.
+    pub per_second: u32,
+    /// Answers a CPU may send at once after a quiet spell.
+    pub burst: u32,
+}
+
+impl Default for RejectConfig {
+    fn default() -> Self {
+        Self {
+            per_second: DEFAULT_REJECT_PER_S,
+            burst: DEFAULT_REJECT_BURST,
+        }
+    }
 }
 
 /// Where `blocker daemon` listens and keeps its state; command-line flags win.
@@ -125,6 +148,11 @@ impl Config {
                 return Err(format!("[maps] {key} must be at least 1"));
             }
         }
+        if config.rejects.per_second > 0 && config.rejects.burst == 0 {
+            return Err(
+                "[rejects] burst must be at least 1 (per_second = 0 turns answers off)".into(),
+            );
+        }
         if let Some(rules) = &config.rules {
             crate::rules::RuleTable::from_specs(rules)?;
         }
@@ -178,5 +206,21 @@ mod tests {
         assert!(err.starts_with("line 2:"), "{err}");
         let err = Config::parse("[maps]\nallow = 0\n").unwrap_err();
         assert!(err.contains("allow must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn rejects_default_like_the_kernels_icmp_limits_and_can_be_set() {
+        let rejects = Config::parse("").unwrap().rejects;
+        assert_eq!((rejects.per_second, rejects.burst), (1000, 50));
+        let rejects = Config::parse("[rejects]\nper_second = 5\nburst = 2\n")
+            .unwrap()
+            .rejects;
+        assert_eq!((rejects.per_second, rejects.burst), (5, 2));
+        let off = Config::parse("[rejects]\nper_second = 0\nburst = 0\n").unwrap();
+        assert_eq!(off.rejects.per_second, 0);
+        let err = Config::parse("[rejects]\nburst = 0\n").unwrap_err();
+        assert!(err.contains("[rejects] burst must be at least 1"), "{err}");
+        let err = Config::parse("[rejects]\nrate = 1\n").unwrap_err();
+        assert!(err.starts_with("line 2:"), "{err}");
     }
 }

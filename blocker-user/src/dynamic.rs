@@ -9,7 +9,9 @@ use blocker_common::{
 };
 use ipnet::IpNet;
 
-use crate::{clock::Now, pins::PinDir, rules::RuleTable, state::Listed, Error, Result};
+use crate::{
+    clock::Now, config::RejectConfig, pins::PinDir, rules::RuleTable, state::Listed, Error, Result,
+};
 
 fn open(pins: &PinDir, name: &str, wrap: fn(MapData) -> Map) -> Result<Map> {
     pins.open_map(name).map(wrap)
@@ -51,66 +53,88 @@ pub fn write_rules(pins: &PinDir, before: Option<&RuleTable>, after: &RuleTable)
     Ok(())
 }
 
+/// Reads the settings, lets `change` edit them, and writes them back; fields `change` leaves
+/// alone keep their value.
+fn update_settings(pins: &PinDir, change: impl FnOnce(&mut Settings)) -> Result<()> {
+    let context = format!("writing map {MAP_SETTINGS}");
+    let mut settings: Array<_, Settings> = Array::try_from(open(pins, MAP_SETTINGS, Map::Array)?)
+        .map_err(Error::map(context.clone()))?;
+    let mut value = settings.get(&0, 0).map_err(Error::map(context.clone()))?;
+    change(&mut value);
+    settings.set(0, value, 0).map_err(Error::map(context))
+}
+
+/// Writes how often reject rules may answer (per CPU); `load` does, from `[rejects]`.
+pub fn write_reject_limits(pins: &PinDir, rejects: &RejectConfig) -> Result<()> {
+    update_settings(pins, |value| {
+        value.reject_per_s = rejects.per_second;
+        value.reject_burst = rejects.burst;
+    })
+}
+
 /// Writes what lets the program skip work: which lists hold entries (`lists`, `LIST_*`
 /// bits), the rule slots and protocols in use, and the blacklist masks. With `rules_changed`
 /// the masks are recomputed from the rules plus those of entries still in the blacklist (so
 /// an entry keeps blocking after its rule is removed); otherwise the current ones are kept.
+/// The reject limits and the clock override are left as they are.
 pub fn write_settings(
     pins: &PinDir,
     rules: Option<&RuleTable>,
     lists: u32,
     rules_changed: bool,
 ) -> Result<()> {
-    let context = format!("writing map {MAP_SETTINGS}");
-    let mut settings: Array<_, Settings> = Array::try_from(open(pins, MAP_SETTINGS, Map::Array)?)
-        .map_err(Error::map(context.clone()))?;
-    let mut value = settings.get(&0, 0).map_err(Error::map(context.clone()))?;
     let empty = RuleTable::default();
     let compiled = rules
         .unwrap_or(&empty)
         .compile()
         .map_err(Error::InvalidRule)?;
-    value.lists = lists;
-    value.rule_slots = compiled.rule_slots;
-    value.rule_protos = compiled
-        .slots
-        .iter()
-        .filter(|rule| rule.kind != RuleKind::Empty as u8)
-        .fold(0, |bits, rule| bits | proto_bit(rule.proto));
-    if rules_changed {
-        let mut masks_v4: Vec<u8> = compiled
-            .masks_v4
+    let blacklisted = if rules_changed {
+        blacklist_raw(pins)?
+    } else {
+        Vec::new()
+    };
+    update_settings(pins, |value| {
+        value.lists = lists;
+        value.rule_slots = compiled.rule_slots;
+        value.rule_protos = compiled
+            .slots
             .iter()
-            .copied()
-            .filter(|m| *m != 0)
-            .collect();
-        let mut masks_v6: Vec<u8> = compiled
-            .masks_v6
-            .iter()
-            .copied()
-            .filter(|m| *m != 0)
-            .collect();
-        for (key, _) in blacklist_raw(pins)? {
-            let masks = if key.family == FAMILY_V4 {
-                &mut masks_v4
-            } else {
-                &mut masks_v6
+            .filter(|rule| rule.kind != RuleKind::Empty as u8)
+            .fold(0, |bits, rule| bits | proto_bit(rule.proto));
+        if rules_changed {
+            let mut masks_v4: Vec<u8> = compiled
+                .masks_v4
+                .iter()
+                .copied()
+                .filter(|m| *m != 0)
+                .collect();
+            let mut masks_v6: Vec<u8> = compiled
+                .masks_v6
+                .iter()
+                .copied()
+                .filter(|m| *m != 0)
+                .collect();
+            for (key, _) in &blacklisted {
+                let masks = if key.family == FAMILY_V4 {
+                    &mut masks_v4
+                } else {
+                    &mut masks_v6
+                };
+                if !masks.contains(&key.prefix_len) && masks.len() < MAX_MASKS {
+                    masks.push(key.prefix_len);
+                }
+            }
+            let fill = |masks: &[u8]| {
+                let mut out = [0u8; MAX_MASKS];
+                for (slot, mask) in out.iter_mut().zip(masks) {
+                    *slot = *mask;
+                }
+                out
             };
-            if !masks.contains(&key.prefix_len) && masks.len() < MAX_MASKS {
-                masks.push(key.prefix_len);
-            }
+            value.masks_v4 = fill(&masks_v4);
+            value.masks_v6 = fill(&masks_v6);
         }
-        let fill = |masks: &[u8]| {
-            let mut out = [0u8; MAX_MASKS];
-            for (slot, mask) in out.iter_mut().zip(masks) {
-                *slot = *mask;
-            }
-            out
-        };
-        value.masks_v4 = fill(&masks_v4);
-        value.masks_v6 = fill(&masks_v6);
-    }
-    settings.set(0, value, 0).map_err(Error::map(context))
+    })
 }
 
 /// Per-rule counters summed over CPUs, by slot.

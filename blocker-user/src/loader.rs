@@ -15,6 +15,7 @@ use tracing::warn;
 
 use crate::{
     config::Config,
+    dynamic,
     pins::{require_root, AttachMode, Attachment, PinDir},
     store, Error, Result, EBPF_OBJECT,
 };
@@ -125,6 +126,7 @@ fn load_restore_attach(
     let mut ebpf = loader.load(EBPF_OBJECT)?;
 
     let config_rules = config.rules.as_deref();
+    dynamic::write_reject_limits(pins, &config.rejects)?;
     let (attachment, restored) = restore_and_attach(
         pins,
         state_path,

@@ -32,14 +32,14 @@ const LAYOUT_LINK: &str = "layout";
 
 /// Bumped whenever a map changes type or meaning without changing the size of its key or
 /// value; size changes are caught by [`layout`] on their own.
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 
 /// The layout of the maps this build pins: a version and the size of every key and value, so
 /// pins left by a build that lays them out differently are never reused.
 pub fn layout() -> String {
     use blocker_common::{
-        AllowValue, BanValue, BlacklistEntry, Counter, Event, History, HistoryKey, Rule, RuleStats,
-        Settings, SourceKey, MAX_RULES,
+        AllowValue, BanValue, BlacklistEntry, Counter, Event, History, HistoryKey, Reason, Rule,
+        RuleStats, Settings, SourceKey, MAX_RULES,
     };
     use std::mem::size_of;
     let sizes = [
@@ -55,6 +55,7 @@ pub fn layout() -> String {
         size_of::<Event>(),
         size_of::<Counter>(),
         MAX_RULES,
+        Reason::COUNT as usize,
         ALL_MAPS.len(),
     ];
     let sizes: Vec<String> = sizes.iter().map(usize::to_string).collect();

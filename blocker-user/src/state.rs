@@ -153,7 +153,7 @@ impl State {
                 last_good_path(path).display()
             ),
         };
-        let file: StateFile =
+        let mut file: StateFile =
             serde_json::from_str(&text).map_err(|err| invalid(err.to_string()))?;
         if file.version != FORMAT_VERSION {
             return Err(invalid(format!(
@@ -161,7 +161,8 @@ impl State {
                 file.version
             )));
         }
-        if let Some(rules) = &file.rules {
+        if let Some(rules) = &mut file.rules {
+            rules.migrate_events();
             rules.compile().map_err(invalid)?;
         }
         Ok(Some(Self {
@@ -275,6 +276,7 @@ fn replace_file(path: &Path, text: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::{Events, RuleSpec};
 
     fn entry(expires_at: Option<i64>) -> Entry {
         Entry {
@@ -358,6 +360,31 @@ mod tests {
         let (read, damaged) = State::read_for_boot(&path).unwrap();
         assert_eq!(read, Some(State::default()));
         assert!(damaged.is_some());
+    }
+
+    #[test]
+    fn rules_saved_by_the_previous_release_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let dns = crate::rules::RuleSpec {
+            proto: crate::rules::Proto::Udp,
+            ..crate::rules::RuleSpec::named("dns")
+        };
+        let state = State {
+            rules: Some(RuleTable::from_specs(&[RuleSpec::ssh(), dns]).unwrap()),
+            ..State::default()
+        };
+        state.save(&path).unwrap();
+        // The previous release stored `events = "new"` on every rule; on UDP it meant every
+        // packet, which a UDP rule now says explicitly.
+        let text = fs::read_to_string(&path).unwrap();
+        let old = text.replace("\"events\": \"all\"", "\"events\": \"new\"");
+        assert_ne!(old, text, "the fixture names the events of the UDP rule");
+        fs::write(&path, old).unwrap();
+        let read = State::read(&path).unwrap().unwrap();
+        let rules = read.rules.unwrap();
+        assert_eq!(rules.get("dns").unwrap().spec.events(), Events::All);
+        assert_eq!(rules.get("ssh").unwrap().spec.events(), Events::New);
     }
 
     #[test]

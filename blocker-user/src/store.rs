@@ -575,8 +575,8 @@ impl Store {
             );
             return Err(err);
         }
-        // The XDP program looks up the dynamic blacklist before the allowlist, so a source
-        // allowed now must not keep an entry there.
+        // The XDP program checks the allowlist first, so these entries no longer drop anything;
+        // removing them keeps `list blacklist` to what is in force.
         let allowed: Vec<IpNet> = after.allow.difference(&before.allow).copied().collect();
         if !allowed.is_empty() {
             for net in dynamic::remove_blacklisted(&self.pins, Some(&allowed))? {

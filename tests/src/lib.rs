@@ -20,6 +20,7 @@ use nix::sched::{setns, CloneFlags};
 
 pub mod daemon;
 pub mod frames;
+pub mod testrun;
 
 /// The seed's netfilter `recent` ruleset (002) on INPUT, as `iptables` argument lists, for
 /// `proto` traffic to `port`: `hitcount` new connections within `seconds` blacklist a source,

@@ -149,19 +149,25 @@ impl Daemon {
         Ok(())
     }
 
-    /// Applies a reloaded config: rules in the file replace the rules in force, as at load.
+    /// Applies a reloaded config: rules in the file replace the rules in force, and the reject
+    /// limits are rewritten, as at load.
     async fn reload(&self, config: Config) {
-        if let Some(rules) = config.rules.clone() {
-            let (pins, state_path) = (self.pins.clone(), self.state_path.clone());
-            let applied = api::blocking(move || -> Result<()> {
-                let _lock = pins.lock()?;
-                crate::store::restore(&pins, &state_path, false, Some(&rules)).map(drop)
-            })
-            .await;
-            match applied {
-                Ok(()) => info!("rules reloaded"),
-                Err(err) => warn!("rules not reloaded: {}", err.message()),
+        let (pins, state_path) = (self.pins.clone(), self.state_path.clone());
+        let (rules, rejects) = (config.rules.clone(), config.rejects.clone());
+        let applied = api::blocking(move || -> Result<()> {
+            let _lock = pins.lock()?;
+            crate::dynamic::write_reject_limits(&pins, &rejects)?;
+            match rules {
+                Some(rules) => {
+                    crate::store::restore(&pins, &state_path, false, Some(&rules)).map(drop)
+                }
+                None => Ok(()),
             }
+        })
+        .await;
+        match applied {
+            Ok(()) => info!("rules and reject limits reloaded"),
+            Err(err) => warn!("rules and reject limits not reloaded: {}", err.message()),
         }
         if let Ok(mut current) = self.config.lock() {
             *current = config;
