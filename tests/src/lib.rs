@@ -18,7 +18,10 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
+pub mod bpf;
+pub mod differential;
 pub mod frames;
+pub mod model;
 
 /// The seed's netfilter `recent` ruleset (002) on INPUT, as `iptables` argument lists, for
 /// `proto` traffic to `port`: `hitcount` new connections within `seconds` blacklist a source,

@@ -42,6 +42,19 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Differential fuzzing: seeded random configurations and frames through the real XDP
+    /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
+    Fuzz {
+        #[arg(long, default_value_t = 10_000_000)]
+        frames: u64,
+        /// Replays a run; a fresh seed (printed) otherwise.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Compare all counters, rule stats and the blacklist every this many frames (the
+        /// verdict and its counter are compared after every frame).
+        #[arg(long, default_value_t = 4096)]
+        check_every: u64,
+    },
     /// Build in release mode and run `blocker run` in the foreground.
     ///
     /// Example: cargo xtask run -- --iface eth0
@@ -102,6 +115,15 @@ fn main() -> Result<()> {
             run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
             bench::run(&root, bench::Plan::new(quick))?;
         }
+        Task::Fuzz {
+            frames,
+            seed,
+            check_every,
+        } => {
+            setup_build_chain()?;
+            require_root("the differential test loads the XDP program")?;
+            fuzz(frames, seed, check_every)?;
+        }
         Task::Run { args } => {
             setup_build_chain()?;
             require_root("loading XDP programs")?;
@@ -111,6 +133,19 @@ fn main() -> Result<()> {
             run(&mut blocker)?;
         }
     }
+    Ok(())
+}
+
+fn fuzz(frames: u64, seed: Option<u64>, check_every: u64) -> Result<()> {
+    use blocker_tests::differential;
+    let seed = seed.unwrap_or_else(differential::fresh_seed);
+    println!("fuzz: {frames} frames, seed {seed} (replay: cargo xtask fuzz --frames {frames} --seed {seed})");
+    let summary = differential::run(&differential::Options {
+        frames,
+        seed,
+        check_every,
+    })?;
+    println!("fuzz: {summary}");
     Ok(())
 }
 

@@ -1,0 +1,339 @@
+//! A pure userspace reference model of the XDP program's verdict, for the differential test:
+//! its own frame parser, the maps as plain collections (no eviction), and the decision built
+//! from blocker-common's pure functions, in the order the specification gives.
+
+pub mod parse;
+pub mod reply;
+
+use std::collections::{BTreeMap, HashMap};
+
+use blocker_common::{
+    ban_is_active, blacklist_hit, mask_addr, on_event, proto_bit, rule_matches, AllowValue,
+    BanValue, BlacklistEntry, Counter, History, HistoryKey, Outcome, Reason, Rule, RuleAction,
+    RuleStats, Settings, SourceKey, FAMILY_V4, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4,
+    LIST_BAN_V6, MAX_MASKS, MAX_RULES,
+};
+
+use parse::{parse, Early, Ip, L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// An address prefix; IPv4 addresses use the first 4 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix {
+    pub family: u8,
+    pub addr: [u8; 16],
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn new(family: u8, addr: [u8; 16], len: u8) -> Self {
+        Self {
+            family,
+            addr: mask_addr(addr, len),
+            len,
+        }
+    }
+
+    pub fn contains(&self, family: u8, addr: [u8; 16]) -> bool {
+        self.family == family && mask_addr(addr, self.len) == self.addr
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", addr_text(self.family, self.addr), self.len)
+    }
+}
+
+pub fn addr_text(family: u8, addr: [u8; 16]) -> String {
+    if family == FAMILY_V4 {
+        std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string()
+    } else {
+        std::net::Ipv6Addr::from(addr).to_string()
+    }
+}
+
+/// An LPM trie as a sorted map: the longest prefix containing the address wins, whatever its
+/// value says (an expired ban under a longer prefix hides an active shorter one, as in the
+/// kernel).
+#[derive(Clone, Debug, Default)]
+pub struct Lpm<V> {
+    pub entries: BTreeMap<Prefix, V>,
+}
+
+impl<V> Lpm<V> {
+    pub fn lookup(&self, family: u8, addr: [u8; 16]) -> Option<&V> {
+        self.entries
+            .iter()
+            .filter(|(prefix, _)| prefix.contains(family, addr))
+            .max_by_key(|(prefix, _)| prefix.len)
+            .map(|(_, value)| value)
+    }
+}
+
+/// What the model expects the program to do with one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub reason: Reason,
+    /// For `Rejected`: the parsed offending packet the answer must match.
+    pub answered: Option<Ip>,
+}
+
+/// The per-CPU reject token bucket, as the program keeps it for the one CPU the test runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RejectBucket {
+    pub tokens: u32,
+    pub last_ms: u64,
+}
+
+impl RejectBucket {
+    /// Refills by the time since the last refill, then takes a token if there is one.
+    fn take(&mut self, per_s: u32, burst: u32, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        let refill = elapsed.saturating_mul(u64::from(per_s)) / 1000;
+        if refill > 0 {
+            self.tokens = (u64::from(self.tokens) + refill).min(u64::from(burst)) as u32;
+            self.last_ms = now_ms;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// The maps and the clock.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub settings: Settings,
+    pub rules: [Rule; MAX_RULES],
+    pub allow: Lpm<AllowValue>,
+    pub bans: Lpm<BanValue>,
+    pub blacklist: HashMap<SourceKey, BlacklistEntry>,
+    pub history: HashMap<HistoryKey, History>,
+    pub counters: [Counter; Reason::COUNT as usize],
+    pub rule_stats: [RuleStats; MAX_RULES],
+    pub bucket: RejectBucket,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self {
+            settings: Settings::default(),
+            rules: [Rule::default(); MAX_RULES],
+            allow: Lpm::default(),
+            bans: Lpm::default(),
+            blacklist: HashMap::new(),
+            history: HashMap::new(),
+            counters: [Counter::default(); Reason::COUNT as usize],
+            rule_stats: [RuleStats::default(); MAX_RULES],
+            bucket: RejectBucket::default(),
+        }
+    }
+}
+
+impl Model {
+    fn now_ms(&self) -> u64 {
+        self.settings.clock_override_ms
+    }
+
+    /// One frame through the model: the verdict, with every map and counter updated.
+    pub fn run(&mut self, frame: &[u8]) -> Verdict {
+        let verdict = self.decide(frame);
+        let counter = &mut self.counters[verdict.reason as usize];
+        counter.packets += 1;
+        counter.bytes += frame.len() as u64;
+        verdict
+    }
+
+    fn decide(&mut self, frame: &[u8]) -> Verdict {
+        let plain = |reason| Verdict {
+            reason,
+            answered: None,
+        };
+        let ip = match parse(frame) {
+            Ok(ip) => ip,
+            Err(Early::Malformed) => return plain(Reason::Malformed),
+            Err(Early::NotIp) => return plain(Reason::NotIp),
+            Err(Early::TooManyTags) => return plain(Reason::Unparsed),
+        };
+        let v4 = ip.family == FAMILY_V4;
+        let lists = self.settings.lists;
+        let allow_bit = if v4 { LIST_ALLOW_V4 } else { LIST_ALLOW_V6 };
+        if lists & allow_bit != 0 && self.allow.lookup(ip.family, ip.source).is_some() {
+            return plain(Reason::Allowlisted);
+        }
+        let ban_bit = if v4 { LIST_BAN_V4 } else { LIST_BAN_V6 };
+        if lists & ban_bit != 0 {
+            if let Some(ban) = self.bans.lookup(ip.family, ip.source) {
+                let now_s = (self.now_ms() / 1000) as u32;
+                if ban_is_active(ban, || now_s) {
+                    return plain(Reason::ManualBan);
+                }
+            }
+        }
+        let masks = if v4 {
+            self.settings.masks_v4
+        } else {
+            self.settings.masks_v6
+        };
+        for mask in masks.into_iter().take(MAX_MASKS) {
+            if mask == 0 {
+                break;
+            }
+            let now = self.now_ms();
+            let Some(entry) = self.blacklist.get_mut(&source_key(&ip, mask)) else {
+                continue;
+            };
+            if blacklist_hit(entry, now) {
+                let (action, slot) = (entry.action, usize::from(entry.slot));
+                return self.punish(frame, &ip, action, slot, Reason::Blacklisted);
+            }
+        }
+        let protos = self.settings.rule_protos;
+        let covered = protos & proto_bit(ip.proto) != 0;
+        match ip.l4 {
+            L4::Truncated => plain(Reason::Malformed),
+            L4::FirstFragmentCut if covered => plain(Reason::Evasive),
+            L4::FirstFragmentCut => plain(Reason::Malformed),
+            L4::FirstFragmentChainCut if protos != 0 => plain(Reason::Evasive),
+            L4::FirstFragmentChainCut => plain(Reason::Malformed),
+            L4::ChainTooLong if protos != 0 => plain(Reason::Evasive),
+            L4::ChainTooLong => plain(Reason::Unparsed),
+            L4::Present | L4::Fragment if covered => self.run_rules(frame, &ip),
+            L4::Present | L4::Fragment => plain(Reason::NoMatch),
+        }
+    }
+
+    fn run_rules(&mut self, frame: &[u8], ip: &Ip) -> Verdict {
+        let now = self.now_ms();
+        let new_connection = ip.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN;
+        let mut reason = Reason::NoMatch;
+        let slots = (self.settings.rule_slots as usize).min(MAX_RULES);
+        for slot in 0..slots {
+            let rule = self.rules[slot];
+            if !rule_matches(&rule, ip.proto, ip.dport, new_connection) {
+                continue;
+            }
+            let mask = if ip.family == FAMILY_V4 {
+                rule.mask_v4
+            } else {
+                rule.mask_v6
+            };
+            let key = HistoryKey {
+                source: source_key(ip, mask),
+                slot: slot as u16,
+                generation: rule.generation,
+            };
+            let history = self
+                .history
+                .entry(key)
+                .or_insert_with(|| History::new(ip.ttl));
+            match on_event(&rule, history, now as u32, ip.ttl) {
+                Outcome::Ignored => {}
+                Outcome::Counted => {
+                    self.rule_stats[slot].events += 1;
+                    reason = Reason::RuleEvent;
+                }
+                Outcome::Blacklist { hits } => {
+                    let stats = &mut self.rule_stats[slot];
+                    stats.events += 1;
+                    stats.blacklisted += 1;
+                    let entry = BlacklistEntry {
+                        expires_at_ms: now + u64::from(rule.blacklist_ms),
+                        refresh_ms: if rule.refresh != 0 {
+                            rule.blacklist_ms
+                        } else {
+                            0
+                        },
+                        hits,
+                        slot: slot as u16,
+                        action: u16::from(rule.action),
+                        generation: rule.generation,
+                    };
+                    self.blacklist.insert(key.source, entry);
+                    return self.punish(frame, ip, entry.action, slot, Reason::RuleTriggered);
+                }
+            }
+        }
+        Verdict {
+            reason,
+            answered: None,
+        }
+    }
+
+    /// A packet of a blacklisted source: dropped under `reason`, or answered when the rule
+    /// rejects and every condition for an answer holds.
+    fn punish(
+        &mut self,
+        frame: &[u8],
+        ip: &Ip,
+        action: u16,
+        slot: usize,
+        reason: Reason,
+    ) -> Verdict {
+        let answered = action == RuleAction::Reject as u16 && self.answer(frame, ip);
+        let stats = &mut self.rule_stats[slot];
+        if answered {
+            stats.rejected += 1;
+            Verdict {
+                reason: Reason::Rejected,
+                answered: Some(*ip),
+            }
+        } else {
+            stats.dropped += 1;
+            Verdict {
+                reason,
+                answered: None,
+            }
+        }
+    }
+
+    /// Whether the program answers this packet; takes the token it costs.
+    fn answer(&mut self, frame: &[u8], ip: &Ip) -> bool {
+        if ip.l4 != L4::Present || matches!(ip.proto, PROTO_ICMP | PROTO_ICMPV6) {
+            return false;
+        }
+        let multicast_mac = frame[6] & 1 != 0;
+        if multicast_mac || !unicast_source(ip) {
+            return false;
+        }
+        if !reply::answerable(frame, ip) {
+            return false;
+        }
+        let now = self.now_ms();
+        self.bucket
+            .take(self.settings.reject_per_s, self.settings.reject_burst, now)
+    }
+}
+
+fn source_key(ip: &Ip, prefix_len: u8) -> SourceKey {
+    SourceKey {
+        addr: mask_addr(ip.source, prefix_len),
+        family: ip.family,
+        prefix_len,
+    }
+}
+
+/// Whether the source may get an answer: not unspecified, loopback, multicast or broadcast.
+pub fn unicast_source(ip: &Ip) -> bool {
+    let a = ip.source;
+    if ip.family == FAMILY_V4 {
+        !(a[0] == 0 || a[0] == 127 || a[0] >= 224)
+    } else {
+        let unspecified = a == [0; 16];
+        let mut loopback = [0; 16];
+        loopback[15] = 1;
+        !(unspecified || a == loopback || a[0] == 0xff)
+    }
+}
+
+/// A TCP segment the reset answers must not answer.
+pub fn is_reset(ip: &Ip) -> bool {
+    ip.proto == PROTO_TCP && ip.tcp_flags & TCP_RST != 0
+}
