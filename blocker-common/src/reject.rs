@@ -1,7 +1,11 @@
 //! Answers the XDP program sends back instead of silently dropping (the seed's `properREJECT`):
 //! a TCP RST for TCP, an ICMP / ICMPv6 port unreachable for the rest. Built here from the
 //! offending packet's headers into fixed-size buffers, checksums included, so the same code is
-//! unit-tested in userspace.
+//! unit-tested in userspace. Which packets get an answer at all is decided here too: never
+//! one to a source that cannot be unicast to, and at most a token bucket's worth per CPU, so
+//! rejects never amplify a spoofed flood.
+
+use crate::{FAMILY_V4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Longest stretch of the offending IPv4 packet quoted in an ICMP error: a header with
 /// options and 8 bytes of what follows (RFC 792).
@@ -14,11 +18,83 @@ pub const UNREACH_V4_LEN: usize = 20 + 8 + QUOTE_V4_MAX;
 /// IPv6 header + ICMPv6 header + quote.
 pub const UNREACH_V6_LEN: usize = 40 + 8 + QUOTE_V6_MAX;
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 const REPLY_TTL: u8 = 64;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// Whether a packet of `proto` can be answered: not ICMP (errors are never answered with
+/// errors), not a TCP reset, and for IPv6 not a header chain too long to quote
+/// (`l3_to_l4_len`: IP header plus extension headers).
+#[inline(always)]
+pub fn answerable(family: u8, proto: u8, tcp_flags: u8, l3_to_l4_len: usize) -> bool {
+    match proto {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => false,
+        IPPROTO_TCP => tcp_flags & TCP_RST == 0,
+        _ if family == FAMILY_V4 => l3_to_l4_len + 8 <= QUOTE_V4_MAX,
+        _ => l3_to_l4_len + 8 <= QUOTE_V6_MAX,
+    }
+}
+
+/// Whether a source address can be answered: not unspecified, loopback, multicast or (IPv4)
+/// reserved or broadcast. An answer to such a source would go to many hosts or none.
+/// IPv4 addresses sit in the first 4 bytes.
+#[inline(always)]
+pub fn source_is_unicast(family: u8, addr: &[u8; 16]) -> bool {
+    if family == FAMILY_V4 {
+        // 0/8, 127/8, 224/4 (multicast) and 240/4 (reserved, with 255.255.255.255).
+        return !matches!(addr[0], 0 | 127 | 224..=255);
+    }
+    let high = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let low = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    // ff00::/8 multicast, :: unspecified, ::1 loopback.
+    addr[0] != 0xff && !(high == 0 && low <= 1)
+}
+
+/// Whether an Ethernet source address is a single station's (the group bit is clear).
+#[inline(always)]
+pub fn mac_is_unicast(mac: &[u8; 6]) -> bool {
+    mac[0] & 1 == 0
+}
+
+/// A CPU's allowance of answers: `per_s` tokens a second up to `burst`, one per answer.
+/// Thousandths of a token are kept, so slow rates refill exactly. A bucket starts empty at
+/// time 0 (zeroed map memory) and so is full once `burst / per_s` seconds of clock have passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub millitokens: u64,
+    pub last_ms: u64,
+}
+
+impl TokenBucket {
+    /// Refills for the time since the last call, then takes a token if there is one. A clock
+    /// that went back refills nothing. `per_s` 0 never gives a token.
+    #[inline(always)]
+    pub fn take(&mut self, now_ms: u64, per_s: u32, burst: u32) -> bool {
+        if per_s == 0 {
+            return false;
+        }
+        if now_ms > self.last_ms {
+            // Capped so the product fits 64 bits (no 128-bit multiply in BPF); 49 days of
+            // refill fills any bucket that matters.
+            let elapsed = (now_ms - self.last_ms).min(u64::from(u32::MAX));
+            let refill = elapsed * u64::from(per_s);
+            self.millitokens = self.millitokens.saturating_add(refill);
+            self.last_ms = now_ms;
+        }
+        self.millitokens = self.millitokens.min(u64::from(burst) * 1000);
+        if self.millitokens < 1000 {
+            return false;
+        }
+        self.millitokens -= 1000;
+        true
+    }
+}
 
 /// One's-complement sum of big-endian 16-bit words of `buf[start..start + len]`, added to
 /// `sum`; an odd last byte is padded with zero.
@@ -280,6 +356,83 @@ mod tests {
         tcp[12] = 5 << 4;
         tcp[13] = TCP_SYN;
         (ip, tcp)
+    }
+
+    #[test]
+    fn the_bucket_gives_its_burst_then_refills_by_elapsed_time() {
+        let mut bucket = TokenBucket::default();
+        let start = 1_000_000;
+        let taken = (0..100).filter(|_| bucket.take(start, 1000, 50)).count();
+        assert_eq!(taken, 50, "a full bucket gives exactly its burst");
+        assert!(!bucket.take(start, 1000, 50), "empty at the same instant");
+        // 1000 per second: one token per millisecond.
+        let taken = (0..100)
+            .filter(|_| bucket.take(start + 7, 1000, 50))
+            .count();
+        assert_eq!(taken, 7);
+        // A slow rate refills in thousandths: 3 per second gives one after 334 ms.
+        let mut slow = TokenBucket::default();
+        assert!(slow.take(10_000, 3, 1));
+        assert!(!slow.take(10_333, 3, 1));
+        assert!(slow.take(10_334, 3, 1));
+        // A long quiet spell refills to the burst, never more.
+        let taken = (0..10).filter(|_| slow.take(u64::MAX, 3, 2)).count();
+        assert_eq!(taken, 2);
+    }
+
+    #[test]
+    fn the_bucket_starts_empty_at_time_zero_and_ignores_a_clock_going_back() {
+        let mut bucket = TokenBucket::default();
+        assert!(!bucket.take(0, 1000, 50));
+        assert!(bucket.take(1, 1000, 50));
+        assert!(!bucket.take(1, 1000, 50));
+        assert!(!bucket.take(0, 1000, 50), "going back refills nothing");
+        assert!(bucket.take(2, 1000, 50));
+        let mut off = TokenBucket::default();
+        assert!(!off.take(1_000_000, 0, 50), "per_s 0 never answers");
+    }
+
+    #[test]
+    fn only_unicast_sources_are_answered() {
+        let v4 = |a: [u8; 4]| {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&a);
+            source_is_unicast(FAMILY_V4, &addr)
+        };
+        assert!(v4([10, 0, 0, 1]));
+        assert!(v4([223, 255, 255, 254]));
+        for bad in [
+            [0, 0, 0, 0],
+            [0, 1, 2, 3],
+            [127, 0, 0, 1],
+            [224, 0, 0, 1],
+            [239, 255, 255, 250],
+            [240, 0, 0, 1],
+            [255, 255, 255, 255],
+        ] {
+            assert!(!v4(bad), "{bad:?}");
+        }
+        let v6 = |a: core::net::Ipv6Addr| source_is_unicast(crate::FAMILY_V6, &a.octets());
+        assert!(v6("2001:db8::1".parse().unwrap()));
+        assert!(v6("fe80::1".parse().unwrap()));
+        assert!(v6("::2".parse().unwrap()));
+        for bad in ["::", "::1", "ff02::1", "ff05::1:3"] {
+            assert!(!v6(bad.parse().unwrap()), "{bad}");
+        }
+        assert!(mac_is_unicast(&[0x02, 0, 0, 0, 0, 1]));
+        assert!(!mac_is_unicast(&[0x01, 0, 0x5e, 0, 0, 1]));
+        assert!(!mac_is_unicast(&[0xff; 6]));
+    }
+
+    #[test]
+    fn icmp_resets_and_unquotable_chains_are_not_answered() {
+        assert!(answerable(FAMILY_V4, 6, TCP_SYN, 20));
+        assert!(!answerable(FAMILY_V4, 6, TCP_RST | TCP_ACK, 20));
+        assert!(!answerable(FAMILY_V4, 1, 0, 20));
+        assert!(!answerable(crate::FAMILY_V6, 58, 0, 40));
+        assert!(answerable(FAMILY_V4, 17, 0, 60), "any IPv4 header fits");
+        assert!(answerable(crate::FAMILY_V6, 17, 0, 120));
+        assert!(!answerable(crate::FAMILY_V6, 17, 0, 128));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Rate and burst rules: the layouts the kernel and userspace share, and the pure functions
 //! that decide, per event, whether a source gets blacklisted.
 //!
-//! Times are milliseconds of CLOCK_MONOTONIC, read at tick resolution by the XDP program. History timestamps are kept as `u32` to halve the
-//! per-source memory; they wrap after 49 days, and every comparison uses wrapping differences,
-//! which stay exact for windows shorter than 24 days.
+//! Times are milliseconds of CLOCK_MONOTONIC, read at tick resolution by the XDP program.
+//! History ring timestamps are kept as `u32` to halve the per-source memory; they wrap after
+//! 49.7 days, and every comparison uses wrapping differences, exact for windows up to
+//! [`MAX_RULE_MS`]. A history also keeps the full `u64` time of its newest event and is
+//! cleared when that is older than [`MAX_RULE_MS`], so an idle source's old times never alias
+//! into a window.
 
 /// Rule slots in the kernel.
 pub const MAX_RULES: usize = 32;
@@ -16,6 +19,20 @@ pub const MAX_RULE_MS: u32 = 24 * 24 * 3600 * 1000;
 
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
+
+/// TCP flag bits (the 14th byte of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Whether a TCP segment with `flags` opens a connection: SYN without ACK, RST or FIN.
+/// Conntrack marks SYN|FIN and SYN|RST invalid rather than NEW, so neither counts for
+/// `events = "new"`.
+#[inline(always)]
+pub fn tcp_opens_connection(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
+}
 
 /// What a rule slot holds.
 #[repr(u8)]
@@ -52,11 +69,13 @@ pub struct Rule {
     pub proto: u8,
     /// A [`RuleAction`].
     pub action: u8,
-    /// 1: only TCP SYN without ACK is an event; 0: every matching packet is.
+    /// 1: a TCP packet is an event only if it opens a connection ([`tcp_opens_connection`]);
+    /// packets of other protocols always are. 0: every matching packet is.
     pub new_only: u8,
     /// 1: every packet of a blacklisted source extends its entry (`--update`).
     pub refresh: u8,
-    /// 1: an event counts only with the TTL / hop limit first recorded for the source (`--rttl`).
+    /// 1: an event is checked against the threshold only when its TTL / hop limit equals
+    /// that of the source's last recorded event (`--rttl`); it is recorded either way.
     pub ttl_match: u8,
     /// Prefix lengths sources are aggregated to.
     pub mask_v4: u8,
@@ -134,6 +153,27 @@ pub fn proto_bit(proto: u8) -> u32 {
     }
 }
 
+/// Whether an IPv6 next-header value is an extension header the parser walks: hop-by-hop
+/// options, routing, fragment or destination options.
+#[inline(always)]
+pub fn is_ipv6_extension(next_header: u8) -> bool {
+    matches!(next_header, 0 | 43 | 44 | 60)
+}
+
+/// Whether a packet the parser cannot classify although the IP layer says more follows (a
+/// first fragment cut short, or an IPv6 chain longer than it walks) is dropped as
+/// [`crate::Reason::Evasive`]: when some rule covers its protocol. A `proto` that is still an
+/// IPv6 extension header leaves the transport protocol unknown, so any rule covers it.
+#[inline(always)]
+pub fn evasive_is_dropped(rule_protos: u32, proto: u8) -> bool {
+    let bits = if is_ipv6_extension(proto) {
+        proto_bit(PROTO_ANY)
+    } else {
+        proto_bit(proto)
+    };
+    rule_protos & bits != 0
+}
+
 /// A source aggregated to a prefix; IPv4 addresses use the first 4 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -157,13 +197,17 @@ pub struct HistoryKey {
 pub struct History {
     /// Rate rules: event times. Burst rules: times bunches reached `min_bunch`.
     pub ring: [u32; HISTORY_RING],
-    /// Entries ever written to `ring`; the newest is at `(recorded - 1) % HISTORY_RING`.
+    /// Entries written to `ring` since the history was (last) fresh; the newest is at
+    /// `(recorded - 1) % HISTORY_RING`.
     pub recorded: u32,
-    /// Burst rules: the time of the previous event and the length of the current bunch.
-    pub last_event_ms: u32,
+    /// Burst rules: the length of the current bunch.
     pub bunch_len: u32,
-    /// TTL / hop limit of the first event, for `ttl_match`.
+    /// TTL / hop limit of the last recorded event, for `ttl_match`.
     pub ttl: u32,
+    pub _reserved: u32,
+    /// The full time of the newest recorded event (for burst rules: of the newest event);
+    /// 0 for a fresh history.
+    pub last_ms: u64,
 }
 
 /// A dynamically blacklisted source.
@@ -200,41 +244,52 @@ const _: () = {
     assert!(size_of::<Settings>() == 40);
     assert!(size_of::<SourceKey>() == 18);
     assert!(size_of::<HistoryKey>() == 24);
-    assert!(size_of::<History>() == 4 * HISTORY_RING + 16);
+    assert!(size_of::<History>() == 4 * HISTORY_RING + 24);
     assert!(size_of::<BlacklistEntry>() == 24);
     assert!(size_of::<Event>() == 32);
 };
 
 impl History {
+    /// A fresh history, for a source's first event with TTL / hop limit `ttl`.
     pub const fn new(ttl: u8) -> Self {
         Self {
             ring: [0; HISTORY_RING],
             recorded: 0,
-            last_event_ms: 0,
             bunch_len: 0,
             ttl: ttl as u32,
+            _reserved: 0,
+            last_ms: 0,
         }
     }
 
+    /// Whether the newest event is older than any window, so nothing here can count again:
+    /// the caller replaces a stale history with a fresh one before [`on_event`], and so the
+    /// u32 ring times of a source idle for 49.7 days never alias into a window.
     #[inline(always)]
-    fn record(&mut self, now_ms: u32) {
-        self.ring[self.recorded as usize % HISTORY_RING] = now_ms;
+    pub fn is_stale(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.last_ms) > u64::from(MAX_RULE_MS)
+    }
+
+    #[inline(always)]
+    fn record(&mut self, now_ms: u64) {
+        self.ring[self.recorded as usize % HISTORY_RING] = now_ms as u32;
         self.recorded = self.recorded.wrapping_add(1);
+        self.last_ms = now_ms;
     }
 
     /// Whether at least `count` recorded times lie within `window_ms` of `now_ms` (inclusive,
     /// like `recent`). Times are recorded in order, so that is the `count`-th newest one: O(1).
     #[inline(always)]
-    pub fn has_within(&self, count: u32, window_ms: u32, now_ms: u32) -> bool {
+    pub fn has_within(&self, count: u32, window_ms: u32, now_ms: u64) -> bool {
         if count == 0 || count as usize > HISTORY_RING || self.recorded < count {
             return false;
         }
         let oldest_needed = self.ring[(self.recorded - count) as usize % HISTORY_RING];
-        now_ms.wrapping_sub(oldest_needed) <= window_ms
+        (now_ms as u32).wrapping_sub(oldest_needed) <= window_ms
     }
 
     /// Events recorded within the window, counted for event reports (bounded by the ring).
-    pub fn hits_within(&self, window_ms: u32, now_ms: u32) -> u32 {
+    pub fn hits_within(&self, window_ms: u32, now_ms: u64) -> u32 {
         let mut hits = 0;
         while hits < self.recorded.min(HISTORY_RING as u32)
             && self.has_within(hits + 1, window_ms, now_ms)
@@ -248,28 +303,36 @@ impl History {
 /// The result of one event under one rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Not an event for this rule (TTL differs from the recorded one under `ttl_match`).
-    Ignored,
-    /// Recorded; the source stays below the threshold.
+    /// Recorded; the source stays below the threshold (or, under `ttl_match`, its TTL
+    /// differed from the last recorded one, so the threshold was not checked).
     Counted,
     /// The source crossed the threshold: blacklist it and drop or reject this packet.
     Blacklist { hits: u32 },
 }
 
 /// One event of a source under a rule, at `now_ms`, with the packet's TTL / hop limit.
-/// `history` is the source's history under the rule (fresh from [`History::new`] for a new
-/// source) and is updated in place.
+/// `history` is the source's history under the rule, updated in place: fresh from
+/// [`History::new`] for a new source or one whose history [`History::is_stale`].
+/// (The XDP program checks staleness at lookup, where a fresh history is made anyway, which
+/// keeps this function's paths few for the verifier.)
 #[inline(always)]
-pub fn on_event(rule: &Rule, history: &mut History, now_ms: u32, ttl: u8) -> Outcome {
-    if rule.ttl_match != 0 && history.ttl != u32::from(ttl) {
-        return Outcome::Ignored;
-    }
+pub fn on_event(rule: &Rule, history: &mut History, now_ms: u64, ttl: u8) -> Outcome {
+    // `--rttl`: the lookup fails on another TTL than the last recorded one, but `--set`
+    // still records the packet and its TTL. An unchecked event meets no threshold: written
+    // as thresholds rather than a flag tested on every path, which the verifier prefers.
+    let checked = rule.ttl_match == 0 || history.ttl == u32::from(ttl);
+    let (hitcount, bunch_size) = if checked {
+        (rule.hitcount, rule.bunch_size)
+    } else {
+        (0, u32::MAX)
+    };
+    history.ttl = u32::from(ttl);
     if rule.kind == RuleKind::Burst as u8 {
-        return on_burst_event(rule, history, now_ms);
+        return on_burst_event(rule, history, now_ms, hitcount, bunch_size);
     }
     // `--rcheck --hitcount N` comes before `--set`: a source that already has N hits in the
     // window is blacklisted by this event, which is not recorded.
-    if history.has_within(rule.hitcount, rule.window_ms, now_ms) {
+    if history.has_within(hitcount, rule.window_ms, now_ms) {
         return Outcome::Blacklist {
             hits: rule.hitcount + 1,
         };
@@ -278,27 +341,33 @@ pub fn on_event(rule: &Rule, history: &mut History, now_ms: u32, ttl: u8) -> Out
     Outcome::Counted
 }
 
+/// A burst rule's event; every event extends or starts a bunch. `hitcount` and `bunch_size`
+/// are the rule's, or out of reach for an unchecked event.
 #[inline(always)]
-fn on_burst_event(rule: &Rule, history: &mut History, now_ms: u32) -> Outcome {
+fn on_burst_event(
+    rule: &Rule,
+    history: &mut History,
+    now_ms: u64,
+    hitcount: u32,
+    bunch_size: u32,
+) -> Outcome {
     let continues_bunch =
-        history.bunch_len > 0 && now_ms.wrapping_sub(history.last_event_ms) <= rule.gap_ms;
+        history.bunch_len > 0 && now_ms.saturating_sub(history.last_ms) <= u64::from(rule.gap_ms);
     history.bunch_len = if continues_bunch {
         history.bunch_len.saturating_add(1)
     } else {
         1
     };
-    history.last_event_ms = now_ms;
     if history.bunch_len == rule.min_bunch {
         history.record(now_ms);
     }
-    if history.bunch_len >= rule.bunch_size {
+    history.last_ms = now_ms;
+    if history.bunch_len >= bunch_size {
         return Outcome::Blacklist {
             hits: history.bunch_len,
         };
     }
-    if history.bunch_len == rule.min_bunch
-        && history.has_within(rule.hitcount, rule.window_ms, now_ms)
-    {
+    if history.bunch_len == rule.min_bunch && history.has_within(hitcount, rule.window_ms, now_ms) {
         return Outcome::Blacklist {
             hits: rule.hitcount,
         };
@@ -306,9 +375,10 @@ fn on_burst_event(rule: &Rule, history: &mut History, now_ms: u32) -> Outcome {
     Outcome::Counted
 }
 
-/// Whether a rule's protocol and port match a packet (`dport` 0 for port-less protocols).
+/// Whether a rule's protocol and port match a packet (`dport` 0 for port-less protocols);
+/// `opens_connection` is [`tcp_opens_connection`] of a TCP packet's flags.
 #[inline(always)]
-pub fn rule_matches(rule: &Rule, proto: u8, dport: u16, tcp_syn_only: bool) -> bool {
+pub fn rule_matches(rule: &Rule, proto: u8, dport: u16, opens_connection: bool) -> bool {
     if rule.kind == RuleKind::Empty as u8 {
         return false;
     }
@@ -319,7 +389,7 @@ pub fn rule_matches(rule: &Rule, proto: u8, dport: u16, tcp_syn_only: bool) -> b
         return false;
     }
     // "new" counts TCP connection openings only; other protocols have no such notion.
-    !(rule.new_only != 0 && proto == 6 && !tcp_syn_only)
+    !(rule.new_only != 0 && proto == 6 && !opens_connection)
 }
 
 /// Whether a blacklisted source is still blocked at `now_ms`; refreshes the expiry in place
@@ -401,6 +471,14 @@ mod tests {
         }
     }
 
+    /// An event as the XDP program runs it: a stale history is replaced by a fresh one.
+    fn event(rule: &Rule, history: &mut History, now_ms: u64, ttl: u8) -> Outcome {
+        if history.is_stale(now_ms) {
+            *history = History::new(ttl);
+        }
+        on_event(rule, history, now_ms, ttl)
+    }
+
     #[test]
     fn the_seed_gives_exactly_three_tries() {
         let rule = ssh_rule();
@@ -454,12 +532,12 @@ mod tests {
     fn window_checks_survive_clock_wrap() {
         let rule = ssh_rule();
         let mut history = History::new(64);
-        let start = u32::MAX - 1_000;
-        for i in 0..3u32 {
-            on_event(&rule, &mut history, start.wrapping_add(i * 1_000), 64);
+        let start = u64::from(u32::MAX) - 1_000;
+        for i in 0..3 {
+            on_event(&rule, &mut history, start + i * 1_000, 64);
         }
         assert!(matches!(
-            on_event(&rule, &mut history, start.wrapping_add(3_000), 64),
+            on_event(&rule, &mut history, start + 3_000, 64),
             Outcome::Blacklist { .. }
         ));
     }
@@ -471,7 +549,7 @@ mod tests {
             ..ssh_rule()
         };
         let mut history = History::new(64);
-        for i in 0..HISTORY_RING as u32 {
+        for i in 0..HISTORY_RING as u64 {
             assert_eq!(on_event(&rule, &mut history, i, 64), Outcome::Counted);
         }
         assert!(matches!(
@@ -482,20 +560,101 @@ mod tests {
     }
 
     #[test]
-    fn ttl_match_ignores_other_ttls() {
+    fn ttl_match_compares_with_the_last_recorded_ttl_and_records_mismatches() {
+        let rule = Rule {
+            ttl_match: 1,
+            ..ssh_rule()
+        };
+        // A spoofed first packet with another TTL does not disable counting: it is recorded,
+        // and the next packet's TTL becomes the one compared with (like xt_recent --rttl).
+        let mut history = History::new(50);
+        assert_eq!(on_event(&rule, &mut history, 0, 50), Outcome::Counted);
+        assert_eq!(on_event(&rule, &mut history, 1, 64), Outcome::Counted);
+        assert_eq!(history.ttl, 64);
+        assert_eq!(on_event(&rule, &mut history, 2, 64), Outcome::Counted);
+        assert_eq!(history.recorded, 3, "the mismatching packet was recorded");
+        assert_eq!(
+            on_event(&rule, &mut history, 3, 64),
+            Outcome::Blacklist { hits: 4 }
+        );
+        // A mismatching packet is never checked against the threshold...
+        let mut history = History::new(64);
+        for t in 0..3 {
+            on_event(&rule, &mut history, t, 64);
+        }
+        assert_eq!(on_event(&rule, &mut history, 3, 63), Outcome::Counted);
+        // ...but the next one with the same TTL is, and the window holds 4 events by now.
+        assert!(matches!(
+            on_event(&rule, &mut history, 4, 63),
+            Outcome::Blacklist { .. }
+        ));
+        // A route change (a new TTL for good) keeps the count going.
+        let mut history = History::new(64);
+        on_event(&rule, &mut history, 0, 64);
+        on_event(&rule, &mut history, 1, 64);
+        assert_eq!(on_event(&rule, &mut history, 2, 60), Outcome::Counted);
+        assert!(matches!(
+            on_event(&rule, &mut history, 3, 60),
+            Outcome::Blacklist { .. }
+        ));
+    }
+
+    #[test]
+    fn without_ttl_match_the_ttl_does_not_matter() {
+        let rule = ssh_rule();
+        let mut history = History::new(64);
+        for (t, ttl) in [(0, 64), (1, 30), (2, 200)] {
+            assert_eq!(on_event(&rule, &mut history, t, ttl), Outcome::Counted);
+        }
+        assert!(matches!(
+            on_event(&rule, &mut history, 3, 1),
+            Outcome::Blacklist { .. }
+        ));
+    }
+
+    #[test]
+    fn a_history_idle_longer_than_any_window_is_cleared_so_times_never_alias() {
+        let rule = Rule {
+            window_ms: MAX_RULE_MS,
+            ..ssh_rule()
+        };
+        let mut history = History::new(64);
+        let start = 5_000_u64;
+        for t in 0..3 {
+            event(&rule, &mut history, start + t, 64);
+        }
+        // 2^32 ms later the u32 ring times are 1..3 ms old again.
+        let later = start + (1 << 32) + 3;
+        assert_eq!(event(&rule, &mut history, later, 64), Outcome::Counted);
+        assert_eq!(history.recorded, 1, "the old events are gone");
+        assert_eq!(history.last_ms, later);
+        // Right at the limit nothing is cleared.
+        let mut history = History::new(64);
+        for t in 0..3 {
+            event(&rule, &mut history, t, 64);
+        }
+        assert_eq!(
+            event(&rule, &mut history, 2 + u64::from(MAX_RULE_MS), 64),
+            Outcome::Counted
+        );
+        assert_eq!(history.recorded, 4);
+    }
+
+    #[test]
+    fn a_cleared_history_takes_the_new_ttl() {
         let rule = Rule {
             ttl_match: 1,
             ..ssh_rule()
         };
         let mut history = History::new(64);
-        for t in 0..10 {
-            assert_eq!(on_event(&rule, &mut history, t, 50), Outcome::Ignored);
-        }
+        event(&rule, &mut history, 1_000, 64);
+        let later = 1_000 + u64::from(MAX_RULE_MS) + 1;
         for t in 0..3 {
-            assert_eq!(on_event(&rule, &mut history, t, 64), Outcome::Counted);
+            assert_eq!(event(&rule, &mut history, later + t, 40), Outcome::Counted);
         }
+        assert_eq!(history.ttl, 40);
         assert!(matches!(
-            on_event(&rule, &mut history, 4, 64),
+            event(&rule, &mut history, later + 3, 40),
             Outcome::Blacklist { .. }
         ));
     }
@@ -504,7 +663,7 @@ mod tests {
     fn a_bunch_of_ten_blacklists_nine_do_not() {
         let rule = burst_rule();
         let mut history = History::new(64);
-        for i in 0..9u32 {
+        for i in 0..9 {
             assert_eq!(
                 on_event(&rule, &mut history, i * 1_500, 64),
                 Outcome::Counted
@@ -517,7 +676,7 @@ mod tests {
         );
         // Slow events never form a bunch.
         let mut history = History::new(64);
-        for i in 0..100u32 {
+        for i in 0..100 {
             assert_eq!(
                 on_event(&rule, &mut history, i * 2_001, 64),
                 Outcome::Counted
@@ -552,6 +711,56 @@ mod tests {
             }
             t += 60_000;
         }
+    }
+
+    #[test]
+    fn a_burst_survives_a_clock_past_u32_milliseconds() {
+        let rule = burst_rule();
+        let mut history = History::new(64);
+        let start = u64::from(u32::MAX) - 5_000;
+        for i in 0..9 {
+            assert_eq!(
+                on_event(&rule, &mut history, start + i * 1_500, 64),
+                Outcome::Counted
+            );
+        }
+        assert_eq!(
+            on_event(&rule, &mut history, start + 9 * 1_500, 64),
+            Outcome::Blacklist { hits: 10 }
+        );
+    }
+
+    #[test]
+    fn only_a_bare_syn_opens_a_connection() {
+        assert!(tcp_opens_connection(TCP_SYN));
+        // PSH, URG and the ECN setup bits do not change what a SYN is.
+        assert!(tcp_opens_connection(TCP_SYN | 0x08 | 0x20 | 0x40 | 0x80));
+        for flags in [
+            TCP_SYN | TCP_ACK,
+            TCP_SYN | TCP_FIN,
+            TCP_SYN | TCP_RST,
+            TCP_ACK,
+            TCP_FIN,
+            0,
+        ] {
+            assert!(!tcp_opens_connection(flags), "{flags:#04x}");
+        }
+    }
+
+    #[test]
+    fn evasive_packets_drop_when_a_rule_covers_their_protocol() {
+        let tcp_only = proto_bit(6);
+        assert!(evasive_is_dropped(tcp_only, 6));
+        assert!(!evasive_is_dropped(tcp_only, 17));
+        assert!(!evasive_is_dropped(0, 6), "no rules: nothing to evade");
+        for extension in [0, 43, 44, 60] {
+            assert!(
+                evasive_is_dropped(tcp_only, extension),
+                "an unknown protocol may be TCP"
+            );
+            assert!(!evasive_is_dropped(0, extension));
+        }
+        assert!(evasive_is_dropped(proto_bit(PROTO_ANY), 17));
     }
 
     #[test]

@@ -20,14 +20,16 @@ mod program {
     };
     use aya_log_ebpf::error;
     use blocker_common::{
-        ban_is_active, blacklist_hit, mask_addr, on_event, proto_bit,
+        ban_is_active, blacklist_hit, evasive_is_dropped, is_ipv6_extension, mask_addr, on_event,
+        proto_bit,
         reject::{
-            port_unreachable_v4, port_unreachable_v6, tcp_reset_v4, tcp_reset_v6, QUOTE_V4_MAX,
-            QUOTE_V6_MAX, UNREACH_V4_LEN, UNREACH_V6_LEN,
+            answerable, mac_is_unicast, port_unreachable_v4, port_unreachable_v6,
+            source_is_unicast, tcp_reset_v4, tcp_reset_v6, TokenBucket, QUOTE_V4_MAX, QUOTE_V6_MAX,
+            UNREACH_V4_LEN, UNREACH_V6_LEN,
         },
-        rule_matches, Action, AllowValue, BanValue, BlacklistEntry, Counter, Event, History,
-        HistoryKey, Outcome, Reason, Rule, RuleAction, RuleStats, Settings, SourceKey,
-        DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
+        rule_matches, tcp_opens_connection, Action, AllowValue, BanValue, BlacklistEntry, Counter,
+        Event, History, HistoryKey, Outcome, Reason, Rule, RuleAction, RuleStats, Settings,
+        SourceKey, DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
         DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
         LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS,
         MAX_RULES,
@@ -96,6 +98,9 @@ mod program {
     }
     #[btf_map]
     static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+    /// Each CPU's allowance of reject answers. Not pinned: a reload starts it empty.
+    #[btf_map]
+    static REJECT_TOKENS: PerCpuArray<TokenBucket, 1> = PerCpuArray::new();
 
     // EtherType values as they appear on the wire, read as native-endian u16.
     const ETH_P_IPV4: u16 = 0x0800u16.to_be();
@@ -103,17 +108,15 @@ mod program {
     const ETH_P_8021Q: u16 = 0x8100u16.to_be();
     const ETH_P_8021AD: u16 = 0x88A8u16.to_be();
 
-    const IPPROTO_HOPOPTS: u8 = 0;
     const IPPROTO_ICMP: u8 = 1;
     const IPPROTO_TCP: u8 = 6;
     const IPPROTO_UDP: u8 = 17;
-    const IPPROTO_ROUTING: u8 = 43;
     const IPPROTO_FRAGMENT: u8 = 44;
     const IPPROTO_ICMPV6: u8 = 58;
-    const IPPROTO_DSTOPTS: u8 = 60;
 
-    const TCP_SYN: u8 = 0x02;
-    const TCP_ACK: u8 = 0x10;
+    /// IPv4 "more fragments" flag and fragment offset, in the host-order flags/offset word.
+    const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
+    const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
 
     /// Ethernet header plus two VLAN tags.
     const MAX_L2_LEN: usize = EthHdr::LEN + 2 * VlanHdr::LEN;
@@ -129,10 +132,13 @@ mod program {
         Present,
         /// A non-first fragment: no L4 header here.
         Fragment,
-        /// The header is cut short.
+        /// The header is cut short in a packet that is not a fragment: the stack drops it.
         Truncated,
-        /// Past the extension headers the parser walks.
-        Unparsed,
+        /// A first fragment whose transport (or IPv6 extension) header is cut short: the rest
+        /// comes in later fragments, and reassembly would hand the stack what no rule saw.
+        FirstFragmentCut,
+        /// Still in an IPv6 extension header after the ones the parser walks.
+        ChainTooLong,
     }
 
     /// The parsed frame: what the decision needs, and where the headers are for a reject.
@@ -176,20 +182,27 @@ mod program {
         }
     }
 
-    /// Rule windows and the dynamic blacklist: CLOCK_MONOTONIC at tick resolution, which costs
-    /// a memory read where a precise clock costs a clocksource read (dear in a VM). Read only
-    /// where a decision needs it; no value is carried between checks, which keeps the
-    /// verifier's state count down.
+    /// Rule windows, the dynamic blacklist and reject tokens: CLOCK_MONOTONIC at tick
+    /// resolution, which costs a memory read where a precise clock costs a clocksource read
+    /// (dear in a VM). Read only where a decision needs it; no value is carried between
+    /// checks, which keeps the verifier's state count down. `clock_override_ms` (differential
+    /// tests only) replaces it when non-zero.
     #[inline(always)]
-    fn now_ms() -> u64 {
+    fn now_ms(clock_override_ms: u64) -> u64 {
+        if clock_override_ms != 0 {
+            return clock_override_ms;
+        }
         // SAFETY: the helper has no preconditions.
         unsafe { bpf_ktime_get_coarse_ns() / 1_000_000 }
     }
 
     /// Temporary manual bans: CLOCK_BOOTTIME, which keeps counting through suspend like the
-    /// wall clock their expiry was given in.
+    /// wall clock their expiry was given in; or the override's second.
     #[inline(always)]
-    fn boot_seconds() -> u32 {
+    fn boot_seconds(clock_override_ms: u64) -> u32 {
+        if clock_override_ms != 0 {
+            return (clock_override_ms / 1000) as u32;
+        }
         // SAFETY: the helper has no preconditions.
         (unsafe { bpf_ktime_get_boot_ns() } / 1_000_000_000) as u32
     }
@@ -241,12 +254,9 @@ mod program {
         let Some(settings) = SETTINGS.get(0) else {
             return Reason::NoMatch;
         };
-        // The exact-match blacklist first: it is the hot path under attack. An allowlisted
-        // source never has an entry (rules run after the allowlist, and `blocker allow`
-        // removes overlapping entries), so the allowlist still wins.
-        if let Some(reason) = check_blacklist(packet, settings) {
-            return reason;
-        }
+        // The allowlist before anything that can drop, so it always wins whatever the
+        // blacklist holds (an entry keyed by a rule's mask may cover an allowed host); an
+        // empty list costs no lookup.
         let listed = if packet.family == FAMILY_V4 {
             let source = [
                 packet.source[0],
@@ -258,20 +268,29 @@ mod program {
                 settings.lists & LIST_ALLOW_V4 != 0,
                 settings.lists & LIST_BAN_V4 != 0,
             );
-            source_verdict(&ALLOW_V4, &BAN_V4, lists, source)
+            source_verdict(&ALLOW_V4, &BAN_V4, lists, source, settings)
         } else {
             let lists = (
                 settings.lists & LIST_ALLOW_V6 != 0,
                 settings.lists & LIST_BAN_V6 != 0,
             );
-            source_verdict(&ALLOW_V6, &BAN_V6, lists, packet.source)
+            source_verdict(&ALLOW_V6, &BAN_V6, lists, packet.source, settings)
         };
         if let Some(reason) = listed {
             return reason;
         }
+        if let Some(reason) = check_blacklist(packet, settings) {
+            return reason;
+        }
         match packet.l4 {
             L4::Truncated => Reason::Malformed,
-            L4::Unparsed => Reason::Unparsed,
+            L4::FirstFragmentCut | L4::ChainTooLong
+                if evasive_is_dropped(settings.rule_protos, packet.proto) =>
+            {
+                Reason::Evasive
+            }
+            L4::FirstFragmentCut => Reason::Malformed,
+            L4::ChainTooLong => Reason::Unparsed,
             L4::Present | L4::Fragment if settings.rule_protos & proto_bit(packet.proto) != 0 => {
                 run_rules(packet, settings)
             }
@@ -329,12 +348,13 @@ mod program {
         packet.l3_offset = l3_offset;
         packet.l4_offset = l3_offset + header_len;
         packet.proto = ip.proto;
+        let fragment = u16::from_be_bytes(ip.frags);
         // Only the first fragment carries the L4 header.
-        if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
+        if fragment & IPV4_FRAGMENT_OFFSET != 0 {
             packet.l4 = L4::Fragment;
             return Ok(());
         }
-        parse_l4(ctx, packet);
+        parse_l4(ctx, packet, fragment & IPV4_MORE_FRAGMENTS != 0);
         Ok(())
     }
 
@@ -352,49 +372,58 @@ mod program {
         packet.l3_offset = l3_offset;
         packet.l4_offset = l3_offset + Ipv6Hdr::LEN;
         packet.proto = ip.next_hdr;
+        // Set by a fragment header with offset 0 and more fragments to come.
+        let mut first_fragment = false;
         for _ in 0..MAX_IPV6_EXT_HEADERS {
-            match packet.proto {
-                IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                    // Next header, then the length in 8-octet units not counting the first 8.
-                    let Some(ext) = header::<[u8; 2]>(ctx, packet.l4_offset) else {
-                        packet.l4 = L4::Truncated;
-                        return Ok(());
-                    };
-                    let ext = unsafe { *ext };
-                    packet.proto = ext[0];
-                    packet.l4_offset += (usize::from(ext[1]) + 1) * 8;
+            if !is_ipv6_extension(packet.proto) {
+                break;
+            }
+            if packet.proto == IPPROTO_FRAGMENT {
+                // Next header, reserved, then offset (13 bits), two reserved bits and M.
+                let Some(fragment) = header::<[u8; 8]>(ctx, packet.l4_offset) else {
+                    packet.l4 = cut_short(first_fragment);
+                    return Ok(());
+                };
+                let fragment = unsafe { *fragment };
+                packet.proto = fragment[0];
+                packet.l4_offset += 8;
+                if u16::from_be_bytes([fragment[2], fragment[3]]) >> 3 != 0 {
+                    packet.l4 = L4::Fragment;
+                    return Ok(());
                 }
-                IPPROTO_FRAGMENT => {
-                    // Next header, reserved, then offset (13 bits) and flags.
-                    let Some(fragment) = header::<[u8; 8]>(ctx, packet.l4_offset) else {
-                        packet.l4 = L4::Truncated;
-                        return Ok(());
-                    };
-                    let fragment = unsafe { *fragment };
-                    packet.proto = fragment[0];
-                    packet.l4_offset += 8;
-                    if u16::from_be_bytes([fragment[2], fragment[3]]) >> 3 != 0 {
-                        packet.l4 = L4::Fragment;
-                        return Ok(());
-                    }
-                }
-                _ => break,
+                first_fragment = fragment[3] & 1 != 0;
+            } else {
+                // Next header, then the length in 8-octet units not counting the first 8.
+                let Some(ext) = header::<[u8; 2]>(ctx, packet.l4_offset) else {
+                    packet.l4 = cut_short(first_fragment);
+                    return Ok(());
+                };
+                let ext = unsafe { *ext };
+                packet.proto = ext[0];
+                packet.l4_offset += (usize::from(ext[1]) + 1) * 8;
             }
         }
-        if matches!(
-            packet.proto,
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
-        ) {
-            packet.l4 = L4::Unparsed;
+        if is_ipv6_extension(packet.proto) {
+            packet.l4 = L4::ChainTooLong;
             return Ok(());
         }
-        parse_l4(ctx, packet);
+        parse_l4(ctx, packet, first_fragment);
         Ok(())
     }
 
-    /// Reads the destination port and TCP flags, or marks the L4 header truncated.
+    /// What a header cut short means: the rest follows in other fragments, or never.
     #[inline(always)]
-    fn parse_l4(ctx: &XdpContext, packet: &mut Packet) {
+    fn cut_short(first_fragment: bool) -> L4 {
+        if first_fragment {
+            L4::FirstFragmentCut
+        } else {
+            L4::Truncated
+        }
+    }
+
+    /// Reads the destination port and TCP flags, or marks the L4 header cut short.
+    #[inline(always)]
+    fn parse_l4(ctx: &XdpContext, packet: &mut Packet, first_fragment: bool) {
         let offset = packet.l4_offset;
         let complete = match packet.proto {
             IPPROTO_TCP => match header::<TcpHdr>(ctx, offset) {
@@ -421,7 +450,7 @@ mod program {
             _ => true,
         };
         if !complete {
-            packet.l4 = L4::Truncated;
+            packet.l4 = cut_short(first_fragment);
         }
     }
 
@@ -432,6 +461,7 @@ mod program {
         bans: &LpmTrie<[u8; N], BanValue, BAN_CAP>,
         (allow_used, bans_used): (bool, bool),
         source: [u8; N],
+        settings: &Settings,
     ) -> Option<Reason> {
         let key = Key::new((N * 8) as u32, source);
         if allow_used && allowlist.get(&key).is_some() {
@@ -441,7 +471,7 @@ mod program {
             return None;
         }
         let ban = bans.get(&key)?;
-        ban_is_active(ban, boot_seconds).then_some(Reason::ManualBan)
+        ban_is_active(ban, || boot_seconds(settings.clock_override_ms)).then_some(Reason::ManualBan)
     }
 
     #[inline(always)]
@@ -485,7 +515,7 @@ mod program {
             // SAFETY: the entry stays valid during this program run; concurrent refreshes of
             // the expiry race benignly (both write a time in the future).
             let entry = unsafe { &mut *entry };
-            if blacklist_hit(entry, now_ms()) {
+            if blacklist_hit(entry, now_ms(settings.clock_override_ms)) {
                 let (action, slot) = (entry.action, u32::from(entry.slot));
                 return Some(punish(packet, action, slot, Reason::Blacklisted));
             }
@@ -496,6 +526,7 @@ mod program {
     /// State shared with [`rule_step`] across `bpf_loop` iterations.
     struct RulesLoop<'a> {
         packet: &'a mut Packet,
+        clock_override_ms: u64,
         reason: Reason,
     }
 
@@ -506,6 +537,7 @@ mod program {
         let slots = settings.rule_slots.min(MAX_RULES as u32);
         let mut state = RulesLoop {
             packet,
+            clock_override_ms: settings.clock_override_ms,
             reason: Reason::NoMatch,
         };
         // SAFETY: `rule_step` matches the callback signature and gets `state` back as its
@@ -526,7 +558,7 @@ mod program {
         // SAFETY: `run_rules` passes its `RulesLoop`.
         let state = unsafe { &mut *(state as *mut RulesLoop) };
         let slot = slot as u32;
-        match rule_event(slot, state.packet) {
+        match rule_event(slot, state.packet, state.clock_override_ms) {
             None => 0,
             Some(Reason::RuleEvent) => {
                 state.reason = Reason::RuleEvent;
@@ -542,10 +574,10 @@ mod program {
     /// The event, if any, this packet is for the rule in `slot`: `RuleEvent` when counted, a
     /// final verdict when it blacklists the source.
     #[inline(always)]
-    fn rule_event(slot: u32, packet: &mut Packet) -> Option<Reason> {
+    fn rule_event(slot: u32, packet: &mut Packet, clock_override_ms: u64) -> Option<Reason> {
         let rule = RULES.get(slot)?;
-        let syn_only = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        if !rule_matches(rule, packet.proto, packet.dport, syn_only) {
+        let opens = tcp_opens_connection(packet.tcp_flags);
+        if !rule_matches(rule, packet.proto, packet.dport, opens) {
             return None;
         }
         let mask = if packet.family == FAMILY_V4 {
@@ -558,19 +590,25 @@ mod program {
             slot: slot as u16,
             generation: rule.generation,
         };
-        let now_ms = now_ms();
-        let outcome = match HISTORY.get_ptr_mut(&key) {
+        let now_ms = now_ms(clock_override_ms);
+        // A stale history is replaced like a missing one.
+        let known = HISTORY
+            .get_ptr_mut(&key)
+            .filter(|history| !unsafe { &**history }.is_stale(now_ms));
+        let outcome = match known {
             // Known source: update in place, no map update call.
-            Some(history) => on_event(rule, unsafe { &mut *history }, now_ms as u32, packet.ttl),
+            Some(history) => on_event(rule, unsafe { &mut *history }, now_ms, packet.ttl),
             None => {
                 let scratch = SCRATCH.get_ptr_mut(0)?;
                 // SAFETY: per-CPU scratch, only this program run uses it.
                 let history = unsafe { &mut (*scratch).history };
+                // History::new(ttl) without rewriting the ring, which is read only up to
+                // `recorded`.
                 history.recorded = 0;
-                history.last_event_ms = 0;
                 history.bunch_len = 0;
                 history.ttl = u32::from(packet.ttl);
-                let outcome = on_event(rule, history, now_ms as u32, packet.ttl);
+                history.last_ms = 0;
+                let outcome = on_event(rule, history, now_ms, packet.ttl);
                 // A full LRU map evicts the least recently used history; nothing to handle.
                 let _ = HISTORY.insert(&key, &*history, 0);
                 outcome
@@ -578,7 +616,6 @@ mod program {
         };
         let stats = rule_stats(slot);
         match outcome {
-            Outcome::Ignored => None,
             Outcome::Counted => {
                 if let Some(stats) = stats {
                     stats.events += 1;
@@ -620,11 +657,20 @@ mod program {
     }
 
     /// Rewrites the packet into a TCP RST or ICMP port unreachable back to its source.
-    /// Returns false when the packet gets no answer (ICMP, a RST, too long to quote).
+    /// Returns false when the packet gets no answer: ICMP, a RST, too long to quote, a source
+    /// that is not unicast, or this CPU is out of reject tokens (taken only when answering).
     /// Kept out of line: only blacklisted traffic of reject rules pays for it.
     #[inline(never)]
     fn reject(ctx: &XdpContext, packet: &Packet) -> bool {
-        if packet.l4 != L4::Present {
+        if packet.l4 != L4::Present
+            || !answerable(
+                packet.family,
+                packet.proto,
+                packet.tcp_flags,
+                packet.l4_offset - packet.l3_offset,
+            )
+            || !source_is_unicast(packet.family, &packet.source)
+        {
             return false;
         }
         let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -639,6 +685,17 @@ mod program {
         if load(ctx, 0, scratch.l2.as_mut_ptr(), l2_len as u32).is_none() {
             return false;
         }
+        let source_mac = [
+            scratch.l2[6],
+            scratch.l2[7],
+            scratch.l2[8],
+            scratch.l2[9],
+            scratch.l2[10],
+            scratch.l2[11],
+        ];
+        if !mac_is_unicast(&source_mac) || !take_reject_token() {
+            return false;
+        }
         // Back to where it came from: swap the MAC addresses.
         for i in 0..6 {
             scratch.l2.swap(i, i + 6);
@@ -651,6 +708,21 @@ mod program {
             _ => unreachable_v6(ctx, packet, scratch),
         };
         answered && store(ctx, 0, scratch.l2.as_mut_ptr(), l2_len as u32)
+    }
+
+    /// Takes one of this CPU's reject tokens, if the bucket has one.
+    #[inline(always)]
+    fn take_reject_token() -> bool {
+        let (Some(settings), Some(bucket)) = (SETTINGS.get(0), REJECT_TOKENS.get_ptr_mut(0)) else {
+            return false;
+        };
+        // SAFETY: a per-CPU slot is only ever touched by this CPU.
+        let bucket = unsafe { &mut *bucket };
+        bucket.take(
+            now_ms(settings.clock_override_ms),
+            settings.reject_per_s,
+            settings.reject_burst,
+        )
     }
 
     #[inline(always)]
