@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use blocker_tests::differential;
 use clap::{Parser, Subcommand};
 
 mod bench;
@@ -54,6 +55,10 @@ enum Task {
         /// verdict and its counter are compared after every frame).
         #[arg(long, default_value_t = 4096)]
         check_every: u64,
+        /// Report every kind of divergence (the first of each) instead of stopping at the
+        /// first; the model takes over the program's state after each.
+        #[arg(long)]
+        keep_going: bool,
     },
     /// Build in release mode and run `blocker run` in the foreground.
     ///
@@ -119,10 +124,16 @@ fn main() -> Result<()> {
             frames,
             seed,
             check_every,
+            keep_going,
         } => {
             setup_build_chain()?;
             require_root("the differential test loads the XDP program")?;
-            fuzz(frames, seed, check_every)?;
+            fuzz(differential::Options {
+                frames,
+                seed: seed.unwrap_or_else(differential::fresh_seed),
+                check_every,
+                keep_going,
+            })?;
         }
         Task::Run { args } => {
             setup_build_chain()?;
@@ -136,16 +147,16 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn fuzz(frames: u64, seed: Option<u64>, check_every: u64) -> Result<()> {
-    use blocker_tests::differential;
-    let seed = seed.unwrap_or_else(differential::fresh_seed);
-    println!("fuzz: {frames} frames, seed {seed} (replay: cargo xtask fuzz --frames {frames} --seed {seed})");
-    let summary = differential::run(&differential::Options {
-        frames,
-        seed,
-        check_every,
-    })?;
+fn fuzz(options: differential::Options) -> Result<()> {
+    let (frames, seed) = (options.frames, options.seed);
+    println!(
+        "fuzz: {frames} frames, seed {seed} (replay: cargo xtask fuzz --frames {frames} --seed {seed})"
+    );
+    let summary = differential::run(&options)?;
     println!("fuzz: {summary}");
+    if !summary.divergences.is_empty() {
+        bail!("the program and the model diverged (above)");
+    }
     Ok(())
 }
 

@@ -11,13 +11,18 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use blocker_common::{
-    AllowValue, BanValue, BlacklistEntry, Counter, History, HistoryKey, Reason, Rule, RuleStats,
-    Settings, SourceKey, FAMILY_V4, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6,
-    MAP_BLACKLIST, MAP_COUNTERS, MAP_HISTORY, MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS, MAX_RULES,
-    PROGRAM_NAME,
+    reject::TokenBucket, AllowValue, BanValue, BlacklistEntry, Counter, History, HistoryKey,
+    Reason, Rule, RuleStats, Settings, SourceKey, FAMILY_V4, MAP_ALLOW_V4, MAP_ALLOW_V6,
+    MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_COUNTERS, MAP_HISTORY, MAP_RULES, MAP_RULE_STATS,
+    MAP_SETTINGS, MAX_RULES, PROGRAM_NAME,
 };
 
 use crate::{bpf, model::Prefix};
+
+/// The program's per-CPU reject token buckets (`reject::TokenBucket`: thousandths of a token,
+/// then the time of the last refill), private to the program, read only to resynchronise the
+/// model after a divergence.
+const MAP_REJECT_TOKENS: &str = "REJECT_TOKENS";
 
 /// Capacities of the LRU maps: far above what one stretch of the run fills (the harness
 /// clears them regularly), so the kernel never evicts what the model keeps.
@@ -37,6 +42,7 @@ pub struct Kernel {
     pub history: HashMap<MapData, HistoryKey, History>,
     counters: PerCpuArray<MapData, Counter>,
     rule_stats: PerCpuArray<MapData, RuleStats>,
+    reject_tokens: PerCpuArray<MapData, [u64; 2]>,
 }
 
 fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -78,6 +84,7 @@ impl Kernel {
             history: take(&mut ebpf, MAP_HISTORY)?,
             counters: take(&mut ebpf, MAP_COUNTERS)?,
             rule_stats: take(&mut ebpf, MAP_RULE_STATS)?,
+            reject_tokens: take(&mut ebpf, MAP_REJECT_TOKENS)?,
             _ebpf: ebpf,
         })
     }
@@ -172,6 +179,23 @@ impl Kernel {
                     }))
             })
             .collect()
+    }
+
+    /// The reject token bucket of `cpu`.
+    pub fn reject_tokens(&self, cpu: usize) -> Result<TokenBucket> {
+        let per_cpu = self.reject_tokens.get(&0, 0)?;
+        let [millitokens, last_ms] = per_cpu
+            .get(cpu)
+            .copied()
+            .ok_or_else(|| anyhow!("no CPU {cpu}"))?;
+        Ok(TokenBucket {
+            millitokens,
+            last_ms,
+        })
+    }
+
+    pub fn histories(&self) -> Result<Vec<(HistoryKey, History)>> {
+        Ok(self.history.iter().collect::<Result<_, _>>()?)
     }
 
     pub fn blacklist_entries(&self) -> Result<Vec<(SourceKey, BlacklistEntry)>> {

@@ -33,10 +33,15 @@ pub struct Options {
     pub seed: u64,
     /// Compare every counter, rule stats and the blacklist every this many frames.
     pub check_every: u64,
+    /// Report each divergence, take the program's state over into the model and go on,
+    /// instead of stopping at the first one.
+    pub keep_going: bool,
 }
 
 pub struct Summary {
     pub frames: u64,
+    /// With `keep_going`: the divergences, one per kind (the first of each).
+    pub divergences: Vec<String>,
     pub elapsed: Duration,
     /// Frames per reason, to show what the run exercised.
     pub reasons: Vec<(Reason, u64)>,
@@ -53,9 +58,13 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} frames, {} configurations, no divergence in {:.1} s ({:.0} frames/s)\n  by reason:",
+            "{} frames, {} configurations, {} in {:.1} s ({:.0} frames/s)\n  by reason:",
             self.frames,
             self.configurations,
+            match self.divergences.len() {
+                0 => "no divergence".to_string(),
+                n => format!("{n} kinds of divergence"),
+            },
             self.elapsed.as_secs_f64(),
             self.frames_per_second()
         )?;
@@ -76,13 +85,15 @@ pub fn fresh_seed() -> u64 {
 
 /// Per-CPU state (counters, the reject token bucket) is only comparable when every run
 /// happens on one CPU: BPF_PROG_TEST_RUN runs the program on the calling thread's CPU.
-fn pin_to_one_cpu() -> Result<()> {
+/// Returns that CPU.
+fn pin_to_one_cpu() -> Result<usize> {
     // SAFETY: no preconditions.
     let cpu = unsafe { nix::libc::sched_getcpu() }.max(0) as usize;
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu)?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .context("pinning the test thread to one CPU")
+        .context("pinning the test thread to one CPU")?;
+    Ok(cpu)
 }
 
 /// One frame of the recent past, for the divergence report.
@@ -103,6 +114,7 @@ pub struct Harness {
     recent: VecDeque<Record>,
     frames: u64,
     out: Vec<u8>,
+    cpu: usize,
 }
 
 fn action_code(action: Action) -> u32 {
@@ -135,8 +147,9 @@ pub fn unhex(text: &str) -> Vec<u8> {
 
 impl Harness {
     pub fn new(clock_ms: u64) -> Result<Self> {
-        pin_to_one_cpu()?;
+        let cpu = pin_to_one_cpu()?;
         let mut harness = Self {
+            cpu,
             kernel: Kernel::load()?,
             model: Model::default(),
             config: Config {
@@ -270,6 +283,21 @@ impl Harness {
         Ok(differing.join(", "))
     }
 
+    /// Takes the program's state over into the model, after a divergence, so a run can go
+    /// on looking for others.
+    pub fn resync(&mut self) -> Result<()> {
+        for (index, counter) in self.kernel.counters()?.into_iter().enumerate() {
+            self.model.counters[index] = counter;
+        }
+        for (slot, stats) in self.kernel.rule_stats()?.into_iter().enumerate() {
+            self.model.rule_stats[slot] = stats;
+        }
+        self.model.blacklist = self.kernel.blacklist_entries()?.into_iter().collect();
+        self.model.history = self.kernel.histories()?.into_iter().collect();
+        self.model.bucket = self.kernel.reject_tokens(self.cpu)?;
+        Ok(())
+    }
+
     /// Compares every counter, every rule's stats and the whole blacklist.
     pub fn check_state(&self) -> Result<()> {
         let mut problems = Vec::new();
@@ -289,6 +317,13 @@ impl Harness {
                     self.model.rule_stats[slot]
                 ));
             }
+        }
+        let bucket = self.kernel.reject_tokens(self.cpu)?;
+        if bucket != self.model.bucket {
+            problems.push(format!(
+                "reject bucket: program {bucket:?}, model {:?}",
+                self.model.bucket
+            ));
         }
         let kernel_entries = self.kernel.blacklist_entries()?;
         for (key, entry) in &kernel_entries {
@@ -315,9 +350,17 @@ impl Harness {
         if problems.is_empty() {
             return Ok(());
         }
+        let last = self.recent.back().map_or(String::new(), |record| {
+            format!(
+                "last frame #{} -> {}: {}\n",
+                record.index,
+                record.reason.name(),
+                hex(&record.frame)
+            )
+        });
         bail!(
-            "state diverged after frame {} (within the last checks' frames; replay with a \
-             smaller check interval to find the frame)\n{}\n{}",
+            "state diverged after frame {} (within the last checks' frames; replay with \
+             --check-every 1 to find the frame)\n{}\n{last}{}",
             self.frames,
             problems.join("\n"),
             self.describe_config()
@@ -353,6 +396,13 @@ impl Harness {
         let parsed = parse(frame);
         let _ = writeln!(text, "model parse: {parsed:?}");
         let _ = writeln!(text, "model verdict: {expected:?}");
+        if let Ok(bucket) = self.kernel.reject_tokens(self.cpu) {
+            let _ = writeln!(
+                text,
+                "reject bucket after the frame: program {bucket:?}, model {:?}",
+                self.model.bucket
+            );
+        }
         text.push_str(&self.describe_config());
         if let Ok(ip) = parsed {
             let related = |key: &blocker_common::SourceKey| {
@@ -385,7 +435,7 @@ impl Harness {
                     history.recorded,
                     history.ttl,
                     history.bunch_len,
-                    history.last_event_ms,
+                    history.last_ms,
                     &history.ring[..kept]
                 );
             }
@@ -414,6 +464,45 @@ impl Harness {
     }
 }
 
+/// What kind of divergence a report describes: its problem lines without numbers, and what
+/// the model parsed, so one kind is reported once however often it recurs.
+fn divergence_kind(report: &str) -> String {
+    let without_digits = |line: &str| -> String {
+        line.split(": ")
+            .skip(1)
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(": ")
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect()
+    };
+    let mut kind: Vec<String> = Vec::new();
+    for line in report.lines() {
+        if line.starts_with("DIVERGENCE") {
+            kind.push(without_digits(line));
+        } else if let Some(parsed) = line.strip_prefix("model parse: ") {
+            // The parse result's class: Err(..) or the L4 variant.
+            let class = parsed
+                .split("l4: ")
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .unwrap_or(parsed);
+            kind.push(class.to_string());
+        } else if line.starts_with("counter ")
+            || line.starts_with("reject bucket:")
+            || line.starts_with("rule ")
+            || line.starts_with("blacklist ")
+        {
+            let subject = line.split(':').next().unwrap_or_default();
+            let subject: String = subject.chars().filter(|c| !c.is_ascii_digit()).collect();
+            kind.push(subject);
+        }
+    }
+    kind.dedup();
+    kind.join(" / ")
+}
+
 /// A whole seeded run.
 pub fn run(options: &Options) -> Result<Summary> {
     let mut rng = Rng::new(options.seed);
@@ -427,9 +516,28 @@ pub fn run(options: &Options) -> Result<Summary> {
     let mut next_reset = 20_000;
     let started = Instant::now();
     let check_every = options.check_every.max(1);
+    let mut divergences: Vec<String> = Vec::new();
+    let mut kinds: Vec<String> = Vec::new();
+    let replay = format!("seed {} (replay: --seed {0})", options.seed);
+    // Stops at a divergence, or with `keep_going` prints the first of each kind and goes on.
+    let mut diverged = |harness: &mut Harness, error: anyhow::Error| -> Result<()> {
+        if !options.keep_going {
+            return Err(error.context(replay.clone()));
+        }
+        let text = format!("{error:#}");
+        let kind = divergence_kind(&text);
+        if !kinds.contains(&kind) {
+            eprintln!("{text}\n");
+            kinds.push(kind);
+            divergences.push(text);
+        }
+        harness.resync()
+    };
     for index in 1..=options.frames {
         if index == next_reset {
-            harness.check_state()?;
+            if let Err(error) = harness.check_state() {
+                diverged(&mut harness, error)?;
+            }
             harness.clear_dynamic()?;
             pool = Pool::new(&mut rng);
             next_reset += 20_000;
@@ -445,16 +553,18 @@ pub fn run(options: &Options) -> Result<Summary> {
             harness.set_clock(harness.clock_ms() + step)?;
         }
         let frame = generate::frame(&mut rng, &pool);
-        harness
-            .frame(&frame)
-            .with_context(|| format!("seed {} (replay: --seed {0})", options.seed))?;
+        if let Err(error) = harness.frame(&frame) {
+            diverged(&mut harness, error)?;
+        }
         if index % check_every == 0 {
-            harness
-                .check_state()
-                .with_context(|| format!("seed {} (replay: --seed {0})", options.seed))?;
+            if let Err(error) = harness.check_state() {
+                diverged(&mut harness, error)?;
+            }
         }
     }
-    harness.check_state()?;
+    if let Err(error) = harness.check_state() {
+        diverged(&mut harness, error)?;
+    }
     let elapsed = started.elapsed();
     let reasons = Reason::ALL
         .iter()
@@ -462,6 +572,7 @@ pub fn run(options: &Options) -> Result<Summary> {
         .collect();
     Ok(Summary {
         frames: options.frames,
+        divergences,
         elapsed,
         reasons,
         configurations,

@@ -1,13 +1,16 @@
 //! Divergences the differential test found, kept as fixed cases: a configuration, then frames
 //! at given times with the verdict the specification gives. The program and the model must
-//! both produce it.
+//! both produce it, and agree on every counter, rule stat, blacklist entry and the reject
+//! bucket afterwards.
 
 use anyhow::{bail, Context, Result};
 use blocker_common::{
-    proto_bit, Reason, Rule, RuleAction, RuleKind, Settings, LIST_ALLOW_V4, MAX_MASKS, MAX_RULES,
+    proto_bit, BanValue, Reason, Rule, RuleAction, RuleKind, Settings, FAMILY_V4, LIST_BAN_V4,
+    MAX_MASKS, MAX_RULES,
 };
 
 use super::{generate::Config, unhex, Harness};
+use crate::model::Prefix;
 
 pub struct Step {
     pub clock_ms: u64,
@@ -17,8 +20,9 @@ pub struct Step {
 
 pub struct Regression {
     pub name: &'static str,
-    /// What diverged, and where it was fixed.
+    /// What diverged, where it was found, and where it was fixed.
     pub history: &'static str,
+    pub status: Status,
     pub config: fn() -> Config,
     pub steps: &'static [Step],
 }
@@ -57,31 +61,116 @@ fn with_rules(rules: &[Rule]) -> Config {
     }
 }
 
-/// The seed's SSH rule: 3 new connections in 30 s, then 2 minutes out.
-#[allow(dead_code)]
-fn ssh_rule(action: RuleAction) -> Rule {
+/// A rate rule on `proto`, any port, sources aggregated to /32 and /128.
+fn rate_rule(proto: u8, hitcount: u32, action: RuleAction) -> Rule {
     Rule {
         generation: 1,
         kind: RuleKind::Rate as u8,
-        proto: 6,
+        proto,
         action: action as u8,
-        new_only: 1,
-        refresh: 1,
         mask_v4: 32,
-        mask_v6: 64,
-        dport_min: 22,
-        dport_max: 22,
-        hitcount: 3,
-        window_ms: 30_000,
-        blacklist_ms: 120_000,
+        mask_v6: 128,
+        dport_min: 0,
+        dport_max: u16::MAX,
+        hitcount,
+        window_ms: 60_000,
+        blacklist_ms: 60_000,
         ..Rule::default()
     }
 }
 
-#[allow(dead_code)]
-const ALLOW_BIT: u32 = LIST_ALLOW_V4;
+fn v4(octets: [u8; 4]) -> [u8; 16] {
+    let mut addr = [0; 16];
+    addr[..4].copy_from_slice(&octets);
+    addr
+}
 
-pub const REGRESSIONS: &[Regression] = &[];
+/// Whether the program is expected to pass the case yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The program was fixed; the case must pass.
+    Fixed,
+    /// Not fixed on the branch last merged: the case fails until it is (run with
+    /// `cargo test -p blocker-tests --test differential -- --ignored`).
+    Open,
+}
+
+pub const REGRESSIONS: &[Regression] = &[
+    Regression {
+        name: "D1: an IPv4 header longer than the frame is malformed, before the bans",
+        history: "found by seed 1 frame 177 (and seeds 2-4) on trust-kernel 4ea87aa: the program \
+                  read only 20 bytes of a 52-byte header and dropped the frame for a ban",
+        status: Status::Open,
+        config: || {
+            let mut config = with_rules(&[]);
+            let banned = Prefix::new(FAMILY_V4, v4([10, 1, 2, 6]), 32);
+            config
+                .bans
+                .entries
+                .insert(banned, BanValue { expires_at_s: 0 });
+            config.settings.lists = LIST_BAN_V4;
+            config
+        },
+        steps: &[Step {
+            clock_ms: 1_000_000,
+            // IHL 13 (52 bytes), 33 bytes of IP header in the frame, source 10.1.2.6.
+            frame: "02000000000102000000000208004d000068ee9f2000f20600000a010206b7160dd7\
+                    0101010001010101010101000101010101",
+            reason: Reason::Malformed,
+        }],
+    },
+    Regression {
+        name: "D2: an IPv6 first fragment stays one behind a later atomic fragment header",
+        history: "found by seed 1 frame 1210 on trust-kernel 4ea87aa: fragment(offset 0, M) -> \
+                  routing -> routing -> hop-by-hop -> fragment(offset 0, no M) -> TCP cut short \
+                  passed as malformed; the stack reassembles it past the TCP rule",
+        status: Status::Open,
+        config: || with_rules(&[rate_rule(6, 3, RuleAction::Drop)]),
+        steps: &[Step {
+            clock_ms: 1_000_000,
+            frame: "02000000000102000000000286dd6000000000452c4ee79a365b71c3f6c9d29dc70d88edd291\
+                    20010db80000000000000000000000012b000001d241c9042b0001040000000000000104000000\
+                    002c0201140000000000000000000000000000000000000000060000002fe7c0ef411b005022\
+                    03c0089513663a60",
+            reason: Reason::Evasive,
+        }],
+    },
+    Regression {
+        name: "D4: no reject token is spent on a packet that gets no answer",
+        history: "found by seed 3 frame 316 on trust-kernel 4ea87aa: a GRE packet with 4 bytes \
+                  after its IP header took a token, then its ICMP quote did not fit and it was \
+                  dropped; the bucket ends one token short",
+        status: Status::Open,
+        config: || {
+            let mut config = with_rules(&[rate_rule(47, 1, RuleAction::Reject)]);
+            config.settings.reject_per_s = 6;
+            config.settings.reject_burst = 5;
+            config
+        },
+        steps: &[
+            Step {
+                clock_ms: 1_000_000,
+                frame: "02000000000102000000000208004500001c00000000402f00000a010101c0000201\
+                        0000000000000000",
+                reason: Reason::RuleEvent,
+            },
+            // Blacklists the source; 4 bytes of GRE cannot be quoted: dropped, no token.
+            Step {
+                clock_ms: 1_000_001,
+                frame: "02000000000102000000000208004500001800000000402f00000a010101c0000201\
+                        00000000",
+                reason: Reason::RuleTriggered,
+            },
+            // Answered: one token of the five.
+            Step {
+                clock_ms: 1_000_002,
+                frame: "02000000000102000000000208004500001c00000000402f00000a010101c0000201\
+                        0000000000000000",
+                reason: Reason::Rejected,
+            },
+        ],
+    },
+];
 
 /// Runs one case through a fresh program and model.
 pub fn check(case: &Regression) -> Result<()> {

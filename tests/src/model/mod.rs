@@ -8,18 +8,15 @@ pub mod reply;
 use std::collections::{BTreeMap, HashMap};
 
 use blocker_common::{
-    ban_is_active, blacklist_hit, mask_addr, on_event, proto_bit, rule_matches, AllowValue,
-    BanValue, BlacklistEntry, Counter, History, HistoryKey, Outcome, Reason, Rule, RuleAction,
-    RuleStats, Settings, SourceKey, FAMILY_V4, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4,
-    LIST_BAN_V6, MAX_MASKS, MAX_RULES,
+    ban_is_active, blacklist_hit, mask_addr, on_event, proto_bit,
+    reject::{mac_is_unicast, source_is_unicast, TokenBucket},
+    rule_matches, AllowValue, BanValue, BlacklistEntry, Counter, History, HistoryKey, Outcome,
+    Reason, Rule, RuleAction, RuleStats, Settings, SourceKey, FAMILY_V4, LIST_ALLOW_V4,
+    LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_MASKS, MAX_RULES, TCP_ACK, TCP_FIN, TCP_RST,
+    TCP_SYN,
 };
 
-use parse::{parse, Early, Ip, L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP};
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+use parse::{parse, Early, Ip, L4, PROTO_ICMP, PROTO_ICMPV6};
 
 /// An address prefix; IPv4 addresses use the first 4 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -83,30 +80,6 @@ pub struct Verdict {
     pub answered: Option<Ip>,
 }
 
-/// The per-CPU reject token bucket, as the program keeps it for the one CPU the test runs on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RejectBucket {
-    pub tokens: u32,
-    pub last_ms: u64,
-}
-
-impl RejectBucket {
-    /// Refills by the time since the last refill, then takes a token if there is one.
-    fn take(&mut self, per_s: u32, burst: u32, now_ms: u64) -> bool {
-        let elapsed = now_ms.saturating_sub(self.last_ms);
-        let refill = elapsed.saturating_mul(u64::from(per_s)) / 1000;
-        if refill > 0 {
-            self.tokens = (u64::from(self.tokens) + refill).min(u64::from(burst)) as u32;
-            self.last_ms = now_ms;
-        }
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
-    }
-}
-
 /// The maps and the clock.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -118,7 +91,8 @@ pub struct Model {
     pub history: HashMap<HistoryKey, History>,
     pub counters: [Counter; Reason::COUNT as usize],
     pub rule_stats: [RuleStats; MAX_RULES],
-    pub bucket: RejectBucket,
+    /// The reject token bucket of the one CPU the test runs on.
+    pub bucket: TokenBucket,
 }
 
 impl Default for Model {
@@ -132,7 +106,7 @@ impl Default for Model {
             history: HashMap::new(),
             counters: [Counter::default(); Reason::COUNT as usize],
             rule_stats: [RuleStats::default(); MAX_RULES],
-            bucket: RejectBucket::default(),
+            bucket: TokenBucket::default(),
         }
     }
 }
@@ -197,13 +171,16 @@ impl Model {
         }
         let protos = self.settings.rule_protos;
         let covered = protos & proto_bit(ip.proto) != 0;
+        // A cut chain or a chain too long leaves the transport protocol unknown: any rule
+        // covers it.
+        let any_rule = protos != 0;
         match ip.l4 {
             L4::Truncated => plain(Reason::Malformed),
             L4::FirstFragmentCut if covered => plain(Reason::Evasive),
             L4::FirstFragmentCut => plain(Reason::Malformed),
-            L4::FirstFragmentChainCut if protos != 0 => plain(Reason::Evasive),
+            L4::FirstFragmentChainCut if any_rule => plain(Reason::Evasive),
             L4::FirstFragmentChainCut => plain(Reason::Malformed),
-            L4::ChainTooLong if protos != 0 => plain(Reason::Evasive),
+            L4::ChainTooLong if any_rule => plain(Reason::Evasive),
             L4::ChainTooLong => plain(Reason::Unparsed),
             L4::Present | L4::Fragment if covered => self.run_rules(frame, &ip),
             L4::Present | L4::Fragment => plain(Reason::NoMatch),
@@ -234,8 +211,11 @@ impl Model {
                 .history
                 .entry(key)
                 .or_insert_with(|| History::new(ip.ttl));
-            match on_event(&rule, history, now as u32, ip.ttl) {
-                Outcome::Ignored => {}
+            // Idle longer than any window: nothing in it can count again.
+            if history.is_stale(now) {
+                *history = History::new(ip.ttl);
+            }
+            match on_event(&rule, history, now, ip.ttl) {
                 Outcome::Counted => {
                     self.rule_stats[slot].events += 1;
                     reason = Reason::RuleEvent;
@@ -299,8 +279,8 @@ impl Model {
         if ip.l4 != L4::Present || matches!(ip.proto, PROTO_ICMP | PROTO_ICMPV6) {
             return false;
         }
-        let multicast_mac = frame[6] & 1 != 0;
-        if multicast_mac || !unicast_source(ip) {
+        let source_mac: [u8; 6] = frame[6..12].try_into().expect("6 bytes");
+        if !mac_is_unicast(&source_mac) || !source_is_unicast(ip.family, &ip.source) {
             return false;
         }
         if !reply::answerable(frame, ip) {
@@ -308,7 +288,7 @@ impl Model {
         }
         let now = self.now_ms();
         self.bucket
-            .take(self.settings.reject_per_s, self.settings.reject_burst, now)
+            .take(now, self.settings.reject_per_s, self.settings.reject_burst)
     }
 }
 
@@ -318,22 +298,4 @@ fn source_key(ip: &Ip, prefix_len: u8) -> SourceKey {
         family: ip.family,
         prefix_len,
     }
-}
-
-/// Whether the source may get an answer: not unspecified, loopback, multicast or broadcast.
-pub fn unicast_source(ip: &Ip) -> bool {
-    let a = ip.source;
-    if ip.family == FAMILY_V4 {
-        !(a[0] == 0 || a[0] == 127 || a[0] >= 224)
-    } else {
-        let unspecified = a == [0; 16];
-        let mut loopback = [0; 16];
-        loopback[15] = 1;
-        !(unspecified || a == loopback || a[0] == 0xff)
-    }
-}
-
-/// A TCP segment the reset answers must not answer.
-pub fn is_reset(ip: &Ip) -> bool {
-    ip.proto == PROTO_TCP && ip.tcp_flags & TCP_RST != 0
 }

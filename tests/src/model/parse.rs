@@ -154,7 +154,9 @@ fn parse_ipv6(frame: &[u8], l3: usize) -> Result<Ip, Early> {
         walked += 1;
         let at = ip.l4_offset;
         let needed = if ip.proto == PROTO_FRAGMENT { 8 } else { 2 };
-        if frame.len() < at + needed {
+        // A protocol without a header the program reads is complete wherever it starts (even
+        // past the frame's end, behind an extension header whose body is cut: kernel-impl-notes).
+        if needed > 0 && frame.len() < at + needed {
             ip.l4 = if first_fragment {
                 L4::FirstFragmentChainCut
             } else {
@@ -192,7 +194,9 @@ fn transport(frame: &[u8], ip: &mut Ip, first_fragment: bool) {
         PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => 8,
         _ => 0,
     };
-    if frame.len() < at + needed {
+    // A protocol without a header the program reads is complete wherever it starts (even
+    // past the frame's end, behind an extension header whose body is cut: kernel-impl-notes).
+    if needed > 0 && frame.len() < at + needed {
         ip.l4 = if first_fragment {
             L4::FirstFragmentCut
         } else {

@@ -2,12 +2,9 @@
 //! well-formed TCP reset or ICMP port unreachable to the offending source. Checked field by
 //! field with an independent checksum, not with the code that built it.
 
-use blocker_common::FAMILY_V4;
+use blocker_common::{FAMILY_V4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
-use super::{
-    parse::{be16, be32, Ip, PROTO_TCP},
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-};
+use super::parse::{be16, be32, Ip, PROTO_TCP};
 
 /// Longest stretch of the offending packet an ICMP / ICMPv6 answer quotes.
 const QUOTE_V4_MAX: usize = 68;
