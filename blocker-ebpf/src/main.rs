@@ -346,6 +346,7 @@ mod program {
         packet.source[..4].copy_from_slice(&ip.src_addr);
         packet.ttl = ip.ttl;
         packet.l3_offset = l3_offset;
+        let l3_end = l3_offset + usize::from(u16::from_be_bytes(ip.tot_len));
         packet.l4_offset = l3_offset + header_len;
         packet.proto = ip.proto;
         let fragment = u16::from_be_bytes(ip.frags);
@@ -354,7 +355,7 @@ mod program {
             packet.l4 = L4::Fragment;
             return Ok(());
         }
-        parse_l4(ctx, packet, fragment & IPV4_MORE_FRAGMENTS != 0);
+        parse_l4(ctx, packet, fragment & IPV4_MORE_FRAGMENTS != 0, l3_end);
         Ok(())
     }
 
@@ -370,6 +371,11 @@ mod program {
         packet.source = ip.src_addr;
         packet.ttl = ip.hop_limit;
         packet.l3_offset = l3_offset;
+        // A payload length of 0 (a jumbogram) leaves the frame as the only bound.
+        let l3_end = match usize::from(u16::from_be_bytes(ip.payload_len)) {
+            0 => MAX_HEADER_OFFSET,
+            payload_len => l3_offset + Ipv6Hdr::LEN + payload_len,
+        };
         packet.l4_offset = l3_offset + Ipv6Hdr::LEN;
         packet.proto = ip.next_hdr;
         // Set by a fragment header with offset 0 and more fragments to come.
@@ -407,7 +413,7 @@ mod program {
             packet.l4 = L4::ChainTooLong;
             return Ok(());
         }
-        parse_l4(ctx, packet, first_fragment);
+        parse_l4(ctx, packet, first_fragment, l3_end);
         Ok(())
     }
 
@@ -421,10 +427,23 @@ mod program {
         }
     }
 
-    /// Reads the destination port and TCP flags, or marks the L4 header cut short.
+    /// Reads the destination port and TCP flags, or marks the L4 header cut short: beyond
+    /// the frame, or beyond the IP datagram, which ends at `l3_end` by its own length field
+    /// (a NIC pads short frames, and padding must not pass for a header). The datagram is
+    /// checked once, here: every header before the L4 one ends where the next begins.
     #[inline(always)]
-    fn parse_l4(ctx: &XdpContext, packet: &mut Packet, first_fragment: bool) {
+    fn parse_l4(ctx: &XdpContext, packet: &mut Packet, first_fragment: bool, l3_end: usize) {
         let offset = packet.l4_offset;
+        let len = match packet.proto {
+            IPPROTO_TCP => TcpHdr::LEN,
+            // ICMPv6 shares ICMP's 8-byte type, code, checksum, rest-of-header layout.
+            IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 => 8,
+            _ => 0,
+        };
+        if offset + len > l3_end {
+            packet.l4 = cut_short(first_fragment);
+            return;
+        }
         let complete = match packet.proto {
             IPPROTO_TCP => match header::<TcpHdr>(ctx, offset) {
                 Some(tcp) => {
@@ -445,7 +464,6 @@ mod program {
                 }
                 None => false,
             },
-            // ICMPv6 shares ICMP's 8-byte type, code, checksum, rest-of-header layout.
             IPPROTO_ICMP | IPPROTO_ICMPV6 => header::<Icmpv4Hdr>(ctx, offset).is_some(),
             _ => true,
         };

@@ -230,7 +230,8 @@ struct RuleArgs {
     /// A port or a range like 6000-6010 (tcp and udp).
     #[arg(long)]
     dport: Option<PortRange>,
-    /// What counts for TCP: new connections (SYN) or every packet. [default: new]
+    /// What counts: new TCP connections (SYN) or every packet. [default: new for tcp and
+    /// any, all for the rest]
     #[arg(long, value_enum)]
     events: Option<rules::Events>,
     /// Events within --seconds after which the next one blacklists. [default: 3]
@@ -288,12 +289,12 @@ impl RuleArgs {
         spec.dport = self.dport;
         spec.refresh = !self.no_refresh;
         spec.ttl_match = self.ttl_match;
+        spec.events = self.events;
         macro_rules! given {
             ($($field:ident),*) => { $(if let Some(value) = self.$field { spec.$field = value; })* };
         }
         given!(
             proto,
-            events,
             hitcount,
             seconds,
             blacklist_for,

@@ -33,12 +33,12 @@ impl Proto {
     }
 }
 
-/// What counts as an event for TCP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+/// What counts as an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Events {
-    /// A new connection: SYN without ACK (`-m state --state NEW`).
-    #[default]
+    /// A new TCP connection: SYN without ACK, RST or FIN (`-m state --state NEW`). Only for
+    /// tcp rules, and for rules of any protocol, where packets of other protocols all count.
     New,
     /// Every matching packet.
     All,
@@ -75,8 +75,9 @@ pub struct RuleSpec {
     /// A port (`22`) or an inclusive range (`"6000-6010"`); any port when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dport: Option<PortRange>,
-    #[serde(default)]
-    pub events: Events,
+    /// Unset: `new` for tcp and any, `all` for the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Events>,
     /// Rate rules: this many events within `seconds` blacklist on the next one.
     #[serde(default = "defaults::hitcount")]
     pub hitcount: u32,
@@ -242,7 +243,7 @@ impl RuleSpec {
             kind: Kind::Rate,
             proto: Proto::Any,
             dport: None,
-            events: Events::New,
+            events: None,
             hitcount: defaults::hitcount(),
             seconds: defaults::seconds(),
             blacklist_for: defaults::blacklist_for(),
@@ -276,9 +277,23 @@ impl RuleSpec {
             .map_err(|message| format!("rule {name}: {message}"))
     }
 
+    /// What counts as an event, the default filled in.
+    pub fn events(&self) -> Events {
+        self.events.unwrap_or(match self.proto {
+            Proto::Tcp | Proto::Any => Events::New,
+            Proto::Udp | Proto::Icmp | Proto::Icmpv6 => Events::All,
+        })
+    }
+
     fn compile_fields(&self, generation: u32) -> Result<Rule, String> {
         if self.dport.is_some() && !matches!(self.proto, Proto::Tcp | Proto::Udp) {
             return Err("dport needs proto tcp or udp".into());
+        }
+        if self.events == Some(Events::New) && !matches!(self.proto, Proto::Tcp | Proto::Any) {
+            return Err(format!(
+                "events = \"new\" needs proto tcp (only TCP has connections); use events = \"all\" for {}",
+                format!("{:?}", self.proto).to_lowercase()
+            ));
         }
         if !(1..=32).contains(&self.mask) {
             return Err(format!("mask must be 1 to 32, not {}", self.mask));
@@ -295,7 +310,7 @@ impl RuleSpec {
                 Action::Drop => RuleAction::Drop as u8,
                 Action::Reject => RuleAction::Reject as u8,
             },
-            new_only: u8::from(self.events == Events::New),
+            new_only: u8::from(self.events() == Events::New),
             refresh: u8::from(self.refresh),
             ttl_match: u8::from(self.ttl_match),
             mask_v4: self.mask,
@@ -356,7 +371,7 @@ impl RuleSpec {
         };
         format!(
             "{target}, {} events, {what} -> {:?} {}{} /{} /{}{}",
-            format!("{:?}", self.events).to_lowercase(),
+            format!("{:?}", self.events()).to_lowercase(),
             self.action,
             humantime::format_duration(self.blacklist_for),
             if self.refresh { " refreshed" } else { "" },
@@ -421,9 +436,11 @@ impl RuleTable {
     }
 
     /// Adds a rule in the lowest free slot, or replaces the rule of the same name in its
-    /// slot (with a fresh generation, so its counts start over). Returns the slot.
-    pub fn upsert(&mut self, spec: RuleSpec) -> Result<u32, String> {
+    /// slot (with a fresh generation, so its counts start over). Returns the slot. The table
+    /// keeps `events` explicit, so listings and the state say what counts.
+    pub fn upsert(&mut self, mut spec: RuleSpec) -> Result<u32, String> {
         spec.compile(0)?;
+        spec.events = Some(spec.events());
         let slot = match self.get(&spec.name) {
             Some(existing) => existing.slot,
             None => (0..MAX_RULES as u32)
@@ -600,6 +617,24 @@ mod tests {
             (RuleSpec::named("no spaces"), "invalid rule name"),
             (
                 RuleSpec {
+                    proto: Proto::Udp,
+                    dport: None,
+                    events: Some(Events::New),
+                    ..RuleSpec::ssh()
+                },
+                "events = \"new\" needs proto tcp",
+            ),
+            (
+                RuleSpec {
+                    proto: Proto::Icmpv6,
+                    dport: None,
+                    events: Some(Events::New),
+                    ..RuleSpec::ssh()
+                },
+                "use events = \"all\" for icmpv6",
+            ),
+            (
+                RuleSpec {
                     blacklist_for: Duration::from_secs(30 * 86_400),
                     ..RuleSpec::ssh()
                 },
@@ -623,6 +658,55 @@ mod tests {
         assert_eq!(
             "6000-6010".parse::<PortRange>().unwrap().to_string(),
             "6000-6010"
+        );
+    }
+
+    #[test]
+    fn events_default_to_new_for_tcp_and_any_and_to_all_for_the_rest() {
+        let compiled = |proto: Proto| {
+            RuleSpec {
+                proto,
+                dport: None,
+                ..RuleSpec::named("x")
+            }
+            .compile(1)
+            .unwrap()
+            .new_only
+        };
+        assert_eq!(compiled(Proto::Tcp), 1);
+        assert_eq!(
+            compiled(Proto::Any),
+            1,
+            "new applies to TCP, every other packet counts"
+        );
+        assert_eq!(compiled(Proto::Udp), 0);
+        assert_eq!(compiled(Proto::Icmp), 0);
+        let config = Config::parse(
+            "[[rules]]\nname = \"dns\"\nproto = \"udp\"\ndport = 53\n\
+             [[rules]]\nname = \"any\"\nevents = \"new\"\n",
+        )
+        .unwrap();
+        let rules = config.rules.unwrap();
+        assert_eq!(rules[0].events(), Events::All);
+        assert!(
+            rules[0].summary().contains("all events"),
+            "{}",
+            rules[0].summary()
+        );
+        assert_eq!(rules[1].events(), Events::New);
+        let table = RuleTable::from_specs(&rules).unwrap();
+        assert_eq!(
+            table.rules[0].spec.events,
+            Some(Events::All),
+            "kept explicit"
+        );
+        let err = Config::parse(
+            "[[rules]]\nname = \"dns\"\nproto = \"udp\"\ndport = 53\nevents = \"new\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "rule dns: events = \"new\" needs proto tcp (only TCP has connections); use events = \"all\" for udp"
         );
     }
 

@@ -29,13 +29,38 @@ pub fn ethernet(ether_types: &[u16]) -> Vec<u8> {
     frame
 }
 
-pub fn tcp_syn(dport: u16) -> Vec<u8> {
+/// TCP flag bits.
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const ACK: u8 = 0x10;
+
+/// A 20-byte TCP header to `dport` with `flags`.
+pub fn tcp(dport: u16, flags: u8) -> Vec<u8> {
     let mut tcp = vec![0u8; 20];
     tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
+    tcp[13] = flags;
     tcp
+}
+
+pub fn tcp_syn(dport: u16) -> Vec<u8> {
+    tcp(dport, SYN)
+}
+
+/// An IPv4 packet (from [`ipv4`]) made a fragment: `offset` in 8-byte units, and whether
+/// more fragments follow.
+pub fn ipv4_fragment(mut ip: Vec<u8>, offset: u16, more: bool) -> Vec<u8> {
+    let word = offset | if more { 0x2000 } else { 0 };
+    ip[6..8].copy_from_slice(&word.to_be_bytes());
+    ip
+}
+
+/// An IPv4 packet (from [`ipv4`]) with another TTL.
+pub fn ipv4_ttl(mut ip: Vec<u8>, ttl: u8) -> Vec<u8> {
+    ip[8] = ttl;
+    ip
 }
 
 pub fn ipv4(source: [u8; 4], options: usize, proto: u8, payload: &[u8]) -> Vec<u8> {

@@ -22,6 +22,7 @@ pub mod bpf;
 pub mod differential;
 pub mod frames;
 pub mod model;
+pub mod testrun;
 
 /// The seed's netfilter `recent` ruleset (002) on INPUT, as `iptables` argument lists, for
 /// `proto` traffic to `port`: `hitcount` new connections within `seconds` blacklist a source,

@@ -2,18 +2,14 @@
 //! BPF_PROG_TEST_RUN (`bpftool prog run`): VLAN tags, IPv4 options, IPv6 extension headers,
 //! truncation and non-IP frames, each with the verdict and the counter it must produce.
 
-use std::process::Command;
-
 use blocker_tests::{
     can_run,
     frames::{ethernet, frame, ipv4, ipv6, tcp_syn, ARP, IPV4, IPV6, QINQ, VLAN},
+    testrun::{Program, XDP_DROP, XDP_PASS},
     TestNet,
 };
-use serde_json::Value;
 
 const SSH: u16 = 22;
-const XDP_DROP: u64 = 1;
-const XDP_PASS: u64 = 2;
 
 const BANNED_V4: [u8; 4] = [192, 0, 2, 66];
 const OTHER_V4: [u8; 4] = [192, 0, 2, 1];
@@ -23,34 +19,6 @@ const BANNED_V6: [u8; 16] = [
 const OTHER_V6: [u8; 16] = [
     0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
 ];
-
-fn bpftool_json(args: &[&str]) -> Value {
-    let out = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .output()
-        .expect("running bpftool (cargo xtask setup installs it)");
-    assert!(
-        out.status.success(),
-        "bpftool {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
-}
-
-fn run_frame(net: &TestNet, prog_id: u64, frame: &[u8]) -> u64 {
-    let path = net.state_dir.path().join("frame.bin");
-    std::fs::write(&path, frame).expect("write frame");
-    let result = bpftool_json(&[
-        "prog",
-        "run",
-        "id",
-        &prog_id.to_string(),
-        "data_in",
-        &path.to_string_lossy(),
-    ]);
-    result["retval"].as_u64().expect("retval")
-}
 
 #[test]
 fn crafted_frames_get_the_right_verdict_and_reason() {
@@ -63,9 +31,7 @@ fn crafted_frames_get_the_right_verdict_and_reason() {
     net.blocker(&["ban", "192.0.2.66", "2001:db8::66"]).ok();
     // Silence the wire (router solicitations, MLD reports) so only crafted frames count.
     net.client_link_down();
-    let link = net.pin_dir.join(format!("links/{}@native", net.server_if));
-    let link = bpftool_json(&["link", "show", "pinned", &link.to_string_lossy()]);
-    let prog_id = link["prog_id"].as_u64().expect("prog_id");
+    let program = Program::attached(&net);
 
     let syn = tcp_syn(SSH);
     let cases: Vec<(&str, Vec<u8>, u64, &str)> = vec![
@@ -212,7 +178,7 @@ fn crafted_frames_get_the_right_verdict_and_reason() {
     ];
     for (name, frame, verdict, reason) in cases {
         let before = net.packets(reason);
-        let got = run_frame(&net, prog_id, &frame);
+        let got = program.run(&frame);
         assert_eq!(got, verdict, "{name}: verdict");
         assert_eq!(
             net.packets(reason),
