@@ -481,7 +481,16 @@ fn ipv4(
         92..=96 => rng.range(1, 0x1fff) as u16 | (0x2000 * rng.below(2) as u16),
         _ => rng.next_u64() as u16,
     };
-    let total = (20 + 4 * options + l4.len()) as u16;
+    let mut total = (20 + 4 * options + l4.len()) as u16;
+    if rng.percent(5) {
+        // A length field that disagrees with the bytes: shorter (the rest is padding), or
+        // anything.
+        total = if rng.percent(70) {
+            total.saturating_sub(rng.range(1, 24) as u16)
+        } else {
+            rng.next_u64() as u16
+        };
+    }
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip[4..6].copy_from_slice(&(rng.next_u64() as u16).to_be_bytes());
     ip[6..8].copy_from_slice(&fragment.to_be_bytes());
@@ -554,7 +563,15 @@ fn ipv6(
     if rng.percent(2) {
         ip[0] = rng.byte();
     }
-    ip.extend_from_slice(&((chain.len() + l4.len()) as u16).to_be_bytes());
+    let mut payload_len = (chain.len() + l4.len()) as u16;
+    if rng.percent(5) {
+        payload_len = match rng.below(3) {
+            0 => 0,
+            1 => payload_len.saturating_sub(rng.range(1, 24) as u16),
+            _ => rng.next_u64() as u16,
+        };
+    }
+    ip.extend_from_slice(&payload_len.to_be_bytes());
     ip.extend_from_slice(&[first, ttl]);
     ip.extend_from_slice(&source);
     let mut destination = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];

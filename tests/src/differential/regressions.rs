@@ -170,6 +170,25 @@ pub const REGRESSIONS: &[Regression] = &[
             },
         ],
     },
+    Regression {
+        name: "D5: IPv4 protocols 0, 43, 44, 60 are transport protocols, not extension headers",
+        history: "found by seed 5 frame 42951 on trust-kernel 8f14b2f: an IPv4 first fragment of \
+                  protocol 0 cut short (total length 14) was dropped as evasive under a TCP/UDP \
+                  rule set: evasive_is_dropped reads protocol 0 as an IPv6 hop-by-hop header",
+        status: Status::Open,
+        config: || {
+            with_rules(&[
+                rate_rule(6, 3, RuleAction::Drop),
+                rate_rule(17, 3, RuleAction::Drop),
+            ])
+        },
+        steps: &[Step {
+            clock_ms: 1_000_000,
+            frame: "02000000000102000000000288a8007e8100001108004500000ef34d20000100000000000000\
+                    00000000000000000000000000000000000000000000000000",
+            reason: Reason::Malformed,
+        }],
+    },
 ];
 
 /// Runs one case through a fresh program and model.

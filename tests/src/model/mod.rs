@@ -299,3 +299,122 @@ fn source_key(ip: &Ip, prefix_len: u8) -> SourceKey {
         prefix_len,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use blocker_common::{RuleKind, FAMILY_V6};
+
+    use super::*;
+    use crate::frames::{frame, ipv4, ipv6, tcp_syn, IPV4, IPV6};
+
+    const HOST: [u8; 4] = [10, 77, 1, 3];
+    const NEIGHBOUR: [u8; 4] = [10, 77, 1, 2];
+
+    fn v4(octets: [u8; 4]) -> [u8; 16] {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&octets);
+        addr
+    }
+
+    /// The first defect: a /24 rule, four SYNs from .2, and the allowlisted .3.
+    fn model_with_ssh_rule() -> Model {
+        let mut model = Model::default();
+        model.rules[0] = Rule {
+            generation: 1,
+            kind: RuleKind::Rate as u8,
+            proto: 6,
+            new_only: 1,
+            mask_v4: 24,
+            mask_v6: 64,
+            dport_min: 22,
+            dport_max: 22,
+            hitcount: 3,
+            window_ms: 30_000,
+            blacklist_ms: 120_000,
+            ..Rule::default()
+        };
+        model.settings = Settings {
+            rule_slots: 1,
+            lists: LIST_ALLOW_V4,
+            rule_protos: proto_bit(6),
+            masks_v4: [24, 0, 0, 0],
+            masks_v6: [64, 0, 0, 0],
+            reject_per_s: 1000,
+            reject_burst: 50,
+            clock_override_ms: 1_000_000,
+            ..Settings::default()
+        };
+        model
+            .allow
+            .entries
+            .insert(Prefix::new(FAMILY_V4, v4(HOST), 32), 1);
+        model
+    }
+
+    #[test]
+    fn the_allowlist_wins_over_a_blacklisted_prefix() {
+        let mut model = model_with_ssh_rule();
+        let syn = |source| frame(&[IPV4], &ipv4(source, 0, 6, &tcp_syn(22)));
+        let reasons: Vec<Reason> = (0..5).map(|_| model.run(&syn(NEIGHBOUR)).reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                Reason::RuleEvent,
+                Reason::RuleEvent,
+                Reason::RuleEvent,
+                Reason::RuleTriggered,
+                Reason::Blacklisted
+            ]
+        );
+        assert_eq!(model.run(&syn(HOST)).reason, Reason::Allowlisted);
+        assert_eq!(model.rule_stats[0].blacklisted, 1);
+        assert_eq!(model.counters[Reason::Blacklisted as usize].packets, 1);
+    }
+
+    #[test]
+    fn cut_first_fragments_and_long_chains_are_evasive_only_under_a_rule() {
+        let mut model = model_with_ssh_rule();
+        let mut first_fragment = ipv4(NEIGHBOUR, 0, 6, &tcp_syn(22)[..8]);
+        first_fragment[6] = 0x20; // MF, offset 0
+        assert_eq!(
+            model
+                .run(&frame(&[IPV4], &first_fragment)[..14 + 28])
+                .reason,
+            Reason::Evasive
+        );
+        let source = [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        let deep = frame(&[IPV6], &ipv6(source, &[60; 7], 6, &tcp_syn(22)));
+        assert_eq!(model.run(&deep).reason, Reason::Evasive);
+        model.settings.rule_protos = 0;
+        assert_eq!(model.run(&deep).reason, Reason::Unparsed);
+        assert_eq!(
+            model
+                .run(&frame(&[IPV4], &first_fragment)[..14 + 28])
+                .reason,
+            Reason::Malformed
+        );
+    }
+
+    #[test]
+    fn lpm_takes_the_longest_prefix_only() {
+        let mut bans = Lpm::default();
+        let addr = v4([192, 0, 2, 7]);
+        bans.entries.insert(
+            Prefix::new(FAMILY_V4, addr, 24),
+            BanValue { expires_at_s: 0 },
+        );
+        bans.entries.insert(
+            Prefix::new(FAMILY_V4, addr, 32),
+            BanValue { expires_at_s: 5 },
+        );
+        assert_eq!(
+            bans.lookup(FAMILY_V4, addr),
+            Some(&BanValue { expires_at_s: 5 })
+        );
+        assert_eq!(
+            bans.lookup(FAMILY_V4, v4([192, 0, 2, 8])),
+            Some(&BanValue { expires_at_s: 0 })
+        );
+        assert_eq!(bans.lookup(FAMILY_V6, addr), None, "families never mix");
+    }
+}

@@ -194,9 +194,20 @@ fn transport(frame: &[u8], ip: &mut Ip, first_fragment: bool) {
         PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => 8,
         _ => 0,
     };
-    // A protocol without a header the program reads is complete wherever it starts (even
-    // past the frame's end, behind an extension header whose body is cut: kernel-impl-notes).
-    if needed > 0 && frame.len() < at + needed {
+    // The header must lie within the frame and within the datagram by its own length field
+    // (padding of a short frame is no header). A protocol without a header the program reads
+    // needs only to start within the datagram, even past the frame's end behind an extension
+    // header whose body is cut (kernel-impl-notes).
+    let datagram_end = match ip.family {
+        FAMILY_V4 => ip.l3_offset + usize::from(be16(frame, ip.l3_offset + 2)),
+        // A payload length of 0 (a jumbogram) leaves the frame as the only bound.
+        _ => match be16(frame, ip.l3_offset + 4) {
+            0 => usize::MAX,
+            payload => ip.l3_offset + IPV6_LEN + usize::from(payload),
+        },
+    };
+    let cut = at + needed > datagram_end || (needed > 0 && frame.len() < at + needed);
+    if cut {
         ip.l4 = if first_fragment {
             L4::FirstFragmentCut
         } else {

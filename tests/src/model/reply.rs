@@ -138,3 +138,33 @@ fn check_reset(frame: &[u8], ip: &Ip, answer: &[u8]) -> Result<(), String> {
     expect("acknowledgment number", be32(answer, 8), ack)?;
     expect("flags", answer[13], reply_flags)
 }
+
+#[cfg(test)]
+mod tests {
+    use blocker_common::reject::tcp_reset_v4;
+
+    use super::*;
+    use crate::{
+        frames::{frame, ipv4, tcp_syn, IPV4},
+        model::parse::parse,
+    };
+
+    #[test]
+    fn a_reset_built_by_blocker_common_passes_and_a_corrupted_one_does_not() {
+        let syn = frame(&[IPV4], &ipv4([10, 0, 0, 2], 0, 6, &tcp_syn(22)));
+        let ip = parse(&syn).expect("parses");
+        let mut reset = [0u8; 40];
+        let orig_ip: [u8; 20] = syn[14..34].try_into().expect("20 bytes");
+        let orig_tcp: [u8; 20] = syn[34..54].try_into().expect("20 bytes");
+        assert!(tcp_reset_v4(&mut reset, &orig_ip, &orig_tcp, 0));
+        let mut out = syn[6..12].to_vec();
+        out.extend_from_slice(&syn[0..6]);
+        out.extend_from_slice(&syn[12..14]);
+        out.extend_from_slice(&reset);
+        assert_eq!(check(&syn, &ip, &out), Ok(()));
+        let mut bad = out.clone();
+        bad[14 + 20 + 16] ^= 1;
+        assert_eq!(check(&syn, &ip, &bad), Err("transport checksum".into()));
+        assert!(check(&syn, &ip, &out[..out.len() - 1]).is_err());
+    }
+}
