@@ -503,6 +503,25 @@ fn divergence_kind(report: &str) -> String {
     kind.join(" / ")
 }
 
+/// Whether a frame's divergence needs the run's history: the same frame, configuration and
+/// clock on a freshly loaded program and an empty model. Said first in the report, since a
+/// divergence that reproduces alone is already minimal.
+fn reproduces_alone(config: &Config, clock_ms: u64, frame: &[u8]) -> String {
+    let outcome = Harness::new(clock_ms)
+        .and_then(|mut fresh| {
+            fresh.configure(config.clone())?;
+            fresh.frame(frame)
+        })
+        .map(drop);
+    match outcome {
+        Err(error) if format!("{error:#}").contains("DIVERGENCE") => {
+            "reproduces alone: this frame, this configuration, a fresh program".into()
+        }
+        Err(error) => format!("could not check alone: {error:#}"),
+        Ok(()) => "needs the earlier frames: alone, this frame agrees".into(),
+    }
+}
+
 /// A whole seeded run.
 pub fn run(options: &Options) -> Result<Summary> {
     let mut rng = Rng::new(options.seed);
@@ -520,23 +539,32 @@ pub fn run(options: &Options) -> Result<Summary> {
     let mut kinds: Vec<String> = Vec::new();
     let replay = format!("seed {} (replay: --seed {0})", options.seed);
     // Stops at a divergence, or with `keep_going` prints the first of each kind and goes on.
-    let mut diverged = |harness: &mut Harness, error: anyhow::Error| -> Result<()> {
-        if !options.keep_going {
-            return Err(error.context(replay.clone()));
-        }
-        let text = format!("{error:#}");
-        let kind = divergence_kind(&text);
-        if !kinds.contains(&kind) {
-            eprintln!("{text}\n");
-            kinds.push(kind);
-            divergences.push(text);
-        }
-        harness.resync()
-    };
+    let mut diverged =
+        |harness: &mut Harness, error: anyhow::Error, frame: Option<&[u8]>| -> Result<()> {
+            let kind = divergence_kind(&format!("{error:#}"));
+            let new_kind = !kinds.contains(&kind);
+            // Checked once per kind: it loads the program again.
+            let error = match frame {
+                Some(frame) if new_kind || !options.keep_going => {
+                    error.context(reproduces_alone(&harness.config, harness.clock_ms(), frame))
+                }
+                _ => error,
+            };
+            if !options.keep_going {
+                return Err(error.context(replay.clone()));
+            }
+            let text = format!("{error:#}");
+            if new_kind {
+                eprintln!("{text}\n");
+                kinds.push(kind);
+                divergences.push(text);
+            }
+            harness.resync()
+        };
     for index in 1..=options.frames {
         if index == next_reset {
             if let Err(error) = harness.check_state() {
-                diverged(&mut harness, error)?;
+                diverged(&mut harness, error, None)?;
             }
             harness.clear_dynamic()?;
             pool = Pool::new(&mut rng);
@@ -554,16 +582,16 @@ pub fn run(options: &Options) -> Result<Summary> {
         }
         let frame = generate::frame(&mut rng, &pool);
         if let Err(error) = harness.frame(&frame) {
-            diverged(&mut harness, error)?;
+            diverged(&mut harness, error, Some(&frame))?;
         }
         if index % check_every == 0 {
             if let Err(error) = harness.check_state() {
-                diverged(&mut harness, error)?;
+                diverged(&mut harness, error, None)?;
             }
         }
     }
     if let Err(error) = harness.check_state() {
-        diverged(&mut harness, error)?;
+        diverged(&mut harness, error, None)?;
     }
     let elapsed = started.elapsed();
     let reasons = Reason::ALL
