@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use blocker_common::{Action, Reason, RuleKind, Settings, MAX_RULES};
+use blocker_common::{Action, History, Reason, RuleKind, Settings, HISTORY_RING, MAX_RULES};
 
 use crate::model::{self, addr_text, parse::parse, reply, Model, Verdict};
 use generate::{Config, Pool, Rng};
@@ -298,7 +298,8 @@ impl Harness {
         Ok(())
     }
 
-    /// Compares every counter, every rule's stats and the whole blacklist.
+    /// Compares every counter, every rule's stats, the reject bucket, the whole blacklist and
+    /// every history.
     pub fn check_state(&self) -> Result<()> {
         let mut problems = Vec::new();
         for (reason, counter) in Reason::ALL.iter().zip(self.kernel.counters()?) {
@@ -346,6 +347,28 @@ impl Harness {
                     ));
                 }
             }
+        }
+        let histories = self.kernel.histories()?;
+        for (key, history) in &histories {
+            let modelled = self.model.history.get(key);
+            if modelled.map(history_view) != Some(history_view(history)) {
+                problems.push(format!(
+                    "history slot {} gen {} {}/{}: program {:?}, model {:?}",
+                    key.slot,
+                    key.generation,
+                    addr_text(key.source.family, key.source.addr),
+                    key.source.prefix_len,
+                    history_view(history),
+                    modelled.map(history_view)
+                ));
+            }
+        }
+        if histories.len() != self.model.history.len() {
+            problems.push(format!(
+                "histories: program {}, model {}",
+                histories.len(),
+                self.model.history.len()
+            ));
         }
         if problems.is_empty() {
             return Ok(());
@@ -424,7 +447,7 @@ impl Harness {
                 .iter()
                 .filter(|(k, _)| related(&k.source))
             {
-                let kept = history.recorded.min(blocker_common::HISTORY_RING as u32) as usize;
+                let kept = history.recorded.min(HISTORY_RING as u32) as usize;
                 let _ = writeln!(
                     text,
                     "  model history slot {} gen {} {}/{}: recorded {} ttl {} bunch {} last {} ring {:?}",
@@ -464,6 +487,22 @@ impl Harness {
     }
 }
 
+/// What of a history means something: the ring's times newest first as far as they were
+/// recorded (the rest is whatever the memory held), the counts, the TTL and the last time.
+fn history_view(history: &History) -> (Vec<u32>, u32, u32, u32, u64) {
+    let kept = history.recorded.min(HISTORY_RING as u32);
+    let ring = (1..=kept)
+        .map(|back| history.ring[(history.recorded - back) as usize % HISTORY_RING])
+        .collect();
+    (
+        ring,
+        history.recorded,
+        history.bunch_len,
+        history.ttl,
+        history.last_ms,
+    )
+}
+
 /// What kind of divergence a report describes: its problem lines without numbers, and what
 /// the model parsed, so one kind is reported once however often it recurs.
 fn divergence_kind(report: &str) -> String {
@@ -491,6 +530,7 @@ fn divergence_kind(report: &str) -> String {
             kind.push(class.to_string());
         } else if line.starts_with("counter ")
             || line.starts_with("reject bucket:")
+            || line.starts_with("histor")
             || line.starts_with("rule ")
             || line.starts_with("blacklist ")
         {
