@@ -56,22 +56,18 @@ mod program {
     #[btf_map]
     static ALLOW_V6: LpmTrie<[u8; 16], AllowValue, { DEFAULT_ALLOW_CAPACITY as usize }> =
         LpmTrie::new();
-    // Per-CPU LRU lists: inserting a new source takes no lock shared with other CPUs.
-    const NO_COMMON_LRU: usize = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU as usize;
+    // One LRU list per map, shared by all CPUs: the whole capacity serves whichever CPU
+    // inserts (a single-queue NIC brings every new source in on one CPU, where per-CPU lists
+    // would leave it 1/nr_cpus of the map and evict early).
     #[btf_map]
     static BLACKLIST: LruHashMap<
         SourceKey,
         BlacklistEntry,
         { DEFAULT_BLACKLIST_CAPACITY as usize },
-        NO_COMMON_LRU,
     > = LruHashMap::new();
     #[btf_map]
-    static HISTORY: LruHashMap<
-        HistoryKey,
-        History,
-        { DEFAULT_HISTORY_CAPACITY as usize },
-        NO_COMMON_LRU,
-    > = LruHashMap::new();
+    static HISTORY: LruHashMap<HistoryKey, History, { DEFAULT_HISTORY_CAPACITY as usize }> =
+        LruHashMap::new();
     #[btf_map]
     static RULES: Array<Rule, MAX_RULES> = Array::new();
     #[btf_map]
@@ -612,6 +608,7 @@ mod program {
         // A stale history is replaced like a missing one.
         let known = HISTORY
             .get_ptr_mut(&key)
+            // SAFETY: a map value stays valid during this program run.
             .filter(|history| !unsafe { &**history }.is_stale(now_ms));
         let outcome = match known {
             // Known source: update in place, no map update call.

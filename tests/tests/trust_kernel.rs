@@ -472,3 +472,24 @@ fn a_source_idle_for_49_7_days_starts_a_fresh_count() {
         "three fresh tries"
     );
 }
+
+#[test]
+fn a_burst_of_new_sources_on_one_cpu_does_not_evict_a_history_the_map_has_room_for() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new();
+    // Room for 64 histories; every frame runs on CPU 0, as on a single-queue NIC.
+    let program = crafted(&net, &format!("{}[maps]\nhistory = 64\n", ssh_rule(3, "")));
+    let attacker = syn_v4(v4(80));
+    assert_eq!(program.run(&attacker), XDP_PASS);
+    for source in 100..140 {
+        assert_eq!(program.run(&syn_v4(v4(source))), XDP_PASS);
+    }
+    let verdicts: Vec<u64> = (0..3).map(|_| program.run(&attacker)).collect();
+    assert_eq!(
+        verdicts,
+        [XDP_PASS, XDP_PASS, XDP_DROP],
+        "41 histories fit 64 entries: the attacker's first try still counts"
+    );
+}
