@@ -36,6 +36,9 @@ pub struct Options {
     /// Report each divergence, take the program's state over into the model and go on,
     /// instead of stopping at the first one.
     pub keep_going: bool,
+    /// Let the model decide as the program does for the open regression cases, to find
+    /// other divergences while those are unresolved.
+    pub tolerate_open: bool,
 }
 
 pub struct Summary {
@@ -546,10 +549,11 @@ fn divergence_kind(report: &str) -> String {
 /// Whether a frame's divergence needs the run's history: the same frame, configuration and
 /// clock on a freshly loaded program and an empty model. Said first in the report, since a
 /// divergence that reproduces alone is already minimal.
-fn reproduces_alone(config: &Config, clock_ms: u64, frame: &[u8]) -> String {
-    let outcome = Harness::new(clock_ms)
+fn reproduces_alone(harness: &Harness, frame: &[u8]) -> String {
+    let outcome = Harness::new(harness.clock_ms())
         .and_then(|mut fresh| {
-            fresh.configure(config.clone())?;
+            fresh.model.tolerate_open = harness.model.tolerate_open;
+            fresh.configure(harness.config.clone())?;
             fresh.frame(frame)
         })
         .map(drop);
@@ -567,6 +571,7 @@ pub fn run(options: &Options) -> Result<Summary> {
     let mut rng = Rng::new(options.seed);
     let start_clock = rng.range(1 << 20, 1 << 42);
     let mut harness = Harness::new(start_clock)?;
+    harness.model.tolerate_open = options.tolerate_open;
     let mut pool = Pool::new(&mut rng);
     let empty = harness.config.clone();
     harness.configure(generate::config(&mut rng, &pool, &empty, start_clock))?;
@@ -586,7 +591,7 @@ pub fn run(options: &Options) -> Result<Summary> {
             // Checked once per kind: it loads the program again.
             let error = match frame {
                 Some(frame) if new_kind || !options.keep_going => {
-                    error.context(reproduces_alone(&harness.config, harness.clock_ms(), frame))
+                    error.context(reproduces_alone(harness, frame))
                 }
                 _ => error,
             };

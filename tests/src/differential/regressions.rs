@@ -5,8 +5,8 @@
 
 use anyhow::{bail, Context, Result};
 use blocker_common::{
-    proto_bit, BanValue, Reason, Rule, RuleAction, RuleKind, Settings, FAMILY_V4, LIST_BAN_V4,
-    MAX_MASKS, MAX_RULES,
+    proto_bit, BanValue, Reason, Rule, RuleAction, RuleKind, Settings, FAMILY_V4, LIST_ALLOW_V4,
+    LIST_BAN_V4, MAX_MASKS, MAX_RULES,
 };
 
 use super::{generate::Config, unhex, Harness};
@@ -95,7 +95,151 @@ pub enum Status {
     Open,
 }
 
+/// The seed's SSH rule on a /24: 3 new connections in 30 s, then 2 minutes out.
+fn ssh_rule(ttl_match: bool) -> Rule {
+    Rule {
+        new_only: 1,
+        refresh: 1,
+        ttl_match: u8::from(ttl_match),
+        mask_v4: 24,
+        mask_v6: 64,
+        dport_min: 22,
+        dport_max: 22,
+        window_ms: 30_000,
+        blacklist_ms: 120_000,
+        ..rate_rule(6, 3, RuleAction::Drop)
+    }
+}
+
+/// IPv4 TCP SYNs (padded to 60 bytes) to port 22 from 10.77.1.2, TTL 64 and 50, and SYN|FIN.
+const SYN_FROM_2: &str = "02000000000102000000000208004500002800000000400600000a4d0102c0000201\
+                          9c400016000003e8000000005002000000000000000000000000";
+const SYN_FROM_2_TTL_50: &str =
+    "02000000000102000000000208004500002800000000320600000a4d0102c0000201\
+                                 9c400016000003e8000000005002000000000000000000000000";
+const SYN_FIN_FROM_2: &str = "02000000000102000000000208004500002800000000400600000a4d0102c0000201\
+                              9c400016000003e8000000005003000000000000000000000000";
+
 pub const REGRESSIONS: &[Regression] = &[
+    Regression {
+        name: "issue 8 defect 1: the allowlist wins over a blacklist entry of a rule's /24",
+        history:
+            "the issue's reproduction on main (dda5c49): four SYNs from 10.77.1.2 blacklisted \
+                  10.77.1.0/24 and the allowlisted 10.77.1.3 was dropped; passes since \
+                  trust-kernel 4ea87aa",
+        status: Status::Fixed,
+        config: || {
+            let mut config = with_rules(&[ssh_rule(false)]);
+            let host = Prefix::new(FAMILY_V4, v4([10, 77, 1, 3]), 32);
+            config.allow.entries.insert(host, 1);
+            config.settings.lists = LIST_ALLOW_V4;
+            config
+        },
+        steps: &[
+            Step {
+                clock_ms: 1_000_000,
+                frame: SYN_FROM_2,
+                reason: Reason::RuleEvent,
+            },
+            Step {
+                clock_ms: 1_001_000,
+                frame: SYN_FROM_2,
+                reason: Reason::RuleEvent,
+            },
+            Step {
+                clock_ms: 1_002_000,
+                frame: SYN_FROM_2,
+                reason: Reason::RuleEvent,
+            },
+            Step {
+                clock_ms: 1_003_000,
+                frame: SYN_FROM_2,
+                reason: Reason::RuleTriggered,
+            },
+            Step {
+                clock_ms: 1_004_000,
+                frame: SYN_FROM_2,
+                reason: Reason::Blacklisted,
+            },
+            // 10.77.1.3, inside the blacklisted /24.
+            Step {
+                clock_ms: 1_005_000,
+                frame: "02000000000102000000000208004500002800000000400600000a4d0103c0000201\
+                        9c400016000003e8000000005002000000000000000000000000",
+                reason: Reason::Allowlisted,
+            },
+        ],
+    },
+    Regression {
+        name: "issue 8 defect 2: SYNs no rule can classify are evasive, not passed",
+        history: "the issue's reproduction on main (dda5c49): an IPv4 SYN first fragment with 8 \
+                  bytes of TCP was malformed and passed, an IPv6 SYN behind 7 destination-options \
+                  headers unparsed and passed; the padded fragment passes since trust-kernel \
+                  8f14b2f, the rest since 4ea87aa",
+        status: Status::Fixed,
+        config: || with_rules(&[ssh_rule(false)]),
+        steps: &[
+            // First fragment (MF), 8 bytes of TCP, as on a veth.
+            Step {
+                clock_ms: 1_000_000,
+                frame: "02000000000102000000000208004500001c00002000400600000a4d0102c0000201\
+                        9c400016000003e8",
+                reason: Reason::Evasive,
+            },
+            // The same padded to 60 bytes by a NIC: padding is no TCP header.
+            Step {
+                clock_ms: 1_000_001,
+                frame: "02000000000102000000000208004500001c00002000400600000a4d0102c0000201\
+                        9c400016000003e8000000000000000000000000000000000000",
+                reason: Reason::Evasive,
+            },
+            // IPv6 SYN behind 7 destination-options headers.
+            Step {
+                clock_ms: 1_000_002,
+                frame: "02000000000102000000000286dd60000000004c3c4020010db80000007700000000\
+                        0000000220010db80000000000000000000000013c000104000000003c0001040000\
+                        00003c000104000000003c000104000000003c000104000000003c00010400000000\
+                        06000104000000009c400016000003e8000000005002000000000000",
+                reason: Reason::Evasive,
+            },
+        ],
+    },
+    Regression {
+        name: "issue 8 defect 9: SYN|FIN opens nothing; --rttl records other TTLs",
+        history: "the issue on main (dda5c49): SYN|FIN counted as a new connection, and the first \
+                  TTL was pinned forever so a spoofed first packet disabled counting; passes \
+                  since trust-kernel 4ea87aa",
+        status: Status::Fixed,
+        config: || with_rules(&[ssh_rule(true)]),
+        steps: &[
+            Step {
+                clock_ms: 1_000_000,
+                frame: SYN_FIN_FROM_2,
+                reason: Reason::NoMatch,
+            },
+            Step {
+                clock_ms: 1_000_001,
+                frame: SYN_FROM_2_TTL_50,
+                reason: Reason::RuleEvent,
+            },
+            // Another TTL: not checked against the threshold, but recorded.
+            Step {
+                clock_ms: 1_000_002,
+                frame: SYN_FROM_2,
+                reason: Reason::RuleEvent,
+            },
+            Step {
+                clock_ms: 1_000_003,
+                frame: SYN_FROM_2,
+                reason: Reason::RuleEvent,
+            },
+            Step {
+                clock_ms: 1_000_004,
+                frame: SYN_FROM_2,
+                reason: Reason::RuleTriggered,
+            },
+        ],
+    },
     Regression {
         name: "D1: an IPv4 header longer than the frame is malformed, before the bans",
         history: "found by seed 1 frame 177 (and seeds 2-4) on trust-kernel 4ea87aa: the program \

@@ -16,9 +16,8 @@ fn quote_len(ip: &Ip) -> usize {
     ip.l4_offset - ip.l3_offset + 8
 }
 
-/// Whether the program can build an answer at all: never to a reset; an ICMP answer only
-/// when its quote fits and lies within the frame.
-pub fn answerable(frame: &[u8], ip: &Ip) -> bool {
+/// Whether the answer fits: never one to a reset; an ICMP answer's quote within its limit.
+pub fn quote_fits(ip: &Ip) -> bool {
     if ip.proto == PROTO_TCP {
         return ip.tcp_flags & TCP_RST == 0;
     }
@@ -27,7 +26,13 @@ pub fn answerable(frame: &[u8], ip: &Ip) -> bool {
     } else {
         QUOTE_V6_MAX
     };
-    quote_len(ip) <= max && frame.len() >= ip.l3_offset + quote_len(ip)
+    quote_len(ip) <= max
+}
+
+/// Whether the program can build an answer at all: it fits, and an ICMP answer's quote lies
+/// within the frame.
+pub fn answerable(frame: &[u8], ip: &Ip) -> bool {
+    quote_fits(ip) && (ip.proto == PROTO_TCP || frame.len() >= ip.l3_offset + quote_len(ip))
 }
 
 fn sum(bytes: &[u8]) -> u32 {
