@@ -294,17 +294,16 @@ mod program {
         }
     }
 
+    /// Whether the frame holds `len` bytes at `offset`.
+    #[inline(always)]
+    fn in_frame(ctx: &XdpContext, offset: usize, len: usize) -> bool {
+        offset <= MAX_HEADER_OFFSET && ctx.data() + offset + len <= ctx.data_end()
+    }
+
     /// A pointer to a `T` at `offset`, if the whole `T` lies inside the frame.
     #[inline(always)]
     fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-        if offset > MAX_HEADER_OFFSET {
-            return None;
-        }
-        let start = ctx.data() + offset;
-        if start + size_of::<T>() > ctx.data_end() {
-            return None;
-        }
-        Some(start as *const T)
+        in_frame(ctx, offset, size_of::<T>()).then(|| (ctx.data() + offset) as *const T)
     }
 
     #[inline(always)]
@@ -335,7 +334,8 @@ mod program {
         // SAFETY: `header` checked the bounds.
         let ip = unsafe { &*ip };
         let header_len = usize::from(ip.vihl & 0x0f) * 4;
-        if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
+        // Options included: a header the frame cannot hold is no header, whatever its source.
+        if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || !in_frame(ctx, l3_offset, header_len) {
             return Err(Reason::Malformed);
         }
         packet.family = FAMILY_V4;

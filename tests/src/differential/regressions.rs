@@ -243,8 +243,9 @@ pub const REGRESSIONS: &[Regression] = &[
     Regression {
         name: "D1: an IPv4 header longer than the frame is malformed, before the bans",
         history: "found by seed 1 frame 177 (and seeds 2-4) on trust-kernel 4ea87aa: the program \
-                  read only 20 bytes of a 52-byte header and dropped the frame for a ban",
-        status: Status::Open,
+                  read only 20 bytes of a 52-byte header and dropped the frame for a ban; fixed on \
+                  trust-kernel: the whole IHL*4 header must be in the frame",
+        status: Status::Fixed,
         config: || {
             let mut config = with_rules(&[]);
             let banned = Prefix::new(FAMILY_V4, v4([10, 1, 2, 6]), 32);

@@ -73,7 +73,7 @@ pub fn parse(frame: &[u8]) -> Result<Ip, Early> {
 }
 
 /// [`parse`], or with `tolerate_open` as the program still does it where it diverges from the
-/// specification (open cases D1 and D2 in `differential::regressions`), so a run can look for
+/// specification (open case D2 in `differential::regressions`), so a run can look for
 /// other divergences until those are resolved.
 pub fn parse_tolerating(frame: &[u8], tolerate_open: bool) -> Result<Ip, Early> {
     if frame.len() < ETHERNET_LEN {
@@ -93,20 +93,19 @@ pub fn parse_tolerating(frame: &[u8], tolerate_open: bool) -> Result<Ip, Early> 
         offset += VLAN_TAG_LEN;
     }
     match ether_type {
-        0x0800 => parse_ipv4(frame, offset, tolerate_open),
+        0x0800 => parse_ipv4(frame, offset),
         0x86dd => parse_ipv6(frame, offset, tolerate_open),
         tag if is_tag(tag) => Err(Early::TooManyTags),
         _ => Err(Early::NotIp),
     }
 }
 
-fn parse_ipv4(frame: &[u8], l3: usize, tolerate_open: bool) -> Result<Ip, Early> {
+fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ip, Early> {
     if frame.len() < l3 + IPV4_MIN_LEN {
         return Err(Early::Malformed);
     }
     let header_len = usize::from(frame[l3] & 0x0f) * 4;
-    // D1 (open): the program reads only the first 20 bytes of the header.
-    let in_frame = frame.len() >= l3 + header_len || tolerate_open;
+    let in_frame = frame.len() >= l3 + header_len;
     if frame[l3] >> 4 != 4 || header_len < IPV4_MIN_LEN || !in_frame {
         return Err(Early::Malformed);
     }
