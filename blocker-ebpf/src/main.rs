@@ -374,7 +374,8 @@ mod program {
         };
         packet.l4_offset = l3_offset + Ipv6Hdr::LEN;
         packet.proto = ip.next_hdr;
-        // Set by a fragment header with offset 0 and more fragments to come.
+        // Set by a fragment header with offset 0 and more fragments to come, and kept: a later
+        // (atomic) fragment header does not make the datagram whole.
         let mut first_fragment = false;
         for _ in 0..MAX_IPV6_EXT_HEADERS {
             if !is_ipv6_extension(packet.proto) {
@@ -393,7 +394,7 @@ mod program {
                     packet.l4 = L4::Fragment;
                     return Ok(());
                 }
-                first_fragment = fragment[3] & 1 != 0;
+                first_fragment |= fragment[3] & 1 != 0;
             } else {
                 // Next header, then the length in 8-octet units not counting the first 8.
                 let Some(ext) = header::<[u8; 2]>(ctx, packet.l4_offset) else {

@@ -268,8 +268,10 @@ pub const REGRESSIONS: &[Regression] = &[
         name: "D2: an IPv6 first fragment stays one behind a later atomic fragment header",
         history: "found by seed 1 frame 1210 on trust-kernel 4ea87aa: fragment(offset 0, M) -> \
                   routing -> routing -> hop-by-hop -> fragment(offset 0, no M) -> TCP cut short \
-                  passed as malformed; the stack reassembles it past the TCP rule",
-        status: Status::Open,
+                  passed as malformed; the stack reassembles it past the TCP rule; fixed on \
+                  trust-kernel: any first-fragment header along the chain makes it a first \
+                  fragment",
+        status: Status::Fixed,
         config: || with_rules(&[rate_rule(6, 3, RuleAction::Drop)]),
         steps: &[Step {
             clock_ms: 1_000_000,

@@ -16,7 +16,7 @@ use blocker_common::{
     TCP_SYN,
 };
 
-use parse::{parse_tolerating, Early, Ip, L4, PROTO_ICMP, PROTO_ICMPV6};
+use parse::{parse, Early, Ip, L4, PROTO_ICMP, PROTO_ICMPV6};
 
 /// An address prefix; IPv4 addresses use the first 4 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -134,7 +134,7 @@ impl Model {
             reason,
             answered: None,
         };
-        let ip = match parse_tolerating(frame, self.tolerate_open) {
+        let ip = match parse(frame) {
             Ok(ip) => ip,
             Err(Early::Malformed) => return plain(Reason::Malformed),
             Err(Early::NotIp) => return plain(Reason::NotIp),

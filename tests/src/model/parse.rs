@@ -69,13 +69,6 @@ pub struct Ip {
 }
 
 pub fn parse(frame: &[u8]) -> Result<Ip, Early> {
-    parse_tolerating(frame, false)
-}
-
-/// [`parse`], or with `tolerate_open` as the program still does it where it diverges from the
-/// specification (open case D2 in `differential::regressions`), so a run can look for
-/// other divergences until those are resolved.
-pub fn parse_tolerating(frame: &[u8], tolerate_open: bool) -> Result<Ip, Early> {
     if frame.len() < ETHERNET_LEN {
         return Err(Early::Malformed);
     }
@@ -94,7 +87,7 @@ pub fn parse_tolerating(frame: &[u8], tolerate_open: bool) -> Result<Ip, Early> 
     }
     match ether_type {
         0x0800 => parse_ipv4(frame, offset),
-        0x86dd => parse_ipv6(frame, offset, tolerate_open),
+        0x86dd => parse_ipv6(frame, offset),
         tag if is_tag(tag) => Err(Early::TooManyTags),
         _ => Err(Early::NotIp),
     }
@@ -133,7 +126,7 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ip, Early> {
     Ok(ip)
 }
 
-fn parse_ipv6(frame: &[u8], l3: usize, tolerate_open: bool) -> Result<Ip, Early> {
+fn parse_ipv6(frame: &[u8], l3: usize) -> Result<Ip, Early> {
     if frame.len() < l3 + IPV6_LEN || frame[l3] >> 4 != 6 {
         return Err(Early::Malformed);
     }
@@ -180,9 +173,7 @@ fn parse_ipv6(frame: &[u8], l3: usize, tolerate_open: bool) -> Result<Ip, Early>
                 ip.l4 = L4::Fragment;
                 return Ok(ip);
             }
-            let more = offset_and_flags & 1 != 0;
-            // D2 (open): the program takes M of the last fragment header only.
-            first_fragment = more || (first_fragment && !tolerate_open);
+            first_fragment |= offset_and_flags & 1 != 0;
         } else {
             ip.proto = frame[at];
             ip.l4_offset += (usize::from(frame[at + 1]) + 1) * 8;
