@@ -673,11 +673,14 @@ mod program {
     }
 
     /// Rewrites the packet into a TCP RST or ICMP port unreachable back to its source.
-    /// Returns false when the packet gets no answer: ICMP, a RST, too long to quote, a source
-    /// that is not unicast, or this CPU is out of reject tokens (taken only when answering).
+    /// Returns false when the packet gets no answer: ICMP, a RST, too long to quote, a quote
+    /// the frame does not hold, a source that is not unicast, or this CPU is out of reject
+    /// tokens (taken last, so only when answering).
     /// Kept out of line: only blacklisted traffic of reject rules pays for it.
     #[inline(never)]
     fn reject(ctx: &XdpContext, packet: &Packet) -> bool {
+        // An ICMP answer quotes the IP headers and 8 bytes after them (a TCP header, present,
+        // is longer).
         if packet.l4 != L4::Present
             || !answerable(
                 packet.family,
@@ -685,6 +688,7 @@ mod program {
                 packet.tcp_flags,
                 packet.l4_offset - packet.l3_offset,
             )
+            || !in_frame(ctx, packet.l4_offset, 8)
             || !source_is_unicast(packet.family, &packet.source)
         {
             return false;

@@ -286,8 +286,9 @@ pub const REGRESSIONS: &[Regression] = &[
         name: "D4: no reject token is spent on a packet that gets no answer",
         history: "found by seed 3 frame 316 on trust-kernel 4ea87aa: a GRE packet with 4 bytes \
                   after its IP header took a token, then its ICMP quote did not fit and it was \
-                  dropped; the bucket ends one token short",
-        status: Status::Open,
+                  dropped; the bucket ends one token short; fixed on trust-kernel: the quote is \
+                  checked against the frame before the token is taken",
+        status: Status::Fixed,
         config: || {
             let mut config = with_rules(&[rate_rule(47, 1, RuleAction::Reject)]);
             config.settings.reject_per_s = 6;

@@ -297,10 +297,6 @@ impl Model {
             self.settings.reject_burst,
             self.now_ms(),
         );
-        if self.tolerate_open && reply::quote_fits(ip) {
-            // D4 (open): the program takes the token before it finds the quote past the frame.
-            return self.bucket.take(now, per_s, burst) && reply::answerable(frame, ip);
-        }
         reply::answerable(frame, ip) && self.bucket.take(now, per_s, burst)
     }
 }

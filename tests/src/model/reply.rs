@@ -17,7 +17,7 @@ fn quote_len(ip: &Ip) -> usize {
 }
 
 /// Whether the answer fits: never one to a reset; an ICMP answer's quote within its limit.
-pub fn quote_fits(ip: &Ip) -> bool {
+fn quote_fits(ip: &Ip) -> bool {
     if ip.proto == PROTO_TCP {
         return ip.tcp_flags & TCP_RST == 0;
     }
