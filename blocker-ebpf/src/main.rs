@@ -281,7 +281,7 @@ mod program {
         match packet.l4 {
             L4::Truncated => Reason::Malformed,
             L4::FirstFragmentCut | L4::ChainTooLong
-                if evasive_is_dropped(settings.rule_protos, packet.proto) =>
+                if evasive_is_dropped(settings.rule_protos, packet.family, packet.proto) =>
             {
                 Reason::Evasive
             }

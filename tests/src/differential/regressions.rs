@@ -322,8 +322,9 @@ pub const REGRESSIONS: &[Regression] = &[
         name: "D5: IPv4 protocols 0, 43, 44, 60 are transport protocols, not extension headers",
         history: "found by seed 5 frame 42951 on trust-kernel 8f14b2f: an IPv4 first fragment of \
                   protocol 0 cut short (total length 14) was dropped as evasive under a TCP/UDP \
-                  rule set: evasive_is_dropped reads protocol 0 as an IPv6 hop-by-hop header",
-        status: Status::Open,
+                  rule set: evasive_is_dropped reads protocol 0 as an IPv6 hop-by-hop header; fixed \
+                  on trust-kernel: evasive_is_dropped reads extension headers in IPv6 only",
+        status: Status::Fixed,
         config: || {
             with_rules(&[
                 rate_rule(6, 3, RuleAction::Drop),

@@ -174,12 +174,7 @@ impl Model {
             }
         }
         let protos = self.settings.rule_protos;
-        // D5 (open): the program reads IPv4 protocols 0, 43, 44, 60 as IPv6 extension headers.
-        let covered = if self.tolerate_open && matches!(ip.proto, 0 | 43 | 44 | 60) {
-            protos != 0
-        } else {
-            protos & proto_bit(ip.proto) != 0
-        };
+        let covered = protos & proto_bit(ip.proto) != 0;
         // A cut chain or a chain too long leaves the transport protocol unknown: any rule
         // covers it.
         let any_rule = protos != 0;
