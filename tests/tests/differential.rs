@@ -5,7 +5,7 @@
 use blocker_tests::{
     differential::{
         self,
-        regressions::{self, Status, REGRESSIONS},
+        regressions::{self, REGRESSIONS},
         Options, SEED_VAR,
     },
     require_root,
@@ -25,8 +25,6 @@ fn the_program_agrees_with_the_model_on_random_frames() {
         seed,
         check_every: 1_000,
         keep_going: false,
-        // The open cases run strictly in `open_divergences`; here, everything else.
-        tolerate_open: true,
     })
     .unwrap_or_else(|divergence| panic!("{divergence:#}"));
     eprintln!("{summary}");
@@ -35,23 +33,15 @@ fn the_program_agrees_with_the_model_on_random_frames() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
-fn fixed_regression_cases_pass() {
+fn regression_cases_pass() {
     require_root();
-    run_cases(Status::Fixed);
-}
-
-#[test]
-#[ignore = "divergences not fixed yet in the program (regressions.rs, Status::Open)"]
-fn open_divergences() {
-    run_cases(Status::Open);
-}
-
-fn run_cases(status: Status) {
-    let mut failures = Vec::new();
-    for case in REGRESSIONS.iter().filter(|case| case.status == status) {
-        if let Err(divergence) = regressions::check(case) {
-            failures.push(format!("{}\n{divergence:#}", case.name));
-        }
-    }
+    let failures: Vec<String> = REGRESSIONS
+        .iter()
+        .filter_map(|case| {
+            regressions::check(case)
+                .err()
+                .map(|divergence| format!("{}\n{divergence:#}", case.name))
+        })
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -59,10 +59,6 @@ enum Task {
         /// first; the model takes over the program's state after each.
         #[arg(long)]
         keep_going: bool,
-        /// Let the model decide as the program does for the open regression cases (see
-        /// tests/src/differential/regressions.rs), to look for other divergences.
-        #[arg(long)]
-        tolerate_open: bool,
     },
     /// Build in release mode and run `blocker run` in the foreground.
     ///
@@ -130,7 +126,6 @@ fn main() -> Result<()> {
             seed,
             check_every,
             keep_going,
-            tolerate_open,
         } => {
             setup_build_chain()?;
             require_root("the differential test loads the XDP program")?;
@@ -139,7 +134,6 @@ fn main() -> Result<()> {
                 seed: seed.unwrap_or_else(differential::fresh_seed),
                 check_every,
                 keep_going,
-                tolerate_open,
             })?;
         }
         Task::Run { args } => {

@@ -36,9 +36,6 @@ pub struct Options {
     /// Report each divergence, take the program's state over into the model and go on,
     /// instead of stopping at the first one.
     pub keep_going: bool,
-    /// Let the model decide as the program does for the open regression cases, to find
-    /// other divergences while those are unresolved.
-    pub tolerate_open: bool,
 }
 
 pub struct Summary {
@@ -552,7 +549,6 @@ fn divergence_kind(report: &str) -> String {
 fn reproduces_alone(harness: &Harness, frame: &[u8]) -> String {
     let outcome = Harness::new(harness.clock_ms())
         .and_then(|mut fresh| {
-            fresh.model.tolerate_open = harness.model.tolerate_open;
             fresh.configure(harness.config.clone())?;
             fresh.frame(frame)
         })
@@ -571,7 +567,6 @@ pub fn run(options: &Options) -> Result<Summary> {
     let mut rng = Rng::new(options.seed);
     let start_clock = rng.range(1 << 20, 1 << 42);
     let mut harness = Harness::new(start_clock)?;
-    harness.model.tolerate_open = options.tolerate_open;
     let mut pool = Pool::new(&mut rng);
     let empty = harness.config.clone();
     harness.configure(generate::config(&mut rng, &pool, &empty, start_clock))?;

@@ -20,9 +20,8 @@ pub struct Step {
 
 pub struct Regression {
     pub name: &'static str,
-    /// What diverged, where it was found, and where it was fixed.
+    /// What diverged, where it was found, and how it was fixed.
     pub history: &'static str,
-    pub status: Status,
     pub config: fn() -> Config,
     pub steps: &'static [Step],
 }
@@ -85,16 +84,6 @@ fn v4(octets: [u8; 4]) -> [u8; 16] {
     addr
 }
 
-/// Whether the program is expected to pass the case yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// The program was fixed; the case must pass.
-    Fixed,
-    /// Not fixed on the branch last merged: the case fails until it is (run with
-    /// `cargo test -p blocker-tests --test differential -- --ignored`).
-    Open,
-}
-
 /// The seed's SSH rule on a /24: 3 new connections in 30 s, then 2 minutes out.
 fn ssh_rule(ttl_match: bool) -> Rule {
     Rule {
@@ -127,7 +116,6 @@ pub const REGRESSIONS: &[Regression] = &[
             "the issue's reproduction on main (dda5c49): four SYNs from 10.77.1.2 blacklisted \
                   10.77.1.0/24 and the allowlisted 10.77.1.3 was dropped; passes since \
                   trust-kernel 4ea87aa",
-        status: Status::Fixed,
         config: || {
             let mut config = with_rules(&[ssh_rule(false)]);
             let host = Prefix::new(FAMILY_V4, v4([10, 77, 1, 3]), 32);
@@ -176,7 +164,6 @@ pub const REGRESSIONS: &[Regression] = &[
                   bytes of TCP was malformed and passed, an IPv6 SYN behind 7 destination-options \
                   headers unparsed and passed; the padded fragment passes since trust-kernel \
                   8f14b2f, the rest since 4ea87aa",
-        status: Status::Fixed,
         config: || with_rules(&[ssh_rule(false)]),
         steps: &[
             // First fragment (MF), 8 bytes of TCP, as on a veth.
@@ -209,7 +196,6 @@ pub const REGRESSIONS: &[Regression] = &[
         history: "the issue on main (dda5c49): SYN|FIN counted as a new connection, and the first \
                   TTL was pinned forever so a spoofed first packet disabled counting; passes \
                   since trust-kernel 4ea87aa",
-        status: Status::Fixed,
         config: || with_rules(&[ssh_rule(true)]),
         steps: &[
             Step {
@@ -245,7 +231,6 @@ pub const REGRESSIONS: &[Regression] = &[
         history: "found by seed 1 frame 177 (and seeds 2-4) on trust-kernel 4ea87aa: the program \
                   read only 20 bytes of a 52-byte header and dropped the frame for a ban; fixed on \
                   trust-kernel: the whole IHL*4 header must be in the frame",
-        status: Status::Fixed,
         config: || {
             let mut config = with_rules(&[]);
             let banned = Prefix::new(FAMILY_V4, v4([10, 1, 2, 6]), 32);
@@ -271,7 +256,6 @@ pub const REGRESSIONS: &[Regression] = &[
                   passed as malformed; the stack reassembles it past the TCP rule; fixed on \
                   trust-kernel: any first-fragment header along the chain makes it a first \
                   fragment",
-        status: Status::Fixed,
         config: || with_rules(&[rate_rule(6, 3, RuleAction::Drop)]),
         steps: &[Step {
             clock_ms: 1_000_000,
@@ -288,7 +272,6 @@ pub const REGRESSIONS: &[Regression] = &[
                   after its IP header took a token, then its ICMP quote did not fit and it was \
                   dropped; the bucket ends one token short; fixed on trust-kernel: the quote is \
                   checked against the frame before the token is taken",
-        status: Status::Fixed,
         config: || {
             let mut config = with_rules(&[rate_rule(47, 1, RuleAction::Reject)]);
             config.settings.reject_per_s = 6;
@@ -324,7 +307,6 @@ pub const REGRESSIONS: &[Regression] = &[
                   protocol 0 cut short (total length 14) was dropped as evasive under a TCP/UDP \
                   rule set: evasive_is_dropped reads protocol 0 as an IPv6 hop-by-hop header; fixed \
                   on trust-kernel: evasive_is_dropped reads extension headers in IPv6 only",
-        status: Status::Fixed,
         config: || {
             with_rules(&[
                 rate_rule(6, 3, RuleAction::Drop),

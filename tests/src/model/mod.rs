@@ -93,9 +93,6 @@ pub struct Model {
     pub rule_stats: [RuleStats; MAX_RULES],
     /// The reject token bucket of the one CPU the test runs on.
     pub bucket: TokenBucket,
-    /// Decide as the program still does where it diverges from the specification (the open
-    /// cases D1, D2, D4, D5 in `differential::regressions`), to look for other divergences.
-    pub tolerate_open: bool,
 }
 
 impl Default for Model {
@@ -110,7 +107,6 @@ impl Default for Model {
             counters: [Counter::default(); Reason::COUNT as usize],
             rule_stats: [RuleStats::default(); MAX_RULES],
             bucket: TokenBucket::default(),
-            tolerate_open: false,
         }
     }
 }
