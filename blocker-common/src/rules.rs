@@ -162,11 +162,12 @@ pub fn is_ipv6_extension(next_header: u8) -> bool {
 
 /// Whether a packet the parser cannot classify although the IP layer says more follows (a
 /// first fragment cut short, or an IPv6 chain longer than it walks) is dropped as
-/// [`crate::Reason::Evasive`]: when some rule covers its protocol. A `proto` that is still an
-/// IPv6 extension header leaves the transport protocol unknown, so any rule covers it.
+/// [`crate::Reason::Evasive`]: when some rule covers its protocol. In IPv6, a `proto` that is
+/// still an extension header leaves the transport protocol unknown, so any rule covers it; in
+/// IPv4 the same numbers are transport protocols like any other.
 #[inline(always)]
-pub fn evasive_is_dropped(rule_protos: u32, proto: u8) -> bool {
-    let bits = if is_ipv6_extension(proto) {
+pub fn evasive_is_dropped(rule_protos: u32, family: u8, proto: u8) -> bool {
+    let bits = if family == FAMILY_V6 && is_ipv6_extension(proto) {
         proto_bit(PROTO_ANY)
     } else {
         proto_bit(proto)
@@ -750,17 +751,31 @@ mod tests {
     #[test]
     fn evasive_packets_drop_when_a_rule_covers_their_protocol() {
         let tcp_only = proto_bit(6);
-        assert!(evasive_is_dropped(tcp_only, 6));
-        assert!(!evasive_is_dropped(tcp_only, 17));
-        assert!(!evasive_is_dropped(0, 6), "no rules: nothing to evade");
+        for family in [FAMILY_V4, FAMILY_V6] {
+            assert!(evasive_is_dropped(tcp_only, family, 6));
+            assert!(!evasive_is_dropped(tcp_only, family, 17));
+            assert!(
+                !evasive_is_dropped(0, family, 6),
+                "no rules: nothing to evade"
+            );
+            assert!(evasive_is_dropped(proto_bit(PROTO_ANY), family, 17));
+        }
         for extension in [0, 43, 44, 60] {
             assert!(
-                evasive_is_dropped(tcp_only, extension),
+                evasive_is_dropped(tcp_only, FAMILY_V6, extension),
                 "an unknown protocol may be TCP"
             );
-            assert!(!evasive_is_dropped(0, extension));
+            assert!(!evasive_is_dropped(0, FAMILY_V6, extension));
+            assert!(
+                !evasive_is_dropped(tcp_only, FAMILY_V4, extension),
+                "IPv4 protocol {extension} is a transport protocol, not TCP"
+            );
+            assert!(evasive_is_dropped(
+                proto_bit(PROTO_ANY),
+                FAMILY_V4,
+                extension
+            ));
         }
-        assert!(evasive_is_dropped(proto_bit(PROTO_ANY), 17));
     }
 
     #[test]

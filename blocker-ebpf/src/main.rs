@@ -281,7 +281,7 @@ mod program {
         match packet.l4 {
             L4::Truncated => Reason::Malformed,
             L4::FirstFragmentCut | L4::ChainTooLong
-                if evasive_is_dropped(settings.rule_protos, packet.proto) =>
+                if evasive_is_dropped(settings.rule_protos, packet.family, packet.proto) =>
             {
                 Reason::Evasive
             }
@@ -294,17 +294,16 @@ mod program {
         }
     }
 
+    /// Whether the frame holds `len` bytes at `offset`.
+    #[inline(always)]
+    fn in_frame(ctx: &XdpContext, offset: usize, len: usize) -> bool {
+        offset <= MAX_HEADER_OFFSET && ctx.data() + offset + len <= ctx.data_end()
+    }
+
     /// A pointer to a `T` at `offset`, if the whole `T` lies inside the frame.
     #[inline(always)]
     fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-        if offset > MAX_HEADER_OFFSET {
-            return None;
-        }
-        let start = ctx.data() + offset;
-        if start + size_of::<T>() > ctx.data_end() {
-            return None;
-        }
-        Some(start as *const T)
+        in_frame(ctx, offset, size_of::<T>()).then(|| (ctx.data() + offset) as *const T)
     }
 
     #[inline(always)]
@@ -335,7 +334,8 @@ mod program {
         // SAFETY: `header` checked the bounds.
         let ip = unsafe { &*ip };
         let header_len = usize::from(ip.vihl & 0x0f) * 4;
-        if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
+        // Options included: a header the frame cannot hold is no header, whatever its source.
+        if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || !in_frame(ctx, l3_offset, header_len) {
             return Err(Reason::Malformed);
         }
         packet.family = FAMILY_V4;
@@ -374,7 +374,8 @@ mod program {
         };
         packet.l4_offset = l3_offset + Ipv6Hdr::LEN;
         packet.proto = ip.next_hdr;
-        // Set by a fragment header with offset 0 and more fragments to come.
+        // Set by a fragment header with offset 0 and more fragments to come, and kept: a later
+        // (atomic) fragment header does not make the datagram whole.
         let mut first_fragment = false;
         for _ in 0..MAX_IPV6_EXT_HEADERS {
             if !is_ipv6_extension(packet.proto) {
@@ -393,7 +394,7 @@ mod program {
                     packet.l4 = L4::Fragment;
                     return Ok(());
                 }
-                first_fragment = fragment[3] & 1 != 0;
+                first_fragment |= fragment[3] & 1 != 0;
             } else {
                 // Next header, then the length in 8-octet units not counting the first 8.
                 let Some(ext) = header::<[u8; 2]>(ctx, packet.l4_offset) else {
@@ -672,11 +673,14 @@ mod program {
     }
 
     /// Rewrites the packet into a TCP RST or ICMP port unreachable back to its source.
-    /// Returns false when the packet gets no answer: ICMP, a RST, too long to quote, a source
-    /// that is not unicast, or this CPU is out of reject tokens (taken only when answering).
+    /// Returns false when the packet gets no answer: ICMP, a RST, too long to quote, a quote
+    /// the frame does not hold, a source that is not unicast, or this CPU is out of reject
+    /// tokens (taken last, so only when answering).
     /// Kept out of line: only blacklisted traffic of reject rules pays for it.
     #[inline(never)]
     fn reject(ctx: &XdpContext, packet: &Packet) -> bool {
+        // An ICMP answer quotes the IP headers and 8 bytes after them (a TCP header, present,
+        // is longer).
         if packet.l4 != L4::Present
             || !answerable(
                 packet.family,
@@ -684,6 +688,7 @@ mod program {
                 packet.tcp_flags,
                 packet.l4_offset - packet.l3_offset,
             )
+            || !in_frame(ctx, packet.l4_offset, 8)
             || !source_is_unicast(packet.family, &packet.source)
         {
             return false;

@@ -18,8 +18,11 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
+pub mod bpf;
 pub mod daemon;
+pub mod differential;
 pub mod frames;
+pub mod model;
 pub mod testrun;
 
 /// The seed's netfilter `recent` ruleset (002) on INPUT, as `iptables` argument lists, for

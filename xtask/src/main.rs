@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use blocker_tests::differential;
 use clap::{Parser, Subcommand};
 
 mod bench;
@@ -41,6 +42,23 @@ enum Task {
         /// A reduced set that runs in about two minutes.
         #[arg(long)]
         quick: bool,
+    },
+    /// Differential fuzzing: seeded random configurations and frames through the real XDP
+    /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
+    Fuzz {
+        #[arg(long, default_value_t = 10_000_000)]
+        frames: u64,
+        /// Replays a run; a fresh seed (printed) otherwise.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Compare all counters, rule stats and the blacklist every this many frames (the
+        /// verdict and its counter are compared after every frame).
+        #[arg(long, default_value_t = 4096)]
+        check_every: u64,
+        /// Report every kind of divergence (the first of each) instead of stopping at the
+        /// first; the model takes over the program's state after each.
+        #[arg(long)]
+        keep_going: bool,
     },
     /// Build in release mode and run `blocker run` in the foreground.
     ///
@@ -103,6 +121,21 @@ fn main() -> Result<()> {
             run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
             bench::run(&root, bench::Plan::new(quick))?;
         }
+        Task::Fuzz {
+            frames,
+            seed,
+            check_every,
+            keep_going,
+        } => {
+            setup_build_chain()?;
+            require_root("the differential test loads the XDP program")?;
+            fuzz(differential::Options {
+                frames,
+                seed: seed.unwrap_or_else(differential::fresh_seed),
+                check_every,
+                keep_going,
+            })?;
+        }
         Task::Run { args } => {
             setup_build_chain()?;
             require_root("loading XDP programs")?;
@@ -111,6 +144,19 @@ fn main() -> Result<()> {
             blocker.arg("run").args(&args);
             run(&mut blocker)?;
         }
+    }
+    Ok(())
+}
+
+fn fuzz(options: differential::Options) -> Result<()> {
+    let (frames, seed) = (options.frames, options.seed);
+    println!(
+        "fuzz: {frames} frames, seed {seed} (replay: cargo xtask fuzz --frames {frames} --seed {seed})"
+    );
+    let summary = differential::run(&options)?;
+    println!("fuzz: {summary}");
+    if !summary.divergences.is_empty() {
+        bail!("the program and the model diverged (above)");
     }
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! reported as ratios. Nothing here asserts a ratio: the numbers are reported, with the goals
 //! beside them.
 
-mod bpf;
 mod chart;
 mod daemon;
 mod throughput;
@@ -21,7 +20,7 @@ use blocker_common::{History, HistoryKey, Rule, SourceKey, FAMILY_V4, MAP_HISTOR
 use blocker_tests::frames::{ethernet, frame, ipv4, ipv6, tcp_syn, udp, ARP, IPV4, IPV6};
 use serde::Serialize;
 
-use bpf::{test_run, XDP_DROP, XDP_PASS};
+use blocker_tests::bpf::{self, test_run, XDP_DROP, XDP_PASS};
 
 /// How much work a run does.
 #[derive(Clone, Copy)]

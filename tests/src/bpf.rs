@@ -1,9 +1,10 @@
-//! The few bpf(2) commands the benchmark needs and aya does not wrap: loading a hand-assembled
-//! program, BPF_PROG_TEST_RUN, and getting a program by id or a pinned object.
+//! The few bpf(2) commands the benchmark and the differential test need and aya does not wrap:
+//! loading a hand-assembled program, BPF_PROG_TEST_RUN, and getting a program by id or a
+//! pinned object.
 
 use std::{
     ffi::CString,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
 };
 
 use anyhow::{bail, Context, Result};
@@ -48,8 +49,8 @@ impl Attr {
 fn bpf(command: u32, attr: &mut Attr) -> std::io::Result<i64> {
     // SAFETY: `attr` is a valid, zero-padded bpf_attr for `command`.
     let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
+        nix::libc::syscall(
+            nix::libc::SYS_bpf,
             command,
             attr.0.as_mut_ptr(),
             attr.0.len() as u32,
@@ -220,6 +221,21 @@ pub fn test_run(
         retval: attr.get_u32(4),
         duration_ns: attr.get_u32(36),
     })
+}
+
+/// Runs `prog` once on `data` and copies the frame as the program left it into `out`
+/// (adjusted head and tail included). Returns the XDP action and the output length.
+pub fn run_once(prog: impl AsFd, data: &[u8], out: &mut [u8]) -> Result<(u32, usize)> {
+    let mut attr = Attr::new();
+    attr.u32(0, prog.as_fd().as_raw_fd() as u32)
+        .u32(8, data.len() as u32)
+        .u32(12, out.len() as u32)
+        .u64(16, data.as_ptr() as u64)
+        .u64(24, out.as_mut_ptr() as u64)
+        .u32(32, 1);
+    bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
+    let out_len = (attr.get_u32(12) as usize).min(out.len());
+    Ok((attr.get_u32(4), out_len))
 }
 
 /// An XDP program that passes everything: the floor every cost is measured above.
