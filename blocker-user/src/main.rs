@@ -950,6 +950,7 @@ fn import(
         store.ban(&[entry.net], expires_at, entry.reason.as_deref());
     }
     store.count_issued("import", live.len() as u64);
+    store.origin = blocker::state::Origin::local("import");
     let progress = if std::io::stderr().is_terminal() && live.len() >= 10_000 {
         // The commit reports one step per ban in the resulting set.
         let bar = ProgressBar::new(store.state.bans.len() as u64);

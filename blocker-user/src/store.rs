@@ -1,6 +1,8 @@
-//! Bans and the allowlist: the state file and the kernel maps, changed together under the pin
-//! directory lock. The state file is written only after the maps accepted every change, and a
-//! map that refuses one (full) gets all of the command's changes undone.
+//! Bans and the allowlist: the state database and the kernel maps, changed together under the
+//! pin directory lock. The database is the truth: a change is committed there first, then
+//! applied to the maps, which are brought from what they really hold; a map that refuses a
+//! change (full) gets all of the command's changes undone, in the maps and the database. A
+//! crash between the two is healed by the next writer or `load`, which reconcile the maps.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -23,7 +25,7 @@ use crate::{
     dynamic,
     pins::{DirLock, PinDir},
     rules::{RuleSpec, RuleTable},
-    state::{last_good_path, Entry, State},
+    state::{last_good_path, Entry, Origin, State},
     Error, Result,
 };
 
@@ -360,6 +362,8 @@ pub struct Store {
     /// The rule slots as the kernel held them when opened.
     kernel_rules: Vec<Rule>,
     pub now: Now,
+    /// Who makes the changes, for the history.
+    pub origin: Origin,
 }
 
 impl Store {
@@ -415,6 +419,7 @@ impl Store {
             kernel,
             kernel_rules,
             now: Now::read(),
+            origin: Origin::local("cli"),
         })
     }
 
@@ -536,32 +541,39 @@ impl Store {
         };
         let rules_changed =
             self.fresh_maps || kernel_rules_differ || self.state.rules != self.before.rules;
-        self.maps.apply(&before, &after, progress)?;
-        let result = match &self.state.rules {
-            Some(rules) if rules_changed => {
-                let previous = self.before.rules.as_ref().filter(|_| !self.fresh_maps);
-                dynamic::write_rules(&self.pins, previous, rules)
-            }
-            _ => Ok(()),
-        }
-        .and_then(|()| {
-            dynamic::write_settings(
-                &self.pins,
-                self.state.rules.as_ref(),
-                after.lists(),
-                rules_changed,
+        // The database first: once committed, a crash before the maps follow is healed by
+        // the next writer or `load`, which bring the maps to the database.
+        let written = if save {
+            Some(
+                self.state
+                    .save_changes(&self.state_path, &self.before, &self.origin)?,
             )
-        })
-        .and_then(|()| {
-            if save {
-                self.state.save(&self.state_path)
-            } else {
-                Ok(())
+        } else {
+            None
+        };
+        let result = self.maps.apply(&before, &after, progress).and_then(|()| {
+            let kernel = match &self.state.rules {
+                Some(rules) if rules_changed => {
+                    let previous = self.before.rules.as_ref().filter(|_| !self.fresh_maps);
+                    dynamic::write_rules(&self.pins, previous, rules)
+                }
+                _ => Ok(()),
             }
+            .and_then(|()| {
+                dynamic::write_settings(
+                    &self.pins,
+                    self.state.rules.as_ref(),
+                    after.lists(),
+                    rules_changed,
+                )
+            });
+            if kernel.is_err() {
+                let _ = self.maps.apply(&after, &before, || {});
+            }
+            kernel
         });
         if let Err(err) = result {
-            // Keep kernel and file in agreement: the command reports failure, so undo it.
-            let _ = self.maps.apply(&after, &before, || {});
+            // Keep kernel and database in agreement: the command reports failure, so undo it.
             if rules_changed && !self.fresh_maps {
                 if let Some(rules) = &self.before.rules {
                     let _ = dynamic::write_rules(&self.pins, None, rules);
@@ -573,6 +585,11 @@ impl Store {
                 before.lists(),
                 rules_changed,
             );
+            if let Some(written) = written {
+                if let Err(undo) = self.state.undo(&self.state_path, &self.before, &written) {
+                    tracing::error!("undoing the state change: {undo}");
+                }
+            }
             return Err(err);
         }
         // The XDP program checks the allowlist first, so these entries no longer drop anything;
@@ -610,6 +627,7 @@ pub fn restore(
         (State::read(state_path)?, None)
     };
     let mut store = Store::with_state(pins, state_path, state)?;
+    store.origin = Origin::local("load");
     let saved = store.state.rules.clone().unwrap_or_default();
     match config_rules {
         Some(specs) => {
@@ -626,7 +644,6 @@ pub fn restore(
         return Ok(None);
     }
     store.fresh_maps = true;
-    store.before = State::default();
     // Bans the wall clock calls expired are kept, but not counted: the kernel ignores them.
     let restored = {
         let now = store.now.wall;

@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     offense::{OffenseConfig, Severity, Verdict},
     pins::PinDir,
+    state::Origin,
     store::Store,
     text::MAX_REASON_BYTES,
     Error, Result,
@@ -134,6 +135,7 @@ pub fn record_batch(
     offenses: &[ValidOffense],
 ) -> Result<Vec<Result<OffenseAnswer>>> {
     let mut store = Store::open(pins, state_path)?;
+    store.origin = Origin::local("offense");
     let answers = offenses
         .iter()
         .map(|offense| score(&mut store, config, offense))
