@@ -166,7 +166,7 @@ impl Daemon {
         })
         .await;
         match applied {
-            Ok(()) => info!("rules and reject limits reloaded"),
+            Ok(()) => info!("rules reloaded, reject limits rewritten"),
             Err(err) => warn!("rules and reject limits not reloaded: {}", err.message()),
         }
         if let Ok(mut current) = self.config.lock() {
