@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dynamic;
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod listfile;
 pub mod loader;
 pub mod lockout;

@@ -53,8 +53,8 @@ struct Cli {
     /// Directory in bpffs holding the pinned maps and links.
     #[arg(long, global = true, env = "BLOCKER_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
-    /// State file with every ban and allowlist entry, restored by `load` [default:
-    /// /var/lib/blocker/state.json]. Once loaded, every command uses the file `load` used.
+    /// State database with every ban and allowlist entry, restored by `load` [default:
+    /// /var/lib/blocker/state.db]. Once loaded, every command uses the database `load` used.
     #[arg(long, global = true, env = "BLOCKER_STATE")]
     state: Option<PathBuf>,
     #[command(subcommand)]
@@ -139,6 +139,15 @@ enum Command {
     List {
         #[arg(value_enum)]
         which: Option<ListWhich>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every ban, unban, expiry and allowlist change of an address or range, and of the
+    /// ranges that cover it, oldest first.
+    ///
+    /// Example: blocker history 203.0.113.7 --json
+    History {
+        addr: String,
         #[arg(long)]
         json: bool,
     },
@@ -483,6 +492,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::List { which, json } => list(&pins, state_path, which, json)?,
+        Command::History { addr, json } => {
+            let changes = blocker::history::of(state_path, &addr)?;
+            blocker::history::print(&changes, json, &mut std::io::stdout().lock())?;
+        }
         Command::Rule(command) => rule_command(&pins, state_path, command)?,
         Command::Flush {
             what: FlushWhat::Blacklist,

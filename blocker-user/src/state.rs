@@ -462,6 +462,37 @@ pub fn next_expiry(path: &Path) -> Result<Option<Timestamp>> {
     next.map(|at| timestamp(path, at)).transpose()
 }
 
+/// The history rows of `prefixes` (as stored, text), oldest first, by the prefix index.
+pub fn history(path: &Path, prefixes: &[String]) -> Result<Vec<crate::history::Change>> {
+    if matches!(content_of(path)?, Content::Missing) || prefixes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let conn = open(path, false)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let marks = vec!["?"; prefixes.len()].join(", ");
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT at, action, prefix, source, reason, actor FROM history \
+             WHERE prefix IN ({marks}) ORDER BY id"
+        ))
+        .map_err(db)?;
+    let mut rows = statement
+        .query(rusqlite::params_from_iter(prefixes))
+        .map_err(db)?;
+    let mut changes = Vec::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        changes.push(crate::history::Change {
+            at: timestamp(path, row.get(0).map_err(db)?)?,
+            action: row.get(1).map_err(db)?,
+            prefix: row.get(2).map_err(db)?,
+            source: row.get(3).map_err(db)?,
+            reason: row.get(4).map_err(db)?,
+            actor: row.get(5).map_err(db)?,
+        });
+    }
+    Ok(changes)
+}
+
 fn read_all(path: &Path, conn: &Connection) -> Result<State> {
     let db = |err: rusqlite::Error| invalid(path, err);
     let mut state = State::default();

@@ -82,7 +82,7 @@ fn offenses_ban_at_the_threshold_and_not_before_and_the_ban_expires() {
         assert!(Instant::now() < deadline, "the expired ban stayed listed");
         thread::sleep(Duration::from_millis(200));
     }
-    assert!(!net.state_text().contains(&format!("{client}/32")));
+    assert!(!net.stored_bans().contains(&format!("{client}/32")));
 }
 
 #[test]
