@@ -436,7 +436,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let duration = duration.as_deref().map(parse_duration).transpose()?;
             reason.as_deref().map(text::check_reason).transpose()?;
             require_root()?;
-            let mut store = Store::open(&pins, state_path)?;
+            let mut store = Store::open_scoped(&pins, state_path, &nets)?;
             if !force {
                 let guard = Guard::detect()?;
                 for net in &nets {
@@ -457,7 +457,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unban { addrs } => {
             let nets = parse_all(&addrs)?;
             require_root()?;
-            let mut store = Store::open(&pins, state_path)?;
+            let mut store = Store::open_scoped(&pins, state_path, &nets)?;
             let missing = store.unban(&nets);
             store.commit(|| {})?;
             let dynamic = dynamic::remove_blacklisted(&pins, Some(&nets))?;
@@ -478,7 +478,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let nets = parse_all(&addrs)?;
             reason.as_deref().map(text::check_reason).transpose()?;
             require_root()?;
-            let mut store = Store::open(&pins, state_path)?;
+            let mut store = Store::open_scoped(&pins, state_path, &nets)?;
             if remove {
                 let missing = store.disallow(&nets);
                 store.commit(|| {})?;

@@ -276,14 +276,19 @@ fn migrate(path: &Path, conn: &mut Connection) -> Result<()> {
 const SCHEMA_V1: &str = "
 CREATE TABLE bans (
     prefix     TEXT PRIMARY KEY,
+    family     INTEGER NOT NULL,
+    first      BLOB NOT NULL,
+    len        INTEGER NOT NULL,
     reason     TEXT,
     created_at INTEGER NOT NULL,
     expires_at INTEGER,
     source     TEXT NOT NULL
 );
 CREATE INDEX bans_by_expiry ON bans (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX bans_by_range ON bans (family, first);
 CREATE TABLE allow (
     prefix     TEXT PRIMARY KEY,
+    family     INTEGER NOT NULL,
     reason     TEXT,
     created_at INTEGER NOT NULL,
     source     TEXT NOT NULL
@@ -317,7 +322,52 @@ CREATE TABLE history (
     actor  TEXT
 );
 CREATE INDEX history_by_prefix ON history (prefix);
+CREATE INDEX allow_by_family ON allow (family);
+CREATE INDEX offense_scores_by_time ON offense_scores (at);
+-- Entries by kind, kept by triggers so /metrics reads three rows, whatever the size.
+CREATE TABLE kept_counts (
+    kind    TEXT PRIMARY KEY,
+    entries INTEGER NOT NULL
+);
+INSERT INTO kept_counts VALUES ('permanent', 0), ('temporary', 0), ('allow', 0);
+CREATE TRIGGER bans_counted_in AFTER INSERT ON bans BEGIN
+    UPDATE kept_counts SET entries = entries + 1
+    WHERE kind = iif(new.expires_at IS NULL, 'permanent', 'temporary');
+END;
+CREATE TRIGGER bans_counted_out AFTER DELETE ON bans BEGIN
+    UPDATE kept_counts SET entries = entries - 1
+    WHERE kind = iif(old.expires_at IS NULL, 'permanent', 'temporary');
+END;
+CREATE TRIGGER bans_recounted AFTER UPDATE OF expires_at ON bans BEGIN
+    UPDATE kept_counts SET entries = entries - 1
+    WHERE kind = iif(old.expires_at IS NULL, 'permanent', 'temporary');
+    UPDATE kept_counts SET entries = entries + 1
+    WHERE kind = iif(new.expires_at IS NULL, 'permanent', 'temporary');
+END;
+CREATE TRIGGER allow_counted_in AFTER INSERT ON allow BEGIN
+    UPDATE kept_counts SET entries = entries + 1 WHERE kind = 'allow';
+END;
+CREATE TRIGGER allow_counted_out AFTER DELETE ON allow BEGIN
+    UPDATE kept_counts SET entries = entries - 1 WHERE kind = 'allow';
+END;
+CREATE INDEX offense_bans_by_time ON offense_bans (last_ban);
 ";
+
+/// The address family (4 or 6), first address (network byte order, so byte order is address
+/// order) and length a prefix is stored with; they index range queries.
+fn range_columns(net: &IpNet) -> (i64, Vec<u8>, u8) {
+    match net {
+        IpNet::V4(v4) => (4, v4.network().octets().to_vec(), v4.prefix_len()),
+        IpNet::V6(v6) => (6, v6.network().octets().to_vec(), v6.prefix_len()),
+    }
+}
+
+fn last_address(net: &IpNet) -> Vec<u8> {
+    match net {
+        IpNet::V4(v4) => v4.broadcast().octets().to_vec(),
+        IpNet::V6(v6) => v6.broadcast().octets().to_vec(),
+    }
+}
 
 impl State {
     /// Reads the state; a missing database is an empty state. One that cannot be read is an
@@ -493,42 +543,31 @@ pub fn history(path: &Path, prefixes: &[String]) -> Result<Vec<crate::history::C
     Ok(changes)
 }
 
+/// The stored bans expired at `now`, by the expiry index.
+pub fn expired_bans(path: &Path, now: Timestamp) -> Result<Vec<IpNet>> {
+    if matches!(content_of(path)?, Content::Missing) {
+        return Ok(Vec::new());
+    }
+    let conn = open(path, false)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut statement = conn
+        .prepare("SELECT prefix FROM bans WHERE expires_at <= ?1")
+        .map_err(db)?;
+    let mut rows = statement.query([seconds(now)]).map_err(db)?;
+    let mut due = Vec::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        let text: String = row.get(0).map_err(db)?;
+        due.push(prefix(path, &text)?);
+    }
+    Ok(due)
+}
+
 fn read_all(path: &Path, conn: &Connection) -> Result<State> {
     let db = |err: rusqlite::Error| invalid(path, err);
     let mut state = State::default();
-    let entries = |sql: &str| -> Result<BTreeMap<IpNet, Entry>> {
-        let mut statement = conn.prepare(sql).map_err(db)?;
-        let mut rows = statement.query([]).map_err(db)?;
-        let mut entries = BTreeMap::new();
-        while let Some(row) = rows.next().map_err(db)? {
-            let net: String = row.get(0).map_err(db)?;
-            let expires_at: Option<i64> = row.get(3).map_err(db)?;
-            entries.insert(
-                prefix(path, &net)?,
-                Entry {
-                    reason: row.get(1).map_err(db)?,
-                    created_at: timestamp(path, row.get(2).map_err(db)?)?,
-                    expires_at: expires_at.map(|at| timestamp(path, at)).transpose()?,
-                },
-            );
-        }
-        Ok(entries)
-    };
-    state.bans = entries("SELECT prefix, reason, created_at, expires_at FROM bans")?;
-    state.allow = entries("SELECT prefix, reason, created_at, NULL FROM allow")?;
-    let rules: Option<String> = conn
-        .query_row("SELECT table_json FROM rules WHERE id = 1", [], |row| {
-            row.get(0)
-        })
-        .optional()
-        .map_err(db)?;
-    if let Some(text) = rules {
-        let mut rules: RuleTable =
-            serde_json::from_str(&text).map_err(|err| invalid(path, format!("rules: {err}")))?;
-        rules.migrate_events();
-        rules.compile().map_err(|err| invalid(path, err))?;
-        state.rules = Some(rules);
-    }
+    read_entries(path, conn, BANS, [], &mut state.bans)?;
+    read_entries(path, conn, ALLOWED, [], &mut state.allow)?;
+    read_rules_and_counters(path, conn, &mut state)?;
     let mut statement = conn
         .prepare("SELECT subject, score, at, reasons FROM offense_scores")
         .map_err(db)?;
@@ -555,6 +594,55 @@ fn read_all(path: &Path, conn: &Connection) -> Result<State> {
         };
         state.offenses.history.insert(prefix(path, &net)?, history);
     }
+    Ok(state)
+}
+
+const BANS: &str = "SELECT prefix, reason, created_at, expires_at FROM bans";
+const ALLOWED: &str = "SELECT prefix, reason, created_at, NULL FROM allow";
+
+/// Adds the rows of `query` (prefix, reason, created_at, expires_at; `sql` may go on with a
+/// WHERE clause) to `entries`.
+fn read_entries(
+    path: &Path,
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    entries: &mut BTreeMap<IpNet, Entry>,
+) -> Result<()> {
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut statement = conn.prepare_cached(sql).map_err(db)?;
+    let mut rows = statement.query(params).map_err(db)?;
+    while let Some(row) = rows.next().map_err(db)? {
+        let net: String = row.get(0).map_err(db)?;
+        let expires_at: Option<i64> = row.get(3).map_err(db)?;
+        entries.insert(
+            prefix(path, &net)?,
+            Entry {
+                reason: row.get(1).map_err(db)?,
+                created_at: timestamp(path, row.get(2).map_err(db)?)?,
+                expires_at: expires_at.map(|at| timestamp(path, at)).transpose()?,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The rule table (checked as the kernel will take it) and the issued counters.
+fn read_rules_and_counters(path: &Path, conn: &Connection, state: &mut State) -> Result<()> {
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let rules: Option<String> = conn
+        .query_row("SELECT table_json FROM rules WHERE id = 1", [], |row| {
+            row.get(0)
+        })
+        .optional()
+        .map_err(db)?;
+    if let Some(text) = rules {
+        let mut rules: RuleTable =
+            serde_json::from_str(&text).map_err(|err| invalid(path, format!("rules: {err}")))?;
+        rules.migrate_events();
+        rules.compile().map_err(|err| invalid(path, err))?;
+        state.rules = Some(rules);
+    }
     let mut statement = conn
         .prepare("SELECT source, issued FROM counters")
         .map_err(db)?;
@@ -565,7 +653,160 @@ fn read_all(path: &Path, conn: &Connection) -> Result<State> {
             .issued
             .insert(row.get(0).map_err(db)?, issued.max(0) as u64);
     }
-    Ok(state)
+    Ok(())
+}
+
+/// Drops, by index, offense scores whose last offense is so old that they have decayed below
+/// 1% of the threshold (a score is always below the threshold, so log2(100) < 6.65 half-lives
+/// suffice), and ban histories past their forgiveness: the store stays bounded under a stream
+/// of reports. [`OffenseBook::forget`] drops smaller scores sooner, for the sources it reads.
+pub fn forget_offenses(
+    path: &Path,
+    config: &crate::offense::OffenseConfig,
+    now: Timestamp,
+) -> Result<()> {
+    const HALF_LIVES_TO_ONE_PERCENT: f64 = 6.65;
+    let conn = open(path, false)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let score_cutoff =
+        seconds(now) - (config.half_life.as_secs_f64() * HALF_LIVES_TO_ONE_PERCENT).ceil() as i64;
+    let ban_cutoff = seconds(now) - config.escalation_forget.as_secs() as i64;
+    conn.execute("DELETE FROM offense_scores WHERE at < ?1", [score_cutoff])
+        .map_err(db)?;
+    conn.execute("DELETE FROM offense_bans WHERE last_ban < ?1", [ban_cutoff])
+        .map_err(db)?;
+    Ok(())
+}
+
+/// What `/metrics` shows of the state, read in a few rows whatever its size.
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Stored entries by kind: `permanent`, `temporary` (expired ones until the daemon's
+    /// expiry removes them, within a second) and `allow`.
+    pub entries: BTreeMap<String, u64>,
+    pub issued: BTreeMap<String, u64>,
+    pub rules: Option<RuleTable>,
+}
+
+/// The kept counts, counters and rules; an empty summary when there is no database.
+pub fn summary(path: &Path) -> Result<Summary> {
+    if matches!(content_of(path)?, Content::Missing) {
+        return Ok(Summary::default());
+    }
+    let conn = open(path, false)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut state = State::default();
+    read_rules_and_counters(path, &conn, &mut state)?;
+    let mut statement = conn
+        .prepare("SELECT kind, entries FROM kept_counts")
+        .map_err(db)?;
+    let mut rows = statement.query([]).map_err(db)?;
+    let mut entries = BTreeMap::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        let count: i64 = row.get(1).map_err(db)?;
+        entries.insert(row.get(0).map_err(db)?, count.max(0) as u64);
+    }
+    Ok(Summary {
+        entries,
+        issued: state.issued,
+        rules: state.rules,
+    })
+}
+
+/// Which tries hold entries, as `LIST_*` bits: what the XDP program must look in.
+pub fn lists_in_use(path: &Path) -> Result<u32> {
+    use blocker_common::{LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6};
+    let conn = open(path, false)?;
+    let mut bits = 0;
+    for (table, family, bit) in [
+        ("allow", 4, LIST_ALLOW_V4),
+        ("allow", 6, LIST_ALLOW_V6),
+        ("bans", 4, LIST_BAN_V4),
+        ("bans", 6, LIST_BAN_V6),
+    ] {
+        let present: bool = conn
+            .query_row(
+                &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE family = ?1)"),
+                [family],
+                |row| row.get(0),
+            )
+            .map_err(|err| invalid(path, err))?;
+        if present {
+            bits |= bit;
+        }
+    }
+    Ok(bits)
+}
+
+impl State {
+    /// Reads what a change of the bans and allowlist entries `touched` needs, by index: those
+    /// bans, the bans covering them and the bans inside them (their kernel expiries depend on
+    /// each other), the allowlist, the rules, the counters, and the offense scores and ban
+    /// histories of `touched`. `None` when there is no database.
+    pub fn read_scope(path: &Path, touched: &[IpNet]) -> Result<Option<Self>> {
+        if !matches!(content_of(path)?, Content::Database) {
+            return Self::read(path);
+        }
+        let conn = open(path, false)?;
+        let db = |err: rusqlite::Error| invalid(path, err);
+        let mut state = State::default();
+        for net in touched {
+            for covering in crate::history::covering(*net) {
+                read_entries(
+                    path,
+                    &conn,
+                    "SELECT prefix, reason, created_at, expires_at FROM bans WHERE prefix = ?1",
+                    [covering],
+                    &mut state.bans,
+                )?;
+            }
+            let (family, first, len) = range_columns(net);
+            read_entries(
+                path,
+                &conn,
+                "SELECT prefix, reason, created_at, expires_at FROM bans \
+                 WHERE family = ?1 AND first BETWEEN ?2 AND ?3 AND len > ?4",
+                params![family, first, last_address(net), len],
+                &mut state.bans,
+            )?;
+            let text = net.to_string();
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT subject, score, at, reasons FROM offense_scores \
+                     WHERE subject = ?1 OR (subject > ?1 || ' ' AND subject < ?1 || '!')",
+                )
+                .map_err(db)?;
+            let mut rows = statement.query([&text]).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                let reasons: String = row.get(3).map_err(db)?;
+                let score = Score {
+                    score: row.get(1).map_err(db)?,
+                    at: timestamp(path, row.get(2).map_err(db)?)?,
+                    reasons: serde_json::from_str(&reasons)
+                        .map_err(|err| invalid(path, format!("offense reasons: {err}")))?,
+                };
+                state.offenses.scores.insert(row.get(0).map_err(db)?, score);
+            }
+            let history = conn
+                .query_row(
+                    "SELECT bans, last_ban FROM offense_bans WHERE prefix = ?1",
+                    [&text],
+                    |row| Ok((row.get::<_, u32>(0)?, row.get::<_, i64>(1)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            if let Some((bans, last_ban)) = history {
+                let last_ban = timestamp(path, last_ban)?;
+                state
+                    .offenses
+                    .history
+                    .insert(*net, BanHistory { bans, last_ban });
+            }
+        }
+        read_entries(path, &conn, ALLOWED, [], &mut state.allow)?;
+        read_rules_and_counters(path, &conn, &mut state)?;
+        Ok(Some(state))
+    }
 }
 
 /// Writes the rows that differ between `before` and `after`, and the history of the bans and
@@ -611,24 +852,34 @@ fn write_diff(
         }
     }
     let mut upsert_ban = tx.prepare_cached(
-        "INSERT OR REPLACE INTO bans (prefix, reason, created_at, expires_at, source) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO bans \
+         (prefix, family, first, len, reason, created_at, expires_at, source) \
+         VALUES (?1, ?6, ?7, ?8, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (prefix) DO UPDATE SET reason = excluded.reason, \
+         created_at = excluded.created_at, expires_at = excluded.expires_at, \
+         source = excluded.source",
     )?;
     for (net, entry) in &after.bans {
         if before.bans.get(net) != Some(entry) {
+            let (family, first, len) = range_columns(net);
             upsert_ban.execute(params![
                 net.to_string(),
                 entry.reason,
                 seconds(entry.created_at),
                 entry.expires_at.map(seconds),
-                origin.source
+                origin.source,
+                family,
+                first,
+                len
             ])?;
             record("ban", net, entry.reason.as_deref())?;
         }
     }
     let mut upsert_allow = tx.prepare_cached(
-        "INSERT OR REPLACE INTO allow (prefix, reason, created_at, source) \
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO allow (prefix, family, reason, created_at, source) \
+         VALUES (?1, ?5, ?2, ?3, ?4) \
+         ON CONFLICT (prefix) DO UPDATE SET reason = excluded.reason, \
+         created_at = excluded.created_at, source = excluded.source",
     )?;
     for (net, entry) in &after.allow {
         if before.allow.get(net) != Some(entry) {
@@ -636,7 +887,8 @@ fn write_diff(
                 net.to_string(),
                 entry.reason,
                 seconds(entry.created_at),
-                origin.source
+                origin.source,
+                range_columns(net).0
             ])?;
             record("allow", net, entry.reason.as_deref())?;
         }
@@ -1133,6 +1385,100 @@ mod tests {
             plan.iter().any(|step| step.contains("bans_by_expiry")),
             "{plan:?}"
         );
+    }
+
+    #[test]
+    fn a_scoped_read_takes_the_touched_bans_their_covers_and_what_they_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut state = State::default();
+        for net in [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.3/32",
+            "10.1.9.9/32",
+            "10.2.0.1/32",
+            "11.0.0.1/32",
+            "2001:db8::/32",
+        ] {
+            state.bans.insert(net.parse().unwrap(), entry(None));
+        }
+        state
+            .allow
+            .insert("192.0.2.1/32".parse().unwrap(), entry(None));
+        state
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        let touched: Vec<IpNet> = vec!["10.1.0.0/16".parse().unwrap()];
+        let scoped = State::read_scope(&path, &touched).unwrap().unwrap();
+        let read: Vec<String> = scoped.bans.keys().map(|net| net.to_string()).collect();
+        assert_eq!(
+            read,
+            ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3/32", "10.1.9.9/32"]
+        );
+        assert_eq!(scoped.allow.len(), 1, "the allowlist is read whole");
+        let host: Vec<IpNet> = vec!["10.2.0.1/32".parse().unwrap()];
+        let scoped = State::read_scope(&path, &host).unwrap().unwrap();
+        let read: Vec<String> = scoped.bans.keys().map(|net| net.to_string()).collect();
+        assert_eq!(read, ["10.0.0.0/8", "10.2.0.1/32"]);
+        let counts = summary(&path).unwrap().entries;
+        assert_eq!(counts["permanent"], 7);
+        assert_eq!(counts["allow"], 1);
+        let mut later = state.clone();
+        later
+            .bans
+            .insert("10.0.0.0/8".parse().unwrap(), entry(Some(1_900_000_000)));
+        later.bans.remove(&"11.0.0.1/32".parse().unwrap());
+        later.save_changes(&path, &state, &origin()).unwrap();
+        let counts = summary(&path).unwrap().entries;
+        assert_eq!(
+            (counts["permanent"], counts["temporary"]),
+            (5, 1),
+            "kept by triggers"
+        );
+        use blocker_common::{LIST_ALLOW_V4, LIST_BAN_V4, LIST_BAN_V6};
+        assert_eq!(
+            lists_in_use(&path).unwrap(),
+            LIST_ALLOW_V4 | LIST_BAN_V4 | LIST_BAN_V6
+        );
+    }
+
+    #[test]
+    fn stale_offense_scores_and_forgiven_histories_are_dropped_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let config = crate::offense::OffenseConfig::default();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let ago = |seconds: i64| Timestamp::from_second(1_800_000_000 - seconds).unwrap();
+        let mut state = State::default();
+        let half_life = config.half_life.as_secs() as i64;
+        for (subject, at) in [
+            ("192.0.2.1/32", ago(7 * half_life)),
+            ("192.0.2.2/32", ago(60)),
+        ] {
+            state.offenses.scores.insert(
+                subject.into(),
+                Score {
+                    score: 9.9,
+                    at,
+                    reasons: Vec::new(),
+                },
+            );
+        }
+        let forget = config.escalation_forget.as_secs() as i64;
+        for (net, last_ban) in [("192.0.2.1/32", ago(forget + 1)), ("192.0.2.2/32", ago(60))] {
+            state
+                .offenses
+                .history
+                .insert(net.parse().unwrap(), BanHistory { bans: 2, last_ban });
+        }
+        state
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        forget_offenses(&path, &config, now).unwrap();
+        let left = State::load(&path).unwrap().offenses;
+        assert_eq!(left.scores.keys().collect::<Vec<_>>(), ["192.0.2.2/32"]);
+        assert_eq!(left.history.len(), 1);
     }
 
     #[test]

@@ -94,13 +94,21 @@ fn history_shows_who_banned_a_source_why_and_when_it_was_lifted() {
     net.blocker(&["unban", &range]).ok();
     net.blocker(&["allow", &host.to_string(), "--reason", "our monitor"])
         .ok();
-    thread::sleep(Duration::from_millis(2100));
-    // The next writer drops the expired ban, and says so in the history.
-    net.blocker(&["ban", "192.0.2.9"]).ok();
-    let changes = net
-        .blocker(&["history", &host.to_string(), "--json"])
-        .ok()
-        .json();
+    // The daemon's expiry drops the ban once it ended, and says so in the history.
+    let config = net.config("daemon.toml", "");
+    let _daemon = DaemonGuard::start(&net, &config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let changes = loop {
+        let changes = net
+            .blocker(&["history", &host.to_string(), "--json"])
+            .ok()
+            .json();
+        if changes.as_array().is_some_and(|all| all.len() >= 5) {
+            break changes;
+        }
+        assert!(Instant::now() < deadline, "no expiry: {changes}");
+        thread::sleep(Duration::from_millis(200));
+    };
     let seen: Vec<(String, String, String)> = changes
         .as_array()
         .expect("an array")
@@ -116,7 +124,7 @@ fn history_shows_who_banned_a_source_why_and_when_it_was_lifted() {
         ("ban", host.as_str(), "cli"),
         ("unban", range.as_str(), "cli"),
         ("allow", host.as_str(), "cli"),
-        ("expire", host.as_str(), "cli"),
+        ("expire", host.as_str(), "expiry"),
     ]
     .iter()
     .map(|(a, p, s)| (a.to_string(), p.to_string(), s.to_string()))

@@ -75,10 +75,13 @@ fn writers_change_the_maps_from_what_they_really_hold() {
     let orphan = net.client_v4(1, 2);
     net.blocker(&["ban", &orphan.to_string()]).ok();
     assert!(!net.reaches(orphan));
-    // The state loses the ban that is in the kernel.
+    // The state loses the ban that is in the kernel. Writers touch only their own prefixes
+    // (so their cost does not grow with the state); `load` reconciles every entry.
     let forget_orphan = format!("DELETE FROM bans WHERE prefix = '{orphan}/32'");
     edit_state(&net, &forget_orphan);
     net.blocker(&["ban", "192.0.2.9"]).ok();
+    net.blocker(&["unload"]).ok();
+    net.load(&[]).ok();
     assert!(
         net.reaches(orphan),
         "a ban the state does not have is removed from the kernel, not kept apart"
@@ -95,16 +98,37 @@ fn writers_change_the_maps_from_what_they_really_hold() {
     edit_state(
         &net,
         &format!(
-            "INSERT INTO bans (prefix, created_at, source) \
-             SELECT '{missing}/32', created_at, source FROM bans LIMIT 1"
+            "INSERT INTO bans (prefix, family, first, len, created_at, source) \
+             SELECT '{missing}/32', 4, first, 32, created_at, source FROM bans LIMIT 1"
         ),
     );
     assert!(net.reaches(missing));
-    net.blocker(&["allow", "192.0.2.1"]).ok();
+    net.blocker(&["unload"]).ok();
+    net.load(&[]).ok();
     assert!(
         !net.reaches(missing),
         "the missing ban is written to the kernel"
     );
+    // A writer touching a prefix writes it whatever the kernel held.
+    let healed = net.add_client_v4(5);
+    edit_state(
+        &net,
+        &format!(
+            "INSERT INTO bans (prefix, family, first, len, created_at, source) \
+             VALUES ('{healed}/32', 4, X'{}', 32, 0, 'cli')",
+            match healed {
+                std::net::IpAddr::V4(v4) => v4
+                    .octets()
+                    .iter()
+                    .map(|byte| format!("{byte:02x}"))
+                    .collect::<String>(),
+                std::net::IpAddr::V6(_) => unreachable!("an IPv4 client"),
+            }
+        ),
+    );
+    assert!(net.reaches(healed), "only the database has it");
+    net.blocker(&["ban", &healed.to_string()]).ok();
+    assert!(!net.reaches(healed), "the touched prefix is written");
 }
 
 #[test]

@@ -41,6 +41,9 @@ enum Task {
         /// A reduced set that runs in about two minutes.
         #[arg(long)]
         quick: bool,
+        /// Only the state database at scale (1M stored bans; 100k with --quick).
+        #[arg(long)]
+        state: bool,
     },
     /// Build in release mode and run `blocker run` in the foreground.
     ///
@@ -96,12 +99,16 @@ fn main() -> Result<()> {
                 .env("BLOCKER_BIN", &blocker);
             run(&mut test)?;
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, state } => {
             setup_build_chain()?;
             setup_test_tools()?;
             require_root("the benchmarks load XDP programs and create namespaces")?;
             run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
-            bench::run(&root, bench::Plan::new(quick))?;
+            if state {
+                bench::state::run_alone(&root, bench::Plan::new(quick))?;
+            } else {
+                bench::run(&root, bench::Plan::new(quick))?;
+            }
         }
         Task::Run { args } => {
             setup_build_chain()?;

@@ -17,7 +17,7 @@ use tracing::{error, info};
 use crate::{
     events::EventRecord,
     pins::PinDir,
-    state::{next_expiry, Origin},
+    state::{expired_bans, next_expiry, Origin},
     store::Store,
     Result,
 };
@@ -49,20 +49,22 @@ impl StateHealth {
     }
 }
 
-/// When the next temporary ban of the state is due: one query of the expiry index a poll.
+/// Removes the bans due at this poll: one query of the expiry index a poll, and a session
+/// scoped to the due prefixes when there are some, so a large state costs nothing here.
 fn expire_due(pins: &PinDir, state_path: &Path) -> Result<Vec<EventRecord>> {
     let now = Timestamp::now();
     if next_expiry(state_path)?.is_none_or(|due| due > now) {
         return Ok(Vec::new());
     }
-    // `commit` prunes expired entries from the maps and the database.
-    let mut store = Store::open(pins, state_path)?;
+    let due = expired_bans(state_path, now)?;
+    // `commit` prunes the expired entries it read from the maps and the database.
+    let mut store = Store::open_scoped(pins, state_path, &due)?;
     store.origin = Origin::local("expiry");
     let due: Vec<IpNet> = store
         .state
         .bans
         .iter()
-        .filter(|(_, entry)| entry.is_expired(now))
+        .filter(|(_, entry)| entry.is_expired(store.now.wall))
         .map(|(net, _)| *net)
         .collect();
     store.commit(|| {})?;

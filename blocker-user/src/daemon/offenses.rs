@@ -15,7 +15,7 @@ use crate::{
     config::Config,
     offense::{OffenseConfig, Severity, Verdict},
     pins::PinDir,
-    state::Origin,
+    state::{forget_offenses, Origin},
     store::Store,
     text::MAX_REASON_BYTES,
     Error, Result,
@@ -134,7 +134,11 @@ pub fn record_batch(
     config: &Config,
     offenses: &[ValidOffense],
 ) -> Result<Vec<Result<OffenseAnswer>>> {
-    let mut store = Store::open(pins, state_path)?;
+    let touched: Vec<IpNet> = offenses
+        .iter()
+        .map(|offense| config.offenses.prefix_of(offense.net))
+        .collect();
+    let mut store = Store::open_scoped(pins, state_path, &touched)?;
     store.origin = Origin::local("offense");
     let answers = offenses
         .iter()
@@ -143,6 +147,8 @@ pub fn record_batch(
     let now = store.now.wall;
     store.state.offenses.forget(&config.offenses, now);
     store.commit(|| {})?;
+    // The batch read only its own sources: the others' stale scores go by index.
+    forget_offenses(state_path, &config.offenses, now)?;
     Ok(answers)
 }
 
