@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod history;
 pub mod listfile;
+pub mod listing;
 pub mod loader;
 pub mod lockout;
 pub mod offense;

@@ -21,7 +21,7 @@ use blocker::{
     offense::{Level, Severity},
     pins::{require_root, PinDir, DEFAULT_PIN_DIR},
     rules::{self, PortRange, RuleSpec},
-    state::State,
+    state::{Listed, State},
     status,
     store::Store,
     text::{self, escape},
@@ -141,6 +141,8 @@ enum Command {
         which: Option<ListWhich>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: ListFilter,
     },
     /// Show every ban, unban, expiry and allowlist change of an address or range, and of the
     /// ranges that cover it, oldest first.
@@ -361,6 +363,52 @@ struct LoadArgs {
     config: Option<PathBuf>,
 }
 
+/// `blocker list` filters of the stored bans.
+#[derive(clap::Args)]
+struct ListFilter {
+    /// Only bans of this kind: permanent or temporary.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only bans from this source: cli, import, offense, load...
+    #[arg(long)]
+    source: Option<String>,
+    /// Only bans whose reason contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// Only bans created at or after this time (RFC 3339) or this long ago (`1h`).
+    #[arg(long, value_name = "TIME_OR_DURATION")]
+    since: Option<String>,
+    /// At most N bans.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+}
+
+impl ListFilter {
+    fn given(&self) -> bool {
+        self.kind.is_some()
+            || self.source.is_some()
+            || self.reason.is_some()
+            || self.since.is_some()
+            || self.limit.is_some()
+    }
+
+    fn to_filter(&self, now: Timestamp) -> Result<blocker::listing::BanFilter, Error> {
+        let since = self
+            .since
+            .as_deref()
+            .map(|text| blocker::listing::parse_since(text, now))
+            .transpose()?;
+        Ok(blocker::listing::BanFilter {
+            kind: self.kind.clone(),
+            source: self.source.clone(),
+            reason: self.reason.clone(),
+            since,
+            limit: self.limit,
+            after: None,
+        })
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ListWhich {
     Bans,
@@ -491,7 +539,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::List { which, json } => list(&pins, state_path, which, json)?,
+        Command::List {
+            which,
+            json,
+            filter,
+        } => list(&pins, state_path, which, json, &filter)?,
         Command::History { addr, json } => {
             let changes = blocker::history::of(state_path, &addr)?;
             blocker::history::print(&changes, json, &mut std::io::stdout().lock())?;
@@ -719,53 +771,87 @@ fn print_status(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lists entries one at a time: the stored bans stream from the database (filtered), then the
+/// allowlist and the dynamic blacklist, unless the filter names bans only.
 fn list(
     pins: &PinDir,
     state_path: &Path,
     which: Option<ListWhich>,
     json: bool,
+    filter: &ListFilter,
 ) -> anyhow::Result<()> {
-    let state = State::load(state_path)?;
     let now = Now::read();
-    let wants = |kind: ListWhich| which.is_none_or(|which| which == kind);
-    let mut rows = Vec::new();
+    let ban_filter = filter.to_filter(now.wall)?;
+    ban_filter.check()?;
+    // The allowlist, rules and counters, without the bans.
+    let state = State::read_scope(state_path, &[])?.unwrap_or_default();
+    let wants = |kind: ListWhich| {
+        which.is_none_or(|which| which == kind) && (kind == ListWhich::Bans || !filter.given())
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut first = true;
+    let mut emit = |row: Listed| -> Result<(), Error> {
+        let io = |source| Error::Io {
+            context: "writing the list".into(),
+            source,
+        };
+        if json {
+            let separator: &[u8] = if first { b"[\n  " } else { b",\n  " };
+            out.write_all(separator).map_err(io)?;
+            serde_json::to_writer(&mut out, &row)
+                .map_err(std::io::Error::from)
+                .map_err(io)?;
+        } else {
+            if first {
+                writeln!(
+                    out,
+                    "{:<43} {:<10} {:<21} {:<21} reason",
+                    "addr", "kind", "expires", "created"
+                )
+                .map_err(io)?;
+            }
+            let time = |t: Option<Timestamp>, none: &str| {
+                t.map_or(none.to_string(), |t| format!("{t:.0}"))
+            };
+            let reason = match (&row.rule, row.hits) {
+                (Some(rule), Some(hits)) => format!("rule {rule}, {hits} hits"),
+                _ => row.reason.clone().unwrap_or_default(),
+            };
+            writeln!(
+                out,
+                "{:<43} {:<10} {:<21} {:<21} {}",
+                row.addr,
+                row.kind,
+                time(row.expires_at, "never"),
+                time(row.created_at, "-"),
+                escape(&reason),
+            )
+            .map_err(io)?;
+        }
+        first = false;
+        Ok(())
+    };
     if wants(ListWhich::Bans) {
-        rows.extend(state.listed_bans(now.wall));
+        blocker::listing::bans(state_path, &ban_filter, now.wall, &mut emit)?;
     }
     if wants(ListWhich::Allow) {
-        rows.extend(state.listed_allow());
+        state.listed_allow().into_iter().try_for_each(&mut emit)?;
     }
     // The dynamic blacklist lives only in the kernel: listed when loaded.
     if wants(ListWhich::Blacklist) && (which.is_some() || pins.maps_pinned()) {
         pins.require_loaded()?;
-        rows.extend(dynamic::blacklist(pins, state.rules.as_ref(), &now)?);
+        dynamic::blacklist(pins, state.rules.as_ref(), &now)?
+            .into_iter()
+            .try_for_each(&mut emit)?;
     }
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let empty = first;
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
-        out.flush()?;
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "{:<43} {:<10} {:<21} {:<21} reason",
-        "addr", "kind", "expires", "created"
-    )?;
-    for row in rows {
-        let time =
-            |t: Option<Timestamp>, none: &str| t.map_or(none.to_string(), |t| format!("{t:.0}"));
-        let reason = match (&row.rule, row.hits) {
-            (Some(rule), Some(hits)) => format!("rule {rule}, {hits} hits"),
-            _ => row.reason.clone().unwrap_or_default(),
-        };
+        out.write_all(if empty { b"[]\n" } else { b"\n]\n" })?;
+    } else if empty {
         writeln!(
             out,
-            "{:<43} {:<10} {:<21} {:<21} {}",
-            row.addr,
-            row.kind,
-            time(row.expires_at, "never"),
-            time(row.created_at, "-"),
-            escape(&reason),
+            "{:<43} {:<10} {:<21} {:<21} reason",
+            "addr", "kind", "expires", "created"
         )?;
     }
     out.flush()?;

@@ -543,6 +543,76 @@ pub fn history(path: &Path, prefixes: &[String]) -> Result<Vec<crate::history::C
     Ok(changes)
 }
 
+/// Calls `each` with the stored bans in force at `now` that pass `filter`, ordered by prefix;
+/// the next page's cursor when the limit cut the listing short.
+pub fn query_bans(
+    path: &Path,
+    filter: &crate::listing::BanFilter,
+    now: Timestamp,
+    mut each: impl FnMut(Listed) -> Result<()>,
+) -> Result<Option<String>> {
+    if matches!(content_of(path)?, Content::Missing) {
+        return Ok(None);
+    }
+    let conn = open(path, false)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut sql = String::from(
+        "SELECT prefix, reason, created_at, expires_at FROM bans \
+         WHERE (expires_at IS NULL OR expires_at > ?1)",
+    );
+    let mut values: Vec<rusqlite::types::Value> = vec![seconds(now).into()];
+    let mut bind = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
+        values.push(value);
+        sql.push_str(&clause.replace('?', &format!("?{}", values.len())));
+    };
+    match filter.kind.as_deref() {
+        Some("permanent") => sql.push_str(" AND expires_at IS NULL"),
+        Some(_) => sql.push_str(" AND expires_at IS NOT NULL"),
+        None => {}
+    }
+    if let Some(source) = &filter.source {
+        bind(&mut sql, " AND source = ?", source.clone().into());
+    }
+    if let Some(reason) = &filter.reason {
+        bind(&mut sql, " AND instr(reason, ?) > 0", reason.clone().into());
+    }
+    if let Some(since) = filter.since {
+        bind(&mut sql, " AND created_at >= ?", seconds(since).into());
+    }
+    if let Some(after) = &filter.after {
+        bind(&mut sql, " AND prefix > ?", after.clone().into());
+    }
+    sql.push_str(" ORDER BY prefix");
+    if let Some(limit) = filter.limit {
+        // One more than asked, to know whether there is a next page.
+        let one_more = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        bind(&mut sql, " LIMIT ?", one_more.into());
+    }
+    let mut statement = conn.prepare(&sql).map_err(db)?;
+    let mut rows = statement
+        .query(rusqlite::params_from_iter(values))
+        .map_err(db)?;
+    let mut given = 0u64;
+    let mut last = None;
+    while let Some(row) = rows.next().map_err(db)? {
+        if filter.limit.is_some_and(|limit| given == limit) {
+            return Ok(last);
+        }
+        let text: String = row.get(0).map_err(db)?;
+        let net = prefix(path, &text)?;
+        let expires_at: Option<i64> = row.get(3).map_err(db)?;
+        let entry = Entry {
+            reason: row.get(1).map_err(db)?,
+            created_at: timestamp(path, row.get(2).map_err(db)?)?,
+            expires_at: expires_at.map(|at| timestamp(path, at)).transpose()?,
+        };
+        each(Listed::of(&net, &entry, entry.ban_kind()))?;
+        given += 1;
+        last = Some(text);
+    }
+    Ok(None)
+}
+
 /// The stored bans expired at `now`, by the expiry index.
 pub fn expired_bans(path: &Path, now: Timestamp) -> Result<Vec<IpNet>> {
     if matches!(content_of(path)?, Content::Missing) {

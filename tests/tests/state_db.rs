@@ -318,3 +318,93 @@ fn a_damaged_database_is_a_clear_error_and_is_never_replaced() {
     );
     assert!(!net.reaches(banned), "the kernel keeps enforcing");
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn list_and_the_api_filter_and_page_the_stored_bans() {
+    require_root();
+    let net = TestNet::new();
+    let config = net.config("daemon.toml", "");
+    net.load(&[]).ok();
+    net.blocker(&[
+        "ban",
+        "198.18.0.1",
+        "198.18.0.2",
+        "--reason",
+        "ssh brute force",
+    ])
+    .ok();
+    net.blocker(&["ban", "198.18.0.3", "--for", "1h", "--reason", "web scan"])
+        .ok();
+    let list = net.config("list.txt", "198.18.1.1 # imported\n198.18.1.2 # imported\n");
+    net.blocker(&["import", &list]).ok();
+    net.blocker(&["allow", "192.0.2.1"]).ok();
+    let addrs = |listed: Value| -> Vec<String> {
+        listed
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|entry| entry["addr"].as_str().unwrap_or("-").to_string())
+            .collect()
+    };
+    let listed = |args: &[&str]| addrs(net.blocker(args).ok().json());
+    assert_eq!(
+        listed(&["list", "--json", "--kind", "temporary"]),
+        ["198.18.0.3/32"]
+    );
+    assert_eq!(
+        listed(&["list", "--json", "--source", "import"]),
+        ["198.18.1.1/32", "198.18.1.2/32"]
+    );
+    assert_eq!(
+        listed(&["list", "--json", "--reason", "brute"]),
+        ["198.18.0.1/32", "198.18.0.2/32"]
+    );
+    assert_eq!(
+        listed(&["list", "--json", "--limit", "1"]),
+        ["198.18.0.1/32"]
+    );
+    assert_eq!(listed(&["list", "--json", "--since", "1h"]).len(), 5);
+    assert!(listed(&["list", "--json", "--since", "2999-01-01T00:00:00Z"]).is_empty());
+    let all = listed(&["list", "--json"]);
+    assert_eq!(all.len(), 6, "bans and the allowlist: {all:?}");
+    let run = net.blocker(&["list", "--kind", "sometimes"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+
+    let daemon = DaemonGuard::start(&net, &config);
+    let mut pages = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let mut path = "/v1/bans?limit=1&source=import&kind=permanent".to_string();
+        if !cursor.is_empty() {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let (status, body) = daemon.curl(&[&path, "-D", "-"]);
+        assert_eq!(status, 200, "{body}");
+        let (head, json) = body.split_once("\r\n\r\n").expect("headers");
+        pages.push(addrs(serde_json::from_str(json).expect("JSON")));
+        match head
+            .lines()
+            .find_map(|line| line.strip_prefix("next-cursor: "))
+        {
+            Some(next) => cursor = next.trim().replace('/', "%2F"),
+            None => break,
+        }
+        assert!(pages.len() < 5, "{pages:?}");
+    }
+    assert_eq!(pages, [vec!["198.18.1.1/32"], vec!["198.18.1.2/32"]]);
+    let (status, body) = daemon.curl(&["/v1/bans?limit=1"]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        addrs(serde_json::from_str(&body).unwrap()),
+        ["198.18.0.1/32"]
+    );
+    let (status, body) = daemon.curl(&["/v1/bans?reason=web%20scan"]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        addrs(serde_json::from_str(&body).unwrap()),
+        ["198.18.0.3/32"]
+    );
+    let (status, body) = daemon.curl(&["/v1/bans?limit=0"]);
+    assert_eq!(status, 400, "{body}");
+}

@@ -116,7 +116,12 @@ impl Daemon {
         let reconciled = tokio::task::spawn_blocking(move || {
             let mut store = crate::store::Store::open(&pins, &state_path)?;
             store.origin = crate::state::Origin::local("daemon");
-            store.commit(|| {})
+            let reconciled = store.commit(|| {});
+            // The whole state was in memory for this once: give it back to the system, so
+            // the daemon's footprint does not keep the size of the state.
+            // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+            unsafe { nix::libc::malloc_trim(0) };
+            reconciled
         })
         .await;
         match reconciled {
