@@ -204,6 +204,12 @@ fn seconds(time: Timestamp) -> i64 {
     time.as_second()
 }
 
+/// An expiry in whole seconds, rounded up: a stored ban never ends before the time it was
+/// given.
+fn expiry_seconds(time: Timestamp) -> i64 {
+    time.as_second() + i64::from(time.subsec_nanosecond() > 0)
+}
+
 fn timestamp(path: &Path, seconds: i64) -> Result<Timestamp> {
     Timestamp::from_second(seconds).map_err(|err| invalid(path, err))
 }
@@ -936,7 +942,7 @@ fn write_diff(
                 net.to_string(),
                 entry.reason,
                 seconds(entry.created_at),
-                entry.expires_at.map(seconds),
+                entry.expires_at.map(expiry_seconds),
                 origin.source,
                 family,
                 first,
