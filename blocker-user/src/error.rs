@@ -46,6 +46,8 @@ pub enum Error {
     NotLoadedOn(String),
     #[error("map {map} is full ({capacity} entries): nothing was changed; remove entries or raise its capacity in the config and reload")]
     MapFull { map: &'static str, capacity: u32 },
+    #[error("invalid list filter: {0}")]
+    InvalidListFilter(String),
     #[error("state file {path}: {message}")]
     State { path: PathBuf, message: String },
     #[error("{context}: {source}")]
@@ -112,6 +114,7 @@ impl Error {
                 | Error::InvalidOffense(_)
                 | Error::InvalidConfig { .. }
                 | Error::StateElsewhere { .. }
+                | Error::InvalidListFilter(_)
         )
     }
 

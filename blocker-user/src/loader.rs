@@ -248,6 +248,12 @@ pub fn unload(pins: &PinDir, iface: Option<&str>) -> Result<Vec<Attachment>> {
             .map_err(Error::io(format!("removing {}", path.display())))?;
     }
     if pins.attachments()?.is_empty() {
+        // The state as it is at unload is the copy the next boot falls back to.
+        if let Some(state) = pins.recorded_state() {
+            if let Err(err) = crate::state::keep_last_good(&state) {
+                tracing::warn!("the last good copy was not refreshed: {err}");
+            }
+        }
         pins.remove_all()?;
     }
     Ok(targets)

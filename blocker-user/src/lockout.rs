@@ -182,9 +182,11 @@ pub fn warn_if_ssh_exposed(state_path: &std::path::Path) {
     let Some(ssh) = SshSession::from_env() else {
         return;
     };
-    let Ok(state) = crate::state::State::load(state_path) else {
+    // The allowlist and rules without the bans.
+    let Ok(state) = crate::state::State::read_scope(state_path, &[]) else {
         return;
     };
+    let state = state.unwrap_or_default();
     let rules = state.rules.iter().flat_map(|table| &table.rules);
     if let Some(warning) = ssh_warning(&ssh, &state.allow, rules.map(|placed| &placed.spec)) {
         tracing::warn!("{warning}");

@@ -21,7 +21,7 @@ use blocker::{
     offense::{Level, Severity},
     pins::{require_root, PinDir, DEFAULT_PIN_DIR},
     rules::{self, PortRange, RuleSpec},
-    state::State,
+    state::{Listed, State},
     status,
     store::Store,
     text::{self, escape},
@@ -53,8 +53,8 @@ struct Cli {
     /// Directory in bpffs holding the pinned maps and links.
     #[arg(long, global = true, env = "BLOCKER_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
-    /// State file with every ban and allowlist entry, restored by `load` [default:
-    /// /var/lib/blocker/state.json]. Once loaded, every command uses the file `load` used.
+    /// State database with every ban and allowlist entry, restored by `load` [default:
+    /// /var/lib/blocker/state.db]. Once loaded, every command uses the database `load` used.
     #[arg(long, global = true, env = "BLOCKER_STATE")]
     state: Option<PathBuf>,
     #[command(subcommand)]
@@ -139,6 +139,17 @@ enum Command {
     List {
         #[arg(value_enum)]
         which: Option<ListWhich>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        filter: ListFilter,
+    },
+    /// Show every ban, unban, expiry and allowlist change of an address or range, and of the
+    /// ranges that cover it, oldest first.
+    ///
+    /// Example: blocker history 203.0.113.7 --json
+    History {
+        addr: String,
         #[arg(long)]
         json: bool,
     },
@@ -352,6 +363,52 @@ struct LoadArgs {
     config: Option<PathBuf>,
 }
 
+/// `blocker list` filters of the stored bans.
+#[derive(clap::Args)]
+struct ListFilter {
+    /// Only bans of this kind: permanent or temporary.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only bans from this source: cli, import, offense, load...
+    #[arg(long)]
+    source: Option<String>,
+    /// Only bans whose reason contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// Only bans created at or after this time (RFC 3339) or this long ago (`1h`).
+    #[arg(long, value_name = "TIME_OR_DURATION")]
+    since: Option<String>,
+    /// At most N bans.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+}
+
+impl ListFilter {
+    fn given(&self) -> bool {
+        self.kind.is_some()
+            || self.source.is_some()
+            || self.reason.is_some()
+            || self.since.is_some()
+            || self.limit.is_some()
+    }
+
+    fn to_filter(&self, now: Timestamp) -> Result<blocker::listing::BanFilter, Error> {
+        let since = self
+            .since
+            .as_deref()
+            .map(|text| blocker::listing::parse_since(text, now))
+            .transpose()?;
+        Ok(blocker::listing::BanFilter {
+            kind: self.kind.clone(),
+            source: self.source.clone(),
+            reason: self.reason.clone(),
+            since,
+            limit: self.limit,
+            after: None,
+        })
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ListWhich {
     Bans,
@@ -427,7 +484,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let duration = duration.as_deref().map(parse_duration).transpose()?;
             reason.as_deref().map(text::check_reason).transpose()?;
             require_root()?;
-            let mut store = Store::open(&pins, state_path)?;
+            let mut store = Store::open_scoped(&pins, state_path, &nets)?;
             if !force {
                 let guard = Guard::detect()?;
                 for net in &nets {
@@ -448,7 +505,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unban { addrs } => {
             let nets = parse_all(&addrs)?;
             require_root()?;
-            let mut store = Store::open(&pins, state_path)?;
+            let mut store = Store::open_scoped(&pins, state_path, &nets)?;
             let missing = store.unban(&nets);
             store.commit(|| {})?;
             let dynamic = dynamic::remove_blacklisted(&pins, Some(&nets))?;
@@ -469,7 +526,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let nets = parse_all(&addrs)?;
             reason.as_deref().map(text::check_reason).transpose()?;
             require_root()?;
-            let mut store = Store::open(&pins, state_path)?;
+            let mut store = Store::open_scoped(&pins, state_path, &nets)?;
             if remove {
                 let missing = store.disallow(&nets);
                 store.commit(|| {})?;
@@ -482,7 +539,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::List { which, json } => list(&pins, state_path, which, json)?,
+        Command::List {
+            which,
+            json,
+            filter,
+        } => list(&pins, state_path, which, json, &filter)?,
+        Command::History { addr, json } => {
+            let changes = blocker::history::of(state_path, &addr)?;
+            blocker::history::print(&changes, json, &mut std::io::stdout().lock())?;
+        }
         Command::Rule(command) => rule_command(&pins, state_path, command)?,
         Command::Flush {
             what: FlushWhat::Blacklist,
@@ -706,53 +771,87 @@ fn print_status(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lists entries one at a time: the stored bans stream from the database (filtered), then the
+/// allowlist and the dynamic blacklist, unless the filter names bans only.
 fn list(
     pins: &PinDir,
     state_path: &Path,
     which: Option<ListWhich>,
     json: bool,
+    filter: &ListFilter,
 ) -> anyhow::Result<()> {
-    let state = State::load(state_path)?;
     let now = Now::read();
-    let wants = |kind: ListWhich| which.is_none_or(|which| which == kind);
-    let mut rows = Vec::new();
+    let ban_filter = filter.to_filter(now.wall)?;
+    ban_filter.check()?;
+    // The allowlist, rules and counters, without the bans.
+    let state = State::read_scope(state_path, &[])?.unwrap_or_default();
+    let wants = |kind: ListWhich| {
+        which.is_none_or(|which| which == kind) && (kind == ListWhich::Bans || !filter.given())
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut first = true;
+    let mut emit = |row: Listed| -> Result<(), Error> {
+        let io = |source| Error::Io {
+            context: "writing the list".into(),
+            source,
+        };
+        if json {
+            let separator: &[u8] = if first { b"[\n  " } else { b",\n  " };
+            out.write_all(separator).map_err(io)?;
+            serde_json::to_writer(&mut out, &row)
+                .map_err(std::io::Error::from)
+                .map_err(io)?;
+        } else {
+            if first {
+                writeln!(
+                    out,
+                    "{:<43} {:<10} {:<21} {:<21} reason",
+                    "addr", "kind", "expires", "created"
+                )
+                .map_err(io)?;
+            }
+            let time = |t: Option<Timestamp>, none: &str| {
+                t.map_or(none.to_string(), |t| format!("{t:.0}"))
+            };
+            let reason = match (&row.rule, row.hits) {
+                (Some(rule), Some(hits)) => format!("rule {rule}, {hits} hits"),
+                _ => row.reason.clone().unwrap_or_default(),
+            };
+            writeln!(
+                out,
+                "{:<43} {:<10} {:<21} {:<21} {}",
+                row.addr,
+                row.kind,
+                time(row.expires_at, "never"),
+                time(row.created_at, "-"),
+                escape(&reason),
+            )
+            .map_err(io)?;
+        }
+        first = false;
+        Ok(())
+    };
     if wants(ListWhich::Bans) {
-        rows.extend(state.listed_bans(now.wall));
+        blocker::listing::bans(state_path, &ban_filter, now.wall, &mut emit)?;
     }
     if wants(ListWhich::Allow) {
-        rows.extend(state.listed_allow());
+        state.listed_allow().into_iter().try_for_each(&mut emit)?;
     }
     // The dynamic blacklist lives only in the kernel: listed when loaded.
     if wants(ListWhich::Blacklist) && (which.is_some() || pins.maps_pinned()) {
         pins.require_loaded()?;
-        rows.extend(dynamic::blacklist(pins, state.rules.as_ref(), &now)?);
+        dynamic::blacklist(pins, state.rules.as_ref(), &now)?
+            .into_iter()
+            .try_for_each(&mut emit)?;
     }
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let empty = first;
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
-        out.flush()?;
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "{:<43} {:<10} {:<21} {:<21} reason",
-        "addr", "kind", "expires", "created"
-    )?;
-    for row in rows {
-        let time =
-            |t: Option<Timestamp>, none: &str| t.map_or(none.to_string(), |t| format!("{t:.0}"));
-        let reason = match (&row.rule, row.hits) {
-            (Some(rule), Some(hits)) => format!("rule {rule}, {hits} hits"),
-            _ => row.reason.clone().unwrap_or_default(),
-        };
+        out.write_all(if empty { b"[]\n" } else { b"\n]\n" })?;
+    } else if empty {
         writeln!(
             out,
-            "{:<43} {:<10} {:<21} {:<21} {}",
-            row.addr,
-            row.kind,
-            time(row.expires_at, "never"),
-            time(row.created_at, "-"),
-            escape(&reason),
+            "{:<43} {:<10} {:<21} {:<21} reason",
+            "addr", "kind", "expires", "created"
         )?;
     }
     out.flush()?;
@@ -950,6 +1049,7 @@ fn import(
         store.ban(&[entry.net], expires_at, entry.reason.as_deref());
     }
     store.count_issued("import", live.len() as u64);
+    store.origin = blocker::state::Origin::local("import");
     let progress = if std::io::stderr().is_terminal() && live.len() >= 10_000 {
         // The commit reports one step per ban in the resulting set.
         let bar = ProgressBar::new(store.state.bans.len() as u64);

@@ -1,24 +1,44 @@
-//! The state file: every manual ban and allowlist entry with its reason, creation time and
-//! wall-clock expiry. It is what `blocker load` restores after a reboot, and it is rewritten
-//! atomically (temp file, fsync, rename, fsync of the directory) on every change.
+//! The state: every manual ban and allowlist entry with its reason, creation time and
+//! wall-clock expiry, the rules, offense scores, counters and a history of every change. It
+//! lives in one SQLite database (WAL, `synchronous=FULL`: a commit is on disk when it returns),
+//! is what `blocker load` restores after a reboot, and writers change only the rows that
+//! differ, in one transaction. The layout is in the README ("The state database").
 
 use std::{
     collections::BTreeMap,
     fs::{self, File},
-    io::{ErrorKind, Write},
+    io::{ErrorKind, Read},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use ipnet::IpNet;
 use jiff::Timestamp;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
-use crate::{offense::OffenseBook, rules::RuleTable, Error, Result};
+use crate::{
+    offense::{BanHistory, OffenseBook, Score},
+    rules::RuleTable,
+    Error, Result,
+};
 
-/// Default location of the state file.
-pub const DEFAULT_STATE_PATH: &str = "/var/lib/blocker/state.json";
+/// Default location of the state database.
+pub const DEFAULT_STATE_PATH: &str = "/var/lib/blocker/state.db";
 
-const FORMAT_VERSION: u32 = 1;
+/// Where releases before the database kept the state: imported on first use.
+pub const OLD_DEFAULT_STATE_PATH: &str = "/var/lib/blocker/state.json";
+
+/// The version of the JSON state file of earlier releases.
+const JSON_FORMAT_VERSION: u32 = 1;
+
+/// `PRAGMA user_version` of the schema this release writes; [`migrate`] brings older ones up.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// How long a writer waits for another one (CLI and daemon) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 
 /// What blocker remembers about one prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,15 +106,35 @@ pub struct State {
     pub issued: BTreeMap<String, u64>,
 }
 
-/// The on-disk layout: lists of records, readable and diffable by people.
-#[derive(Serialize, Deserialize)]
-struct StateFile {
+/// Who makes a change, for the history: `source` is `cli`, `import`, `offense`, `expiry`,
+/// `load`...; `actor` the user (or client) behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub source: &'static str,
+    pub actor: String,
+}
+
+impl Origin {
+    /// `source`, acted by the user running this process.
+    pub fn local(source: &'static str) -> Self {
+        let uid = nix::unistd::getuid();
+        let actor = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("uid {uid}"), |user| user.name);
+        Self { source, actor }
+    }
+}
+
+/// The state file of earlier releases: lists of records.
+#[derive(Deserialize)]
+struct JsonState {
     version: u32,
     #[serde(default)]
     bans: Vec<Record>,
     #[serde(default)]
     allow: Vec<Record>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     rules: Option<RuleTable>,
     #[serde(default)]
     offenses: OffenseBook,
@@ -102,21 +142,11 @@ struct StateFile {
     issued: BTreeMap<String, u64>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Record {
     addr: IpNet,
     #[serde(flatten)]
     entry: Entry,
-}
-
-fn to_records(entries: &BTreeMap<IpNet, Entry>) -> Vec<Record> {
-    entries
-        .iter()
-        .map(|(addr, entry)| Record {
-            addr: *addr,
-            entry: entry.clone(),
-        })
-        .collect()
 }
 
 fn from_records(records: Vec<Record>) -> BTreeMap<IpNet, Entry> {
@@ -126,60 +156,278 @@ fn from_records(records: Vec<Record>) -> BTreeMap<IpNet, Entry> {
         .collect()
 }
 
+/// What a file at the state path holds, by its first bytes.
+enum Content {
+    Missing,
+    Database,
+    Json,
+    Other,
+}
+
+fn content_of(path: &Path) -> Result<Content> {
+    let mut head = [0u8; 16];
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(Content::Missing),
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("reading state file {}", path.display()),
+                source,
+            })
+        }
+    };
+    let read = file
+        .read(&mut head)
+        .map_err(Error::io(format!("reading state file {}", path.display())))?;
+    let head = &head[..read];
+    Ok(if head == SQLITE_MAGIC {
+        Content::Database
+    } else if head.trim_ascii_start().starts_with(b"{") {
+        Content::Json
+    } else {
+        Content::Other
+    })
+}
+
+/// The error of a state that cannot be used, naming the file and what to do.
+fn invalid(path: &Path, message: impl std::fmt::Display) -> Error {
+    Error::State {
+        path: path.to_path_buf(),
+        message: format!(
+            "{message}; fix it or replace it with {} (nothing was changed)",
+            last_good_path(path).display()
+        ),
+    }
+}
+
+fn seconds(time: Timestamp) -> i64 {
+    time.as_second()
+}
+
+/// An expiry in whole seconds, rounded up: a stored ban never ends before the time it was
+/// given.
+fn expiry_seconds(time: Timestamp) -> i64 {
+    time.as_second() + i64::from(time.subsec_nanosecond() > 0)
+}
+
+fn timestamp(path: &Path, seconds: i64) -> Result<Timestamp> {
+    Timestamp::from_second(seconds).map_err(|err| invalid(path, err))
+}
+
+fn prefix(path: &Path, text: &str) -> Result<IpNet> {
+    text.parse::<IpNet>()
+        .map(|net| net.trunc())
+        .map_err(|err| invalid(path, format!("prefix {text:?}: {err}")))
+}
+
+/// Opens the database; `create` makes it (and its directory) when missing. Sets WAL, full
+/// sync and the busy timeout, and brings the schema to [`SCHEMA_VERSION`].
+fn open(path: &Path, create: bool) -> Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(Error::io(format!(
+                "creating the directory of {}",
+                path.display()
+            )))?;
+        }
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut conn = Connection::open_with_flags(path, flags).map_err(db)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+    // WAL lets readers (list, metrics) run beside a writer; with synchronous=FULL every commit
+    // is synced to the WAL before it returns, so `kill -9` or a power cut right after a
+    // command reported success loses nothing.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+    migrate(path, &mut conn)?;
+    Ok(conn)
+}
+
+/// Creates the schema of a new database, or upgrades an older one, in one transaction.
+fn migrate(path: &Path, conn: &mut Connection) -> Result<()> {
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(db)?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if version > SCHEMA_VERSION {
+        return Err(invalid(
+            path,
+            format!("schema version {version} was written by a newer blocker (this one knows up to {SCHEMA_VERSION})"),
+        ));
+    }
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db)?;
+    // Another process may have migrated it while this one waited for the lock.
+    let version: i32 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(db)?;
+    if version == 0 {
+        tx.execute_batch(SCHEMA_V1).map_err(db)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(db)?;
+    tx.commit().map_err(db)
+}
+
+/// Schema version 1. Times are Unix seconds (UTC); prefixes are text as blocker prints them.
+const SCHEMA_V1: &str = "
+CREATE TABLE bans (
+    prefix     TEXT PRIMARY KEY,
+    family     INTEGER NOT NULL,
+    first      BLOB NOT NULL,
+    len        INTEGER NOT NULL,
+    reason     TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    source     TEXT NOT NULL
+);
+CREATE INDEX bans_by_expiry ON bans (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX bans_by_range ON bans (family, first);
+CREATE TABLE allow (
+    prefix     TEXT PRIMARY KEY,
+    family     INTEGER NOT NULL,
+    reason     TEXT,
+    created_at INTEGER NOT NULL,
+    source     TEXT NOT NULL
+);
+CREATE TABLE rules (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    table_json TEXT NOT NULL
+);
+CREATE TABLE offense_scores (
+    subject TEXT PRIMARY KEY,
+    score   REAL NOT NULL,
+    at      INTEGER NOT NULL,
+    reasons TEXT NOT NULL
+);
+CREATE TABLE offense_bans (
+    prefix   TEXT PRIMARY KEY,
+    bans     INTEGER NOT NULL,
+    last_ban INTEGER NOT NULL
+);
+CREATE TABLE counters (
+    source TEXT PRIMARY KEY,
+    issued INTEGER NOT NULL
+);
+CREATE TABLE history (
+    id     INTEGER PRIMARY KEY,
+    at     INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    source TEXT NOT NULL,
+    reason TEXT,
+    actor  TEXT
+);
+CREATE INDEX history_by_prefix ON history (prefix);
+CREATE INDEX allow_by_family ON allow (family);
+CREATE INDEX offense_scores_by_time ON offense_scores (at);
+-- Entries by kind, kept by triggers so /metrics reads three rows, whatever the size.
+CREATE TABLE kept_counts (
+    kind    TEXT PRIMARY KEY,
+    entries INTEGER NOT NULL
+);
+INSERT INTO kept_counts VALUES ('permanent', 0), ('temporary', 0), ('allow', 0);
+CREATE TRIGGER bans_counted_in AFTER INSERT ON bans BEGIN
+    UPDATE kept_counts SET entries = entries + 1
+    WHERE kind = iif(new.expires_at IS NULL, 'permanent', 'temporary');
+END;
+CREATE TRIGGER bans_counted_out AFTER DELETE ON bans BEGIN
+    UPDATE kept_counts SET entries = entries - 1
+    WHERE kind = iif(old.expires_at IS NULL, 'permanent', 'temporary');
+END;
+CREATE TRIGGER bans_recounted AFTER UPDATE OF expires_at ON bans BEGIN
+    UPDATE kept_counts SET entries = entries - 1
+    WHERE kind = iif(old.expires_at IS NULL, 'permanent', 'temporary');
+    UPDATE kept_counts SET entries = entries + 1
+    WHERE kind = iif(new.expires_at IS NULL, 'permanent', 'temporary');
+END;
+CREATE TRIGGER allow_counted_in AFTER INSERT ON allow BEGIN
+    UPDATE kept_counts SET entries = entries + 1 WHERE kind = 'allow';
+END;
+CREATE TRIGGER allow_counted_out AFTER DELETE ON allow BEGIN
+    UPDATE kept_counts SET entries = entries - 1 WHERE kind = 'allow';
+END;
+CREATE INDEX offense_bans_by_time ON offense_bans (last_ban);
+";
+
+/// The address family (4 or 6), first address (network byte order, so byte order is address
+/// order) and length a prefix is stored with; they index range queries.
+fn range_columns(net: &IpNet) -> (i64, Vec<u8>, u8) {
+    match net {
+        IpNet::V4(v4) => (4, v4.network().octets().to_vec(), v4.prefix_len()),
+        IpNet::V6(v6) => (6, v6.network().octets().to_vec(), v6.prefix_len()),
+    }
+}
+
+fn last_address(net: &IpNet) -> Vec<u8> {
+    match net {
+        IpNet::V4(v4) => v4.broadcast().octets().to_vec(),
+        IpNet::V6(v6) => v6.broadcast().octets().to_vec(),
+    }
+}
+
 impl State {
-    /// Reads the state file; a missing file is an empty state. A file that does not parse is
-    /// an error, never silently replaced.
+    /// Reads the state; a missing database is an empty state. One that cannot be read is an
+    /// error naming the file, never silently replaced.
     pub fn load(path: &Path) -> Result<Self> {
         Ok(Self::read(path)?.unwrap_or_default())
     }
 
-    /// Reads and checks the state file; `None` when it does not exist. Rules are checked as
-    /// the kernel will take them, so a bad file fails here, before any map is touched.
+    /// Reads and checks the state; `None` when there is none. A JSON state of an earlier
+    /// release at `path` (or at the old default path) is imported first. Rules are checked as
+    /// the kernel will take them, so a bad state fails here, before any map is touched.
     pub fn read(path: &Path) -> Result<Option<Self>> {
-        let text = match fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(Error::Io {
-                    context: format!("reading state file {}", path.display()),
-                    source,
-                })
+        match content_of(path)? {
+            Content::Missing => {
+                let old = Path::new(OLD_DEFAULT_STATE_PATH);
+                if path == Path::new(DEFAULT_STATE_PATH)
+                    && matches!(content_of(old)?, Content::Json)
+                {
+                    import_json(old, path)?;
+                    return Self::read(path);
+                }
+                Ok(None)
             }
-        };
-        let invalid = |message: String| Error::State {
-            path: path.to_path_buf(),
-            message: format!(
-                "{message}; fix it or replace it with {} (nothing was changed)",
-                last_good_path(path).display()
-            ),
-        };
-        let mut file: StateFile =
-            serde_json::from_str(&text).map_err(|err| invalid(err.to_string()))?;
-        if file.version != FORMAT_VERSION {
-            return Err(invalid(format!(
-                "unsupported format version {}",
-                file.version
-            )));
+            Content::Json => {
+                import_json(path, path)?;
+                Self::read(path)
+            }
+            Content::Other => Err(invalid(path, "not a blocker state database")),
+            Content::Database => {
+                let conn = open(path, false)?;
+                read_all(path, &conn).map(Some)
+            }
         }
-        if let Some(rules) = &mut file.rules {
-            rules.migrate_events();
-            rules.compile().map_err(invalid)?;
-        }
-        Ok(Some(Self {
-            bans: from_records(file.bans),
-            allow: from_records(file.allow),
-            rules: file.rules,
-            offenses: file.offenses,
-            issued: file.issued,
-        }))
     }
 
-    /// Reads the state for `blocker load`, which must attach even when the file is damaged:
-    /// a file that cannot be used is left as it is for the operator, and the last good copy
-    /// (or nothing) is used instead. Returns the state and, when it is a fallback, why.
+    /// Reads the state for `blocker load`, which must attach even when the database is
+    /// damaged: one that cannot be used (or fails `PRAGMA integrity_check`) is left as it is
+    /// for the operator, and the last good copy (or nothing) is used instead. After a good
+    /// read the last good copy is refreshed. Returns the state and, when it is a fallback, why.
     pub fn read_for_boot(path: &Path) -> Result<(Option<Self>, Option<Error>)> {
-        let damaged = match Self::read(path) {
-            Ok(state) => return Ok((state, None)),
+        let damaged = match Self::read(path).and_then(|state| {
+            if state.is_some() {
+                check_integrity(path)?;
+            }
+            Ok(state)
+        }) {
+            Ok(state) => {
+                if state.is_some() {
+                    if let Err(err) = refresh_last_good(path) {
+                        tracing::warn!("the last good copy was not refreshed: {err}");
+                    }
+                }
+                return Ok((state, None));
+            }
             Err(err @ Error::State { .. }) => err,
             Err(err) => return Err(err),
         };
@@ -193,35 +441,36 @@ impl State {
         Ok((Some(fallback.unwrap_or_default()), Some(damaged)))
     }
 
-    /// Writes the state file atomically: readers and a crash at any moment see either the old
-    /// file or the new one, whole. Then refreshes the last good copy beside it, which
-    /// `blocker load` falls back to when the file is damaged.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let io = |what: &str| Error::io(format!("{what} {}", path.display()));
-        fs::create_dir_all(&dir).map_err(io("creating the directory of"))?;
-        let file = StateFile {
-            version: FORMAT_VERSION,
-            bans: to_records(&self.bans),
-            allow: to_records(&self.allow),
-            rules: self.rules.clone(),
-            offenses: self.offenses.clone(),
-            issued: self.issued.clone(),
-        };
-        let mut text = serde_json::to_vec_pretty(&file).map_err(|err| Error::State {
-            path: path.to_path_buf(),
-            message: format!("encoding: {err}"),
-        })?;
-        text.push(b'\n');
-        replace_file(path, &text)?;
-        replace_file(&last_good_path(path), &text)?;
-        File::open(&dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io("syncing the directory of"))?;
-        Ok(())
+    /// Writes what differs from `before` (the state as read) in one transaction, with a
+    /// history row for each ban, unban, expiry and allowlist change. Creates the database
+    /// when there is none. Returns the history rows written, so a caller that must undo the
+    /// change can ([`State::undo`]).
+    pub fn save_changes(&self, path: &Path, before: &State, origin: &Origin) -> Result<Written> {
+        let mut conn = open(path, true)?;
+        let db = |err: rusqlite::Error| invalid(path, err);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let written = write_diff(&tx, before, self, origin, Timestamp::now()).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(written)
+    }
+
+    /// Reverts a change [`State::save_changes`] made from `before`, and drops its history.
+    pub fn undo(&self, path: &Path, before: &State, written: &Written) -> Result<()> {
+        let mut conn = open(path, true)?;
+        let db = |err: rusqlite::Error| invalid(path, err);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let origin = Origin::local("undo");
+        write_diff(&tx, self, before, &origin, Timestamp::now()).map_err(db)?;
+        tx.execute(
+            "DELETE FROM history WHERE id > ?1",
+            params![written.history_before],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
     }
 
     /// Bans in force at `now`.
@@ -247,30 +496,672 @@ impl State {
     }
 }
 
-/// Where [`State::save`] keeps a copy of the last state it wrote.
+/// What [`State::save_changes`] wrote: history rows after `history_before`.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    history_before: i64,
+}
+
+/// The earliest expiry among the stored bans, by the expiry index.
+pub fn next_expiry(path: &Path) -> Result<Option<Timestamp>> {
+    if matches!(content_of(path)?, Content::Missing) {
+        return Ok(None);
+    }
+    let conn = open(path, false)?;
+    let next: Option<i64> = conn
+        .query_row(
+            "SELECT min(expires_at) FROM bans WHERE expires_at IS NOT NULL",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|err| invalid(path, err))?;
+    next.map(|at| timestamp(path, at)).transpose()
+}
+
+/// The history rows of `prefixes` (as stored, text), oldest first, by the prefix index.
+pub fn history(path: &Path, prefixes: &[String]) -> Result<Vec<crate::history::Change>> {
+    if matches!(content_of(path)?, Content::Missing) || prefixes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let conn = open(path, false)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let marks = vec!["?"; prefixes.len()].join(", ");
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT at, action, prefix, source, reason, actor FROM history \
+             WHERE prefix IN ({marks}) ORDER BY id"
+        ))
+        .map_err(db)?;
+    let mut rows = statement
+        .query(rusqlite::params_from_iter(prefixes))
+        .map_err(db)?;
+    let mut changes = Vec::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        changes.push(crate::history::Change {
+            at: timestamp(path, row.get(0).map_err(db)?)?,
+            action: row.get(1).map_err(db)?,
+            prefix: row.get(2).map_err(db)?,
+            source: row.get(3).map_err(db)?,
+            reason: row.get(4).map_err(db)?,
+            actor: row.get(5).map_err(db)?,
+        });
+    }
+    Ok(changes)
+}
+
+/// Calls `each` with the stored bans in force at `now` that pass `filter`, ordered by prefix;
+/// the next page's cursor when the limit cut the listing short.
+pub fn query_bans(
+    path: &Path,
+    filter: &crate::listing::BanFilter,
+    now: Timestamp,
+    mut each: impl FnMut(Listed) -> Result<()>,
+) -> Result<Option<String>> {
+    if matches!(content_of(path)?, Content::Missing) {
+        return Ok(None);
+    }
+    let conn = open(path, false)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut sql = String::from(
+        "SELECT prefix, reason, created_at, expires_at FROM bans \
+         WHERE (expires_at IS NULL OR expires_at > ?1)",
+    );
+    let mut values: Vec<rusqlite::types::Value> = vec![seconds(now).into()];
+    let mut bind = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
+        values.push(value);
+        sql.push_str(&clause.replace('?', &format!("?{}", values.len())));
+    };
+    match filter.kind.as_deref() {
+        Some("permanent") => sql.push_str(" AND expires_at IS NULL"),
+        Some(_) => sql.push_str(" AND expires_at IS NOT NULL"),
+        None => {}
+    }
+    if let Some(source) = &filter.source {
+        bind(&mut sql, " AND source = ?", source.clone().into());
+    }
+    if let Some(reason) = &filter.reason {
+        bind(&mut sql, " AND instr(reason, ?) > 0", reason.clone().into());
+    }
+    if let Some(since) = filter.since {
+        bind(&mut sql, " AND created_at >= ?", seconds(since).into());
+    }
+    if let Some(after) = &filter.after {
+        bind(&mut sql, " AND prefix > ?", after.clone().into());
+    }
+    sql.push_str(" ORDER BY prefix");
+    if let Some(limit) = filter.limit {
+        // One more than asked, to know whether there is a next page.
+        let one_more = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        bind(&mut sql, " LIMIT ?", one_more.into());
+    }
+    let mut statement = conn.prepare(&sql).map_err(db)?;
+    let mut rows = statement
+        .query(rusqlite::params_from_iter(values))
+        .map_err(db)?;
+    let mut given = 0u64;
+    let mut last = None;
+    while let Some(row) = rows.next().map_err(db)? {
+        if filter.limit.is_some_and(|limit| given == limit) {
+            return Ok(last);
+        }
+        let text: String = row.get(0).map_err(db)?;
+        let net = prefix(path, &text)?;
+        let expires_at: Option<i64> = row.get(3).map_err(db)?;
+        let entry = Entry {
+            reason: row.get(1).map_err(db)?,
+            created_at: timestamp(path, row.get(2).map_err(db)?)?,
+            expires_at: expires_at.map(|at| timestamp(path, at)).transpose()?,
+        };
+        each(Listed::of(&net, &entry, entry.ban_kind()))?;
+        given += 1;
+        last = Some(text);
+    }
+    Ok(None)
+}
+
+/// The stored bans expired at `now`, by the expiry index.
+pub fn expired_bans(path: &Path, now: Timestamp) -> Result<Vec<IpNet>> {
+    if matches!(content_of(path)?, Content::Missing) {
+        return Ok(Vec::new());
+    }
+    let conn = open(path, false)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut statement = conn
+        .prepare("SELECT prefix FROM bans WHERE expires_at <= ?1")
+        .map_err(db)?;
+    let mut rows = statement.query([seconds(now)]).map_err(db)?;
+    let mut due = Vec::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        let text: String = row.get(0).map_err(db)?;
+        due.push(prefix(path, &text)?);
+    }
+    Ok(due)
+}
+
+fn read_all(path: &Path, conn: &Connection) -> Result<State> {
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut state = State::default();
+    read_entries(path, conn, BANS, [], &mut state.bans)?;
+    read_entries(path, conn, ALLOWED, [], &mut state.allow)?;
+    read_rules_and_counters(path, conn, &mut state)?;
+    let mut statement = conn
+        .prepare("SELECT subject, score, at, reasons FROM offense_scores")
+        .map_err(db)?;
+    let mut rows = statement.query([]).map_err(db)?;
+    while let Some(row) = rows.next().map_err(db)? {
+        let reasons: String = row.get(3).map_err(db)?;
+        let score = Score {
+            score: row.get(1).map_err(db)?,
+            at: timestamp(path, row.get(2).map_err(db)?)?,
+            reasons: serde_json::from_str(&reasons)
+                .map_err(|err| invalid(path, format!("offense reasons: {err}")))?,
+        };
+        state.offenses.scores.insert(row.get(0).map_err(db)?, score);
+    }
+    let mut statement = conn
+        .prepare("SELECT prefix, bans, last_ban FROM offense_bans")
+        .map_err(db)?;
+    let mut rows = statement.query([]).map_err(db)?;
+    while let Some(row) = rows.next().map_err(db)? {
+        let net: String = row.get(0).map_err(db)?;
+        let history = BanHistory {
+            bans: row.get(1).map_err(db)?,
+            last_ban: timestamp(path, row.get(2).map_err(db)?)?,
+        };
+        state.offenses.history.insert(prefix(path, &net)?, history);
+    }
+    Ok(state)
+}
+
+const BANS: &str = "SELECT prefix, reason, created_at, expires_at FROM bans";
+const ALLOWED: &str = "SELECT prefix, reason, created_at, NULL FROM allow";
+
+/// Adds the rows of `query` (prefix, reason, created_at, expires_at; `sql` may go on with a
+/// WHERE clause) to `entries`.
+fn read_entries(
+    path: &Path,
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    entries: &mut BTreeMap<IpNet, Entry>,
+) -> Result<()> {
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut statement = conn.prepare_cached(sql).map_err(db)?;
+    let mut rows = statement.query(params).map_err(db)?;
+    while let Some(row) = rows.next().map_err(db)? {
+        let net: String = row.get(0).map_err(db)?;
+        let expires_at: Option<i64> = row.get(3).map_err(db)?;
+        entries.insert(
+            prefix(path, &net)?,
+            Entry {
+                reason: row.get(1).map_err(db)?,
+                created_at: timestamp(path, row.get(2).map_err(db)?)?,
+                expires_at: expires_at.map(|at| timestamp(path, at)).transpose()?,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The rule table (checked as the kernel will take it) and the issued counters.
+fn read_rules_and_counters(path: &Path, conn: &Connection, state: &mut State) -> Result<()> {
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let rules: Option<String> = conn
+        .query_row("SELECT table_json FROM rules WHERE id = 1", [], |row| {
+            row.get(0)
+        })
+        .optional()
+        .map_err(db)?;
+    if let Some(text) = rules {
+        let mut rules: RuleTable =
+            serde_json::from_str(&text).map_err(|err| invalid(path, format!("rules: {err}")))?;
+        rules.migrate_events();
+        rules.compile().map_err(|err| invalid(path, err))?;
+        state.rules = Some(rules);
+    }
+    let mut statement = conn
+        .prepare("SELECT source, issued FROM counters")
+        .map_err(db)?;
+    let mut rows = statement.query([]).map_err(db)?;
+    while let Some(row) = rows.next().map_err(db)? {
+        let issued: i64 = row.get(1).map_err(db)?;
+        state
+            .issued
+            .insert(row.get(0).map_err(db)?, issued.max(0) as u64);
+    }
+    Ok(())
+}
+
+/// Drops, by index, offense scores whose last offense is so old that they have decayed below
+/// 1% of the threshold (a score is always below the threshold, so log2(100) < 6.65 half-lives
+/// suffice), and ban histories past their forgiveness: the store stays bounded under a stream
+/// of reports. [`OffenseBook::forget`] drops smaller scores sooner, for the sources it reads.
+pub fn forget_offenses(
+    path: &Path,
+    config: &crate::offense::OffenseConfig,
+    now: Timestamp,
+) -> Result<()> {
+    const HALF_LIVES_TO_ONE_PERCENT: f64 = 6.65;
+    let conn = open(path, false)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let score_cutoff =
+        seconds(now) - (config.half_life.as_secs_f64() * HALF_LIVES_TO_ONE_PERCENT).ceil() as i64;
+    let ban_cutoff = seconds(now) - config.escalation_forget.as_secs() as i64;
+    conn.execute("DELETE FROM offense_scores WHERE at < ?1", [score_cutoff])
+        .map_err(db)?;
+    conn.execute("DELETE FROM offense_bans WHERE last_ban < ?1", [ban_cutoff])
+        .map_err(db)?;
+    Ok(())
+}
+
+/// What `/metrics` shows of the state, read in a few rows whatever its size.
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Stored entries by kind: `permanent`, `temporary` (expired ones until the daemon's
+    /// expiry removes them, within a second) and `allow`.
+    pub entries: BTreeMap<String, u64>,
+    pub issued: BTreeMap<String, u64>,
+    pub rules: Option<RuleTable>,
+}
+
+/// The kept counts, counters and rules; an empty summary when there is no database.
+pub fn summary(path: &Path) -> Result<Summary> {
+    if matches!(content_of(path)?, Content::Missing) {
+        return Ok(Summary::default());
+    }
+    let conn = open(path, false)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut state = State::default();
+    read_rules_and_counters(path, &conn, &mut state)?;
+    let mut statement = conn
+        .prepare("SELECT kind, entries FROM kept_counts")
+        .map_err(db)?;
+    let mut rows = statement.query([]).map_err(db)?;
+    let mut entries = BTreeMap::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        let count: i64 = row.get(1).map_err(db)?;
+        entries.insert(row.get(0).map_err(db)?, count.max(0) as u64);
+    }
+    Ok(Summary {
+        entries,
+        issued: state.issued,
+        rules: state.rules,
+    })
+}
+
+/// Which tries hold entries, as `LIST_*` bits: what the XDP program must look in.
+pub fn lists_in_use(path: &Path) -> Result<u32> {
+    use blocker_common::{LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6};
+    let conn = open(path, false)?;
+    let mut bits = 0;
+    for (table, family, bit) in [
+        ("allow", 4, LIST_ALLOW_V4),
+        ("allow", 6, LIST_ALLOW_V6),
+        ("bans", 4, LIST_BAN_V4),
+        ("bans", 6, LIST_BAN_V6),
+    ] {
+        let present: bool = conn
+            .query_row(
+                &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE family = ?1)"),
+                [family],
+                |row| row.get(0),
+            )
+            .map_err(|err| invalid(path, err))?;
+        if present {
+            bits |= bit;
+        }
+    }
+    Ok(bits)
+}
+
+impl State {
+    /// Reads what a change of the bans and allowlist entries `touched` needs, by index: those
+    /// bans, the bans covering them and the bans inside them (their kernel expiries depend on
+    /// each other), the allowlist, the rules, the counters, and the offense scores and ban
+    /// histories of `touched`. `None` when there is no database.
+    pub fn read_scope(path: &Path, touched: &[IpNet]) -> Result<Option<Self>> {
+        if !matches!(content_of(path)?, Content::Database) {
+            return Self::read(path);
+        }
+        let conn = open(path, false)?;
+        let db = |err: rusqlite::Error| invalid(path, err);
+        let mut state = State::default();
+        for net in touched {
+            for covering in crate::history::covering(*net) {
+                read_entries(
+                    path,
+                    &conn,
+                    "SELECT prefix, reason, created_at, expires_at FROM bans WHERE prefix = ?1",
+                    [covering],
+                    &mut state.bans,
+                )?;
+            }
+            let (family, first, len) = range_columns(net);
+            read_entries(
+                path,
+                &conn,
+                "SELECT prefix, reason, created_at, expires_at FROM bans \
+                 WHERE family = ?1 AND first BETWEEN ?2 AND ?3 AND len > ?4",
+                params![family, first, last_address(net), len],
+                &mut state.bans,
+            )?;
+            let text = net.to_string();
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT subject, score, at, reasons FROM offense_scores \
+                     WHERE subject = ?1 OR (subject > ?1 || ' ' AND subject < ?1 || '!')",
+                )
+                .map_err(db)?;
+            let mut rows = statement.query([&text]).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                let reasons: String = row.get(3).map_err(db)?;
+                let score = Score {
+                    score: row.get(1).map_err(db)?,
+                    at: timestamp(path, row.get(2).map_err(db)?)?,
+                    reasons: serde_json::from_str(&reasons)
+                        .map_err(|err| invalid(path, format!("offense reasons: {err}")))?,
+                };
+                state.offenses.scores.insert(row.get(0).map_err(db)?, score);
+            }
+            let history = conn
+                .query_row(
+                    "SELECT bans, last_ban FROM offense_bans WHERE prefix = ?1",
+                    [&text],
+                    |row| Ok((row.get::<_, u32>(0)?, row.get::<_, i64>(1)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            if let Some((bans, last_ban)) = history {
+                let last_ban = timestamp(path, last_ban)?;
+                state
+                    .offenses
+                    .history
+                    .insert(*net, BanHistory { bans, last_ban });
+            }
+        }
+        read_entries(path, &conn, ALLOWED, [], &mut state.allow)?;
+        read_rules_and_counters(path, &conn, &mut state)?;
+        Ok(Some(state))
+    }
+}
+
+/// Writes the rows that differ between `before` and `after`, and the history of the bans and
+/// allowlist entries among them.
+fn write_diff(
+    tx: &Transaction,
+    before: &State,
+    after: &State,
+    origin: &Origin,
+    now: Timestamp,
+) -> rusqlite::Result<Written> {
+    let history_before: i64 =
+        tx.query_row("SELECT coalesce(max(id), 0) FROM history", [], |row| {
+            row.get(0)
+        })?;
+    let mut history = tx.prepare_cached(
+        "INSERT INTO history (at, action, prefix, source, reason, actor) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut record = |action: &str, net: &IpNet, reason: Option<&str>| {
+        history.execute(params![
+            seconds(now),
+            action,
+            net.to_string(),
+            origin.source,
+            reason,
+            origin.actor
+        ])
+    };
+    for (table, removed_action, old, new) in [
+        ("bans", "unban", &before.bans, &after.bans),
+        ("allow", "disallow", &before.allow, &after.allow),
+    ] {
+        let mut delete = tx.prepare_cached(&format!("DELETE FROM {table} WHERE prefix = ?1"))?;
+        for (net, entry) in old.iter().filter(|(net, _)| !new.contains_key(net)) {
+            delete.execute([net.to_string()])?;
+            let action = if entry.is_expired(now) {
+                "expire"
+            } else {
+                removed_action
+            };
+            record(action, net, entry.reason.as_deref())?;
+        }
+    }
+    let mut upsert_ban = tx.prepare_cached(
+        "INSERT INTO bans \
+         (prefix, family, first, len, reason, created_at, expires_at, source) \
+         VALUES (?1, ?6, ?7, ?8, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (prefix) DO UPDATE SET reason = excluded.reason, \
+         created_at = excluded.created_at, expires_at = excluded.expires_at, \
+         source = excluded.source",
+    )?;
+    for (net, entry) in &after.bans {
+        if before.bans.get(net) != Some(entry) {
+            let (family, first, len) = range_columns(net);
+            upsert_ban.execute(params![
+                net.to_string(),
+                entry.reason,
+                seconds(entry.created_at),
+                entry.expires_at.map(expiry_seconds),
+                origin.source,
+                family,
+                first,
+                len
+            ])?;
+            record("ban", net, entry.reason.as_deref())?;
+        }
+    }
+    let mut upsert_allow = tx.prepare_cached(
+        "INSERT INTO allow (prefix, family, reason, created_at, source) \
+         VALUES (?1, ?5, ?2, ?3, ?4) \
+         ON CONFLICT (prefix) DO UPDATE SET reason = excluded.reason, \
+         created_at = excluded.created_at, source = excluded.source",
+    )?;
+    for (net, entry) in &after.allow {
+        if before.allow.get(net) != Some(entry) {
+            upsert_allow.execute(params![
+                net.to_string(),
+                entry.reason,
+                seconds(entry.created_at),
+                origin.source,
+                range_columns(net).0
+            ])?;
+            record("allow", net, entry.reason.as_deref())?;
+        }
+    }
+    if after.rules != before.rules {
+        match &after.rules {
+            Some(rules) => {
+                let text = serde_json::to_string(rules)
+                    .map_err(|err| rusqlite::Error::ToSqlConversionFailure(Box::new(err)))?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO rules (id, table_json) VALUES (1, ?1)",
+                    [text],
+                )?
+            }
+            None => tx.execute("DELETE FROM rules", [])?,
+        };
+    }
+    write_offenses(tx, &before.offenses, &after.offenses)?;
+    let mut counter =
+        tx.prepare_cached("INSERT OR REPLACE INTO counters (source, issued) VALUES (?1, ?2)")?;
+    for (source, issued) in &after.issued {
+        if before.issued.get(source) != Some(issued) {
+            counter.execute(params![source, i64::try_from(*issued).unwrap_or(i64::MAX)])?;
+        }
+    }
+    Ok(Written { history_before })
+}
+
+fn write_offenses(
+    tx: &Transaction,
+    before: &OffenseBook,
+    after: &OffenseBook,
+) -> rusqlite::Result<()> {
+    let mut delete = tx.prepare_cached("DELETE FROM offense_scores WHERE subject = ?1")?;
+    for subject in before.scores.keys() {
+        if !after.scores.contains_key(subject) {
+            delete.execute([subject])?;
+        }
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO offense_scores (subject, score, at, reasons) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (subject, score) in &after.scores {
+        if before.scores.get(subject) != Some(score) {
+            let reasons = serde_json::to_string(&score.reasons)
+                .map_err(|err| rusqlite::Error::ToSqlConversionFailure(Box::new(err)))?;
+            upsert.execute(params![subject, score.score, seconds(score.at), reasons])?;
+        }
+    }
+    let mut delete = tx.prepare_cached("DELETE FROM offense_bans WHERE prefix = ?1")?;
+    for net in before.history.keys() {
+        if !after.history.contains_key(net) {
+            delete.execute([net.to_string()])?;
+        }
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO offense_bans (prefix, bans, last_ban) VALUES (?1, ?2, ?3)",
+    )?;
+    for (net, history) in &after.history {
+        if before.history.get(net) != Some(history) {
+            upsert.execute(params![
+                net.to_string(),
+                history.bans,
+                seconds(history.last_ban)
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// Imports the JSON state of an earlier release at `json` into a new database at `path`, in
+/// one transaction, and keeps the JSON file as `json.migrated`. The database is built beside
+/// and renamed into place, so a crash midway leaves the JSON file to import again.
+fn import_json(json: &Path, path: &Path) -> Result<()> {
+    let text = fs::read_to_string(json)
+        .map_err(Error::io(format!("reading state file {}", json.display())))?;
+    let file: JsonState =
+        serde_json::from_str(&text).map_err(|err| invalid(json, err.to_string()))?;
+    if file.version != JSON_FORMAT_VERSION {
+        return Err(invalid(
+            json,
+            format!("unsupported format version {}", file.version),
+        ));
+    }
+    let mut rules = file.rules;
+    if let Some(rules) = &mut rules {
+        rules.migrate_events();
+        rules.compile().map_err(|err| invalid(json, err))?;
+    }
+    let state = State {
+        bans: from_records(file.bans),
+        allow: from_records(file.allow),
+        rules,
+        offenses: file.offenses,
+        issued: file.issued,
+    };
+    let building = suffixed(path, ".importing");
+    for leftover in [
+        building.clone(),
+        suffixed(&building, "-wal"),
+        suffixed(&building, "-shm"),
+    ] {
+        match fs::remove_file(&leftover) {
+            Err(err) if err.kind() != ErrorKind::NotFound => {
+                return Err(Error::Io {
+                    context: format!("removing {}", leftover.display()),
+                    source: err,
+                })
+            }
+            _ => {}
+        }
+    }
+    state.save_changes(&building, &State::default(), &Origin::local("import"))?;
+    // Closing the last connection checkpointed the WAL into the file: it is whole.
+    let migrated = suffixed(json, ".migrated");
+    fs::copy(json, &migrated)
+        .and_then(|_| File::open(&migrated)?.sync_all())
+        .map_err(Error::io(format!("keeping {}", migrated.display())))?;
+    fs::rename(&building, path).map_err(Error::io(format!("replacing {}", path.display())))?;
+    if json != path {
+        fs::remove_file(json).map_err(Error::io(format!("removing {}", json.display())))?;
+    }
+    sync_dir(path)?;
+    tracing::warn!(
+        "imported the JSON state {} into {}; the JSON file is kept as {}",
+        json.display(),
+        path.display(),
+        migrated.display()
+    );
+    Ok(())
+}
+
+/// `PRAGMA integrity_check` of the database; a problem is a state error.
+pub fn check_integrity(path: &Path) -> Result<()> {
+    if matches!(content_of(path)?, Content::Missing) {
+        return Ok(());
+    }
+    let conn = open(path, false)?;
+    let verdict: String = conn
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .map_err(|err| invalid(path, err))?;
+    if verdict == "ok" {
+        Ok(())
+    } else {
+        Err(invalid(path, format!("integrity check: {verdict}")))
+    }
+}
+
+/// Refreshes the last good copy when the database reads whole and sound (one that does not
+/// exist has nothing to copy).
+pub fn keep_last_good(path: &Path) -> Result<()> {
+    if State::read(path)?.is_some() {
+        check_integrity(path)?;
+        refresh_last_good(path)?;
+    }
+    Ok(())
+}
+
+/// Copies the database to its last good copy with SQLite's online backup (consistent while
+/// writers go on), through a temporary file renamed into place.
+pub fn refresh_last_good(path: &Path) -> Result<()> {
+    let conn = open(path, false)?;
+    let copy = last_good_path(path);
+    let temp = suffixed(&copy, ".tmp");
+    let _ = fs::remove_file(&temp);
+    conn.backup(rusqlite::DatabaseName::Main, &temp, None)
+        .map_err(|err| invalid(path, format!("backing up: {err}")))?;
+    File::open(&temp)
+        .and_then(|file| file.sync_all())
+        .and_then(|()| fs::rename(&temp, &copy))
+        .map_err(Error::io(format!("replacing {}", copy.display())))?;
+    sync_dir(path)
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    File::open(&dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(Error::io(format!(
+            "syncing the directory of {}",
+            path.display()
+        )))
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Where `blocker load` keeps a copy of the last state it read whole and sound.
 pub fn last_good_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".last-good");
-    path.with_file_name(name)
-}
-
-/// The temporary file `path` is written through. Its name is fixed, not random: writers hold
-/// the pin directory lock, and a writer killed midway leaves one file that the next overwrites.
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
-/// Writes `text` to a temporary file, syncs it and renames it over `path`.
-fn replace_file(path: &Path, text: &[u8]) -> Result<()> {
-    let io = |what: &str| Error::io(format!("{what} {}", path.display()));
-    let temp = temp_path(path);
-    let mut file = File::create(&temp).map_err(io("creating a temporary file for"))?;
-    file.write_all(text).map_err(io("writing"))?;
-    file.sync_all().map_err(io("syncing"))?;
-    fs::rename(&temp, path).map_err(io("replacing"))
+    suffixed(path, ".last-good")
 }
 
 #[cfg(test)]
@@ -286,10 +1177,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn round_trips_through_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/state.json");
+    fn origin() -> Origin {
+        Origin {
+            source: "cli",
+            actor: "tester".into(),
+        }
+    }
+
+    fn sample() -> State {
         let mut state = State::default();
         state
             .bans
@@ -300,62 +1195,147 @@ mod tests {
         state
             .allow
             .insert("192.0.2.1/32".parse().unwrap(), entry(None));
-        state.save(&path).unwrap();
-        assert_eq!(State::load(&path).unwrap(), state);
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"addr\": \"10.0.0.0/8\""), "{text}");
-        assert!(text.contains("2027-01-15T08:00:00Z"), "{text}");
+        state.rules = Some(RuleTable::from_specs(&[RuleSpec::ssh()]).unwrap());
+        state.issued.insert("cli".into(), 3);
+        state
+    }
+
+    fn query(path: &Path, sql: &str) -> Vec<String> {
+        let conn = Connection::open(path).unwrap();
+        let mut statement = conn.prepare(sql).unwrap();
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .unwrap();
+        rows.map(|row| row.unwrap()).collect()
     }
 
     #[test]
-    fn missing_file_is_empty_and_corrupt_file_is_an_error() {
+    fn round_trips_through_the_database() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
+        let path = dir.path().join("sub/state.db");
+        let state = sample();
+        state
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        assert_eq!(State::load(&path).unwrap(), state);
+        assert_eq!(
+            query(&path, "SELECT prefix FROM bans ORDER BY prefix"),
+            ["10.0.0.0/8", "2001:db8::/64"]
+        );
+        assert_eq!(
+            query(&path, "PRAGMA journal_mode"),
+            ["wal"],
+            "readers run beside a writer"
+        );
+        let version = query(
+            &path,
+            "SELECT CAST(user_version AS TEXT) FROM pragma_user_version",
+        );
+        assert_eq!(version, [SCHEMA_VERSION.to_string()]);
+    }
+
+    #[test]
+    fn writers_change_only_the_rows_that_differ_and_record_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let before = sample();
+        before
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        let mut after = before.clone();
+        after.bans.remove(&"10.0.0.0/8".parse().unwrap());
+        after
+            .bans
+            .insert("10.9.0.0/16".parse().unwrap(), entry(Some(1_750_000_000)));
+        after.allow.remove(&"192.0.2.1/32".parse().unwrap());
+        let later = Origin {
+            source: "offense",
+            actor: "daemon".into(),
+        };
+        after.save_changes(&path, &before, &later).unwrap();
+        assert_eq!(State::load(&path).unwrap(), after);
+        assert_eq!(
+            query(
+                &path,
+                "SELECT action || ' ' || prefix || ' ' || source || ' ' || actor \
+                 FROM history WHERE id > 3 ORDER BY id"
+            ),
+            [
+                "unban 10.0.0.0/8 offense daemon",
+                "disallow 192.0.2.1/32 offense daemon",
+                "ban 10.9.0.0/16 offense daemon"
+            ]
+        );
+        // The untouched ban keeps the source that wrote it.
+        assert_eq!(
+            query(
+                &path,
+                "SELECT source FROM bans WHERE prefix = '2001:db8::/64'"
+            ),
+            ["cli"]
+        );
+    }
+
+    #[test]
+    fn an_undo_restores_the_rows_and_drops_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let before = sample();
+        before
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        let mut after = before.clone();
+        after.bans.clear();
+        let written = after.save_changes(&path, &before, &origin()).unwrap();
+        after.undo(&path, &before, &written).unwrap();
+        assert_eq!(State::load(&path).unwrap(), before);
+        assert_eq!(query(&path, "SELECT count(*) || '' FROM history"), ["3"]);
+    }
+
+    #[test]
+    fn missing_database_is_empty_and_a_damaged_one_is_an_error_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
         assert_eq!(State::load(&path).unwrap(), State::default());
-        fs::write(&path, "{not json").unwrap();
+        assert!(!path.exists(), "reading creates nothing");
+        fs::write(&path, "not a database at all").unwrap();
         let err = State::load(&path).unwrap_err();
+        assert!(err.to_string().contains("state.db"), "{err}");
         assert!(
             err.to_string().contains("fix it or replace it with"),
             "{err}"
         );
-        assert_eq!(fs::read_to_string(&path).unwrap(), "{not json");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "not a database at all");
     }
 
     #[test]
-    fn saving_keeps_a_last_good_copy_and_no_temporary_file() {
+    fn a_database_with_damaged_pages_fails_and_a_boot_falls_back_to_the_last_good_copy() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        // What a writer killed midway leaves is taken over by the next one.
-        fs::write(dir.path().join(".state.json.tmp"), "{killed wri").unwrap();
-        let mut state = State::default();
+        let path = dir.path().join("state.db");
+        let state = sample();
         state
-            .bans
-            .insert("10.0.0.0/8".parse().unwrap(), entry(None));
-        state.save(&path).unwrap();
-        assert_eq!(State::load(&last_good_path(&path)).unwrap(), state);
-        let names: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        let mut names = names;
-        names.sort();
-        assert_eq!(names, ["state.json", "state.json.last-good"]);
-    }
-
-    #[test]
-    fn a_boot_falls_back_to_the_last_good_copy_and_leaves_the_damaged_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let mut state = State::default();
-        state
-            .bans
-            .insert("10.0.0.0/8".parse().unwrap(), entry(None));
-        state.save(&path).unwrap();
-        fs::write(&path, "{not json").unwrap();
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        let (read, damaged) = State::read_for_boot(&path).unwrap();
+        assert_eq!(read, Some(state.clone()));
+        assert!(damaged.is_none());
+        assert!(
+            last_good_path(&path).exists(),
+            "a sound read refreshes the copy"
+        );
+        // Overwrite everything after the header page: the pages of every table.
+        let mut bytes = fs::read(&path).unwrap();
+        assert!(bytes.len() > 4096);
+        for byte in &mut bytes[4096..] {
+            *byte = 0x5a;
+        }
+        fs::write(&path, &bytes).unwrap();
+        let err = State::read(&path).and_then(|_| check_integrity(&path));
+        assert!(err.is_err(), "the damage is seen");
         let (read, damaged) = State::read_for_boot(&path).unwrap();
         assert_eq!(read, Some(state));
-        assert!(damaged.is_some());
-        assert_eq!(fs::read_to_string(&path).unwrap(), "{not json");
+        assert!(damaged.unwrap().to_string().contains("state.db"));
+        assert_eq!(fs::read(&path).unwrap(), bytes, "the damaged file is left");
         fs::remove_file(last_good_path(&path)).unwrap();
         let (read, damaged) = State::read_for_boot(&path).unwrap();
         assert_eq!(read, Some(State::default()));
@@ -363,46 +1343,218 @@ mod tests {
     }
 
     #[test]
-    fn rules_saved_by_the_previous_release_still_load() {
+    fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        sample()
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = State::load(&path).unwrap_err();
+        assert!(err.to_string().contains("newer blocker"), "{err}");
+    }
+
+    /// The state file of the release before the database, as it wrote it.
+    const RELEASE_JSON: &str = include_str!("../../tests/fixtures/state-v1.json");
+
+    #[test]
+    fn a_json_state_of_the_previous_release_is_imported_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // `--state` names the database whatever its extension.
         let path = dir.path().join("state.json");
-        let dns = crate::rules::RuleSpec {
-            proto: crate::rules::Proto::Udp,
-            ..crate::rules::RuleSpec::named("dns")
-        };
-        let state = State {
-            rules: Some(RuleTable::from_specs(&[RuleSpec::ssh(), dns]).unwrap()),
-            ..State::default()
-        };
-        state.save(&path).unwrap();
-        // The previous release stored `events = "new"` on every rule; on UDP it meant every
-        // packet, which a UDP rule now says explicitly.
-        let text = fs::read_to_string(&path).unwrap();
-        let old = text.replace("\"events\": \"all\"", "\"events\": \"new\"");
-        assert_ne!(old, text, "the fixture names the events of the UDP rule");
-        fs::write(&path, old).unwrap();
-        let read = State::read(&path).unwrap().unwrap();
-        let rules = read.rules.unwrap();
+        fs::write(&path, RELEASE_JSON).unwrap();
+        let state = State::load(&path).unwrap();
+        let migrated = dir.path().join("state.json.migrated");
+        assert_eq!(fs::read_to_string(&migrated).unwrap(), RELEASE_JSON);
+        let banned: Vec<String> = state.bans.keys().map(|net| net.to_string()).collect();
+        assert_eq!(
+            banned,
+            [
+                "192.0.2.0/24",
+                "198.18.0.1/32",
+                "198.51.100.7/32",
+                "2001:db8::/64"
+            ]
+        );
+        assert_eq!(state.allow.len(), 1);
+        assert_eq!(state.issued["cli"], 3);
+        assert_eq!(state.offenses.scores.len(), 1);
+        assert_eq!(state.offenses.history.len(), 1);
+        // The UDP rule of that release said `events = "new"`, which meant every packet.
+        let rules = state.rules.clone().unwrap();
         assert_eq!(rules.get("dns").unwrap().spec.events(), Events::All);
         assert_eq!(rules.get("ssh").unwrap().spec.events(), Events::New);
+        assert_eq!(
+            query(&path, "SELECT action || ' ' || source FROM history LIMIT 1"),
+            ["ban import"]
+        );
+        // The second read is the database's.
+        assert_eq!(State::load(&path).unwrap(), state);
+    }
+
+    #[test]
+    fn a_damaged_json_state_is_an_error_and_is_not_imported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        fs::write(&path, "{not json").unwrap();
+        let err = State::load(&path).unwrap_err();
+        assert!(
+            err.to_string().contains("fix it or replace it with"),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{not json");
+        assert!(!dir.path().join("state.db.migrated").exists());
     }
 
     #[test]
     fn rules_are_checked_on_read() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let mut rules = RuleTable::from_specs(&[crate::rules::RuleSpec::ssh()]).unwrap();
+        let path = dir.path().join("state.db");
+        let mut rules = RuleTable::from_specs(&[RuleSpec::ssh()]).unwrap();
         rules.rules[0].slot = 32;
         let state = State {
             rules: Some(rules),
             ..State::default()
         };
-        state.save(&path).unwrap();
+        state
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
         let err = State::read(&path).unwrap_err();
         assert!(
             err.to_string().contains("slot 32; slots are 0 to 31"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_next_expiry_comes_from_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        assert_eq!(next_expiry(&path).unwrap(), None);
+        let mut state = sample();
+        state
+            .bans
+            .insert("10.1.0.0/16".parse().unwrap(), entry(Some(1_750_000_000)));
+        state
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        assert_eq!(
+            next_expiry(&path).unwrap(),
+            Some(Timestamp::from_second(1_750_000_000).unwrap())
+        );
+        let conn = Connection::open(&path).unwrap();
+        let mut statement = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN \
+                 SELECT min(expires_at) FROM bans WHERE expires_at IS NOT NULL",
+            )
+            .unwrap();
+        let plan: Vec<String> = statement
+            .query_map([], |row| row.get::<_, String>(3))
+            .unwrap()
+            .map(|row| row.unwrap())
+            .collect();
+        assert!(
+            plan.iter().any(|step| step.contains("bans_by_expiry")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn a_scoped_read_takes_the_touched_bans_their_covers_and_what_they_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut state = State::default();
+        for net in [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.3/32",
+            "10.1.9.9/32",
+            "10.2.0.1/32",
+            "11.0.0.1/32",
+            "2001:db8::/32",
+        ] {
+            state.bans.insert(net.parse().unwrap(), entry(None));
+        }
+        state
+            .allow
+            .insert("192.0.2.1/32".parse().unwrap(), entry(None));
+        state
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        let touched: Vec<IpNet> = vec!["10.1.0.0/16".parse().unwrap()];
+        let scoped = State::read_scope(&path, &touched).unwrap().unwrap();
+        let read: Vec<String> = scoped.bans.keys().map(|net| net.to_string()).collect();
+        assert_eq!(
+            read,
+            ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3/32", "10.1.9.9/32"]
+        );
+        assert_eq!(scoped.allow.len(), 1, "the allowlist is read whole");
+        let host: Vec<IpNet> = vec!["10.2.0.1/32".parse().unwrap()];
+        let scoped = State::read_scope(&path, &host).unwrap().unwrap();
+        let read: Vec<String> = scoped.bans.keys().map(|net| net.to_string()).collect();
+        assert_eq!(read, ["10.0.0.0/8", "10.2.0.1/32"]);
+        let counts = summary(&path).unwrap().entries;
+        assert_eq!(counts["permanent"], 7);
+        assert_eq!(counts["allow"], 1);
+        let mut later = state.clone();
+        later
+            .bans
+            .insert("10.0.0.0/8".parse().unwrap(), entry(Some(1_900_000_000)));
+        later.bans.remove(&"11.0.0.1/32".parse().unwrap());
+        later.save_changes(&path, &state, &origin()).unwrap();
+        let counts = summary(&path).unwrap().entries;
+        assert_eq!(
+            (counts["permanent"], counts["temporary"]),
+            (5, 1),
+            "kept by triggers"
+        );
+        use blocker_common::{LIST_ALLOW_V4, LIST_BAN_V4, LIST_BAN_V6};
+        assert_eq!(
+            lists_in_use(&path).unwrap(),
+            LIST_ALLOW_V4 | LIST_BAN_V4 | LIST_BAN_V6
+        );
+    }
+
+    #[test]
+    fn stale_offense_scores_and_forgiven_histories_are_dropped_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let config = crate::offense::OffenseConfig::default();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let ago = |seconds: i64| Timestamp::from_second(1_800_000_000 - seconds).unwrap();
+        let mut state = State::default();
+        let half_life = config.half_life.as_secs() as i64;
+        for (subject, at) in [
+            ("192.0.2.1/32", ago(7 * half_life)),
+            ("192.0.2.2/32", ago(60)),
+        ] {
+            state.offenses.scores.insert(
+                subject.into(),
+                Score {
+                    score: 9.9,
+                    at,
+                    reasons: Vec::new(),
+                },
+            );
+        }
+        let forget = config.escalation_forget.as_secs() as i64;
+        for (net, last_ban) in [("192.0.2.1/32", ago(forget + 1)), ("192.0.2.2/32", ago(60))] {
+            state
+                .offenses
+                .history
+                .insert(net.parse().unwrap(), BanHistory { bans: 2, last_ban });
+        }
+        state
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        forget_offenses(&path, &config, now).unwrap();
+        let left = State::load(&path).unwrap().offenses;
+        assert_eq!(left.scores.keys().collect::<Vec<_>>(), ["192.0.2.2/32"]);
+        assert_eq!(left.history.len(), 1);
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Bans and the allowlist: the state file and the kernel maps, changed together under the pin
-//! directory lock. The state file is written only after the maps accepted every change, and a
-//! map that refuses one (full) gets all of the command's changes undone.
+//! Bans and the allowlist: the state database and the kernel maps, changed together under the
+//! pin directory lock. The database is the truth: a change is committed there first, then
+//! applied to the maps, which are brought from what they really hold; a map that refuses a
+//! change (full) gets all of the command's changes undone, in the maps and the database. A
+//! crash between the two is healed by the next writer or `load`, which reconcile the maps.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -23,7 +25,7 @@ use crate::{
     dynamic,
     pins::{DirLock, PinDir},
     rules::{RuleSpec, RuleTable},
-    state::{last_good_path, Entry, State},
+    state::{last_good_path, Entry, Origin, State},
     Error, Result,
 };
 
@@ -141,6 +143,11 @@ impl<K: aya::Pod, V: aya::Pod> Trie<K, V> {
             .collect()
     }
 
+    /// Looks `key` up by longest prefix.
+    fn lookup(&self, (prefix_len, data): (u32, K)) -> std::result::Result<(), MapError> {
+        self.map.get(&Key::new(prefix_len, data), 0).map(drop)
+    }
+
     /// Removes one entry; one that is already gone is fine.
     fn remove(&mut self, (prefix_len, data): (u32, K)) -> Result<()> {
         match self.map.remove(&Key::new(prefix_len, data)) {
@@ -198,6 +205,27 @@ impl KernelImage {
     }
 }
 
+/// An image that makes [`Maps::apply`] towards `target` write every entry of `target` and
+/// remove every prefix of `stale_bans` and `stale_allow` that `target` lacks, whatever the
+/// maps hold (their values are not read).
+fn overwriting(
+    target: &KernelImage,
+    stale_bans: impl Iterator<Item = IpNet>,
+    stale_allow: impl Iterator<Item = IpNet>,
+) -> KernelImage {
+    /// Never written: so every entry of the target differs from it.
+    const UNKNOWN: u32 = 0;
+    KernelImage {
+        bans: stale_bans
+            .filter(|net| !target.bans.contains_key(net))
+            .map(|net| (net, UNKNOWN))
+            .collect(),
+        allow: stale_allow
+            .filter(|net| !target.allow.contains(net))
+            .collect(),
+    }
+}
+
 /// The four LPM tries, opened from their pins.
 pub struct Maps {
     ban_v4: Trie<[u8; 4], BanValue>,
@@ -242,6 +270,25 @@ impl Maps {
             image.allow.insert(net(Ipv6Addr::from(addr).into(), len)?);
         }
         Ok(image)
+    }
+
+    /// Whether a longest-prefix lookup of `net` in the bans (`ban`) or allowlist trie finds
+    /// an entry: `net` itself or a prefix covering it.
+    fn holds(&self, net: &IpNet, ban: bool) -> Result<bool> {
+        let found = |result: std::result::Result<(), MapError>, name: &str| match result {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(err) => Err(Error::Map {
+                context: format!("reading map {name}"),
+                source: err,
+            }),
+        };
+        match (net, ban) {
+            (IpNet::V4(v4), true) => found(self.ban_v4.lookup(v4_key(v4)), self.ban_v4.name),
+            (IpNet::V6(v6), true) => found(self.ban_v6.lookup(v6_key(v6)), self.ban_v6.name),
+            (IpNet::V4(v4), false) => found(self.allow_v4.lookup(v4_key(v4)), self.allow_v4.name),
+            (IpNet::V6(v6), false) => found(self.allow_v6.lookup(v6_key(v6)), self.allow_v6.name),
+        }
     }
 
     /// Sets a ban's kernel expiry, or removes it with `None`.
@@ -355,11 +402,17 @@ pub struct Store {
     pub state: State,
     /// The state as it was when opened.
     before: State,
-    /// What the bans and allowlist maps held when opened: changes are made from this.
+    /// What the bans and allowlist maps held when opened: changes are made from this. Empty
+    /// for a scoped session, which does not read the maps.
     kernel: KernelImage,
+    /// A session opened for a few prefixes ([`Store::open_scoped`]): only they, and the bans
+    /// their kernel expiries depend on, were read, and only they are written.
+    scope: Option<Vec<IpNet>>,
     /// The rule slots as the kernel held them when opened.
     kernel_rules: Vec<Rule>,
     pub now: Now,
+    /// Who makes the changes, for the history.
+    pub origin: Origin,
 }
 
 impl Store {
@@ -371,6 +424,63 @@ impl Store {
         let mut store = Self::open_locked(pins, state_path)?;
         store._lock = Some(lock);
         Ok(store)
+    }
+
+    /// Like [`Store::open`] for a change of the bans and allowlist entries `touched` (and
+    /// offenses of those prefixes): reads only the rows they need, by index, and does not
+    /// read the maps, so its cost does not grow with the number of stored entries. The maps
+    /// are written for those prefixes whatever they held (which heals what a crash between
+    /// a commit and the maps left); `load` and the daemon's start reconcile everything.
+    pub fn open_scoped(pins: &PinDir, state_path: &Path, touched: &[IpNet]) -> Result<Self> {
+        pins.require_loaded()?;
+        let lock = pins.lock()?;
+        let state = State::read_scope(state_path, touched)?;
+        let mut store = match state {
+            // A missing database is checked against the maps, as a full session does.
+            None => Self::with_state(pins, state_path, None)?,
+            Some(state) => {
+                let maps = Maps::open(pins)?;
+                Self {
+                    _lock: None,
+                    pins: pins.clone(),
+                    fresh_maps: false,
+                    maps,
+                    state_path: state_path.to_path_buf(),
+                    before: state.clone(),
+                    state,
+                    kernel: KernelImage::default(),
+                    scope: Some(touched.to_vec()),
+                    kernel_rules: read_rules(pins)?,
+                    now: Now::read(),
+                    origin: Origin::local("cli"),
+                }
+            }
+        };
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
+    /// Whether the kernel may hold `net` in the bans (`ban`) or allowlist trie though the
+    /// state does not: for a scoped session, a longest-prefix lookup that finds an entry no
+    /// stored prefix covering `net` explains.
+    fn kernel_holds(&self, net: &IpNet, ban: bool) -> bool {
+        if self.scope.is_none() {
+            return if ban {
+                self.kernel.bans.contains_key(net)
+            } else {
+                self.kernel.allow.contains(net)
+            };
+        }
+        let stored = if ban {
+            &self.before.bans
+        } else {
+            &self.before.allow
+        };
+        let covered = stored
+            .keys()
+            .any(|other| other != net && other.contains(net));
+        // An unreadable map: say nothing rather than "was not banned".
+        self.maps.holds(net, ban).unwrap_or(true) && !covered
     }
 
     /// Like [`Store::open`], for a caller that already holds the lock. A missing state file
@@ -413,8 +523,10 @@ impl Store {
             before: state.clone(),
             state,
             kernel,
+            scope: None,
             kernel_rules,
             now: Now::read(),
+            origin: Origin::local("cli"),
         })
     }
 
@@ -461,9 +573,7 @@ impl Store {
     /// kernel (an entry only the kernel has is removed all the same by [`Store::commit`]).
     pub fn unban(&mut self, nets: &[IpNet]) -> Vec<IpNet> {
         nets.iter()
-            .filter(|net| {
-                self.state.bans.remove(net).is_none() && !self.kernel.bans.contains_key(net)
-            })
+            .filter(|net| self.state.bans.remove(net).is_none() && !self.kernel_holds(net, true))
             .copied()
             .collect()
     }
@@ -488,9 +598,7 @@ impl Store {
     /// nor in the kernel.
     pub fn disallow(&mut self, nets: &[IpNet]) -> Vec<IpNet> {
         nets.iter()
-            .filter(|net| {
-                self.state.allow.remove(net).is_none() && !self.kernel.allow.contains(net)
-            })
+            .filter(|net| self.state.allow.remove(net).is_none() && !self.kernel_holds(net, false))
             .copied()
             .collect()
     }
@@ -521,8 +629,22 @@ impl Store {
 
     /// Brings the maps from what they hold to the state, then saves the state (if `save`).
     fn write(mut self, progress: impl FnMut(), save: bool) -> Result<()> {
-        let after = kernel_image(&self.state, &self.now);
-        let before = std::mem::take(&mut self.kernel).matched_to(&after, &self.now);
+        let (before, after) = match &self.scope {
+            None => {
+                let after = kernel_image(&self.state, &self.now);
+                let before = std::mem::take(&mut self.kernel).matched_to(&after, &self.now);
+                (before, after)
+            }
+            Some(touched) => {
+                let mut after = kernel_image(&self.state, &self.now);
+                after.allow.retain(|net| touched.contains(net));
+                let stale_bans = self.before.bans.keys().chain(touched).copied();
+                (
+                    overwriting(&after, stale_bans, touched.iter().copied()),
+                    after,
+                )
+            }
+        };
         let kernel_rules_differ = match &self.state.rules {
             Some(rules) => {
                 rules
@@ -536,32 +658,48 @@ impl Store {
         };
         let rules_changed =
             self.fresh_maps || kernel_rules_differ || self.state.rules != self.before.rules;
-        self.maps.apply(&before, &after, progress)?;
-        let result = match &self.state.rules {
-            Some(rules) if rules_changed => {
-                let previous = self.before.rules.as_ref().filter(|_| !self.fresh_maps);
-                dynamic::write_rules(&self.pins, previous, rules)
-            }
-            _ => Ok(()),
-        }
-        .and_then(|()| {
-            dynamic::write_settings(
-                &self.pins,
-                self.state.rules.as_ref(),
-                after.lists(),
-                rules_changed,
+        // The database first: once committed, a crash before the maps follow is healed by
+        // the next writer or `load`, which bring the maps to the database.
+        let written = if save {
+            Some(
+                self.state
+                    .save_changes(&self.state_path, &self.before, &self.origin)?,
             )
-        })
-        .and_then(|()| {
-            if save {
-                self.state.save(&self.state_path)
-            } else {
-                Ok(())
+        } else {
+            None
+        };
+        let lists = match (&self.scope, save) {
+            (Some(_), true) => crate::state::lists_in_use(&self.state_path),
+            _ => Ok(after.lists()),
+        };
+        let result = lists.and_then(|lists| {
+            self.maps.apply(&before, &after, progress)?;
+            let kernel = match &self.state.rules {
+                Some(rules) if rules_changed => {
+                    let previous = self.before.rules.as_ref().filter(|_| !self.fresh_maps);
+                    dynamic::write_rules(&self.pins, previous, rules)
+                }
+                _ => Ok(()),
             }
+            .and_then(|()| {
+                dynamic::write_settings(&self.pins, self.state.rules.as_ref(), lists, rules_changed)
+            });
+            if kernel.is_err() {
+                let _ = self.maps.apply(&after, &before, || {});
+            }
+            kernel
         });
+        if result.is_err() {
+            if let Some(touched) = &self.scope {
+                // The kernel's values were not read: write back what the state held.
+                let held = kernel_image(&self.before, &self.now);
+                let stale_bans = after.bans.keys().chain(touched).copied();
+                let stale = overwriting(&held, stale_bans, touched.iter().copied());
+                let _ = self.maps.apply(&stale, &held, || {});
+            }
+        }
         if let Err(err) = result {
-            // Keep kernel and file in agreement: the command reports failure, so undo it.
-            let _ = self.maps.apply(&after, &before, || {});
+            // Keep kernel and database in agreement: the command reports failure, so undo it.
             if rules_changed && !self.fresh_maps {
                 if let Some(rules) = &self.before.rules {
                     let _ = dynamic::write_rules(&self.pins, None, rules);
@@ -573,6 +711,11 @@ impl Store {
                 before.lists(),
                 rules_changed,
             );
+            if let Some(written) = written {
+                if let Err(undo) = self.state.undo(&self.state_path, &self.before, &written) {
+                    tracing::error!("undoing the state change: {undo}");
+                }
+            }
             return Err(err);
         }
         // The XDP program checks the allowlist first, so these entries no longer drop anything;
@@ -610,6 +753,7 @@ pub fn restore(
         (State::read(state_path)?, None)
     };
     let mut store = Store::with_state(pins, state_path, state)?;
+    store.origin = Origin::local("load");
     let saved = store.state.rules.clone().unwrap_or_default();
     match config_rules {
         Some(specs) => {
@@ -626,7 +770,6 @@ pub fn restore(
         return Ok(None);
     }
     store.fresh_maps = true;
-    store.before = State::default();
     // Bans the wall clock calls expired are kept, but not counted: the kernel ignores them.
     let restored = {
         let now = store.now.wall;

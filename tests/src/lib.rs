@@ -7,7 +7,7 @@
 
 use std::{
     fs::File,
-    io::{Read, Write},
+    io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -398,7 +398,7 @@ impl TestNet {
     }
 
     pub fn state_path(&self) -> PathBuf {
-        self.state_dir.path().join("state.json")
+        self.state_dir.path().join("state.db")
     }
 
     fn command(&self, netns: Option<&str>) -> Command {
@@ -496,7 +496,7 @@ impl TestNet {
             .env("BLOCKER_PIN_DIR", self.client_pin_dir())
             .env(
                 "BLOCKER_STATE",
-                self.state_dir.path().join("client-state.json"),
+                self.state_dir.path().join("client-state.db"),
             )
             .output()
             .expect("running blocker")
@@ -647,13 +647,62 @@ impl TestNet {
         tcp
     }
 
-    /// Reads the state file's text (empty if absent).
+    /// Every row of the state database but the history, one line each in a stable order
+    /// (empty if there is no database): what tests compare to see that nothing changed.
     pub fn state_text(&self) -> String {
+        if !self.state_path().exists() {
+            return String::new();
+        }
+        let db = self.state_db();
         let mut text = String::new();
-        if let Ok(mut file) = File::open(self.state_path()) {
-            file.read_to_string(&mut text).expect("reading state");
+        for table in [
+            "bans",
+            "allow",
+            "rules",
+            "offense_scores",
+            "offense_bans",
+            "counters",
+        ] {
+            let mut statement = db
+                .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+                .expect("reading the state");
+            let columns = statement.column_count();
+            let mut rows = statement.query([]).expect("reading the state");
+            while let Some(row) = rows.next().expect("reading the state") {
+                let values: Vec<String> = (0..columns)
+                    .map(|i| match row.get_ref(i).expect("a column") {
+                        rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                        rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                        rusqlite::types::ValueRef::Real(x) => x.to_string(),
+                        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                            String::from_utf8_lossy(t).into_owned()
+                        }
+                    })
+                    .collect();
+                text.push_str(&format!("{table}: {}\n", values.join(" | ")));
+            }
         }
         text
+    }
+
+    /// The state database, to look at or to change as a hand edit would.
+    pub fn state_db(&self) -> rusqlite::Connection {
+        let db = rusqlite::Connection::open(self.state_path()).expect("opening the state");
+        db.busy_timeout(Duration::from_secs(10))
+            .expect("setting a busy timeout");
+        db
+    }
+
+    /// The prefixes of the stored bans, sorted.
+    pub fn stored_bans(&self) -> Vec<String> {
+        let db = self.state_db();
+        let mut statement = db
+            .prepare("SELECT prefix FROM bans ORDER BY prefix")
+            .expect("reading the state");
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .expect("reading the state");
+        rows.map(|row| row.expect("a prefix")).collect()
     }
 }
 

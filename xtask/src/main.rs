@@ -42,6 +42,9 @@ enum Task {
         /// A reduced set that runs in about two minutes.
         #[arg(long)]
         quick: bool,
+        /// Only the state database at scale (1M stored bans; 100k with --quick).
+        #[arg(long)]
+        state: bool,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP
     /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
@@ -114,12 +117,16 @@ fn main() -> Result<()> {
                 .env("BLOCKER_BIN", &blocker);
             run(&mut test)?;
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, state } => {
             setup_build_chain()?;
             setup_test_tools()?;
             require_root("the benchmarks load XDP programs and create namespaces")?;
             run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
-            bench::run(&root, bench::Plan::new(quick))?;
+            if state {
+                bench::state::run_alone(&root, bench::Plan::new(quick))?;
+            } else {
+                bench::run(&root, bench::Plan::new(quick))?;
+            }
         }
         Task::Fuzz {
             frames,

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::Body,
-    extract::State as AxumState,
+    extract::{RawQuery, State as AxumState},
     http::{header, HeaderMap, StatusCode},
     middleware,
     response::{IntoResponse, Response},
@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{auth, feed, metrics, offenses::OffenseQueue, Daemon};
 use crate::{
+    listing::{self, BanFilter},
     offense::Severity,
-    state::{Listed, State},
+    state::Listed,
     Error,
 };
 
@@ -173,11 +174,85 @@ async fn post_offense(
     Ok(Json(answer))
 }
 
-/// The bans in force, with the fields of `blocker list --json`.
-async fn get_bans(AxumState(api): AxumState<Api>) -> Result<Json<Vec<Listed>>, ApiError> {
+/// Bans per page when the request names no `limit`, and the most one may ask for.
+const DEFAULT_PAGE: u64 = 1_000;
+const MAX_PAGE: u64 = 10_000;
+
+/// The bans in force, with the fields of `blocker list --json`, filtered by the query
+/// parameters `kind`, `source`, `reason`, `since` (as `blocker list`) and paginated: `limit`
+/// bans (1,000 by default, 10,000 at most) after `cursor`; the `Next-Cursor` header holds
+/// the cursor of the next page while there is one.
+async fn get_bans(
+    AxumState(api): AxumState<Api>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let filter = ban_filter(query.as_deref().unwrap_or(""), Timestamp::now())?;
     let state_path = api.daemon.state_path.clone();
-    let state = blocking(move || State::load(&state_path)).await?;
-    Ok(Json(state.listed_bans(Timestamp::now())))
+    let (bans, next) = blocking(move || {
+        let mut bans: Vec<Listed> = Vec::new();
+        let next = listing::bans(&state_path, &filter, Timestamp::now(), |listed| {
+            bans.push(listed);
+            Ok(())
+        })?;
+        Ok((bans, next))
+    })
+    .await?;
+    let mut response = Json(bans).into_response();
+    if let Some(next) = next.and_then(|next| header::HeaderValue::from_str(&next).ok()) {
+        response.headers_mut().insert("next-cursor", next);
+    }
+    Ok(response)
+}
+
+/// The listing filter of a `/v1/bans` query string.
+fn ban_filter(query: &str, now: Timestamp) -> Result<BanFilter, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let mut filter = BanFilter {
+        limit: Some(DEFAULT_PAGE),
+        ..BanFilter::default()
+    };
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| bad(format!("{name}: bad encoding")))?;
+        match name {
+            "kind" => filter.kind = Some(value),
+            "source" => filter.source = Some(value),
+            "reason" => filter.reason = Some(value),
+            "since" => {
+                filter.since =
+                    Some(listing::parse_since(&value, now).map_err(|err| bad(err.to_string()))?)
+            }
+            "cursor" => filter.after = Some(value),
+            "limit" => {
+                let limit: u64 = value
+                    .parse()
+                    .ok()
+                    .filter(|limit| (1..=MAX_PAGE).contains(limit))
+                    .ok_or_else(|| bad(format!("limit must be 1 to {MAX_PAGE}")))?;
+                filter.limit = Some(limit);
+            }
+            other => return Err(bad(format!("unknown parameter {other:?}"))),
+        }
+    }
+    filter.check().map_err(|err| bad(err.to_string()))?;
+    Ok(filter)
+}
+
+/// Decodes `%XX` escapes and `+` (space) of a query string value.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.bytes();
+    while let Some(byte) = rest.next() {
+        bytes.push(match byte {
+            b'+' => b' ',
+            b'%' => {
+                let hex = [rest.next()?, rest.next()?];
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            other => other,
+        });
+    }
+    String::from_utf8(bytes).ok()
 }
 
 async fn not_found() -> ApiError {

@@ -1,12 +1,12 @@
-//! Expiry of temporary bans, and the health of the state file. The state file is read again
-//! only when it changed and the lock is taken only when something is due, so a large state
-//! costs nothing between expiries. A state file that stops parsing (a bad hand edit) is
-//! reported loudly and refuses writes until fixed; the kernel keeps enforcing what it holds.
+//! Expiry of temporary bans, and the health of the state database. Each poll asks the expiry
+//! index for the next due ban and the lock is taken only when something is due, so a large
+//! state costs nothing between expiries. A database that cannot be read (damaged, replaced)
+//! is reported loudly and refuses writes until fixed; the kernel keeps enforcing what it holds.
 
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -14,7 +14,13 @@ use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use crate::{events::EventRecord, pins::PinDir, state::State, store::Store, Result};
+use crate::{
+    events::EventRecord,
+    pins::PinDir,
+    state::{expired_bans, next_expiry, Origin},
+    store::Store,
+    Result,
+};
 
 /// Whether the state file reads, as last seen; writes are refused while it does not.
 #[derive(Clone, Default)]
@@ -43,54 +49,36 @@ impl StateHealth {
     }
 }
 
-/// When the next temporary ban of the state file is due.
-#[derive(Default)]
-struct ExpiryWatch {
-    modified: Option<SystemTime>,
-    next_due: Option<Timestamp>,
-}
-
-impl ExpiryWatch {
-    fn poll(&mut self, pins: &PinDir, state_path: &Path) -> Result<Vec<EventRecord>> {
-        let modified = std::fs::metadata(state_path)
-            .and_then(|meta| meta.modified())
-            .ok();
-        if modified.is_none() || modified != self.modified {
-            let state = State::load(state_path)?;
-            self.next_due = state
-                .bans
-                .values()
-                .filter_map(|entry| entry.expires_at)
-                .min();
-            self.modified = modified;
-        }
-        let now = Timestamp::now();
-        if self.next_due.is_none_or(|due| due > now) {
-            return Ok(Vec::new());
-        }
-        // `commit` prunes expired entries from the maps and the file.
-        let store = Store::open(pins, state_path)?;
-        let due: Vec<IpNet> = store
-            .state
-            .bans
-            .iter()
-            .filter(|(_, entry)| entry.is_expired(now))
-            .map(|(net, _)| *net)
-            .collect();
-        store.commit(|| {})?;
-        self.modified = None;
-        Ok(due
-            .into_iter()
-            .map(|net| EventRecord {
-                event: "expired",
-                addr: net.to_string(),
-                rule: None,
-                hits: None,
-                expires_at: None,
-                at: now,
-            })
-            .collect())
+/// Removes the bans due at this poll: one query of the expiry index a poll, and a session
+/// scoped to the due prefixes when there are some, so a large state costs nothing here.
+fn expire_due(pins: &PinDir, state_path: &Path) -> Result<Vec<EventRecord>> {
+    let now = Timestamp::now();
+    if next_expiry(state_path)?.is_none_or(|due| due > now) {
+        return Ok(Vec::new());
     }
+    let due = expired_bans(state_path, now)?;
+    // `commit` prunes the expired entries it read from the maps and the database.
+    let mut store = Store::open_scoped(pins, state_path, &due)?;
+    store.origin = Origin::local("expiry");
+    let due: Vec<IpNet> = store
+        .state
+        .bans
+        .iter()
+        .filter(|(_, entry)| entry.is_expired(store.now.wall))
+        .map(|(net, _)| *net)
+        .collect();
+    store.commit(|| {})?;
+    Ok(due
+        .into_iter()
+        .map(|net| EventRecord {
+            event: "expired",
+            addr: net.to_string(),
+            rule: None,
+            hits: None,
+            expires_at: None,
+            at: now,
+        })
+        .collect())
 }
 
 /// Removes expired bans from the maps and the state file once a second, reporting each, and
@@ -102,27 +90,14 @@ pub async fn expire_loop(
     notify: mpsc::Sender<EventRecord>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut watch = ExpiryWatch::default();
     loop {
         tick.tick().await;
         let (pins, state_path) = (pins.clone(), state_path.clone());
-        let polled = tokio::task::spawn_blocking(move || {
-            let expired = watch.poll(&pins, &state_path);
-            // Read the file next time too while it is broken, to notice the fix.
-            if expired.is_err() {
-                watch.modified = None;
-            }
-            (watch, expired)
-        })
-        .await;
+        let polled = tokio::task::spawn_blocking(move || expire_due(&pins, &state_path)).await;
         let expired = match polled {
-            Ok((polled, expired)) => {
-                watch = polled;
-                expired
-            }
+            Ok(expired) => expired,
             Err(err) => {
                 error!("expiry: {err}");
-                watch = ExpiryWatch::default();
                 continue;
             }
         };

@@ -19,7 +19,12 @@ use tracing::warn;
 
 use super::api::{Api, ApiError};
 use crate::{
-    clock::Now, dynamic, offense::Level, pins::PinDir, state::State, status, Error, Result,
+    clock::Now,
+    dynamic,
+    offense::Level,
+    pins::PinDir,
+    state::{summary, Summary},
+    status, Error, Result,
 };
 
 /// Prometheus text, or OpenMetrics when the scraper asks for it.
@@ -91,11 +96,11 @@ pub fn metrics_text(
     offenses: &BTreeMap<String, u64>,
 ) -> Result<String> {
     let status = status::read(pins)?;
-    let (state, state_readable) = match State::load(state_path) {
+    let (state, state_readable) = match summary(state_path) {
         Ok(state) => (state, 1),
         Err(err) => {
             warn!("metrics without the state file: {err}");
-            (State::default(), 0)
+            (Summary::default(), 0)
         }
     };
     let now = Now::read();
@@ -140,11 +145,12 @@ pub fn metrics_text(
     );
 
     let bans = Family::<Labels, Gauge>::default();
-    let mut listed = state.listed_bans(now.wall);
-    listed.extend(state.listed_allow());
-    listed.extend(dynamic::blacklist(pins, None, &now)?);
+    let dynamic = dynamic::blacklist(pins, None, &now)?.len();
     for kind in ["permanent", "temporary", "dynamic", "allow"] {
-        let count = listed.iter().filter(|entry| entry.kind == kind).count();
+        let count = match kind {
+            "dynamic" => dynamic as u64,
+            kind => state.entries.get(kind).copied().unwrap_or(0),
+        };
         bans.get_or_create(&labels(&[("kind", kind)]))
             .set(count as i64);
     }

@@ -110,6 +110,25 @@ impl Daemon {
             );
         }
 
+        // Writers change only the prefixes they touch: bring every map entry to the database
+        // once, healing what a writer killed between its commit and the maps left.
+        let (pins, state_path) = (self.pins.clone(), self.state_path.clone());
+        let reconciled = tokio::task::spawn_blocking(move || {
+            let mut store = crate::store::Store::open(&pins, &state_path)?;
+            store.origin = crate::state::Origin::local("daemon");
+            let reconciled = store.commit(|| {});
+            // The whole state was in memory for this once: give it back to the system, so
+            // the daemon's footprint does not keep the size of the state.
+            // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+            unsafe { nix::libc::malloc_trim(0) };
+            reconciled
+        })
+        .await;
+        match reconciled {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => error!("reconciling the maps with the state: {err}"),
+            Err(err) => error!("reconciling the maps with the state: {err}"),
+        }
         let (notify_tx, notify_rx) = mpsc::channel::<EventRecord>(notify::NOTIFY_QUEUE);
         tokio::spawn(notify::notifier(self.config.clone(), notify_rx));
         let api = api::Api {

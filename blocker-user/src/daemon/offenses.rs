@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     offense::{OffenseConfig, Severity, Verdict},
     pins::PinDir,
+    state::{forget_offenses, Origin},
     store::Store,
     text::MAX_REASON_BYTES,
     Error, Result,
@@ -125,6 +126,9 @@ fn score(store: &mut Store, config: &Config, offense: &ValidOffense) -> Result<O
     })
 }
 
+/// How often stale offense scores are dropped from the database, at most.
+const FORGET_EVERY_S: i64 = 60;
+
 /// Records validated offenses in one store session and one commit. Each gets its own answer;
 /// a failed commit fails them all (nothing of the batch was stored).
 pub fn record_batch(
@@ -133,7 +137,12 @@ pub fn record_batch(
     config: &Config,
     offenses: &[ValidOffense],
 ) -> Result<Vec<Result<OffenseAnswer>>> {
-    let mut store = Store::open(pins, state_path)?;
+    let touched: Vec<IpNet> = offenses
+        .iter()
+        .map(|offense| config.offenses.prefix_of(offense.net))
+        .collect();
+    let mut store = Store::open_scoped(pins, state_path, &touched)?;
+    store.origin = Origin::local("offense");
     let answers = offenses
         .iter()
         .map(|offense| score(&mut store, config, offense))
@@ -141,6 +150,14 @@ pub fn record_batch(
     let now = store.now.wall;
     store.state.offenses.forget(&config.offenses, now);
     store.commit(|| {})?;
+    // The batch read only its own sources: the others' stale scores go by index, once a
+    // minute at most (it is a transaction of its own).
+    static LAST_FORGET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let last = LAST_FORGET.load(std::sync::atomic::Ordering::Relaxed);
+    if now.as_second() - last >= FORGET_EVERY_S {
+        forget_offenses(state_path, &config.offenses, now)?;
+        LAST_FORGET.store(now.as_second(), std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(answers)
 }
 

@@ -4,6 +4,7 @@
 
 mod chart;
 mod daemon;
+pub mod state;
 mod throughput;
 
 use std::{
@@ -97,6 +98,7 @@ struct Report {
     control_plane: ControlPlane,
     throughput: Vec<throughput::Row>,
     daemon: daemon::DaemonLoad,
+    state: state::StateScale,
 }
 
 fn verdict_name(retval: u32) -> &'static str {
@@ -186,7 +188,7 @@ impl Lab {
         let lab = Self {
             ns: format!("blkbench{id}"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/blocker-bench-{id}")),
-            state: dir.path().join("state.json"),
+            state: dir.path().join("state.db"),
             blocker: root.join("target/release/blocker"),
             dir,
         };
@@ -469,6 +471,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     drop(lab);
     let throughput = throughput::run(root, plan)?;
     let daemon = daemon::run(root, plan)?;
+    let state = state::run(root, plan)?;
 
     let report = Report {
         machine: machine(),
@@ -480,6 +483,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
         control_plane,
         throughput,
         daemon,
+        state,
     };
     write_report(root, &report)
 }
@@ -863,5 +867,6 @@ fn markdown(report: &Report) -> String {
     }
     out += &throughput::markdown(&report.throughput);
     out += &daemon::markdown(&report.daemon);
+    out += &state::markdown(&report.state);
     out
 }
