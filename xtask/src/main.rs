@@ -112,7 +112,8 @@ fn main() -> Result<()> {
             let blocker = root.join("target/debug/blocker");
             let mut test = Command::new(cargo());
             // The integration tests are `#[ignore]`d for a plain `cargo test` (they need root).
-            test.args(["test", "--workspace", "--", "--include-ignored"])
+            // Every test binary runs, so one failure does not hide the others.
+            test.args(["test", "--workspace", "--no-fail-fast", "--", "--include-ignored"])
                 .args(&args)
                 .env("BLOCKER_BIN", &blocker);
             run(&mut test)?;
