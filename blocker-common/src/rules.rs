@@ -393,6 +393,39 @@ pub fn rule_matches(rule: &Rule, proto: u8, dport: u16, opens_connection: bool) 
     !(rule.new_only != 0 && proto == 6 && !opens_connection)
 }
 
+impl BlacklistEntry {
+    /// The entry the rule in `slot` puts a source on at `now_ms`, after `hits` events.
+    #[inline(always)]
+    pub fn for_rule(rule: &Rule, slot: u16, hits: u32, now_ms: u64) -> Self {
+        Self {
+            expires_at_ms: now_ms + u64::from(rule.blacklist_ms),
+            refresh_ms: if rule.refresh != 0 {
+                rule.blacklist_ms
+            } else {
+                0
+            },
+            hits,
+            slot,
+            action: u16::from(rule.action),
+            generation: rule.generation,
+        }
+    }
+}
+
+impl core::ops::Add for RuleStats {
+    type Output = Self;
+
+    /// Per-CPU counters summed field by field.
+    fn add(self, other: Self) -> Self {
+        Self {
+            events: self.events + other.events,
+            blacklisted: self.blacklisted + other.blacklisted,
+            dropped: self.dropped + other.dropped,
+            rejected: self.rejected + other.rejected,
+        }
+    }
+}
+
 /// Whether a blacklisted source is still blocked at `now_ms`; refreshes the expiry in place
 /// when the rule says so (`--update`).
 #[inline(always)]

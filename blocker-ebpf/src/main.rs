@@ -643,18 +643,7 @@ mod program {
                     stats.events += 1;
                     stats.blacklisted += 1;
                 }
-                let entry = BlacklistEntry {
-                    expires_at_ms: now_ms + u64::from(rule.blacklist_ms),
-                    refresh_ms: if rule.refresh != 0 {
-                        rule.blacklist_ms
-                    } else {
-                        0
-                    },
-                    hits,
-                    slot: slot as u16,
-                    action: u16::from(rule.action),
-                    generation: rule.generation,
-                };
+                let entry = BlacklistEntry::for_rule(rule, slot as u16, hits, now_ms);
                 let _ = BLACKLIST.insert(&key.source, &entry, 0);
                 // A full ring buffer loses the event, never the packet's verdict.
                 if let Some(mut event) = EVENTS.reserve(0) {

@@ -146,14 +146,7 @@ pub fn rule_stats(pins: &PinDir) -> Result<Vec<RuleStats>> {
     (0..MAX_RULES as u32)
         .map(|slot| {
             let per_cpu = stats.get(&slot, 0).map_err(Error::map(context.clone()))?;
-            Ok(per_cpu
-                .iter()
-                .fold(RuleStats::default(), |sum, s| RuleStats {
-                    events: sum.events + s.events,
-                    blacklisted: sum.blacklisted + s.blacklisted,
-                    dropped: sum.dropped + s.dropped,
-                    rejected: sum.rejected + s.rejected,
-                }))
+            Ok(per_cpu.iter().fold(RuleStats::default(), |sum, s| sum + *s))
         })
         .collect()
 }

@@ -113,9 +113,15 @@ fn main() -> Result<()> {
             let mut test = Command::new(cargo());
             // The integration tests are `#[ignore]`d for a plain `cargo test` (they need root).
             // Every test binary runs, so one failure does not hide the others.
-            test.args(["test", "--workspace", "--no-fail-fast", "--", "--include-ignored"])
-                .args(&args)
-                .env("BLOCKER_BIN", &blocker);
+            test.args([
+                "test",
+                "--workspace",
+                "--no-fail-fast",
+                "--",
+                "--include-ignored",
+            ])
+            .args(&args)
+            .env("BLOCKER_BIN", &blocker);
             run(&mut test)?;
         }
         Task::Bench { quick, state } => {

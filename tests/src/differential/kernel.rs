@@ -169,14 +169,7 @@ impl Kernel {
         (0..MAX_RULES as u32)
             .map(|slot| {
                 let per_cpu = self.rule_stats.get(&slot, 0)?;
-                Ok(per_cpu
-                    .iter()
-                    .fold(RuleStats::default(), |sum, s| RuleStats {
-                        events: sum.events + s.events,
-                        blacklisted: sum.blacklisted + s.blacklisted,
-                        dropped: sum.dropped + s.dropped,
-                        rejected: sum.rejected + s.rejected,
-                    }))
+                Ok(per_cpu.iter().fold(RuleStats::default(), |sum, s| sum + *s))
             })
             .collect()
     }

@@ -224,18 +224,7 @@ impl Model {
                     let stats = &mut self.rule_stats[slot];
                     stats.events += 1;
                     stats.blacklisted += 1;
-                    let entry = BlacklistEntry {
-                        expires_at_ms: now + u64::from(rule.blacklist_ms),
-                        refresh_ms: if rule.refresh != 0 {
-                            rule.blacklist_ms
-                        } else {
-                            0
-                        },
-                        hits,
-                        slot: slot as u16,
-                        action: u16::from(rule.action),
-                        generation: rule.generation,
-                    };
+                    let entry = BlacklistEntry::for_rule(&rule, slot as u16, hits, now);
                     self.blacklist.insert(key.source, entry);
                     return self.punish(frame, ip, entry.action, slot, Reason::RuleTriggered);
                 }
