@@ -130,6 +130,26 @@ pub fn require_root() {
     );
 }
 
+/// Runs `command` with `input` on its stdin, capturing its output.
+pub fn run_with_stdin(command: &mut Command, input: &[u8]) -> Run {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running blocker");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("writing stdin");
+    child
+        .wait_with_output()
+        .expect("waiting for blocker")
+        .into()
+}
+
 /// The `blocker` binary under test.
 pub fn blocker_bin() -> PathBuf {
     std::env::var_os("BLOCKER_BIN")
@@ -429,24 +449,7 @@ impl TestNet {
 
     /// Runs `blocker ARGS` with `input` on stdin.
     pub fn blocker_with_stdin(&self, args: &[&str], input: &str) -> Run {
-        let mut child = self
-            .command(None)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running blocker");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("writing stdin");
-        child
-            .wait_with_output()
-            .expect("waiting for blocker")
-            .into()
+        run_with_stdin(self.command(None).args(args), input.as_bytes())
     }
 
     /// Runs `blocker ARGS` inside the server namespace (for `load`, which names an interface).

@@ -4,7 +4,7 @@
 
 use std::process::{Command, Stdio};
 
-use blocker_tests::{blocker_bin, require_root, Run, TestNet};
+use blocker_tests::{blocker_bin, require_root, run_with_stdin, Run, TestNet};
 
 /// `blocker ARGS` with this test's pins and state, `env` set and no SSH session inherited from
 /// whoever runs the tests; in the server namespace (whose addresses are "this host") with
@@ -20,7 +20,6 @@ fn blocker_with_stdin(
     args: &[&str],
     input: &str,
 ) -> Run {
-    use std::io::Write;
     let mut command = if in_server {
         let mut nsenter = Command::new("nsenter");
         nsenter
@@ -37,21 +36,8 @@ fn blocker_with_stdin(
         .env("RUST_LOG", "info")
         .env_remove("SSH_CONNECTION")
         .env_remove("SSH_CLIENT")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("running blocker");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("writing stdin");
-    child
-        .wait_with_output()
-        .expect("waiting for blocker")
-        .into()
+        .envs(env.iter().copied());
+    run_with_stdin(&mut command, input.as_bytes())
 }
 
 /// `SSH_CONNECTION` as sshd sets it for a session from `client` to the server's port 22.

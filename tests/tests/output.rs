@@ -9,26 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blocker_tests::{blocker_bin, require_root, Run, TestNet};
+use blocker_tests::{blocker_bin, require_root, run_with_stdin, Run, TestNet};
 
 /// `blocker ARGS` with this test's pins and state and raw bytes on stdin.
 fn blocker_with_bytes(net: &TestNet, args: &[&str], input: &[u8]) -> Run {
-    let mut child = command(net, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running blocker");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("writing stdin");
-    child
-        .wait_with_output()
-        .expect("waiting for blocker")
-        .into()
+    run_with_stdin(&mut command(net, args), input)
 }
 
 fn command(net: &TestNet, args: &[&str]) -> Command {
