@@ -2,7 +2,7 @@
 //! source or of the host's own addresses need `--force`, and `load` warns when a rule limits
 //! the operator's unallowlisted SSH source.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use blocker_tests::{blocker_bin, require_root, run_with_stdin, Run, TestNet};
 

@@ -3,7 +3,7 @@
 //! input (exit 2) wherever it comes from.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
