@@ -5,7 +5,9 @@
 //! one to a source that cannot be unicast to, and at most a token bucket's worth per CPU, so
 //! rejects never amplify a spoofed flood.
 
-use crate::{FAMILY_V4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::{
+    FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
 
 /// Longest stretch of the offending IPv4 packet quoted in an ICMP error: a header with
 /// options and 8 bytes of what follows (RFC 792).
@@ -19,9 +21,6 @@ pub const UNREACH_V4_LEN: usize = 20 + 8 + QUOTE_V4_MAX;
 pub const UNREACH_V6_LEN: usize = 40 + 8 + QUOTE_V6_MAX;
 
 const REPLY_TTL: u8 = 64;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_ICMPV6: u8 = 58;
 
 /// Whether a packet of `proto` can be answered: not ICMP (errors are never answered with
 /// errors), not a TCP reset, and for IPv6 not a header chain too long to quote

@@ -140,14 +140,24 @@ pub const LIST_ALLOW_V6: u32 = 2;
 pub const LIST_BAN_V4: u32 = 4;
 pub const LIST_BAN_V6: u32 = 8;
 
+/// IP protocol numbers (IPv4 protocol, IPv6 next header) the program and userspace name.
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
 /// A protocol's bit in [`Settings::rule_protos`]; [`PROTO_ANY`] has every bit.
 #[inline(always)]
 pub fn proto_bit(proto: u8) -> u32 {
     match proto {
-        6 => 1,
-        17 => 2,
-        1 => 4,
-        58 => 8,
+        IPPROTO_TCP => 1,
+        IPPROTO_UDP => 2,
+        IPPROTO_ICMP => 4,
+        IPPROTO_ICMPV6 => 8,
         PROTO_ANY => 0x1f,
         _ => 16,
     }
@@ -157,7 +167,10 @@ pub fn proto_bit(proto: u8) -> u32 {
 /// options, routing, fragment or destination options.
 #[inline(always)]
 pub fn is_ipv6_extension(next_header: u8) -> bool {
-    matches!(next_header, 0 | 43 | 44 | 60)
+    matches!(
+        next_header,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_DSTOPTS
+    )
 }
 
 /// Whether a packet the parser cannot classify although the IP layer says more follows (a
@@ -390,7 +403,7 @@ pub fn rule_matches(rule: &Rule, proto: u8, dport: u16, opens_connection: bool) 
         return false;
     }
     // "new" counts TCP connection openings only; other protocols have no such notion.
-    !(rule.new_only != 0 && proto == 6 && !opens_connection)
+    !(rule.new_only != 0 && proto == IPPROTO_TCP && !opens_connection)
 }
 
 impl BlacklistEntry {

@@ -31,8 +31,8 @@ mod program {
         Event, History, HistoryKey, Outcome, Reason, Rule, RuleAction, RuleStats, Settings,
         SourceKey, DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
         DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
-        LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS,
-        MAX_RULES,
+        IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4,
+        LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES,
     };
     use network_types::{
         eth::EthHdr,
@@ -103,12 +103,6 @@ mod program {
     const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
     const ETH_P_8021Q: u16 = 0x8100u16.to_be();
     const ETH_P_8021AD: u16 = 0x88A8u16.to_be();
-
-    const IPPROTO_ICMP: u8 = 1;
-    const IPPROTO_TCP: u8 = 6;
-    const IPPROTO_UDP: u8 = 17;
-    const IPPROTO_FRAGMENT: u8 = 44;
-    const IPPROTO_ICMPV6: u8 = 58;
 
     /// IPv4 "more fragments" flag and fragment offset, in the host-order flags/offset word.
     const IPV4_MORE_FRAGMENTS: u16 = 0x2000;

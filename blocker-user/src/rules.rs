@@ -4,8 +4,8 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use blocker_common::{
-    Rule, RuleAction, RuleKind, FAMILY_V4, FAMILY_V6, HISTORY_RING, MAX_MASKS, MAX_RULES,
-    MAX_RULE_MS, PROTO_ANY,
+    Rule, RuleAction, RuleKind, FAMILY_V4, FAMILY_V6, HISTORY_RING, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_MASKS, MAX_RULES, MAX_RULE_MS, PROTO_ANY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,10 +24,10 @@ pub enum Proto {
 impl Proto {
     fn number(self) -> u8 {
         match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-            Proto::Icmp => 1,
-            Proto::Icmpv6 => 58,
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+            Proto::Icmp => IPPROTO_ICMP,
+            Proto::Icmpv6 => IPPROTO_ICMPV6,
             Proto::Any => PROTO_ANY,
         }
     }
