@@ -82,12 +82,14 @@ impl Watcher {
         Ok(watcher)
     }
 
-    /// Reads the rules again if the state file changed since they were read.
-    fn refresh_rules(&mut self) {
+    /// Reads the rules again if the state file changed since they were read, or when `force`
+    /// (an event names a rule generation the cached rules lack: a commit in the database's
+    /// write-ahead log leaves the main file's time unchanged until a checkpoint).
+    fn refresh_rules(&mut self, force: bool) {
         let modified = std::fs::metadata(&self.state_path)
             .and_then(|meta| meta.modified())
             .ok();
-        if modified.is_none() || modified != self.rules.0 {
+        if force || modified.is_none() || modified != self.rules.0 {
             // The rules without the bans: cheap whatever the size of the state.
             let rules = State::read_scope(&self.state_path, &[])
                 .ok()
@@ -113,7 +115,10 @@ impl Watcher {
             }
         }
         if !raw.is_empty() {
-            self.refresh_rules();
+            let unknown = raw
+                .iter()
+                .any(|event| self.rule_name(event.slot, event.generation).is_none());
+            self.refresh_rules(unknown);
         }
         raw.into_iter()
             .filter_map(|event| {
