@@ -705,17 +705,26 @@ impl Store {
                     let _ = dynamic::write_rules(&self.pins, None, rules);
                 }
             }
-            let _ = dynamic::write_settings(
-                &self.pins,
-                self.before.rules.as_ref(),
-                before.lists(),
-                rules_changed,
-            );
             if let Some(written) = written {
                 if let Err(undo) = self.state.undo(&self.state_path, &self.before, &written) {
                     tracing::error!("undoing the state change: {undo}");
                 }
             }
+            let lists_before = match &self.scope {
+                // A scoped session holds only the prefixes it touched, so `before.lists()`
+                // would switch whole tries off: ask the database, restored just above, and
+                // if it cannot say keep every trie looked up (an empty trie costs a lookup; a
+                // switched-off one would stop enforcing it).
+                Some(_) => crate::state::lists_in_use(&self.state_path)
+                    .unwrap_or(LIST_ALLOW_V4 | LIST_ALLOW_V6 | LIST_BAN_V4 | LIST_BAN_V6),
+                None => before.lists(),
+            };
+            let _ = dynamic::write_settings(
+                &self.pins,
+                self.before.rules.as_ref(),
+                lists_before,
+                rules_changed,
+            );
             return Err(err);
         }
         // The XDP program checks the allowlist first, so these entries no longer drop anything;

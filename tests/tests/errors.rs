@@ -125,3 +125,22 @@ fn a_full_map_is_an_error_and_nothing_is_stored() {
     let listed = net.blocker(&["list", "--json"]).ok().json();
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_ban_refused_by_a_full_map_leaves_the_other_bans_enforced() {
+    require_root();
+    let net = TestNet::new();
+    let config = net.state_dir.path().join("small.toml");
+    std::fs::write(&config, "[maps]\nban_v4 = 2\n").expect("write config");
+    net.load(&["--config", &config.to_string_lossy()]).ok();
+    let banned = net.client_v4(2, 2);
+    net.blocker(&["ban", &banned.to_string()]).ok();
+    assert!(!net.reaches(banned), "the ban is enforced");
+    // The undo of a command that touched only these prefixes must not switch off the ban
+    // trie the program looks in, which holds bans the command never read.
+    let run = net.blocker(&["ban", "198.51.100.2", "198.51.100.3"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!net.reaches(banned), "the earlier ban still drops after the refusal");
+    assert!(net.reaches(net.client_v4(1, 2)), "others still pass");
+}
