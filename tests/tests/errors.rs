@@ -141,6 +141,9 @@ fn a_ban_refused_by_a_full_map_leaves_the_other_bans_enforced() {
     // trie the program looks in, which holds bans the command never read.
     let run = net.blocker(&["ban", "198.51.100.2", "198.51.100.3"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(!net.reaches(banned), "the earlier ban still drops after the refusal");
+    assert!(
+        !net.reaches(banned),
+        "the earlier ban still drops after the refusal"
+    );
     assert!(net.reaches(net.client_v4(1, 2)), "others still pass");
 }
