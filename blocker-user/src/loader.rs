@@ -123,6 +123,11 @@ fn load_restore_attach(
         .map_max_entries(MAP_ALLOW_V6, capacities.allow)
         .map_max_entries(MAP_BLACKLIST, capacities.blacklist)
         .map_max_entries(MAP_HISTORY, capacities.history);
+    if EBPF_OBJECT.is_empty() {
+        return Err(Error::Unsupported(
+            "this blocker was built without its XDP program (bpf-linker was missing): run `cargo xtask setup`, then build again".into(),
+        ));
+    }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
 
     let config_rules = config.rules.as_deref();
