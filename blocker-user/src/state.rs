@@ -17,6 +17,8 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
+mod pool;
+
 use crate::{
     offense::{BanHistory, OffenseBook, Score},
     rules::RuleTable,
@@ -220,9 +222,13 @@ fn prefix(path: &Path, text: &str) -> Result<IpNet> {
         .map_err(|err| invalid(path, format!("prefix {text:?}: {err}")))
 }
 
-/// Opens the database; `create` makes it (and its directory) when missing. Sets WAL, full
-/// sync and the busy timeout, and brings the schema to [`SCHEMA_VERSION`].
-fn open(path: &Path, create: bool) -> Result<Connection> {
+/// Opens the database, or takes a kept connection to it; `create` makes it (and its
+/// directory) when missing. Sets WAL, full sync and the busy timeout, and brings the schema to
+/// [`SCHEMA_VERSION`].
+fn open(path: &Path, create: bool) -> Result<pool::Pooled> {
+    if let Some(conn) = pool::take(path) {
+        return Ok(conn);
+    }
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
@@ -245,7 +251,7 @@ fn open(path: &Path, create: bool) -> Result<Connection> {
         .map_err(db)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
     migrate(path, &mut conn)?;
-    Ok(conn)
+    Ok(pool::keep(path, conn))
 }
 
 /// Creates the schema of a new database, or upgrades an older one, in one transaction.

@@ -43,44 +43,52 @@ pub struct KernelImage {
 /// Expiries are CLOCK_BOOTTIME seconds; already-expired bans keep their (past) second so an
 /// image of an older state matches what was written for it.
 pub fn kernel_image(state: &State, now: &Now) -> KernelImage {
-    let own_expiry = |entry: &Entry| match entry.expires_at {
-        None => BAN_PERMANENT,
-        Some(expiry) => now.boot_seconds_at(expiry).unwrap_or(1),
-    };
-    // Permanent sorts above every expiry.
-    let rank = |expiry: u32| {
-        if expiry == BAN_PERMANENT {
-            u64::MAX
-        } else {
-            u64::from(expiry)
-        }
-    };
-    let lengths: BTreeSet<(bool, u8)> = state
-        .bans
-        .keys()
-        .map(|net| (net.addr().is_ipv4(), net.prefix_len()))
-        .collect();
+    let mut sweep = CoveringSweep::default();
     let bans = state
         .bans
         .iter()
-        .map(|(net, entry)| {
-            let covering = lengths
-                .iter()
-                .filter(|(is_v4, len)| *is_v4 == net.addr().is_ipv4() && *len < net.prefix_len())
-                .filter_map(|(_, len)| {
-                    let parent = IpNet::new(net.addr(), *len).ok()?.trunc();
-                    state.bans.get(&parent).map(own_expiry)
-                });
-            let expiry = covering
-                .chain([own_expiry(entry)])
-                .max_by_key(|expiry| rank(*expiry))
-                .unwrap_or(BAN_PERMANENT);
-            (*net, expiry)
-        })
+        .map(|(net, entry)| (*net, sweep.expiry(*net, own_expiry(entry.expires_at, now))))
         .collect();
     KernelImage {
         bans,
         allow: state.allow.keys().copied().collect(),
+    }
+}
+
+/// The kernel expiry of a ban by itself (before covering bans are considered).
+pub fn own_expiry(expires_at: Option<Timestamp>, now: &Now) -> u32 {
+    match expires_at {
+        None => BAN_PERMANENT,
+        Some(expiry) => now.boot_seconds_at(expiry).unwrap_or(1),
+    }
+}
+
+/// Gives bans visited in address order (family, then first address, then prefix length, as
+/// `IpNet` sorts and the database's range index reads: a covering prefix before the prefixes
+/// inside it) the kernel expiry [`kernel_image`] describes, holding only the chain of bans
+/// that cover the current one, so a million bans stream through it.
+#[derive(Default)]
+pub struct CoveringSweep {
+    covering: Vec<(IpNet, u32)>,
+}
+
+impl CoveringSweep {
+    /// The kernel expiry of `net`, whose own expiry is `own`.
+    pub fn expiry(&mut self, net: IpNet, own: u32) -> u32 {
+        while self
+            .covering
+            .last()
+            .is_some_and(|(outer, _)| !outer.contains(&net))
+        {
+            self.covering.pop();
+        }
+        let expiry = match self.covering.last() {
+            Some(&(_, outer)) if outer == BAN_PERMANENT || own == BAN_PERMANENT => BAN_PERMANENT,
+            Some(&(_, outer)) => outer.max(own),
+            None => own,
+        };
+        self.covering.push((net, expiry));
+        expiry
     }
 }
 
@@ -803,6 +811,8 @@ pub fn restore(
 mod tests {
     use std::time::Duration;
 
+    use proptest::prelude::Strategy;
+
     use super::*;
 
     fn now() -> Now {
@@ -913,6 +923,40 @@ mod tests {
             BAN_PERMANENT,
             "an orphan stays"
         );
+    }
+
+    proptest::proptest! {
+        /// The streaming sweep agrees with the definition: the latest expiry among the ban
+        /// and every stored ban containing it.
+        #[test]
+        fn the_covering_sweep_matches_the_definition(
+            bans in proptest::collection::btree_map(
+                (0u8..4, 0u8..=2, 0u8..4).prop_map(|(a, len_step, b)| {
+                    let len = [8, 16, 24][len_step as usize] + b;
+                    IpNet::new(std::net::Ipv4Addr::new(10, a, b, a ^ b).into(), len)
+                        .unwrap()
+                        .trunc()
+                }),
+                proptest::option::of(-100i64..1000),
+                0..40,
+            )
+        ) {
+            let mut state = State::default();
+            for (net, expires_in) in &bans {
+                state.bans.insert(*net, entry(*expires_in));
+            }
+            let image = kernel_image(&state, &now());
+            let rank = |expiry: u32| if expiry == BAN_PERMANENT { u64::MAX } else { expiry.into() };
+            for net in bans.keys() {
+                let wanted = bans
+                    .iter()
+                    .filter(|(outer, _)| outer.contains(net))
+                    .map(|(_, expires_in)| own_expiry(entry(*expires_in).expires_at, &now()))
+                    .max_by_key(|expiry| rank(*expiry))
+                    .unwrap();
+                proptest::prop_assert_eq!(image.bans[net], wanted, "{}", net);
+            }
+        }
     }
 
     #[test]
