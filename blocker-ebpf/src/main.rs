@@ -91,6 +91,19 @@ mod program {
         reset_v6: [u8; 60],
         unreach_v4: [u8; UNREACH_V4_LEN],
         unreach_v6: [u8; UNREACH_V6_LEN],
+        /// The parse's header offsets, handed to [`reject`] through map memory.
+        offsets: Offsets,
+    }
+
+    /// Where the IP and L4 headers start. [`reject`] reads them back from map memory, whose
+    /// contents the verifier does not track: were they read from the stack, their exact
+    /// values would stay significant through the whole decision, and every path through the
+    /// IPv6 extension headers would be verified on its own down to the verdict (exponential
+    /// in the number of headers walked).
+    #[repr(C)]
+    struct Offsets {
+        l3: usize,
+        l4: usize,
     }
     #[btf_map]
     static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
@@ -662,26 +675,35 @@ mod program {
     /// Kept out of line: only blacklisted traffic of reject rules pays for it.
     #[inline(never)]
     fn reject(ctx: &XdpContext, packet: &Packet) -> bool {
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            return false;
+        };
+        // SAFETY: per-CPU scratch, only this program run uses it; volatile keeps LLVM from
+        // forwarding the stored values past the map memory.
+        let at = unsafe {
+            let offsets = &raw mut (*scratch).offsets;
+            core::ptr::write_volatile(
+                offsets,
+                Offsets {
+                    l3: packet.l3_offset,
+                    l4: packet.l4_offset,
+                },
+            );
+            core::ptr::read_volatile(offsets)
+        };
+        // SAFETY: as above.
+        let scratch = unsafe { &mut *scratch };
         // An ICMP answer quotes the IP headers and 8 bytes after them (a TCP header, present,
         // is longer).
         if packet.l4 != L4::Present
-            || !answerable(
-                packet.family,
-                packet.proto,
-                packet.tcp_flags,
-                packet.l4_offset - packet.l3_offset,
-            )
-            || !in_frame(ctx, packet.l4_offset, 8)
+            || at.l4 < at.l3
+            || !answerable(packet.family, packet.proto, packet.tcp_flags, at.l4 - at.l3)
+            || !in_frame(ctx, at.l4, 8)
             || !source_is_unicast(packet.family, &packet.source)
         {
             return false;
         }
-        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-            return false;
-        };
-        // SAFETY: per-CPU scratch, only this program run uses it.
-        let scratch = unsafe { &mut *scratch };
-        let l2_len = packet.l3_offset;
+        let l2_len = at.l3;
         if l2_len < EthHdr::LEN || l2_len > MAX_L2_LEN {
             return false;
         }
@@ -704,11 +726,11 @@ mod program {
             scratch.l2.swap(i, i + 6);
         }
         let answered = match (packet.family, packet.proto) {
-            (FAMILY_V4, IPPROTO_TCP) => reset_v4(ctx, packet, scratch),
-            (FAMILY_V6, IPPROTO_TCP) => reset_v6(ctx, packet, scratch),
+            (FAMILY_V4, IPPROTO_TCP) => reset_v4(ctx, &at, scratch),
+            (FAMILY_V6, IPPROTO_TCP) => reset_v6(ctx, &at, scratch),
             (_, IPPROTO_ICMP | IPPROTO_ICMPV6) => false,
-            (FAMILY_V4, _) => unreachable_v4(ctx, packet, scratch),
-            _ => unreachable_v6(ctx, packet, scratch),
+            (FAMILY_V4, _) => unreachable_v4(ctx, &at, scratch),
+            _ => unreachable_v6(ctx, &at, scratch),
         };
         answered && store(ctx, 0, scratch.l2.as_mut_ptr(), l2_len as u32)
     }
@@ -752,9 +774,9 @@ mod program {
     }
 
     #[inline(always)]
-    fn reset_v4(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> bool {
-        if load(ctx, packet.l3_offset, scratch.ip_v4.as_mut_ptr(), 20).is_none()
-            || load(ctx, packet.l4_offset, scratch.tcp.as_mut_ptr(), 20).is_none()
+    fn reset_v4(ctx: &XdpContext, at: &Offsets, scratch: &mut Scratch) -> bool {
+        if load(ctx, at.l3, scratch.ip_v4.as_mut_ptr(), 20).is_none()
+            || load(ctx, at.l4, scratch.tcp.as_mut_ptr(), 20).is_none()
         {
             return false;
         }
@@ -763,25 +785,25 @@ mod program {
         let headers = u32::from(ip[0] & 0x0f) * 4 + u32::from(tcp[12] >> 4) * 4;
         let out = &mut scratch.reset_v4;
         tcp_reset_v4(out, ip, tcp, total_len.saturating_sub(headers))
-            && resize(ctx, packet.l3_offset + out.len())
-            && store(ctx, packet.l3_offset, out.as_mut_ptr(), out.len() as u32)
+            && resize(ctx, at.l3 + out.len())
+            && store(ctx, at.l3, out.as_mut_ptr(), out.len() as u32)
     }
 
     #[inline(always)]
-    fn reset_v6(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> bool {
-        if load(ctx, packet.l3_offset, scratch.ip_v6.as_mut_ptr(), 40).is_none()
-            || load(ctx, packet.l4_offset, scratch.tcp.as_mut_ptr(), 20).is_none()
+    fn reset_v6(ctx: &XdpContext, at: &Offsets, scratch: &mut Scratch) -> bool {
+        if load(ctx, at.l3, scratch.ip_v6.as_mut_ptr(), 40).is_none()
+            || load(ctx, at.l4, scratch.tcp.as_mut_ptr(), 20).is_none()
         {
             return false;
         }
         let (ip, tcp) = (&scratch.ip_v6, &scratch.tcp);
         let payload_len = u32::from(u16::from_be_bytes([ip[4], ip[5]]));
-        let extensions = (packet.l4_offset - packet.l3_offset - Ipv6Hdr::LEN) as u32;
+        let extensions = (at.l4 - at.l3 - Ipv6Hdr::LEN) as u32;
         let headers = extensions + u32::from(tcp[12] >> 4) * 4;
         let out = &mut scratch.reset_v6;
         tcp_reset_v6(out, ip, tcp, payload_len.saturating_sub(headers))
-            && resize(ctx, packet.l3_offset + out.len())
-            && store(ctx, packet.l3_offset, out.as_mut_ptr(), out.len() as u32)
+            && resize(ctx, at.l3 + out.len())
+            && store(ctx, at.l3, out.as_mut_ptr(), out.len() as u32)
     }
 
     /// Makes room for `extra` bytes of new headers in front of the IP header.
@@ -792,40 +814,40 @@ mod program {
     }
 
     #[inline(always)]
-    fn unreachable_v4(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> bool {
+    fn unreachable_v4(ctx: &XdpContext, at: &Offsets, scratch: &mut Scratch) -> bool {
         // The offending IP header and 8 bytes of what follows.
-        let quote_len = packet.l4_offset - packet.l3_offset + 8;
-        if quote_len > QUOTE_V4_MAX {
+        let quote_len = at.l4 - at.l3 + 8;
+        if quote_len < 8 || quote_len > QUOTE_V4_MAX {
             return false;
         }
         let out = &mut scratch.unreach_v4;
         let quote = unsafe { out.as_mut_ptr().add(28) };
-        if load(ctx, packet.l3_offset, quote, quote_len as u32).is_none() {
+        if load(ctx, at.l3, quote, quote_len as u32).is_none() {
             return false;
         }
         scratch.ip_v4.copy_from_slice(&out[28..48]);
         let len = port_unreachable_v4(out, &scratch.ip_v4, quote_len);
         grow_head(ctx, 28)
-            && resize(ctx, packet.l3_offset + len)
-            && store(ctx, packet.l3_offset, out.as_mut_ptr(), len as u32)
+            && resize(ctx, at.l3 + len)
+            && store(ctx, at.l3, out.as_mut_ptr(), len as u32)
     }
 
     #[inline(always)]
-    fn unreachable_v6(ctx: &XdpContext, packet: &Packet, scratch: &mut Scratch) -> bool {
-        let quote_len = packet.l4_offset - packet.l3_offset + 8;
-        if quote_len > QUOTE_V6_MAX {
+    fn unreachable_v6(ctx: &XdpContext, at: &Offsets, scratch: &mut Scratch) -> bool {
+        let quote_len = at.l4 - at.l3 + 8;
+        if quote_len < 8 || quote_len > QUOTE_V6_MAX {
             return false;
         }
         let out = &mut scratch.unreach_v6;
         let quote = unsafe { out.as_mut_ptr().add(48) };
-        if load(ctx, packet.l3_offset, quote, quote_len as u32).is_none() {
+        if load(ctx, at.l3, quote, quote_len as u32).is_none() {
             return false;
         }
         scratch.ip_v6.copy_from_slice(&out[48..88]);
         let len = port_unreachable_v6(out, &scratch.ip_v6, quote_len);
         grow_head(ctx, 48)
-            && resize(ctx, packet.l3_offset + len)
-            && store(ctx, packet.l3_offset, out.as_mut_ptr(), len as u32)
+            && resize(ctx, at.l3 + len)
+            && store(ctx, at.l3, out.as_mut_ptr(), len as u32)
     }
 
     #[cfg(not(test))]
