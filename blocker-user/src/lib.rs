@@ -9,6 +9,7 @@ pub mod dynamic;
 pub mod error;
 pub mod events;
 pub mod history;
+pub mod import;
 pub mod listfile;
 pub mod listing;
 pub mod loader;

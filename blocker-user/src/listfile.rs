@@ -10,7 +10,7 @@
 //! reason. Blank lines and lines that are only a comment are skipped, so the seed's files and
 //! older exports import unchanged.
 
-use std::{io::Read, path::Path};
+use std::{io::BufRead, path::Path};
 
 use ipnet::IpNet;
 use jiff::Timestamp;
@@ -28,90 +28,98 @@ pub struct ListEntry {
     pub normalized_from: Option<String>,
 }
 
-/// Reads a list from `path`, or from stdin for `-`; returns the text and the name to use for it
-/// in messages. Unreadable and non-UTF-8 input are bad input alike.
-pub fn read(path: &Path) -> Result<(String, String)> {
-    let from_stdin = path == Path::new("-");
-    let source = if from_stdin {
+/// Streams the entries of a list from `path` (or stdin for `-`) with the name to use for it in
+/// messages: the list is read line by line, never whole. A bad or non-UTF-8 line is an error
+/// naming its number.
+pub fn stream(path: &Path) -> Result<(impl Iterator<Item = Result<ListEntry>>, String)> {
+    let source = source_name(path);
+    let unreadable = {
+        let source = source.clone();
+        move |message: String| Error::UnreadableInput {
+            path: source.clone(),
+            message,
+        }
+    };
+    let reader: Box<dyn BufRead> = if path == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(path).map_err(|err| unreadable(err.to_string()))?;
+        Box::new(std::io::BufReader::with_capacity(1 << 16, file))
+    };
+    let name = source.clone();
+    let entries = reader
+        .split(b'\n')
+        .enumerate()
+        .filter_map(move |(index, line)| {
+            let line_number = index + 1;
+            let parsed = line
+                .map_err(|err| unreadable(err.to_string()))
+                .and_then(|bytes| {
+                    String::from_utf8(bytes)
+                        .map_err(|_| unreadable(format!("line {line_number} is not UTF-8 text")))
+                })
+                .and_then(|text| parse_line(&text, line_number, &name));
+            parsed.transpose()
+        });
+    Ok((entries, source))
+}
+
+fn source_name(path: &Path) -> String {
+    if path == Path::new("-") {
         "stdin".to_string()
     } else {
         path.display().to_string()
-    };
-    let unreadable = |message: String| Error::UnreadableInput {
-        path: source.clone(),
-        message,
-    };
-    let mut bytes = Vec::new();
-    let read = if from_stdin {
-        std::io::stdin().lock().read_to_end(&mut bytes).map(drop)
-    } else {
-        std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut bytes).map(drop))
-    };
-    read.map_err(|err| unreadable(err.to_string()))?;
-    let text = String::from_utf8(bytes).map_err(|err| {
-        let line = err.as_bytes()[..err.utf8_error().valid_up_to()]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1;
-        unreadable(format!("line {line} is not UTF-8 text"))
-    })?;
-    Ok((text, source))
+    }
 }
 
-/// Parses a whole list; the first bad line is an error naming its number, and nothing of the
-/// list is used.
-pub fn parse(text: &str, source: &str) -> Result<Vec<ListEntry>> {
-    let mut entries = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line = index + 1;
-        let bad_line = |message: String| Error::InvalidListLine {
-            path: source.to_string(),
-            line,
-            message,
-        };
-        let (fields, comment) = match raw.split_once('#') {
-            Some((fields, comment)) => (fields, Some(comment.trim())),
-            None => (raw, None),
-        };
-        let mut fields = fields.split_whitespace();
-        let Some(addr) = fields.next() else {
-            continue;
-        };
-        let parsed = parse_net(addr).map_err(|err| bad_line(err.to_string()))?;
-        let mut expires_at = None;
-        for field in fields {
-            match field.split_once('=') {
-                Some(("expires", value)) if expires_at.is_none() => {
-                    let at = value.parse::<Timestamp>().map_err(|_| {
-                        bad_line(format!(
-                            "invalid expires={:?}: use an RFC 3339 time like 2026-12-31T23:59:59Z",
-                            text::escape(value)
-                        ))
-                    })?;
-                    expires_at = Some(at);
-                }
-                _ => {
-                    return Err(bad_line(format!(
-                        "unexpected {:?} after the address: only expires=TIME and a # comment may follow",
-                        text::escape(field)
-                    )))
-                }
+/// Parses line number `line` of a list: `None` for a blank or comment-only line.
+fn parse_line(raw: &str, line: usize, source: &str) -> Result<Option<ListEntry>> {
+    let raw = raw.strip_suffix('\r').unwrap_or(raw);
+    let bad_line = |message: String| Error::InvalidListLine {
+        path: source.to_string(),
+        line,
+        message,
+    };
+    let (fields, comment) = match raw.split_once('#') {
+        Some((fields, comment)) => (fields, Some(comment.trim())),
+        None => (raw, None),
+    };
+    let mut fields = fields.split_whitespace();
+    let Some(addr) = fields.next() else {
+        return Ok(None);
+    };
+    let parsed = parse_net(addr).map_err(|err| bad_line(err.to_string()))?;
+    let mut expires_at = None;
+    for field in fields {
+        match field.split_once('=') {
+            Some(("expires", value)) if expires_at.is_none() => {
+                let at = value.parse::<Timestamp>().map_err(|_| {
+                    bad_line(format!(
+                        "invalid expires={:?}: use an RFC 3339 time like 2026-12-31T23:59:59Z",
+                        text::escape(value)
+                    ))
+                })?;
+                expires_at = Some(at);
+            }
+            _ => {
+                return Err(bad_line(format!(
+                "unexpected {:?} after the address: only expires=TIME and a # comment may follow",
+                text::escape(field)
+            )))
             }
         }
-        let reason = comment.filter(|c| !c.is_empty());
-        if let Some(reason) = reason {
-            text::check_reason(reason).map_err(|err| bad_line(err.to_string()))?;
-        }
-        entries.push(ListEntry {
-            net: parsed.net,
-            reason: reason.map(str::to_string),
-            expires_at,
-            line,
-            normalized_from: parsed.normalized_from,
-        });
     }
-    Ok(entries)
+    let reason = comment.filter(|c| !c.is_empty());
+    if let Some(reason) = reason {
+        text::check_reason(reason).map_err(|err| bad_line(err.to_string()))?;
+    }
+    Ok(Some(ListEntry {
+        net: parsed.net,
+        reason: reason.map(str::to_string),
+        expires_at,
+        line,
+        normalized_from: parsed.normalized_from,
+    }))
 }
 
 /// Renders entries in the same format, so an export imports back to the same bans, expiry
@@ -134,6 +142,16 @@ pub fn render<'a>(entries: impl IntoIterator<Item = (&'a IpNet, &'a Entry)>) -> 
 
 #[cfg(test)]
 mod tests {
+
+    /// Parses a whole list; the first bad line is an error naming its number, and nothing of the
+    /// list is used.
+    fn parse(text: &str, source: &str) -> Result<Vec<ListEntry>> {
+        let mut entries = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            entries.extend(parse_line(raw, index + 1, source)?);
+        }
+        Ok(entries)
+    }
     use proptest::prelude::*;
 
     use super::*;

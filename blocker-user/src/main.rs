@@ -1012,57 +1012,31 @@ fn import(
     force: bool,
 ) -> anyhow::Result<()> {
     let duration = duration.as_deref().map(parse_duration).transpose()?;
-    let (text, source) = listfile::read(file)?;
-    let entries = listfile::parse(&text, &source)?;
-    for entry in entries.iter().filter(|e| e.normalized_from.is_some()) {
-        warn!(
-            "{source}:{}: host bits set; using {}",
-            entry.line, entry.net
-        );
-    }
     require_root()?;
-    let mut store = Store::open(pins, state_path)?;
-    let (live, expired): (Vec<_>, Vec<_>) = entries
-        .iter()
-        .partition(|entry| entry.expires_at.is_none_or(|at| at > store.now.wall));
-    if !expired.is_empty() {
-        warn!(
-            "{source}: skipped {} entries whose expires= time has passed",
-            expired.len()
-        );
-    }
-    if !force {
-        let guard = Guard::detect()?;
-        for entry in &live {
-            guard
-                .check(&entry.net, &store.state.allow)
-                .map_err(|err| Error::InvalidListLine {
-                    path: source.clone(),
-                    line: entry.line,
-                    message: err.to_string(),
-                })?;
-        }
-    }
-    let default_expiry = expiry(store.now.wall, duration)?;
-    for entry in &live {
-        let expires_at = entry.expires_at.or(default_expiry);
-        store.ban(&[entry.net], expires_at, entry.reason.as_deref());
-    }
-    store.count_issued("import", live.len() as u64);
-    store.origin = blocker::state::Origin::local("import");
-    let progress = if std::io::stderr().is_terminal() && live.len() >= 10_000 {
-        // The commit reports one step per ban in the resulting set.
-        let bar = ProgressBar::new(store.state.bans.len() as u64);
+    let default_expiry = expiry(jiff::Timestamp::now(), duration)?;
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new_spinner();
         bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} prefixes ({per_sec})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template("{spinner} {pos} lines ({per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         bar
     } else {
         ProgressBar::hidden()
     };
-    store.commit(|| progress.inc(1))?;
+    let report = blocker::import::import(pins, state_path, file, default_expiry, force, || {
+        progress.inc(1)
+    })?;
     progress.finish_and_clear();
-    info!("imported {} prefixes from {source}", live.len());
+    if report.expired > 0 {
+        warn!(
+            "{}: skipped {} entries whose expires= time has passed",
+            report.source, report.expired
+        );
+    }
+    info!(
+        "imported {} prefixes from {}",
+        report.imported, report.source
+    );
     Ok(())
 }

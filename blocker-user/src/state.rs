@@ -17,7 +17,11 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
+mod bulk;
 mod pool;
+
+pub use bulk::{import_bans, undo_import, Capacity, ImportRow, Imported};
+pub use pool::keep_connections;
 
 use crate::{
     offense::{BanHistory, OffenseBook, Score},
@@ -226,9 +230,16 @@ fn prefix(path: &Path, text: &str) -> Result<IpNet> {
 /// directory) when missing. Sets WAL, full sync and the busy timeout, and brings the schema to
 /// [`SCHEMA_VERSION`].
 fn open(path: &Path, create: bool) -> Result<pool::Pooled> {
-    if let Some(conn) = pool::take(path) {
+    if let Some(mut conn) = pool::take(path) {
+        // Another process may have changed the schema since.
+        migrate(path, &mut conn)?;
         return Ok(conn);
     }
+    Ok(pool::keep(path, connect(path, create)?))
+}
+
+/// A new connection to the database, not kept for reuse.
+fn connect(path: &Path, create: bool) -> Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
@@ -251,7 +262,7 @@ fn open(path: &Path, create: bool) -> Result<pool::Pooled> {
         .map_err(db)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
     migrate(path, &mut conn)?;
-    Ok(pool::keep(path, conn))
+    Ok(conn)
 }
 
 /// Creates the schema of a new database, or upgrades an older one, in one transaction.
@@ -392,6 +403,10 @@ impl State {
     /// release at `path` (or at the old default path) is imported first. Rules are checked as
     /// the kernel will take them, so a bad state fails here, before any map is touched.
     pub fn read(path: &Path) -> Result<Option<Self>> {
+        Self::read_with(path, Bans::Read)
+    }
+
+    fn read_with(path: &Path, bans: Bans) -> Result<Option<Self>> {
         match content_of(path)? {
             Content::Missing => {
                 let old = Path::new(OLD_DEFAULT_STATE_PATH);
@@ -399,18 +414,18 @@ impl State {
                     && matches!(content_of(old)?, Content::Json)
                 {
                     import_json(old, path)?;
-                    return Self::read(path);
+                    return Self::read_with(path, bans);
                 }
                 Ok(None)
             }
             Content::Json => {
                 import_json(path, path)?;
-                Self::read(path)
+                Self::read_with(path, bans)
             }
             Content::Other => Err(invalid(path, "not a blocker state database")),
             Content::Database => {
                 let conn = open(path, false)?;
-                read_all(path, &conn).map(Some)
+                read_all(path, &conn, bans).map(Some)
             }
         }
     }
@@ -419,8 +434,10 @@ impl State {
     /// damaged: one that cannot be used (or fails `PRAGMA integrity_check`) is left as it is
     /// for the operator, and the last good copy (or nothing) is used instead. After a good
     /// read the last good copy is refreshed. Returns the state and, when it is a fallback, why.
-    pub fn read_for_boot(path: &Path) -> Result<(Option<Self>, Option<Error>)> {
-        let damaged = match Self::read(path).and_then(|state| {
+    /// With [`Bans::Streamed`] the bans are left for [`each_ban`] to stream from the file the
+    /// state came from ([`last_good_path`] for a fallback).
+    pub fn read_for_boot(path: &Path, bans: Bans) -> Result<(Option<Self>, Option<Error>)> {
+        let damaged = match Self::read_with(path, bans).and_then(|state| {
             if state.is_some() {
                 check_integrity(path)?;
             }
@@ -437,7 +454,7 @@ impl State {
             Err(err @ Error::State { .. }) => err,
             Err(err) => return Err(err),
         };
-        let fallback = match Self::read(&last_good_path(path)) {
+        let fallback = match Self::read_with(&last_good_path(path), bans) {
             Ok(state) => state,
             Err(err) => {
                 tracing::error!("the last good copy is not usable either: {err}");
@@ -644,10 +661,19 @@ pub fn expired_bans(path: &Path, now: Timestamp) -> Result<Vec<IpNet>> {
     Ok(due)
 }
 
-fn read_all(path: &Path, conn: &Connection) -> Result<State> {
+/// Whether a read takes the bans into the [`State`], or leaves them to be streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bans {
+    Read,
+    Streamed,
+}
+
+fn read_all(path: &Path, conn: &Connection, bans: Bans) -> Result<State> {
     let db = |err: rusqlite::Error| invalid(path, err);
     let mut state = State::default();
-    read_entries(path, conn, BANS, [], &mut state.bans)?;
+    if bans == Bans::Read {
+        read_entries(path, conn, BANS, [], &mut state.bans)?;
+    }
     read_entries(path, conn, ALLOWED, [], &mut state.allow)?;
     read_rules_and_counters(path, conn, &mut state)?;
     let mut statement = conn
@@ -680,6 +706,31 @@ fn read_all(path: &Path, conn: &Connection) -> Result<State> {
 }
 
 const BANS: &str = "SELECT prefix, reason, created_at, expires_at FROM bans";
+
+/// Streams every stored ban (prefix and expiry) to `each`, in address order: family, first
+/// address, then prefix length, so a covering prefix comes before the prefixes inside it.
+/// Nothing when there is no database.
+pub fn each_ban(
+    path: &Path,
+    mut each: impl FnMut(IpNet, Option<Timestamp>) -> Result<()>,
+) -> Result<()> {
+    if !matches!(content_of(path)?, Content::Database) {
+        return Ok(());
+    }
+    let conn = open(path, false)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut statement = conn
+        .prepare("SELECT prefix, expires_at FROM bans ORDER BY family, first, len")
+        .map_err(db)?;
+    let mut rows = statement.query([]).map_err(db)?;
+    while let Some(row) = rows.next().map_err(db)? {
+        let text = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
+        let net = prefix(path, text)?;
+        let expires_at: Option<i64> = row.get(1).map_err(db)?;
+        each(net, expires_at.map(|at| timestamp(path, at)).transpose()?)?;
+    }
+    Ok(())
+}
 const ALLOWED: &str = "SELECT prefix, reason, created_at, NULL FROM allow";
 
 /// Adds the rows of `query` (prefix, reason, created_at, expires_at; `sql` may go on with a
@@ -1085,7 +1136,8 @@ fn import_json(json: &Path, path: &Path) -> Result<()> {
         }
     }
     state.save_changes(&building, &State::default(), &Origin::local("import"))?;
-    // Closing the last connection checkpointed the WAL into the file: it is whole.
+    // Closing the last connection checkpoints the WAL into the file: it is whole.
+    pool::close(&building);
     let migrated = suffixed(json, ".migrated");
     fs::copy(json, &migrated)
         .and_then(|_| File::open(&migrated)?.sync_all())
@@ -1322,7 +1374,7 @@ mod tests {
         state
             .save_changes(&path, &State::default(), &origin())
             .unwrap();
-        let (read, damaged) = State::read_for_boot(&path).unwrap();
+        let (read, damaged) = State::read_for_boot(&path, Bans::Read).unwrap();
         assert_eq!(read, Some(state.clone()));
         assert!(damaged.is_none());
         assert!(
@@ -1338,12 +1390,12 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let err = State::read(&path).and_then(|_| check_integrity(&path));
         assert!(err.is_err(), "the damage is seen");
-        let (read, damaged) = State::read_for_boot(&path).unwrap();
+        let (read, damaged) = State::read_for_boot(&path, Bans::Read).unwrap();
         assert_eq!(read, Some(state));
         assert!(damaged.unwrap().to_string().contains("state.db"));
         assert_eq!(fs::read(&path).unwrap(), bytes, "the damaged file is left");
         fs::remove_file(last_good_path(&path)).unwrap();
-        let (read, damaged) = State::read_for_boot(&path).unwrap();
+        let (read, damaged) = State::read_for_boot(&path, Bans::Read).unwrap();
         assert_eq!(read, Some(State::default()));
         assert!(damaged.is_some());
     }

@@ -25,7 +25,7 @@ use crate::{
     dynamic,
     pins::{DirLock, PinDir},
     rules::{RuleSpec, RuleTable},
-    state::{last_good_path, Entry, Origin, State},
+    state::{last_good_path, Bans, Entry, Origin, State},
     Error, Result,
 };
 
@@ -47,7 +47,10 @@ pub fn kernel_image(state: &State, now: &Now) -> KernelImage {
     let bans = state
         .bans
         .iter()
-        .map(|(net, entry)| (*net, sweep.expiry(*net, own_expiry(entry.expires_at, now))))
+        .map(|(net, entry)| {
+            let (expiry, _) = sweep.visit(*net, own_expiry(entry.expires_at, now), false);
+            (*net, expiry)
+        })
         .collect();
     KernelImage {
         bans,
@@ -69,26 +72,35 @@ pub fn own_expiry(expires_at: Option<Timestamp>, now: &Now) -> u32 {
 /// that cover the current one, so a million bans stream through it.
 #[derive(Default)]
 pub struct CoveringSweep {
-    covering: Vec<(IpNet, u32)>,
+    /// The bans covering the current one, outermost first: kernel expiry, and whether it or
+    /// a ban covering it is marked.
+    covering: Vec<(IpNet, u32, bool)>,
 }
 
 impl CoveringSweep {
-    /// The kernel expiry of `net`, whose own expiry is `own`.
-    pub fn expiry(&mut self, net: IpNet, own: u32) -> u32 {
+    /// The kernel expiry of `net`, whose own expiry is `own`, and whether `net` or a ban
+    /// covering it is marked (a changed ban changes the kernel expiry of the bans inside it).
+    pub fn visit(&mut self, net: IpNet, own: u32, marked: bool) -> (u32, bool) {
         while self
             .covering
             .last()
-            .is_some_and(|(outer, _)| !outer.contains(&net))
+            .is_some_and(|(outer, _, _)| !outer.contains(&net))
         {
             self.covering.pop();
         }
-        let expiry = match self.covering.last() {
-            Some(&(_, outer)) if outer == BAN_PERMANENT || own == BAN_PERMANENT => BAN_PERMANENT,
-            Some(&(_, outer)) => outer.max(own),
-            None => own,
+        let (expiry, marked) = match self.covering.last() {
+            Some(&(_, outer, outer_marked)) => {
+                let expiry = if outer == BAN_PERMANENT || own == BAN_PERMANENT {
+                    BAN_PERMANENT
+                } else {
+                    outer.max(own)
+                };
+                (expiry, marked || outer_marked)
+            }
+            None => (own, marked),
         };
-        self.covering.push((net, expiry));
-        expiry
+        self.covering.push((net, expiry, marked));
+        (expiry, marked)
     }
 }
 
@@ -319,6 +331,29 @@ impl Maps {
         }
     }
 
+    /// Writes every ban stored in `state_path` into fresh maps, streaming them through a
+    /// [`CoveringSweep`]. Returns the bans in force at the wall clock's `now` (bans it calls
+    /// expired are written all the same: the kernel, on the boot clock, does not enforce them)
+    /// and the `LIST_*` bits of the tries written.
+    fn restore_bans(&mut self, state_path: &Path, now: &Now) -> Result<(usize, u32)> {
+        let mut sweep = CoveringSweep::default();
+        let (mut in_force, mut lists) = (0, 0);
+        crate::state::each_ban(state_path, |net, expires_at| {
+            let (expiry, _) = sweep.visit(net, own_expiry(expires_at, now), false);
+            self.set_ban(&net, Some(expiry))?;
+            if expires_at.is_none_or(|at| at > now.wall) {
+                in_force += 1;
+            }
+            lists |= if net.addr().is_ipv4() {
+                LIST_BAN_V4
+            } else {
+                LIST_BAN_V6
+            };
+            Ok(())
+        })?;
+        Ok((in_force, lists))
+    }
+
     /// Brings the maps from `before` to `after`, changing only what differs. On failure every
     /// change already made is undone, so the maps match `before` again.
     pub fn apply(
@@ -421,6 +456,8 @@ pub struct Store {
     pub now: Now,
     /// Who makes the changes, for the history.
     pub origin: Origin,
+    /// `LIST_*` bits of bans written to the maps outside the state (streamed at load).
+    streamed_lists: u32,
 }
 
 impl Store {
@@ -461,6 +498,7 @@ impl Store {
                     kernel_rules: read_rules(pins)?,
                     now: Now::read(),
                     origin: Origin::local("cli"),
+                    streamed_lists: 0,
                 }
             }
         };
@@ -535,7 +573,42 @@ impl Store {
             kernel_rules,
             now: Now::read(),
             origin: Origin::local("cli"),
+            streamed_lists: 0,
         })
+    }
+
+    /// How many bans the v4 (`v4`) or v6 map holds at most.
+    pub fn ban_capacity(&self, v4: bool) -> u32 {
+        if v4 {
+            self.maps.ban_v4.capacity
+        } else {
+            self.maps.ban_v6.capacity
+        }
+    }
+
+    /// Brings the maps to the database for the bans `changed` wrote (and the bans inside
+    /// them, whose kernel expiry they may change) in one ordered pass over the stored bans,
+    /// removes `removed` from them, and sets which tries the XDP program looks in. For writers
+    /// that committed to the database directly (a bulk import).
+    pub fn sync_bans(
+        &mut self,
+        changed: &std::collections::HashSet<IpNet>,
+        removed: &[IpNet],
+    ) -> Result<()> {
+        for net in removed {
+            self.maps.set_ban(net, None)?;
+        }
+        let mut sweep = CoveringSweep::default();
+        let (maps, now) = (&mut self.maps, &self.now);
+        crate::state::each_ban(&self.state_path, |net, expires_at| {
+            let own = own_expiry(expires_at, now);
+            if let (expiry, true) = sweep.visit(net, own, changed.contains(&net)) {
+                maps.set_ban(&net, Some(expiry))?;
+            }
+            Ok(())
+        })?;
+        let lists = crate::state::lists_in_use(&self.state_path)?;
+        dynamic::write_settings(&self.pins, self.state.rules.as_ref(), lists, false)
     }
 
     /// Adds or replaces bans. A ban that already exists keeps its creation time.
@@ -678,7 +751,7 @@ impl Store {
         };
         let lists = match (&self.scope, save) {
             (Some(_), true) => crate::state::lists_in_use(&self.state_path),
-            _ => Ok(after.lists()),
+            _ => Ok(after.lists() | self.streamed_lists),
         };
         let result = lists.and_then(|lists| {
             self.maps.apply(&before, &after, progress)?;
@@ -764,8 +837,10 @@ pub fn restore(
     fresh: bool,
     config_rules: Option<&[RuleSpec]>,
 ) -> Result<Option<usize>> {
+    // Fresh maps get the bans streamed from the database rather than through a whole-state
+    // image: a million bans restore in seconds and little memory.
     let (state, damaged) = if fresh {
-        State::read_for_boot(state_path)?
+        State::read_for_boot(state_path, Bans::Streamed)?
     } else {
         (State::read(state_path)?, None)
     };
@@ -787,19 +862,20 @@ pub fn restore(
         return Ok(None);
     }
     store.fresh_maps = true;
-    // Bans the wall clock calls expired are kept, but not counted: the kernel ignores them.
-    let restored = {
-        let now = store.now.wall;
-        let in_force = store.state.bans.values().filter(|e| !e.is_expired(now));
-        in_force.count() + store.state.allow.len()
+    let bans_from = match &damaged {
+        None => state_path.to_path_buf(),
+        Some(_) => last_good_path(state_path),
     };
+    let (bans_in_force, ban_lists) = store.maps.restore_bans(&bans_from, &store.now)?;
+    store.streamed_lists = ban_lists;
+    let restored = bans_in_force + store.state.allow.len();
     match damaged {
         None => store.write(|| {}, true)?,
         Some(damaged) => {
             // The maps get the fallback; the damaged file stays for the operator to see.
             tracing::error!(
                 "{damaged}; attaching with the {restored} entries of {} instead",
-                last_good_path(state_path).display()
+                bans_from.display()
             );
             store.write(|| {}, false)?;
         }

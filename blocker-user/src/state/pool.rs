@@ -1,13 +1,18 @@
-//! Open database connections kept for reuse within the process. Opening one costs a file
-//! open, the pragmas and the schema check; the daemon opens several per batch of offenses,
-//! so it keeps them. A kept connection is used again only while the path still names the
-//! same file (a database renamed into place, removed or restored gets a fresh connection).
+//! Open database connections kept for reuse within a long-running process. Opening one costs
+//! a file open and the pragmas; the daemon opens several per batch of offenses, so it keeps
+//! them ([`keep_connections`]). A kept connection is used again only while the path still
+//! names the same file (a database renamed into place, removed or restored gets a fresh
+//! connection). Commands do not keep theirs: closing the last connection checkpoints the WAL
+//! into the database file, so a copy of the file alone is the whole state.
 
 use std::{
     ops::{Deref, DerefMut},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex,
+    },
 };
 
 use rusqlite::Connection;
@@ -23,6 +28,13 @@ struct Kept {
 }
 
 static KEPT_CONNECTIONS: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
+
+static KEEPING: AtomicBool = AtomicBool::new(false);
+
+/// From now on, connections are kept for reuse (the daemon).
+pub fn keep_connections() {
+    KEEPING.store(true, Ordering::Relaxed);
+}
 
 /// The device and inode `path` names now.
 fn file_of(path: &Path) -> Option<(u64, u64)> {
@@ -63,7 +75,7 @@ impl Drop for Pooled {
             return;
         };
         // A connection left inside a transaction (an error path) is not reused.
-        if !conn.is_autocommit() {
+        if !KEEPING.load(Ordering::Relaxed) || !conn.is_autocommit() {
             return;
         }
         if let Ok(mut kept) = KEPT_CONNECTIONS.lock() {
@@ -99,5 +111,13 @@ pub fn keep(path: &Path, conn: Connection) -> Pooled {
         path: path.to_path_buf(),
         file: file_of(path),
         conn: Some(conn),
+    }
+}
+
+/// Closes the kept connections to `path` (the last close checkpoints the WAL into the file,
+/// before it is renamed into place).
+pub fn close(path: &Path) {
+    if let Ok(mut kept) = KEPT_CONNECTIONS.lock() {
+        kept.retain(|entry| entry.path != path);
     }
 }
