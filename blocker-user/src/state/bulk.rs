@@ -8,7 +8,9 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 use rusqlite::params;
 
-use super::{expiry_seconds, invalid, open, pool::Pooled, range_columns, seconds, Origin};
+use rusqlite::Connection;
+
+use super::{expiry_seconds, invalid, open, range_columns, seconds, Origin};
 use crate::{Error, Result};
 
 /// One ban of the list.
@@ -18,20 +20,14 @@ pub struct ImportRow {
     pub expires_at: Option<Timestamp>,
 }
 
-/// A committed import: what [`undo_import`] needs to take it back.
+/// A committed import: what [`undo_import`] needs to take it back (the replaced rows live in
+/// a temporary table of this connection).
 pub struct Imported {
-    conn: Pooled,
+    conn: Connection,
     path: std::path::PathBuf,
     history_before: i64,
     /// Every prefix the list wrote.
     pub nets: HashSet<IpNet>,
-}
-
-impl Drop for Imported {
-    fn drop(&mut self) {
-        // The connection is kept for reuse: leave no temporary table behind.
-        let _ = self.conn.execute("DROP TABLE IF EXISTS temp.replaced", []);
-    }
 }
 
 /// The most bans each family's map holds, checked before the import commits.
