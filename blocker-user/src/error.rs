@@ -26,6 +26,13 @@ pub enum Error {
     /// A ban that would cut the operator off; `--force` overrides it.
     #[error("refusing to ban {net}: {why}; nothing was changed (add --force to ban it anyway)")]
     LockOut { net: String, why: String },
+    /// Removing an allowlist entry that would leave the operator to a ban; `--force`
+    /// overrides it.
+    #[error(
+        "refusing to remove {net} from the allowlist: {why}; nothing was changed (add --force \
+         to remove it anyway)"
+    )]
+    AllowRemovalLockOut { net: String, why: String },
     #[error("invalid offense: {0}")]
     InvalidOffense(String),
     #[error("no rule named {0:?}")]
@@ -109,6 +116,7 @@ impl Error {
                 | Error::UnreadableInput { .. }
                 | Error::ReasonTooLong { .. }
                 | Error::LockOut { .. }
+                | Error::AllowRemovalLockOut { .. }
                 | Error::InvalidRule(_)
                 | Error::NoSuchRule(_)
                 | Error::InvalidOffense(_)

@@ -138,6 +138,49 @@ impl Guard {
         }
         Ok(())
     }
+
+    /// Refuses taking `removed` off the allowlist if that leaves the SSH session's source or
+    /// an address of this host to a ban in force: `bans` must hold every ban covering or
+    /// inside `removed`, `allow` the allowlist without it.
+    pub fn check_allow_removal(
+        &self,
+        removed: &IpNet,
+        bans: &BTreeMap<IpNet, Entry>,
+        allow: &BTreeMap<IpNet, Entry>,
+        now: jiff::Timestamp,
+    ) -> Result<()> {
+        let banning = |addr: &IpAddr| {
+            if !removed.contains(addr) || allowed(allow, *addr) {
+                return None;
+            }
+            bans.iter()
+                .find(|(net, entry)| net.contains(addr) && !entry.is_expired(now))
+                .map(|(net, _)| *net)
+        };
+        let refuse = |why: String| {
+            Err(Error::AllowRemovalLockOut {
+                net: removed.to_string(),
+                why,
+            })
+        };
+        if let Some(ssh) = &self.ssh {
+            if let Some(ban) = banning(&ssh.client) {
+                return refuse(format!(
+                    "{client}, the source of your SSH session ({variable}), is banned by {ban}",
+                    client = ssh.client,
+                    variable = ssh.variable,
+                ));
+            }
+        }
+        for own in &self.host_addrs {
+            if let Some(ban) = banning(own) {
+                return refuse(format!(
+                    "{own}, an address of this host, is banned by {ban}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn allowed(allow: &BTreeMap<IpNet, Entry>, addr: IpAddr) -> bool {
@@ -270,6 +313,47 @@ mod tests {
         let allow = allowlist(&["198.51.100.7/32", "192.0.2.0/24"]);
         guard().check(&net("198.51.100.0/24"), &allow).unwrap();
         guard().check(&net("192.0.2.0/24"), &allow).unwrap();
+    }
+
+    #[test]
+    fn removing_the_allowlist_entry_that_keeps_the_operator_in_is_refused() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let mut bans = allowlist(&["198.51.100.0/24", "2001:db8::/64"]);
+        let none = allowlist(&[]);
+        let err = guard()
+            .check_allow_removal(&net("198.51.100.7/32"), &bans, &none, now)
+            .unwrap_err();
+        assert!(err.is_bad_input());
+        assert_eq!(
+            err.to_string(),
+            "refusing to remove 198.51.100.7/32 from the allowlist: 198.51.100.7, the source \
+             of your SSH session (SSH_CONNECTION), is banned by 198.51.100.0/24; nothing was \
+             changed (add --force to remove it anyway)"
+        );
+        let err = guard()
+            .check_allow_removal(&net("2001:db8::/48"), &bans, &none, now)
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("2001:db8::1, an address of this host, is banned by 2001:db8::/64"));
+        // Still allowlisted by another entry, not covered by the removed one, or not banned.
+        let other = allowlist(&["198.51.100.0/28"]);
+        guard()
+            .check_allow_removal(&net("198.51.100.7/32"), &bans, &other, now)
+            .unwrap();
+        guard()
+            .check_allow_removal(&net("198.51.100.8/32"), &bans, &none, now)
+            .unwrap();
+        guard()
+            .check_allow_removal(&net("203.0.113.0/24"), &bans, &none, now)
+            .unwrap();
+        // An expired ban locks no one out.
+        for entry in bans.values_mut() {
+            entry.expires_at = Some(now);
+        }
+        guard()
+            .check_allow_removal(&net("198.51.100.7/32"), &bans, &none, now)
+            .unwrap();
     }
 
     #[test]

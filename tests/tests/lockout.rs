@@ -150,6 +150,71 @@ fn bans_that_lock_the_operator_out_need_force() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
+fn removing_the_allowlist_entry_that_keeps_the_operator_in_needs_force() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let operator = net.client_v4(1, 2);
+    let subnet = format!("{}/24", net.client_v4(1, 0));
+    let ssh = ssh_from(&net, operator);
+    let session = [("SSH_CONNECTION", ssh.as_str())];
+    net.blocker(&["allow", &operator.to_string(), "--reason", "operator ssh"])
+        .ok();
+    blocker(&net, false, &session, &["ban", &subnet]).ok();
+    assert!(net.reaches(operator), "the allowlisted operator passes");
+    let state_before = net.state_text();
+
+    let run = blocker(
+        &net,
+        false,
+        &session,
+        &["allow", "--remove", &operator.to_string()],
+    );
+    assert_eq!(run.code, 2, "the removal was not refused: {}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "refusing to remove {operator}/32 from the allowlist: {operator}, the source of \
+             your SSH session (SSH_CONNECTION), is banned by {subnet}; nothing was changed \
+             (add --force to remove it anyway)"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        net.state_text(),
+        state_before,
+        "the refusal changed the state"
+    );
+    assert!(net.reaches(operator), "the operator still gets through");
+
+    // An address of this host (the server's, in the banned range) is kept the same way.
+    let server = net.server_v4().to_string();
+    net.blocker(&["allow", &server]).ok();
+    let run = blocker(&net, true, &[], &["allow", "--remove", &server]);
+    assert_eq!(run.code, 2, "the removal was not refused: {}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "{server}, an address of this host, is banned by {subnet}"
+        )),
+        "{}",
+        run.stderr
+    );
+
+    blocker(
+        &net,
+        false,
+        &session,
+        &["allow", "--remove", &operator.to_string(), "--force"],
+    )
+    .ok();
+    assert!(
+        !net.reaches(operator),
+        "--force removes it, and the ban applies"
+    );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn load_warns_once_when_the_ssh_rule_covers_the_operator() {
     require_root();
     let net = TestNet::new();
