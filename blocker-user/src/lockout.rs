@@ -2,9 +2,12 @@
 //! operator's own SSH session is exposed to a rate rule.
 //!
 //! A ban is refused when it is wider than [`WIDEST_V4`] / [`WIDEST_V6`], or when it covers the
-//! source of the current SSH session (`SSH_CONNECTION`, else `SSH_CLIENT`) or an address of this
+//! source of the current SSH session (`SSH_CONNECTION`, else `SSH_CLIENT`; under sudo, which
+//! drops them, those of the nearest parent process: see [`session`]) or an address of this
 //! host (every interface, from `getifaddrs`) that the allowlist does not cover: the allowlist
 //! wins over every ban, so an allowlisted address cannot be locked out.
+
+pub mod session;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -30,30 +33,30 @@ pub struct SshSession {
     pub client: IpAddr,
     /// The port sshd listens on, when the environment says.
     pub server_port: Option<u16>,
-    /// The variable it came from, named in messages.
-    pub variable: &'static str,
+    /// The variable it came from (and the process, when not this one), named in messages.
+    pub variable: String,
 }
 
 impl SshSession {
-    /// The session of this process: `SSH_CONNECTION` ("client port server port"), else
-    /// `SSH_CLIENT` ("client port server-port").
-    pub fn from_env() -> Option<Self> {
-        let var = |name| std::env::var(name).ok();
-        Self::parse(
-            var("SSH_CONNECTION").as_deref(),
-            var("SSH_CLIENT").as_deref(),
+    /// The session of this process, from its environment or, under sudo, its parents'.
+    pub fn detect() -> session::Detected {
+        session::detect(
+            |name| std::env::var(name).ok(),
+            &session::Proc,
+            std::process::id(),
         )
     }
 
-    /// Reads the two variables' values; anything unparsable is ignored.
+    /// Reads the values of `SSH_CONNECTION` ("client port server port"), else `SSH_CLIENT`
+    /// ("client port server-port"); anything unparsable is ignored.
     pub fn parse(ssh_connection: Option<&str>, ssh_client: Option<&str>) -> Option<Self> {
-        let read = |value: &str, port_field: usize, variable| {
+        let read = |value: &str, port_field: usize, variable: &str| {
             let fields: Vec<&str> = value.split_whitespace().collect();
             let client: IpAddr = fields.first()?.parse().ok()?;
             Some(Self {
                 client: unmapped(client),
                 server_port: fields.get(port_field).and_then(|port| port.parse().ok()),
-                variable,
+                variable: variable.to_string(),
             })
         };
         ssh_connection
@@ -83,8 +86,8 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// The SSH session from the environment and the addresses of every interface in this
-    /// network namespace.
+    /// The SSH session (warning when sudo hides it) and the addresses of every interface in
+    /// this network namespace.
     pub fn detect() -> Result<Self> {
         let interfaces = nix::ifaddrs::getifaddrs().map_err(|errno| Error::Io {
             context: "listing this host's addresses".into(),
@@ -100,10 +103,15 @@ impl Guard {
                 }
             })
             .collect();
-        Ok(Self {
-            ssh: SshSession::from_env(),
-            host_addrs,
-        })
+        let ssh = match SshSession::detect() {
+            session::Detected::Session(ssh) => Some(ssh),
+            session::Detected::None => None,
+            session::Detected::Unknown(why) => {
+                tracing::warn!("{why}");
+                None
+            }
+        };
+        Ok(Self { ssh, host_addrs })
     }
 
     /// Refuses `net` if it would lock the operator out (see the module documentation).
@@ -222,7 +230,7 @@ pub fn ssh_warning<'a>(
 /// After `load`: warns once when the operator's SSH session is exposed to a rule in force. A
 /// state file that cannot be read is reported by the commands that need it, not here.
 pub fn warn_if_ssh_exposed(state_path: &std::path::Path) {
-    let Some(ssh) = SshSession::from_env() else {
+    let session::Detected::Session(ssh) = SshSession::detect() else {
         return;
     };
     // The allowlist and rules without the bans.
@@ -273,7 +281,10 @@ mod tests {
         assert_eq!(session.port(), 2222);
         let session = SshSession::parse(None, Some("::ffff:198.51.100.8 50022 22")).unwrap();
         assert_eq!(session.client.to_string(), "198.51.100.8");
-        assert_eq!((session.port(), session.variable), (22, "SSH_CLIENT"));
+        assert_eq!(
+            (session.port(), session.variable.as_str()),
+            (22, "SSH_CLIENT")
+        );
         assert_eq!(SshSession::parse(Some("garbage"), None), None);
         assert_eq!(SshSession::parse(None, None), None);
     }

@@ -150,6 +150,53 @@ fn bans_that_lock_the_operator_out_need_force() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
+fn under_sudo_the_ssh_session_is_found_in_a_parent_process() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let operator = net.client_v4(1, 2);
+    let subnet = format!("{}/24", net.client_v4(1, 0));
+    let ssh = ssh_from(&net, operator);
+    let state_before = net.state_text();
+    // The login shell holds the session; sudo's env_reset leaves the command without it. A
+    // shell that runs the command as a child (not exec) stands for both.
+    let sudo = |extra: &str| {
+        let mut shell = Command::new("sh");
+        shell
+            .arg("-c")
+            .arg(format!(
+                "env -u SSH_CONNECTION -u SSH_CLIENT SUDO_USER=operator \"$0\" ban {subnet} \
+                 {extra}; exit $?"
+            ))
+            .arg(blocker_bin())
+            .env("BLOCKER_PIN_DIR", &net.pin_dir)
+            .env("BLOCKER_STATE", net.state_path())
+            .env("RUST_LOG", "info")
+            .env("SSH_CONNECTION", &ssh)
+            .env_remove("SSH_CLIENT");
+        run_with_stdin(&mut shell, b"")
+    };
+    let run = sudo("");
+    assert_eq!(run.code, 2, "the ban was not refused: {}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "refusing to ban {subnet}: it covers {operator}, the source of your SSH session \
+             (SSH_CONNECTION of process "
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        net.state_text(),
+        state_before,
+        "the refusal changed the state"
+    );
+    assert_eq!(sudo("--force").code, 0);
+    assert!(!net.reaches(operator), "--force bans it all the same");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn removing_the_allowlist_entry_that_keeps_the_operator_in_needs_force() {
     require_root();
     let net = TestNet::new();
