@@ -192,8 +192,20 @@ fn cross_site_requests_are_refused() {
     );
     assert_json_error(status, 403, &body);
     assert_eq!(net.state_text(), before);
-    // Names of this host and addresses are fine.
+    // Rebinding under a name that starts with, or holds, this machine's name.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let hostname = hostname.trim();
+    for host in [
+        format!("{hostname}.evil.example"),
+        format!("evil.{hostname}.example:9977"),
+    ] {
+        let (status, body) = daemon.curl(&["/metrics", "-H", &format!("host: {host}")]);
+        assert_json_error(status, 403, &body);
+    }
+    // This host's name and loopback addresses are fine.
     assert_eq!(daemon.curl(&["/healthz", "-H", "host: localhost:1"]).0, 200);
+    let this_host = format!("host: {hostname}:{}", daemon.port);
+    assert_eq!(daemon.curl(&["/healthz", "-H", &this_host]).0, 200);
 }
 
 #[test]

@@ -2,12 +2,15 @@
 //! the state file (mode 0600; `--token-file` puts it elsewhere), guards everything but
 //! `/metrics` and `/healthz`, which scrapers read without one. Requests a browser could send
 //! for a web page (an `Origin` header, or a `Host` that names another site, as after DNS
-//! rebinding) are refused whatever they carry. The Unix socket keeps file-permission auth.
+//! rebinding) are refused whatever they carry: a `Host` must be `localhost`, a loopback
+//! address, the listen address (any address when listening on all of them: an address is
+//! never a name an attacker's DNS answers for) or exactly this machine's name, with or
+//! without a port. The Unix socket keeps file-permission auth.
 
 use std::{
     fs::{self, OpenOptions},
     io::{ErrorKind, Read, Write},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
@@ -99,14 +102,20 @@ pub struct Guard {
     token: String,
     /// This machine's name, which a `Host` header may carry.
     hostname: String,
+    /// Where the TCP listener listens.
+    listen: IpAddr,
 }
 
 impl Guard {
-    pub fn new(token: String) -> Arc<Self> {
+    pub fn new(token: String, listen: SocketAddr) -> Arc<Self> {
         let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|name| name.trim().to_ascii_lowercase())
             .unwrap_or_default();
-        Arc::new(Self { token, hostname })
+        Arc::new(Self {
+            token,
+            hostname,
+            listen: listen.ip(),
+        })
     }
 
     /// Passes a request, or says why not.
@@ -145,7 +154,7 @@ impl Guard {
         }
     }
 
-    /// An address, `localhost`, or this machine's name, with or without a port.
+    /// See the module documentation.
     fn is_this_host(&self, host: &str) -> bool {
         let name = match host.rsplit_once(':') {
             // An IPv6 literal is bracketed; a bare one (no port) has colons too.
@@ -157,17 +166,11 @@ impl Guard {
             _ => host,
         };
         let name = name.trim_start_matches('[').trim_end_matches(']');
-        if name.parse::<IpAddr>().is_ok() || host.parse::<IpAddr>().is_ok() {
-            return true;
+        if let Ok(addr) = name.parse::<IpAddr>().or_else(|_| host.parse()) {
+            return addr.is_loopback() || addr == self.listen || self.listen.is_unspecified();
         }
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        name == "localhost"
-            || name.ends_with(".localhost")
-            || (!self.hostname.is_empty()
-                && (name == self.hostname
-                    || name
-                        .strip_prefix(self.hostname.as_str())
-                        .is_some_and(|rest| rest.starts_with('.'))))
+        name == "localhost" || (!self.hostname.is_empty() && name == self.hostname)
     }
 }
 
@@ -199,9 +202,14 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn guard() -> Guard {
+        guard_on("127.0.0.1")
+    }
+
+    fn guard_on(listen: &str) -> Guard {
         Guard {
             token: "0123456789abcdef0123".into(),
             hostname: "gate".into(),
+            listen: listen.parse().unwrap(),
         }
     }
 
@@ -248,12 +256,13 @@ mod tests {
         let auth = (header::AUTHORIZATION, "Bearer 0123456789abcdef0123");
         for host in [
             "127.0.0.1:9977",
+            "127.0.0.2",
             "[::1]:9977",
             "::1",
             "localhost",
+            "localhost.:9977",
             "gate:9977",
-            "GATE.example.org",
-            "10.0.0.1",
+            "GATE",
         ] {
             assert_eq!(
                 status("/v1/bans", &[auth.clone(), (header::HOST, host)]),
@@ -266,9 +275,28 @@ mod tests {
             "gateway:9977",
             "127.0.0.1.evil.example",
             "localhost.evil",
+            "evil.localhost",
+            // DNS rebinding under a name that starts or holds this machine's.
+            "gate.evil.example",
+            "gate.example.org:9977",
+            "evil.gate.example",
+            // An address this listener does not listen on.
+            "10.0.0.1",
+            "[2001:db8::1]:9977",
         ] {
             assert_eq!(status("/metrics", &[(header::HOST, host)]), 403, "{host}");
         }
+        let host_status = |listen: &str, host: &str| match guard_on(listen)
+            .check("/metrics", &headers(&[(header::HOST, host)]))
+        {
+            Ok(()) => 200,
+            Err(err) => err.status().as_u16(),
+        };
+        assert_eq!(host_status("10.0.0.1", "10.0.0.1:9977"), 200);
+        assert_eq!(host_status("10.0.0.1", "10.0.0.2:9977"), 403);
+        assert_eq!(host_status("0.0.0.0", "10.0.0.2:9977"), 200);
+        assert_eq!(host_status("::", "[2001:db8::1]:9977"), 200);
+        assert_eq!(host_status("0.0.0.0", "gate.evil.example"), 403);
         assert_eq!(
             status("/healthz", &[(header::ORIGIN, "http://127.0.0.1:9977")]),
             403

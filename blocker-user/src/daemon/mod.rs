@@ -139,7 +139,7 @@ impl Daemon {
         tokio::spawn(server::serve(
             tcp,
             format!("http://{}", listen.tcp),
-            api::router(api.clone(), Some(auth::Guard::new(token))),
+            api::router(api.clone(), Some(auth::Guard::new(token, listen.tcp))),
             limit,
         ));
         tokio::spawn(server::serve(
