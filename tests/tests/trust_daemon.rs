@@ -164,6 +164,45 @@ fn the_tcp_api_needs_the_token_the_socket_and_probes_do_not() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
+fn a_token_file_others_can_read_or_another_user_owns_is_refused() {
+    require_root();
+    let net = TestNet::new();
+    let config = config(&net, "");
+    net.load(&["--config", &config]).ok();
+    let token_file = net.state_dir.path().join("planted.token");
+    let token_arg = token_file.to_string_lossy().into_owned();
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef\n").expect("token file");
+    let refused = |why: &str| {
+        let mut daemon = DaemonGuard::spawn(
+            &net,
+            &config,
+            DaemonGuard::port_of(&net),
+            &["--token-file", &token_arg],
+        );
+        let code = wait_exit(&mut daemon, Duration::from_secs(10));
+        let log = daemon.log_text();
+        assert!(code.is_some_and(|code| code != 0), "it served: {log}");
+        let line = format!("refusing the API token file {token_arg}: {why}");
+        assert!(log.contains(&line), "{log}");
+    };
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    refused("group or others may read or write it (mode 644)");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::os::unix::fs::chown(&token_file, Some(65534), None).expect("chown");
+    refused("it belongs to uid 65534");
+    // Root's own private file is used.
+    std::os::unix::fs::chown(&token_file, Some(0), None).expect("chown");
+    let daemon = DaemonGuard::start_with(
+        &net,
+        &config,
+        DaemonGuard::port_of(&net),
+        &["--token-file", &token_arg],
+    );
+    assert_eq!(daemon.curl(&["/v1/bans"]).0, 200);
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn cross_site_requests_are_refused() {
     require_root();
     let (net, daemon, _) = loaded_with_daemon();

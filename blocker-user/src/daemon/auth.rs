@@ -1,5 +1,6 @@
 //! Who may use the TCP API. A bearer token, generated at first start into `api.token` beside
-//! the state file (mode 0600; `--token-file` puts it elsewhere), guards everything but
+//! the state file (mode 0600; `--token-file` puts it elsewhere; an existing file must belong
+//! to root or to the daemon's user and be closed to group and others), guards everything but
 //! `/metrics` and `/healthz`, which scrapers read without one. Requests a browser could send
 //! for a web page (an `Origin` header, or a `Host` that names another site, as after DNS
 //! rebinding) are refused whatever they carry: a `Host` must be `localhost`, a loopback
@@ -11,6 +12,7 @@ use std::{
     fs::{self, OpenOptions},
     io::{ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr},
+    os::unix::fs::MetadataExt,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
@@ -22,7 +24,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use super::api::ApiError;
 use crate::{Error, Result};
@@ -41,10 +43,23 @@ pub fn default_token_path(state_path: &Path) -> PathBuf {
     state_path.with_file_name(TOKEN_FILE)
 }
 
-/// Reads the token at `path`, or creates it (mode 0600) with fresh random bytes.
+/// Reads the token at `path`, or creates it (mode 0600) with fresh random bytes. A file
+/// another user owns, or that group or others may read or write, is refused: its token may
+/// be known, or chosen, by someone else.
 pub fn load_or_create_token(path: &Path) -> Result<String> {
-    match fs::read_to_string(path) {
-        Ok(text) => {
+    match fs::File::open(path) {
+        Ok(mut file) => {
+            // The metadata of the file opened, so it cannot be swapped after the check.
+            let meta = file.metadata().map_err(Error::io(format!(
+                "reading the API token {}",
+                path.display()
+            )))?;
+            check_token_file(path, &meta, nix::unistd::geteuid().as_raw())?;
+            let mut text = String::new();
+            file.read_to_string(&mut text).map_err(Error::io(format!(
+                "reading the API token {}",
+                path.display()
+            )))?;
             let token = text.trim().to_string();
             if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
                 return Err(Error::InvalidConfig {
@@ -54,16 +69,6 @@ pub fn load_or_create_token(path: &Path) -> Result<String> {
                         .into(),
                 });
             }
-            let mode = fs::metadata(path)
-                .map(|m| m.permissions().mode())
-                .unwrap_or(0);
-            if mode & 0o077 != 0 {
-                warn!(
-                    "{} is readable by others (mode {:o}): run chmod 600 {0}",
-                    path.display(),
-                    mode & 0o777
-                );
-            }
             Ok(token)
         }
         Err(err) if err.kind() == ErrorKind::NotFound => create_token(path),
@@ -72,6 +77,37 @@ pub fn load_or_create_token(path: &Path) -> Result<String> {
             source,
         }),
     }
+}
+
+/// A token file must be a regular file of root or `euid`, closed to group and others.
+fn check_token_file(path: &Path, meta: &fs::Metadata, euid: u32) -> Result<()> {
+    let refuse = |why: String| {
+        Err(Error::UnsafeTokenFile {
+            path: path.to_path_buf(),
+            why,
+        })
+    };
+    if !meta.is_file() {
+        return refuse("it is not a regular file".into());
+    }
+    if meta.uid() != 0 && meta.uid() != euid {
+        return refuse(format!(
+            "it belongs to uid {}, not to root or this user ({euid}); check it, then `chown \
+             root {}` or delete it to have a new one generated",
+            meta.uid(),
+            path.display()
+        ));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return refuse(format!(
+            "group or others may read or write it (mode {:o}); check it, then `chmod 600 {}` \
+             or delete it to have a new one generated",
+            mode & 0o777,
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 fn create_token(path: &Path) -> Result<String> {
@@ -316,5 +352,48 @@ mod tests {
         assert_eq!(load_or_create_token(&path).unwrap(), token);
         fs::write(&path, "short\n").unwrap();
         assert!(load_or_create_token(&path).unwrap_err().is_bad_input());
+    }
+
+    #[test]
+    fn a_token_file_others_may_read_or_write_or_another_user_owns_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        let token = load_or_create_token(&path).unwrap();
+        for mode in [0o644, 0o640, 0o602] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = load_or_create_token(&path).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("refusing the API token file {}", path.display()))
+                    && err.contains(&format!("mode {mode:o}"))
+                    && !err.contains('\n'),
+                "{err}"
+            );
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(load_or_create_token(&path).unwrap(), token);
+
+        let owner = fs::metadata(&path).unwrap().uid();
+        let (foreign, euid) = if owner == 0 {
+            // Root runs the tests: give the file to nobody.
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            (65534, 0)
+        } else {
+            (owner, owner + 1)
+        };
+        if owner == 0 {
+            assert!(
+                load_or_create_token(&path).is_err(),
+                "nobody's file was trusted"
+            );
+        }
+        let meta = fs::metadata(&path).unwrap();
+        let err = check_token_file(&path, &meta, euid)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("belongs to uid {foreign}")), "{err}");
+        check_token_file(&path, &meta, foreign).unwrap();
+        let err =
+            check_token_file(dir.path(), &fs::metadata(dir.path()).unwrap(), owner).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }
