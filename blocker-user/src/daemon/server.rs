@@ -141,10 +141,16 @@ impl Drop for OwnSocket {
 /// Binds the Unix socket at `path` (mode 0660). An old socket left by a daemon that died is
 /// replaced; a live one (it accepts connections), and any file that is not a socket, are
 /// left alone and refused.
+///
+/// The socket is bound in a private directory (mode 0700) beside `path`, given its mode
+/// there, and only then linked to `path`: bound in place, it would be open to others by the
+/// umask until the chmod.
 pub fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, OwnSocket)> {
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let dir = match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => anyhow::bail!(
             "{} exists and is not a socket: not deleting it; choose another --socket",
@@ -161,10 +167,25 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, OwnSocket)> {
         }
         Err(_) => {}
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+    let private = tempfile::Builder::new()
+        .prefix(".blocker-socket.")
+        .tempdir_in(dir)
+        .with_context(|| format!("creating a private directory in {}", dir.display()))?;
+    let unlinked = private.path().join("socket");
+    let listener = UnixListener::bind(&unlinked)
+        .with_context(|| format!("listening on {}", path.display()))?;
+    std::fs::set_permissions(&unlinked, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
+    // A link, unlike a rename, fails if another daemon bound `path` since the checks above.
+    std::fs::hard_link(&unlinked, path).with_context(|| {
+        format!(
+            "listening on {}: it appeared while this daemon bound it; choose another --socket",
+            path.display()
+        )
+    })?;
+    private
+        .close()
+        .with_context(|| format!("removing the private directory in {}", dir.display()))?;
     let meta =
         std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
     Ok((
@@ -179,6 +200,40 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, OwnSocket)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Watches `path` in a tight loop while binding it again and again: the socket must
+    /// never show up with a mode other than 0660, not even between the bind and a chmod.
+    #[tokio::test]
+    async fn the_socket_is_never_seen_with_another_mode() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (path, done) = (path.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut modes = std::collections::BTreeSet::new();
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        modes.insert(meta.permissions().mode() & 0o777);
+                    }
+                }
+                modes
+            })
+        };
+        for _ in 0..300 {
+            let (listener, owner) = bind_unix(&path).unwrap();
+            drop(listener);
+            drop(owner);
+        }
+        done.store(true, Ordering::Relaxed);
+        let modes = watcher.join().unwrap();
+        let seen: Vec<String> = modes.iter().map(|mode| format!("{mode:o}")).collect();
+        assert!(
+            modes.iter().all(|&mode| mode == 0o660),
+            "modes seen: {seen:?}"
+        );
+    }
 
     #[tokio::test]
     async fn only_stale_sockets_are_replaced() {
