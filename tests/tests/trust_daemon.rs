@@ -480,6 +480,52 @@ fn slow_and_idle_clients_are_cut_off() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
+fn a_client_that_pipelines_and_never_reads_is_cut_off() {
+    require_root();
+    let (net, daemon, _) = loaded_with_daemon();
+    let port = daemon.port;
+    let (requests, answered) = in_netns(&net.server_ns, move || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_recv_buffer_size(4096)?;
+        socket.connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)).into(),
+            Duration::from_secs(2),
+        )?;
+        let mut stream: TcpStream = socket.into();
+        // Megabytes of /metrics answers, far more than the socket buffers hold, never read.
+        let requests = 5_000;
+        let request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(requests);
+        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(&request)?;
+        // The write timeout (5 s) passes; then what was sent before the daemon gave up.
+        thread::sleep(Duration::from_secs(8));
+        let mut answers = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = vec![0u8; 1 << 16];
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        while Instant::now() < deadline {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answers.extend_from_slice(&buf[..n]),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => break,
+            }
+        }
+        let answered = answers.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+        Ok::<_, std::io::Error>((requests, answered))
+    })
+    .expect("pipelining");
+    assert!(
+        answered < requests,
+        "all {answered} answers were sent: the connection was kept"
+    );
+    // The daemon serves others all along.
+    assert_eq!(daemon.curl(&["/healthz"]).0, 200);
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn a_flood_of_idle_connections_does_not_stop_the_daemon() {
     require_root();
     let net = TestNet::new();

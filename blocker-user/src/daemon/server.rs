@@ -1,8 +1,9 @@
-//! Serving connections within limits: each listener holds at most a bounded number of
-//! connections (more are accepted and closed at once, so the backlog never fills), a client
-//! that does not send a complete request head within [`HEADER_TIMEOUT`] (a half-sent request,
-//! or an idle keep-alive connection) is cut off, and errors from `accept` (out of files) are
-//! waited out, never fatal. The bound follows the process's file limit, which is raised to its
+//! Serving connections within [`Limits`]: each listener holds at most a bounded number of
+//! connections (more are accepted and closed at once, so the backlog never fills); a client
+//! that does not send a complete request head within the header timeout (a half-sent request,
+//! or an idle keep-alive connection), or that reads nothing of the answers for the write
+//! timeout (it pipelines requests and never reads), is cut off; errors from `accept` (out of
+//! files) are waited out, never fatal. The bound follows the process's file limit, which is raised to its
 //! hard limit first, so connections never starve the maps of descriptors.
 
 use std::{
@@ -28,8 +29,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-/// A request head (or the next one, on a kept-alive connection) must arrive within this.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+use super::write_timeout::WriteTimeout;
+
 /// Connections per listener at most, whatever the file limit.
 const MAX_CONNECTIONS: usize = 512;
 /// Descriptors kept for everything but connections: maps, the ring buffer, files, the runtime.
@@ -37,9 +38,32 @@ const RESERVED_FILES: u64 = 96;
 /// How long to wait after `accept` failed (typically out of descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Raises the soft file limit to the hard one and returns how many connections each of the
-/// two listeners may hold.
-pub fn connection_limit() -> usize {
+/// What one listener allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections at most.
+    pub connections: usize,
+    /// A request head (or the next one, on a kept-alive connection) must arrive within this.
+    pub header_timeout: Duration,
+    /// A connection whose answers make no progress for this long (the client reads
+    /// nothing) is closed.
+    pub write_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits for `connections` per listener.
+    pub fn new(connections: usize) -> Self {
+        Self {
+            connections,
+            header_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Raises the soft file limit to the hard one and returns the limits of each of the two
+/// listeners.
+pub fn limits() -> Limits {
     let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             Ok(()) => hard,
@@ -53,7 +77,7 @@ pub fn connection_limit() -> usize {
     };
     let limit = (soft.saturating_sub(RESERVED_FILES) / 2).clamp(8, MAX_CONNECTIONS as u64) as usize;
     info!("at most {limit} connections per listener (file limit {soft})");
-    limit
+    Limits::new(limit)
 }
 
 /// A listener the server accepts from.
@@ -79,8 +103,8 @@ impl Listener for UnixListener {
 }
 
 /// Serves `app` on `listener` forever.
-pub async fn serve(listener: impl Listener, name: String, app: Router, limit: usize) {
-    let slots = Arc::new(Semaphore::new(limit));
+pub async fn serve(listener: impl Listener, name: String, app: Router, limits: Limits) {
+    let slots = Arc::new(Semaphore::new(limits.connections));
     let mut failing_since: Option<Instant> = None;
     loop {
         let io = match listener.accept().await {
@@ -100,15 +124,19 @@ pub async fn serve(listener: impl Listener, name: String, app: Router, limit: us
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!("{name}: {limit} connections open; closing a new one");
+            debug!(
+                "{name}: {} connections open; closing a new one",
+                limits.connections
+            );
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
             let _slot = slot;
+            let io = WriteTimeout::new(io, limits.write_timeout);
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(io), service);
             if let Err(err) = connection.await {
                 debug!("connection ended: {err}");
@@ -199,7 +227,55 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, OwnSocket)> {
 
 #[cfg(test)]
 mod tests {
+    use axum::routing::get;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpSocket,
+    };
+
     use super::*;
+
+    /// A server of `/` (a short answer) and `/big` (1 MB) on 127.0.0.1 with `limits`.
+    async fn serving(limits: Limits) -> std::net::SocketAddr {
+        let app = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route("/big", get(|| async { vec![b'x'; 1 << 20] }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, "test".into(), app, limits));
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_client_that_pipelines_and_never_reads_is_cut_off() {
+        let limits = Limits {
+            write_timeout: Duration::from_millis(300),
+            ..Limits::new(16)
+        };
+        let server = serving(limits).await;
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(server).await.unwrap();
+        // 50 MB of answers: far more than the socket buffers hold.
+        let requests = 50;
+        let request = b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(requests);
+        stream.write_all(&request).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // What was sent before the daemon gave up arrives, then the end.
+        let mut answers = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answers.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        read.await.expect("the connection is still open");
+        let answered = answers.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+        assert!(answered < requests, "all {answered} answers were sent");
+    }
 
     /// Watches `path` in a tight loop while binding it again and again: the socket must
     /// never show up with a mode other than 0660, not even between the bind and a chmod.
