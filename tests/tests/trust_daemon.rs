@@ -524,6 +524,55 @@ fn a_client_that_pipelines_and_never_reads_is_cut_off() {
     assert_eq!(daemon.curl(&["/healthz"]).0, 200);
 }
 
+/// The status line of `GET /healthz` from `from` to `to`, on a new connection.
+fn status_from(net: &TestNet, from: std::net::IpAddr, to: SocketAddr) -> String {
+    let mut stream = net.tcp_stream(from, to).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn one_client_address_cannot_take_every_connection() {
+    require_root();
+    let net = TestNet::new();
+    let config = config(&net, "");
+    net.load(&["--config", &config]).ok();
+    let port = DaemonGuard::port_of(&net);
+    let socket = net.state_dir.path().join("wide.sock");
+    let daemon = DaemonGuard::spawn_on(
+        &net,
+        &config,
+        &format!("0.0.0.0:{port}"),
+        &socket.to_string_lossy(),
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.curl_anonymous(&[], &["/healthz"]).0 != 200 {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (greedy, other) = (net.client_v4(1, 2), net.client_v4(1, 3));
+    let server = SocketAddr::new(net.server_for(greedy), port);
+    // 32 idle connections (well within the 5 s header timeout), then one more.
+    let idle: Vec<TcpStream> = (0..32)
+        .map(|_| net.tcp_stream(greedy, server).expect("connecting"))
+        .collect();
+    let refused = status_from(&net, greedy, server);
+    assert_eq!(refused, "HTTP/1.1 503 Service Unavailable", "{refused:?}");
+    assert_eq!(status_from(&net, other, server), "HTTP/1.1 200 OK");
+    drop(idle);
+}
+
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
 fn a_flood_of_idle_connections_does_not_stop_the_daemon() {

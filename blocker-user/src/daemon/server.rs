@@ -1,17 +1,20 @@
 //! Serving connections within [`Limits`]: each listener holds at most a bounded number of
-//! connections (more are accepted and closed at once, so the backlog never fills); a client
-//! that does not send a complete request head within the header timeout (a half-sent request,
-//! or an idle keep-alive connection), or that reads nothing of the answers for the write
-//! timeout (it pipelines requests and never reads), is cut off; errors from `accept` (out of
-//! files) are waited out, never fatal. The bound follows the process's file limit, which is raised to its
+//! connections (more are accepted and closed at once, so the backlog never fills), and one
+//! client address at most a few of them (more get a 503); a client that does not send a
+//! complete request head within the header timeout (a half-sent request, or an idle
+//! keep-alive connection), or that reads nothing of the answers for the write timeout (it
+//! pipelines requests and never reads), is cut off; errors from `accept` (out of files) are
+//! waited out, never fatal. The bound follows the process's file limit, which is raised to its
 //! hard limit first, so connections never starve the maps of descriptors.
 
 use std::{
+    collections::HashMap,
     future::Future,
     io,
+    net::IpAddr,
     os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -23,7 +26,7 @@ use hyper_util::{
 };
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, UnixListener},
     sync::Semaphore,
 };
@@ -33,16 +36,26 @@ use super::write_timeout::WriteTimeout;
 
 /// Connections per listener at most, whatever the file limit.
 const MAX_CONNECTIONS: usize = 512;
+/// Connections from one remote address at most.
+const PER_ADDRESS: usize = 32;
 /// Descriptors kept for everything but connections: maps, the ring buffer, files, the runtime.
 const RESERVED_FILES: u64 = 96;
 /// How long to wait after `accept` failed (typically out of descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a refused connection may take to get its 503; refusals under way at most.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+const REFUSALS: usize = 16;
 
 /// What one listener allows.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Connections at most.
     pub connections: usize,
+    /// Connections from one remote address at most, so one client cannot take every slot.
+    pub per_address: usize,
+    /// Connections from one loopback address at most: every local process shares it, so it
+    /// gets more, but never the slots remote clients need.
+    pub per_loopback: usize,
     /// A request head (or the next one, on a kept-alive connection) must arrive within this.
     pub header_timeout: Duration,
     /// A connection whose answers make no progress for this long (the client reads
@@ -55,8 +68,19 @@ impl Limits {
     pub fn new(connections: usize) -> Self {
         Self {
             connections,
+            per_address: PER_ADDRESS.min(connections),
+            per_loopback: (connections / 2).max(1),
             header_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Connections `peer` may hold.
+    fn per_peer(&self, peer: IpAddr) -> usize {
+        if peer.is_loopback() {
+            self.per_loopback
+        } else {
+            self.per_address
         }
     }
 }
@@ -76,43 +100,110 @@ pub fn limits() -> Limits {
         Err(_) => 1024,
     };
     let limit = (soft.saturating_sub(RESERVED_FILES) / 2).clamp(8, MAX_CONNECTIONS as u64) as usize;
-    info!("at most {limit} connections per listener (file limit {soft})");
-    Limits::new(limit)
+    let limits = Limits::new(limit);
+    info!(
+        "at most {limit} connections per listener, {} per client address (file limit {soft})",
+        limits.per_address
+    );
+    limits
 }
 
 /// A listener the server accepts from.
 pub trait Listener: Send + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+    /// A connection and, over IP, the client's address.
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Option<IpAddr>)>> + Send;
 }
 
 impl Listener for TcpListener {
     type Io = tokio::net::TcpStream;
-    async fn accept(&self) -> io::Result<Self::Io> {
-        let (stream, _) = TcpListener::accept(self).await?;
+    async fn accept(&self) -> io::Result<(Self::Io, Option<IpAddr>)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        Ok((stream, Some(peer.ip().to_canonical())))
     }
 }
 
 impl Listener for UnixListener {
     type Io = tokio::net::UnixStream;
-    async fn accept(&self) -> io::Result<Self::Io> {
-        UnixListener::accept(self).await.map(|(stream, _)| stream)
+    async fn accept(&self) -> io::Result<(Self::Io, Option<IpAddr>)> {
+        UnixListener::accept(self)
+            .await
+            .map(|(stream, _)| (stream, None))
     }
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+/// One open connection of an address, counted until dropped.
+struct AddressSlot {
+    counts: Arc<PerAddress>,
+    addr: IpAddr,
+}
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, addr: IpAddr, most: usize) -> Option<AddressSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(addr).or_default();
+        if *count >= most {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.addr) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// Answers 503 and closes, after reading what the client sent meanwhile: closing with
+/// unread data would reset the connection and could lose the answer.
+async fn refuse(mut io: impl AsyncRead + AsyncWrite + Unpin, most: usize) {
+    let body = format!(
+        r#"{{"error":"too many connections from your address (at most {most}): close some and try again"}}"#
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        io.write_all(answer.as_bytes()).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
 }
 
 /// Serves `app` on `listener` forever.
 pub async fn serve(listener: impl Listener, name: String, app: Router, limits: Limits) {
     let slots = Arc::new(Semaphore::new(limits.connections));
+    let refusals = Arc::new(Semaphore::new(REFUSALS));
+    let per_address = Arc::new(PerAddress::default());
     let mut failing_since: Option<Instant> = None;
     loop {
-        let io = match listener.accept().await {
-            Ok(io) => {
+        let (io, peer) = match listener.accept().await {
+            Ok(accepted) => {
                 if let Some(since) = failing_since.take() {
                     info!("{name}: accepting again after {:.1?}", since.elapsed());
                 }
-                io
+                accepted
             }
             Err(err) => {
                 if failing_since.is_none() {
@@ -123,6 +214,23 @@ pub async fn serve(listener: impl Listener, name: String, app: Router, limits: L
                 continue;
             }
         };
+        let address_slot = match peer {
+            Some(peer) => {
+                let most = limits.per_peer(peer);
+                let Some(slot) = per_address.take(peer, most) else {
+                    debug!("{name}: {peer} holds {most} connections; refusing a new one");
+                    if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                        tokio::spawn(async move {
+                            let _refusal = refusal;
+                            refuse(io, most).await;
+                        });
+                    }
+                    continue;
+                };
+                Some(slot)
+            }
+            None => None,
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(
                 "{name}: {} connections open; closing a new one",
@@ -132,7 +240,7 @@ pub async fn serve(listener: impl Listener, name: String, app: Router, limits: L
         };
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             let io = WriteTimeout::new(io, limits.write_timeout);
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -228,10 +336,7 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<(UnixListener, OwnSocket)> {
 #[cfg(test)]
 mod tests {
     use axum::routing::get;
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::TcpSocket,
-    };
+    use tokio::net::{TcpSocket, TcpStream};
 
     use super::*;
 
@@ -244,6 +349,53 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve(listener, "test".into(), app, limits));
         addr
+    }
+
+    async fn connect_from(source: &str, server: std::net::SocketAddr) -> TcpStream {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        socket.connect(server).await.unwrap()
+    }
+
+    /// The status of `GET /` on a new connection from `source`.
+    async fn status_from(source: &str, server: std::net::SocketAddr) -> String {
+        let mut stream = connect_from(source, server).await;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer));
+        read.await.expect("no answer").unwrap();
+        answer.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_a_bounded_share_of_the_connections() {
+        let limits = Limits {
+            per_loopback: 3,
+            ..Limits::new(16)
+        };
+        assert_eq!(limits.per_peer("192.0.2.1".parse().unwrap()), 16);
+        assert_eq!(Limits::new(512).per_peer("192.0.2.1".parse().unwrap()), 32);
+        assert_eq!(Limits::new(512).per_peer("::1".parse().unwrap()), 256);
+        let server = serving(limits).await;
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            idle.push(connect_from("127.0.0.1", server).await);
+        }
+        assert_eq!(
+            status_from("127.0.0.1", server).await,
+            "HTTP/1.1 503 Service Unavailable"
+        );
+        // Another address is served, and a closed connection frees its address's slot.
+        assert_eq!(status_from("127.0.0.2", server).await, "HTTP/1.1 200 OK");
+        drop(idle.pop());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while status_from("127.0.0.1", server).await != "HTTP/1.1 200 OK" {
+            assert!(Instant::now() < deadline, "the slot was not given back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]
