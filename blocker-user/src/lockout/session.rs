@@ -211,6 +211,12 @@ mod tests {
     }
 
     #[test]
+    fn proc_names_this_process_s_parent() {
+        let parent = Proc.parent(std::process::id());
+        assert_eq!(parent, Some(std::os::unix::process::parent_id()));
+    }
+
+    #[test]
     fn variables_are_matched_by_their_whole_name() {
         let environ = b"SSH_CONNECTION_X=1\0SSH_CONNECTION=10.0.0.1 1 10.0.0.2 22\0";
         assert_eq!(
