@@ -6,9 +6,9 @@ use std::process::Command;
 
 use blocker_tests::{blocker_bin, require_root, run_with_stdin, Run, TestNet};
 
-/// `blocker ARGS` with this test's pins and state, `env` set and no SSH session inherited from
-/// whoever runs the tests; in the server namespace (whose addresses are "this host") with
-/// `in_server`.
+/// `blocker ARGS` with this test's pins and state, `env` set and no SSH session (nor sudo)
+/// inherited from whoever runs the tests; in the server namespace (whose addresses are "this
+/// host") with `in_server`.
 fn blocker(net: &TestNet, in_server: bool, env: &[(&str, &str)], args: &[&str]) -> Run {
     blocker_with_stdin(net, in_server, env, args, "")
 }
@@ -36,6 +36,8 @@ fn blocker_with_stdin(
         .env("RUST_LOG", "info")
         .env_remove("SSH_CONNECTION")
         .env_remove("SSH_CLIENT")
+        // Under sudo the session would be read from the test runner's parents.
+        .env_remove("SUDO_USER")
         .envs(env.iter().copied());
     run_with_stdin(&mut command, input.as_bytes())
 }
