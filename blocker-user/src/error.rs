@@ -26,6 +26,13 @@ pub enum Error {
     /// A ban that would cut the operator off; `--force` overrides it.
     #[error("refusing to ban {net}: {why}; nothing was changed (add --force to ban it anyway)")]
     LockOut { net: String, why: String },
+    /// Removing an allowlist entry that would leave the operator to a ban; `--force`
+    /// overrides it.
+    #[error(
+        "refusing to remove {net} from the allowlist: {why}; nothing was changed (add --force \
+         to remove it anyway)"
+    )]
+    AllowRemovalLockOut { net: String, why: String },
     #[error("invalid offense: {0}")]
     InvalidOffense(String),
     #[error("no rule named {0:?}")]
@@ -74,6 +81,9 @@ pub enum Error {
     },
     #[error("pin directory {} belongs to uid {owner}, not to this user ({euid}): another user may have planted it; check it, remove it (`rm -r {}`) and load again", dir.display(), dir.display())]
     PinDirNotOurs { dir: PathBuf, owner: u32, euid: u32 },
+    /// An API token file others could have written or read: its token cannot be trusted.
+    #[error("refusing the API token file {}: {why}", path.display())]
+    UnsafeTokenFile { path: PathBuf, why: String },
     #[error("pins in {} are from another blocker layout ({found}; this build uses {expected}): run `blocker unload` to remove them, then `blocker load`", dir.display())]
     PinLayout {
         dir: PathBuf,
@@ -109,6 +119,7 @@ impl Error {
                 | Error::UnreadableInput { .. }
                 | Error::ReasonTooLong { .. }
                 | Error::LockOut { .. }
+                | Error::AllowRemovalLockOut { .. }
                 | Error::InvalidRule(_)
                 | Error::NoSuchRule(_)
                 | Error::InvalidOffense(_)

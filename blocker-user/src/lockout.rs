@@ -2,9 +2,12 @@
 //! operator's own SSH session is exposed to a rate rule.
 //!
 //! A ban is refused when it is wider than [`WIDEST_V4`] / [`WIDEST_V6`], or when it covers the
-//! source of the current SSH session (`SSH_CONNECTION`, else `SSH_CLIENT`) or an address of this
+//! source of the current SSH session (`SSH_CONNECTION`, else `SSH_CLIENT`; under sudo, which
+//! drops them, those of the nearest parent process: see [`session`]) or an address of this
 //! host (every interface, from `getifaddrs`) that the allowlist does not cover: the allowlist
 //! wins over every ban, so an allowlisted address cannot be locked out.
+
+pub mod session;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -30,30 +33,30 @@ pub struct SshSession {
     pub client: IpAddr,
     /// The port sshd listens on, when the environment says.
     pub server_port: Option<u16>,
-    /// The variable it came from, named in messages.
-    pub variable: &'static str,
+    /// The variable it came from (and the process, when not this one), named in messages.
+    pub variable: String,
 }
 
 impl SshSession {
-    /// The session of this process: `SSH_CONNECTION` ("client port server port"), else
-    /// `SSH_CLIENT` ("client port server-port").
-    pub fn from_env() -> Option<Self> {
-        let var = |name| std::env::var(name).ok();
-        Self::parse(
-            var("SSH_CONNECTION").as_deref(),
-            var("SSH_CLIENT").as_deref(),
+    /// The session of this process, from its environment or, under sudo, its parents'.
+    pub fn detect() -> session::Detected {
+        session::detect(
+            |name| std::env::var(name).ok(),
+            &session::Proc,
+            std::process::id(),
         )
     }
 
-    /// Reads the two variables' values; anything unparsable is ignored.
+    /// Reads the values of `SSH_CONNECTION` ("client port server port"), else `SSH_CLIENT`
+    /// ("client port server-port"); anything unparsable is ignored.
     pub fn parse(ssh_connection: Option<&str>, ssh_client: Option<&str>) -> Option<Self> {
-        let read = |value: &str, port_field: usize, variable| {
+        let read = |value: &str, port_field: usize, variable: &str| {
             let fields: Vec<&str> = value.split_whitespace().collect();
             let client: IpAddr = fields.first()?.parse().ok()?;
             Some(Self {
                 client: unmapped(client),
                 server_port: fields.get(port_field).and_then(|port| port.parse().ok()),
-                variable,
+                variable: variable.to_string(),
             })
         };
         ssh_connection
@@ -83,8 +86,8 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// The SSH session from the environment and the addresses of every interface in this
-    /// network namespace.
+    /// The SSH session (warning when sudo hides it) and the addresses of every interface in
+    /// this network namespace.
     pub fn detect() -> Result<Self> {
         let interfaces = nix::ifaddrs::getifaddrs().map_err(|errno| Error::Io {
             context: "listing this host's addresses".into(),
@@ -100,10 +103,15 @@ impl Guard {
                 }
             })
             .collect();
-        Ok(Self {
-            ssh: SshSession::from_env(),
-            host_addrs,
-        })
+        let ssh = match SshSession::detect() {
+            session::Detected::Session(ssh) => Some(ssh),
+            session::Detected::None => None,
+            session::Detected::Unknown(why) => {
+                tracing::warn!("{why}");
+                None
+            }
+        };
+        Ok(Self { ssh, host_addrs })
     }
 
     /// Refuses `net` if it would lock the operator out (see the module documentation).
@@ -135,6 +143,49 @@ impl Guard {
         }
         if let Some(own) = self.host_addrs.iter().find(|addr| exposed(addr)) {
             return refuse(format!("it covers {own}, an address of this host"));
+        }
+        Ok(())
+    }
+
+    /// Refuses taking `removed` off the allowlist if that leaves the SSH session's source or
+    /// an address of this host to a ban in force: `bans` must hold every ban covering or
+    /// inside `removed`, `allow` the allowlist without it.
+    pub fn check_allow_removal(
+        &self,
+        removed: &IpNet,
+        bans: &BTreeMap<IpNet, Entry>,
+        allow: &BTreeMap<IpNet, Entry>,
+        now: jiff::Timestamp,
+    ) -> Result<()> {
+        let banning = |addr: &IpAddr| {
+            if !removed.contains(addr) || allowed(allow, *addr) {
+                return None;
+            }
+            bans.iter()
+                .find(|(net, entry)| net.contains(addr) && !entry.is_expired(now))
+                .map(|(net, _)| *net)
+        };
+        let refuse = |why: String| {
+            Err(Error::AllowRemovalLockOut {
+                net: removed.to_string(),
+                why,
+            })
+        };
+        if let Some(ssh) = &self.ssh {
+            if let Some(ban) = banning(&ssh.client) {
+                return refuse(format!(
+                    "{client}, the source of your SSH session ({variable}), is banned by {ban}",
+                    client = ssh.client,
+                    variable = ssh.variable,
+                ));
+            }
+        }
+        for own in &self.host_addrs {
+            if let Some(ban) = banning(own) {
+                return refuse(format!(
+                    "{own}, an address of this host, is banned by {ban}"
+                ));
+            }
         }
         Ok(())
     }
@@ -179,7 +230,7 @@ pub fn ssh_warning<'a>(
 /// After `load`: warns once when the operator's SSH session is exposed to a rule in force. A
 /// state file that cannot be read is reported by the commands that need it, not here.
 pub fn warn_if_ssh_exposed(state_path: &std::path::Path) {
-    let Some(ssh) = SshSession::from_env() else {
+    let session::Detected::Session(ssh) = SshSession::detect() else {
         return;
     };
     // The allowlist and rules without the bans.
@@ -230,7 +281,10 @@ mod tests {
         assert_eq!(session.port(), 2222);
         let session = SshSession::parse(None, Some("::ffff:198.51.100.8 50022 22")).unwrap();
         assert_eq!(session.client.to_string(), "198.51.100.8");
-        assert_eq!((session.port(), session.variable), (22, "SSH_CLIENT"));
+        assert_eq!(
+            (session.port(), session.variable.as_str()),
+            (22, "SSH_CLIENT")
+        );
         assert_eq!(SshSession::parse(Some("garbage"), None), None);
         assert_eq!(SshSession::parse(None, None), None);
     }
@@ -270,6 +324,47 @@ mod tests {
         let allow = allowlist(&["198.51.100.7/32", "192.0.2.0/24"]);
         guard().check(&net("198.51.100.0/24"), &allow).unwrap();
         guard().check(&net("192.0.2.0/24"), &allow).unwrap();
+    }
+
+    #[test]
+    fn removing_the_allowlist_entry_that_keeps_the_operator_in_is_refused() {
+        let now = Timestamp::from_second(2_000_000_000).unwrap();
+        let mut bans = allowlist(&["198.51.100.0/24", "2001:db8::/64"]);
+        let none = allowlist(&[]);
+        let err = guard()
+            .check_allow_removal(&net("198.51.100.7/32"), &bans, &none, now)
+            .unwrap_err();
+        assert!(err.is_bad_input());
+        assert_eq!(
+            err.to_string(),
+            "refusing to remove 198.51.100.7/32 from the allowlist: 198.51.100.7, the source \
+             of your SSH session (SSH_CONNECTION), is banned by 198.51.100.0/24; nothing was \
+             changed (add --force to remove it anyway)"
+        );
+        let err = guard()
+            .check_allow_removal(&net("2001:db8::/48"), &bans, &none, now)
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("2001:db8::1, an address of this host, is banned by 2001:db8::/64"));
+        // Still allowlisted by another entry, not covered by the removed one, or not banned.
+        let other = allowlist(&["198.51.100.0/28"]);
+        guard()
+            .check_allow_removal(&net("198.51.100.7/32"), &bans, &other, now)
+            .unwrap();
+        guard()
+            .check_allow_removal(&net("198.51.100.8/32"), &bans, &none, now)
+            .unwrap();
+        guard()
+            .check_allow_removal(&net("203.0.113.0/24"), &bans, &none, now)
+            .unwrap();
+        // An expired ban locks no one out.
+        for entry in bans.values_mut() {
+            entry.expires_at = Some(now);
+        }
+        guard()
+            .check_allow_removal(&net("198.51.100.7/32"), &bans, &none, now)
+            .unwrap();
     }
 
     #[test]

@@ -132,6 +132,10 @@ enum Command {
         /// Remove the entries instead of adding them.
         #[arg(long)]
         remove: bool,
+        /// Remove even an entry that keeps your SSH session's source or an address of this
+        /// host clear of a ban.
+        #[arg(long, requires = "remove")]
+        force: bool,
     },
     /// List bans and allowlist entries.
     ///
@@ -522,6 +526,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             addrs,
             reason,
             remove,
+            force,
         } => {
             let nets = parse_all(&addrs)?;
             reason.as_deref().map(text::check_reason).transpose()?;
@@ -529,6 +534,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut store = Store::open_scoped(&pins, state_path, &nets)?;
             if remove {
                 let missing = store.disallow(&nets);
+                if !force {
+                    let guard = Guard::detect()?;
+                    for net in &nets {
+                        let (bans, allow) = (&store.state.bans, &store.state.allow);
+                        guard.check_allow_removal(net, bans, allow, store.now.wall)?;
+                    }
+                }
                 store.commit(|| {})?;
                 report_removed(&nets, &missing, "on the allowlist");
             } else {

@@ -6,9 +6,9 @@ use std::process::Command;
 
 use blocker_tests::{blocker_bin, require_root, run_with_stdin, Run, TestNet};
 
-/// `blocker ARGS` with this test's pins and state, `env` set and no SSH session inherited from
-/// whoever runs the tests; in the server namespace (whose addresses are "this host") with
-/// `in_server`.
+/// `blocker ARGS` with this test's pins and state, `env` set and no SSH session (nor sudo)
+/// inherited from whoever runs the tests; in the server namespace (whose addresses are "this
+/// host") with `in_server`.
 fn blocker(net: &TestNet, in_server: bool, env: &[(&str, &str)], args: &[&str]) -> Run {
     blocker_with_stdin(net, in_server, env, args, "")
 }
@@ -36,6 +36,8 @@ fn blocker_with_stdin(
         .env("RUST_LOG", "info")
         .env_remove("SSH_CONNECTION")
         .env_remove("SSH_CLIENT")
+        // Under sudo the session would be read from the test runner's parents.
+        .env_remove("SUDO_USER")
         .envs(env.iter().copied());
     run_with_stdin(&mut command, input.as_bytes())
 }
@@ -146,6 +148,118 @@ fn bans_that_lock_the_operator_out_need_force() {
     blocker(&net, false, &session, &["ban", &subnet]).ok();
     assert!(net.reaches(operator), "the allowlisted operator passes");
     assert!(!net.reaches(neighbour), "the rest of the range is banned");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn under_sudo_the_ssh_session_is_found_in_a_parent_process() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let operator = net.client_v4(1, 2);
+    let subnet = format!("{}/24", net.client_v4(1, 0));
+    let ssh = ssh_from(&net, operator);
+    let state_before = net.state_text();
+    // The login shell holds the session; sudo's env_reset leaves the command without it. A
+    // shell that runs the command as a child (not exec) stands for both.
+    let sudo = |extra: &str| {
+        let mut shell = Command::new("sh");
+        shell
+            .arg("-c")
+            .arg(format!(
+                "env -u SSH_CONNECTION -u SSH_CLIENT SUDO_USER=operator \"$0\" ban {subnet} \
+                 {extra}; exit $?"
+            ))
+            .arg(blocker_bin())
+            .env("BLOCKER_PIN_DIR", &net.pin_dir)
+            .env("BLOCKER_STATE", net.state_path())
+            .env("RUST_LOG", "info")
+            .env("SSH_CONNECTION", &ssh)
+            .env_remove("SSH_CLIENT");
+        run_with_stdin(&mut shell, b"")
+    };
+    let run = sudo("");
+    assert_eq!(run.code, 2, "the ban was not refused: {}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "refusing to ban {subnet}: it covers {operator}, the source of your SSH session \
+             (SSH_CONNECTION of process "
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        net.state_text(),
+        state_before,
+        "the refusal changed the state"
+    );
+    assert_eq!(sudo("--force").code, 0);
+    assert!(!net.reaches(operator), "--force bans it all the same");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn removing_the_allowlist_entry_that_keeps_the_operator_in_needs_force() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let operator = net.client_v4(1, 2);
+    let subnet = format!("{}/24", net.client_v4(1, 0));
+    let ssh = ssh_from(&net, operator);
+    let session = [("SSH_CONNECTION", ssh.as_str())];
+    net.blocker(&["allow", &operator.to_string(), "--reason", "operator ssh"])
+        .ok();
+    blocker(&net, false, &session, &["ban", &subnet]).ok();
+    assert!(net.reaches(operator), "the allowlisted operator passes");
+    let state_before = net.state_text();
+
+    let run = blocker(
+        &net,
+        false,
+        &session,
+        &["allow", "--remove", &operator.to_string()],
+    );
+    assert_eq!(run.code, 2, "the removal was not refused: {}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "refusing to remove {operator}/32 from the allowlist: {operator}, the source of \
+             your SSH session (SSH_CONNECTION), is banned by {subnet}; nothing was changed \
+             (add --force to remove it anyway)"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        net.state_text(),
+        state_before,
+        "the refusal changed the state"
+    );
+    assert!(net.reaches(operator), "the operator still gets through");
+
+    // An address of this host (the server's, in the banned range) is kept the same way.
+    let server = net.server_v4().to_string();
+    net.blocker(&["allow", &server]).ok();
+    let run = blocker(&net, true, &[], &["allow", "--remove", &server]);
+    assert_eq!(run.code, 2, "the removal was not refused: {}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "{server}, an address of this host, is banned by {subnet}"
+        )),
+        "{}",
+        run.stderr
+    );
+
+    blocker(
+        &net,
+        false,
+        &session,
+        &["allow", "--remove", &operator.to_string(), "--force"],
+    )
+    .ok();
+    assert!(
+        !net.reaches(operator),
+        "--force removes it, and the ban applies"
+    );
 }
 
 #[test]

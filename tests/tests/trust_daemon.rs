@@ -164,6 +164,45 @@ fn the_tcp_api_needs_the_token_the_socket_and_probes_do_not() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
+fn a_token_file_others_can_read_or_another_user_owns_is_refused() {
+    require_root();
+    let net = TestNet::new();
+    let config = config(&net, "");
+    net.load(&["--config", &config]).ok();
+    let token_file = net.state_dir.path().join("planted.token");
+    let token_arg = token_file.to_string_lossy().into_owned();
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef\n").expect("token file");
+    let refused = |why: &str| {
+        let mut daemon = DaemonGuard::spawn(
+            &net,
+            &config,
+            DaemonGuard::port_of(&net),
+            &["--token-file", &token_arg],
+        );
+        let code = wait_exit(&mut daemon, Duration::from_secs(10));
+        let log = daemon.log_text();
+        assert!(code.is_some_and(|code| code != 0), "it served: {log}");
+        let line = format!("refusing the API token file {token_arg}: {why}");
+        assert!(log.contains(&line), "{log}");
+    };
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    refused("group or others may read or write it (mode 644)");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::os::unix::fs::chown(&token_file, Some(65534), None).expect("chown");
+    refused("it belongs to uid 65534");
+    // Root's own private file is used.
+    std::os::unix::fs::chown(&token_file, Some(0), None).expect("chown");
+    let daemon = DaemonGuard::start_with(
+        &net,
+        &config,
+        DaemonGuard::port_of(&net),
+        &["--token-file", &token_arg],
+    );
+    assert_eq!(daemon.curl(&["/v1/bans"]).0, 200);
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn cross_site_requests_are_refused() {
     require_root();
     let (net, daemon, _) = loaded_with_daemon();
@@ -192,8 +231,20 @@ fn cross_site_requests_are_refused() {
     );
     assert_json_error(status, 403, &body);
     assert_eq!(net.state_text(), before);
-    // Names of this host and addresses are fine.
+    // Rebinding under a name that starts with, or holds, this machine's name.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let hostname = hostname.trim();
+    for host in [
+        format!("{hostname}.evil.example"),
+        format!("evil.{hostname}.example:9977"),
+    ] {
+        let (status, body) = daemon.curl(&["/metrics", "-H", &format!("host: {host}")]);
+        assert_json_error(status, 403, &body);
+    }
+    // This host's name and loopback addresses are fine.
     assert_eq!(daemon.curl(&["/healthz", "-H", "host: localhost:1"]).0, 200);
+    let this_host = format!("host: {hostname}:{}", daemon.port);
+    assert_eq!(daemon.curl(&["/healthz", "-H", &this_host]).0, 200);
 }
 
 #[test]
@@ -425,6 +476,105 @@ fn slow_and_idle_clients_are_cut_off() {
         closed_within(&mut idle, Duration::from_secs(5)),
         "an idle connection stays open"
     );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_client_that_pipelines_and_never_reads_is_cut_off() {
+    require_root();
+    let (net, daemon, _) = loaded_with_daemon();
+    import_bulk_bans(&net);
+    let token = daemon.token().expect("token");
+    let port = daemon.port;
+    let requests = 20;
+    let answered = in_netns(&net.server_ns, move || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_recv_buffer_size(4096)?;
+        socket.connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)).into(),
+            Duration::from_secs(2),
+        )?;
+        let mut stream: TcpStream = socket.into();
+        // Whole requests in one go (a half-sent one would meet the header timeout instead),
+        // for answers of a megabyte and more each: far more than the socket buffers hold.
+        let request = format!(
+            "GET /v1/bans?limit=10000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        stream.write_all(request.repeat(requests).as_bytes())?;
+        // The write timeout (5 s) passes; then what was sent before the daemon gave up.
+        thread::sleep(Duration::from_secs(8));
+        let mut answers = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = vec![0u8; 1 << 16];
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        while Instant::now() < deadline {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answers.extend_from_slice(&buf[..n]),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        let answered = answers.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+        Ok::<_, std::io::Error>(answered)
+    })
+    .expect("pipelining");
+    assert!(
+        answered < requests,
+        "all {answered} answers were sent: the connection was kept"
+    );
+    // The daemon serves others all along.
+    assert_eq!(daemon.curl(&["/healthz"]).0, 200);
+}
+
+/// The status line of `GET /healthz` from `from` to `to`, on a new connection.
+fn status_from(net: &TestNet, from: std::net::IpAddr, to: SocketAddr) -> String {
+    let mut stream = net.tcp_stream(from, to).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn one_client_address_cannot_take_every_connection() {
+    require_root();
+    let net = TestNet::new();
+    let config = config(&net, "");
+    net.load(&["--config", &config]).ok();
+    let port = DaemonGuard::port_of(&net);
+    let socket = net.state_dir.path().join("wide.sock");
+    let daemon = DaemonGuard::spawn_on(
+        &net,
+        &config,
+        &format!("0.0.0.0:{port}"),
+        &socket.to_string_lossy(),
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.curl_anonymous(&[], &["/healthz"]).0 != 200 {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (greedy, other) = (net.client_v4(1, 2), net.client_v4(1, 3));
+    let server = SocketAddr::new(net.server_for(greedy), port);
+    // 32 idle connections (well within the 5 s header timeout), then one more.
+    let idle: Vec<TcpStream> = (0..32)
+        .map(|_| net.tcp_stream(greedy, server).expect("connecting"))
+        .collect();
+    let refused = status_from(&net, greedy, server);
+    assert_eq!(refused, "HTTP/1.1 503 Service Unavailable", "{refused:?}");
+    assert_eq!(status_from(&net, other, server), "HTTP/1.1 200 OK");
+    drop(idle);
 }
 
 #[test]

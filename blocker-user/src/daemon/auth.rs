@@ -1,13 +1,18 @@
 //! Who may use the TCP API. A bearer token, generated at first start into `api.token` beside
-//! the state file (mode 0600; `--token-file` puts it elsewhere), guards everything but
+//! the state file (mode 0600; `--token-file` puts it elsewhere; an existing file must belong
+//! to root or to the daemon's user and be closed to group and others), guards everything but
 //! `/metrics` and `/healthz`, which scrapers read without one. Requests a browser could send
 //! for a web page (an `Origin` header, or a `Host` that names another site, as after DNS
-//! rebinding) are refused whatever they carry. The Unix socket keeps file-permission auth.
+//! rebinding) are refused whatever they carry: a `Host` must be `localhost`, a loopback
+//! address, the listen address (any address when listening on all of them: an address is
+//! never a name an attacker's DNS answers for) or exactly this machine's name, with or
+//! without a port. The Unix socket keeps file-permission auth.
 
 use std::{
     fs::{self, OpenOptions},
     io::{ErrorKind, Read, Write},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::MetadataExt,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
@@ -19,7 +24,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use super::api::ApiError;
 use crate::{Error, Result};
@@ -38,10 +43,23 @@ pub fn default_token_path(state_path: &Path) -> PathBuf {
     state_path.with_file_name(TOKEN_FILE)
 }
 
-/// Reads the token at `path`, or creates it (mode 0600) with fresh random bytes.
+/// Reads the token at `path`, or creates it (mode 0600) with fresh random bytes. A file
+/// another user owns, or that group or others may read or write, is refused: its token may
+/// be known, or chosen, by someone else.
 pub fn load_or_create_token(path: &Path) -> Result<String> {
-    match fs::read_to_string(path) {
-        Ok(text) => {
+    match fs::File::open(path) {
+        Ok(mut file) => {
+            // The metadata of the file opened, so it cannot be swapped after the check.
+            let meta = file.metadata().map_err(Error::io(format!(
+                "reading the API token {}",
+                path.display()
+            )))?;
+            check_token_file(path, &meta, nix::unistd::geteuid().as_raw())?;
+            let mut text = String::new();
+            file.read_to_string(&mut text).map_err(Error::io(format!(
+                "reading the API token {}",
+                path.display()
+            )))?;
             let token = text.trim().to_string();
             if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
                 return Err(Error::InvalidConfig {
@@ -51,16 +69,6 @@ pub fn load_or_create_token(path: &Path) -> Result<String> {
                         .into(),
                 });
             }
-            let mode = fs::metadata(path)
-                .map(|m| m.permissions().mode())
-                .unwrap_or(0);
-            if mode & 0o077 != 0 {
-                warn!(
-                    "{} is readable by others (mode {:o}): run chmod 600 {0}",
-                    path.display(),
-                    mode & 0o777
-                );
-            }
             Ok(token)
         }
         Err(err) if err.kind() == ErrorKind::NotFound => create_token(path),
@@ -69,6 +77,37 @@ pub fn load_or_create_token(path: &Path) -> Result<String> {
             source,
         }),
     }
+}
+
+/// A token file must be a regular file of root or `euid`, closed to group and others.
+fn check_token_file(path: &Path, meta: &fs::Metadata, euid: u32) -> Result<()> {
+    let refuse = |why: String| {
+        Err(Error::UnsafeTokenFile {
+            path: path.to_path_buf(),
+            why,
+        })
+    };
+    if !meta.is_file() {
+        return refuse("it is not a regular file".into());
+    }
+    if meta.uid() != 0 && meta.uid() != euid {
+        return refuse(format!(
+            "it belongs to uid {}, not to root or this user ({euid}); check it, then `chown \
+             root {}` or delete it to have a new one generated",
+            meta.uid(),
+            path.display()
+        ));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return refuse(format!(
+            "group or others may read or write it (mode {:o}); check it, then `chmod 600 {}` \
+             or delete it to have a new one generated",
+            mode & 0o777,
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 fn create_token(path: &Path) -> Result<String> {
@@ -99,14 +138,20 @@ pub struct Guard {
     token: String,
     /// This machine's name, which a `Host` header may carry.
     hostname: String,
+    /// Where the TCP listener listens.
+    listen: IpAddr,
 }
 
 impl Guard {
-    pub fn new(token: String) -> Arc<Self> {
+    pub fn new(token: String, listen: SocketAddr) -> Arc<Self> {
         let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|name| name.trim().to_ascii_lowercase())
             .unwrap_or_default();
-        Arc::new(Self { token, hostname })
+        Arc::new(Self {
+            token,
+            hostname,
+            listen: listen.ip(),
+        })
     }
 
     /// Passes a request, or says why not.
@@ -145,7 +190,7 @@ impl Guard {
         }
     }
 
-    /// An address, `localhost`, or this machine's name, with or without a port.
+    /// See the module documentation.
     fn is_this_host(&self, host: &str) -> bool {
         let name = match host.rsplit_once(':') {
             // An IPv6 literal is bracketed; a bare one (no port) has colons too.
@@ -157,17 +202,11 @@ impl Guard {
             _ => host,
         };
         let name = name.trim_start_matches('[').trim_end_matches(']');
-        if name.parse::<IpAddr>().is_ok() || host.parse::<IpAddr>().is_ok() {
-            return true;
+        if let Ok(addr) = name.parse::<IpAddr>().or_else(|_| host.parse()) {
+            return addr.is_loopback() || addr == self.listen || self.listen.is_unspecified();
         }
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        name == "localhost"
-            || name.ends_with(".localhost")
-            || (!self.hostname.is_empty()
-                && (name == self.hostname
-                    || name
-                        .strip_prefix(self.hostname.as_str())
-                        .is_some_and(|rest| rest.starts_with('.'))))
+        name == "localhost" || (!self.hostname.is_empty() && name == self.hostname)
     }
 }
 
@@ -199,9 +238,14 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn guard() -> Guard {
+        guard_on("127.0.0.1")
+    }
+
+    fn guard_on(listen: &str) -> Guard {
         Guard {
             token: "0123456789abcdef0123".into(),
             hostname: "gate".into(),
+            listen: listen.parse().unwrap(),
         }
     }
 
@@ -248,12 +292,13 @@ mod tests {
         let auth = (header::AUTHORIZATION, "Bearer 0123456789abcdef0123");
         for host in [
             "127.0.0.1:9977",
+            "127.0.0.2",
             "[::1]:9977",
             "::1",
             "localhost",
+            "localhost.:9977",
             "gate:9977",
-            "GATE.example.org",
-            "10.0.0.1",
+            "GATE",
         ] {
             assert_eq!(
                 status("/v1/bans", &[auth.clone(), (header::HOST, host)]),
@@ -266,9 +311,28 @@ mod tests {
             "gateway:9977",
             "127.0.0.1.evil.example",
             "localhost.evil",
+            "evil.localhost",
+            // DNS rebinding under a name that starts or holds this machine's.
+            "gate.evil.example",
+            "gate.example.org:9977",
+            "evil.gate.example",
+            // An address this listener does not listen on.
+            "10.0.0.1",
+            "[2001:db8::1]:9977",
         ] {
             assert_eq!(status("/metrics", &[(header::HOST, host)]), 403, "{host}");
         }
+        let host_status = |listen: &str, host: &str| match guard_on(listen)
+            .check("/metrics", &headers(&[(header::HOST, host)]))
+        {
+            Ok(()) => 200,
+            Err(err) => err.status().as_u16(),
+        };
+        assert_eq!(host_status("10.0.0.1", "10.0.0.1:9977"), 200);
+        assert_eq!(host_status("10.0.0.1", "10.0.0.2:9977"), 403);
+        assert_eq!(host_status("0.0.0.0", "10.0.0.2:9977"), 200);
+        assert_eq!(host_status("::", "[2001:db8::1]:9977"), 200);
+        assert_eq!(host_status("0.0.0.0", "gate.evil.example"), 403);
         assert_eq!(
             status("/healthz", &[(header::ORIGIN, "http://127.0.0.1:9977")]),
             403
@@ -288,5 +352,48 @@ mod tests {
         assert_eq!(load_or_create_token(&path).unwrap(), token);
         fs::write(&path, "short\n").unwrap();
         assert!(load_or_create_token(&path).unwrap_err().is_bad_input());
+    }
+
+    #[test]
+    fn a_token_file_others_may_read_or_write_or_another_user_owns_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        let token = load_or_create_token(&path).unwrap();
+        for mode in [0o644, 0o640, 0o602] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = load_or_create_token(&path).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("refusing the API token file {}", path.display()))
+                    && err.contains(&format!("mode {mode:o}"))
+                    && !err.contains('\n'),
+                "{err}"
+            );
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(load_or_create_token(&path).unwrap(), token);
+
+        let owner = fs::metadata(&path).unwrap().uid();
+        let (foreign, euid) = if owner == 0 {
+            // Root runs the tests: give the file to nobody.
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            (65534, 0)
+        } else {
+            (owner, owner + 1)
+        };
+        if owner == 0 {
+            assert!(
+                load_or_create_token(&path).is_err(),
+                "nobody's file was trusted"
+            );
+        }
+        let meta = fs::metadata(&path).unwrap();
+        let err = check_token_file(&path, &meta, euid)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("belongs to uid {foreign}")), "{err}");
+        check_token_file(&path, &meta, foreign).unwrap();
+        let err =
+            check_token_file(dir.path(), &fs::metadata(dir.path()).unwrap(), owner).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }

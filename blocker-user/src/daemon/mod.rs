@@ -16,6 +16,7 @@ mod metrics;
 mod notify;
 mod offenses;
 mod server;
+mod write_timeout;
 
 use std::{
     collections::BTreeMap,
@@ -135,18 +136,18 @@ impl Daemon {
             daemon: self.clone(),
             offenses: offenses::OffenseQueue::start(self.clone()),
         };
-        let limit = server::connection_limit();
+        let limits = server::limits();
         tokio::spawn(server::serve(
             tcp,
             format!("http://{}", listen.tcp),
-            api::router(api.clone(), Some(auth::Guard::new(token))),
-            limit,
+            api::router(api.clone(), Some(auth::Guard::new(token, listen.tcp))),
+            limits,
         ));
         tokio::spawn(server::serve(
             unix,
             listen.socket.display().to_string(),
             api::router(api, None),
-            limit,
+            limits,
         ));
         let watcher = self.watch_events(notify_tx.clone());
         tokio::spawn(expiry::expire_loop(
