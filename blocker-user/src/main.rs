@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use blocker::{
     addr::parse_net,
-    clock::{parse_duration, Now},
+    clock::{expiry_after, parse_duration, Now},
     config::Config,
     daemon::{record_offense, report_via_socket, Daemon, Listen, OffenseReport},
     dynamic,
@@ -33,6 +33,8 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 use serde::Serialize;
 use tracing::{info, warn};
+
+mod cli;
 
 /// Drops unwanted traffic at the NIC driver with XDP: manual bans of addresses and CIDR ranges
 /// (permanent or temporary, with a reason) and an allowlist that always wins.
@@ -181,6 +183,7 @@ enum Command {
         #[arg(value_enum)]
         what: FlushWhat,
     },
+    Analyze(cli::analyze::AnalyzeArgs),
     /// Follow events: sources blacklisted by rules, entries expired or removed. Ctrl-C stops.
     Events {
         #[arg(long)]
@@ -495,7 +498,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     guard.check(net, &store.state.allow)?;
                 }
             }
-            let expires_at = expiry(store.now.wall, duration)?;
+            let expires_at = expiry_after(store.now.wall, duration)?;
             store.ban(&nets, expires_at, reason.as_deref());
             store.count_issued("cli", nets.len() as u64);
             store.commit(|| {})?;
@@ -570,6 +573,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let removed = dynamic::remove_blacklisted(&pins, None)?;
             info!("flushed {} dynamic blacklist entries", removed.len());
         }
+        Command::Analyze(args) => cli::analyze::run(&pins, state_path, args)?,
         Command::Events { json } => follow_events(&pins, state_path, json)?,
         Command::Daemon(args) => {
             if let Some(path) = &args.check_config {
@@ -747,19 +751,6 @@ fn parse_all(addrs: &[String]) -> Result<Vec<IpNet>, Error> {
             Ok(parsed.net)
         })
         .collect()
-}
-
-fn expiry(now: Timestamp, duration: Option<Duration>) -> Result<Option<Timestamp>, Error> {
-    duration
-        .map(|duration| {
-            jiff::SignedDuration::try_from(duration)
-                .ok()
-                .and_then(|d| now.checked_add(d).ok())
-                .ok_or_else(|| {
-                    Error::InvalidDuration(humantime::format_duration(duration).to_string())
-                })
-        })
-        .transpose()
 }
 
 fn report_removed(nets: &[IpNet], missing: &[IpNet], what: &str) {
@@ -1025,7 +1016,7 @@ fn import(
 ) -> anyhow::Result<()> {
     let duration = duration.as_deref().map(parse_duration).transpose()?;
     require_root()?;
-    let default_expiry = expiry(jiff::Timestamp::now(), duration)?;
+    let default_expiry = expiry_after(Timestamp::now(), duration)?;
     let progress = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new_spinner();
         bar.set_style(

@@ -1253,6 +1253,99 @@ mod tests {
         rows.map(|row| row.unwrap()).collect()
     }
 
+    fn import_rows(nets: &[&str]) -> impl Iterator<Item = Result<ImportRow>> {
+        nets.iter()
+            .map(|net| {
+                Ok(ImportRow {
+                    net: net.parse().unwrap(),
+                    reason: Some("list".into()),
+                    expires_at: None,
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    const ROOMY: Capacity = Capacity {
+        v4: ("ban_v4", 100),
+        v6: ("ban_v6", 100),
+    };
+
+    #[test]
+    fn an_import_is_one_transaction_that_an_undo_takes_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        sample()
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        let before = State::load(&path).unwrap();
+        let history_before = query(&path, "SELECT CAST(count(*) AS TEXT) FROM history");
+        let now = Timestamp::from_second(1_700_000_100).unwrap();
+        let import = Origin::local("import");
+        let rows = import_rows(&["10.0.0.0/8", "198.51.100.0/24", "198.51.100.7/32"]);
+        let mut imported = import_bans(&path, &import, now, &ROOMY, rows).unwrap();
+        let after = State::load(&path).unwrap();
+        assert_eq!(after.bans.len(), 4, "one replaced, two added");
+        assert_eq!(
+            after.bans[&"10.0.0.0/8".parse().unwrap()].created_at,
+            before.bans[&"10.0.0.0/8".parse().unwrap()].created_at,
+            "a ban in force keeps its creation time"
+        );
+        assert_eq!(after.issued["import"], 3);
+        let mut added = undo_import(&mut imported, &import).unwrap();
+        added.sort();
+        assert_eq!(
+            added,
+            [
+                "198.51.100.0/24".parse().unwrap(),
+                "198.51.100.7/32".parse().unwrap()
+            ]
+        );
+        let undone = State::load(&path).unwrap();
+        assert_eq!(undone.bans, before.bans);
+        assert_eq!(undone.issued.get("import"), Some(&0));
+        assert_eq!(
+            query(&path, "SELECT CAST(count(*) AS TEXT) FROM history"),
+            history_before
+        );
+    }
+
+    #[test]
+    fn an_import_that_would_overfill_a_map_or_has_a_bad_row_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        sample()
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        let before = State::load(&path).unwrap();
+        let now = Timestamp::from_second(1_700_000_100).unwrap();
+        let tight = Capacity {
+            v4: ("ban_v4", 2),
+            v6: ("ban_v6", 100),
+        };
+        let rows = import_rows(&["198.51.100.1/32", "198.51.100.2/32"]);
+        let err = import_bans(&path, &Origin::local("import"), now, &tight, rows)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                Error::MapFull {
+                    map: "ban_v4",
+                    capacity: 2
+                }
+            ),
+            "{err}"
+        );
+        let bad_row = import_rows(&["198.51.100.1/32"]).chain([Err(Error::InvalidListLine {
+            path: "list".into(),
+            line: 2,
+            message: "bad".into(),
+        })]);
+        assert!(import_bans(&path, &Origin::local("import"), now, &ROOMY, bad_row).is_err());
+        assert_eq!(State::load(&path).unwrap(), before);
+    }
+
     #[test]
     fn round_trips_through_the_database() {
         let dir = tempfile::tempdir().unwrap();

@@ -49,9 +49,7 @@ pub fn import_bans(
     let mut conn = open(path, true)?;
     let db = |err: rusqlite::Error| invalid(path, err);
     conn.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS replaced (
-             prefix TEXT PRIMARY KEY, reason TEXT, created_at INTEGER, expires_at INTEGER,
-             source TEXT);
+        "CREATE TEMP TABLE IF NOT EXISTS replaced AS SELECT * FROM bans WHERE 0;
          DELETE FROM temp.replaced;",
     )
     .map_err(db)?;
@@ -66,10 +64,7 @@ pub fn import_bans(
     let mut nets = HashSet::new();
     {
         let mut keep_replaced = tx
-            .prepare(
-                "INSERT OR IGNORE INTO temp.replaced \
-                 SELECT prefix, reason, created_at, expires_at, source FROM bans WHERE prefix = ?1",
-            )
+            .prepare("INSERT INTO temp.replaced SELECT * FROM bans WHERE prefix = ?1")
             .map_err(db)?;
         let mut upsert = tx
             .prepare(
@@ -162,42 +157,17 @@ pub fn undo_import(imported: &mut Imported, origin: &Origin) -> Result<Vec<IpNet
             remove.execute([net.to_string()]).map_err(db)?;
         }
     }
-    let replaced: Vec<(String, Option<String>, i64, Option<i64>, String)> = {
-        let mut statement = tx
-            .prepare("SELECT prefix, reason, created_at, expires_at, source FROM temp.replaced")
-            .map_err(db)?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                ))
-            })
-            .map_err(db)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(db)?
-    };
     let mut kept = HashSet::new();
     {
-        let mut restore = tx
-            .prepare(
-                "INSERT INTO bans (prefix, family, first, len, reason, created_at, expires_at, source) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .map_err(db)?;
-        for (text, reason, created_at, expires_at, source) in replaced {
-            let net = super::prefix(&path, &text)?;
-            kept.insert(net);
-            let (family, first, len) = range_columns(&net);
-            restore
-                .execute(params![
-                    text, family, first, len, reason, created_at, expires_at, source
-                ])
-                .map_err(db)?;
+        let mut replaced = tx.prepare("SELECT prefix FROM temp.replaced").map_err(db)?;
+        let mut rows = replaced.query([]).map_err(db)?;
+        while let Some(row) = rows.next().map_err(db)? {
+            let text: String = row.get(0).map_err(db)?;
+            kept.insert(super::prefix(&path, &text)?);
         }
     }
+    tx.execute("INSERT INTO bans SELECT * FROM temp.replaced", [])
+        .map_err(db)?;
     tx.execute(
         "DELETE FROM history WHERE id > ?1",
         [imported.history_before],
