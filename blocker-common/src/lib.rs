@@ -2,6 +2,7 @@
 //! counter indices, limits, and the pure decision functions both sides run.
 #![no_std]
 
+pub mod bunch;
 pub mod counters;
 pub mod maps;
 pub mod reject;

@@ -8,6 +8,8 @@
 //! cleared when that is older than [`MAX_RULE_MS`], so an idle source's old times never alias
 //! into a window.
 
+use crate::bunch::{bunch_step, BunchLimits};
+
 /// Rule slots in the kernel.
 pub const MAX_RULES: usize = 32;
 /// Timestamps kept per source and rule; also the largest hitcount and bunch count.
@@ -355,7 +357,7 @@ pub fn on_event(rule: &Rule, history: &mut History, now_ms: u64, ttl: u8) -> Out
     Outcome::Counted
 }
 
-/// A burst rule's event; every event extends or starts a bunch. `hitcount` and `bunch_size`
+/// A burst rule's event; every event extends or starts a bunch ([`bunch_step`]). `hitcount` and `bunch_size`
 /// are the rule's, or out of reach for an unchecked event.
 #[inline(always)]
 fn on_burst_event(
@@ -365,23 +367,21 @@ fn on_burst_event(
     hitcount: u32,
     bunch_size: u32,
 ) -> Outcome {
-    let continues_bunch =
-        history.bunch_len > 0 && now_ms.saturating_sub(history.last_ms) <= u64::from(rule.gap_ms);
-    history.bunch_len = if continues_bunch {
-        history.bunch_len.saturating_add(1)
-    } else {
-        1
+    let limits = BunchLimits {
+        gap_ms: rule.gap_ms,
+        min_bunch: rule.min_bunch,
+        bunch_size,
     };
-    if history.bunch_len == rule.min_bunch {
+    let step = bunch_step(&limits, history.bunch_len, history.last_ms, now_ms);
+    history.bunch_len = step.len;
+    if step.counts {
         history.record(now_ms);
     }
     history.last_ms = now_ms;
-    if history.bunch_len >= bunch_size {
-        return Outcome::Blacklist {
-            hits: history.bunch_len,
-        };
+    if step.full {
+        return Outcome::Blacklist { hits: step.len };
     }
-    if history.bunch_len == rule.min_bunch && history.has_within(hitcount, rule.window_ms, now_ms) {
+    if step.counts && history.has_within(hitcount, rule.window_ms, now_ms) {
         return Outcome::Blacklist {
             hits: rule.hitcount,
         };
@@ -758,6 +758,47 @@ mod tests {
             }
             t += 60_000;
         }
+    }
+
+    #[test]
+    fn burst_rules_continue_a_bunch_at_exactly_the_gap_and_count_only_within_the_window() {
+        let rule = burst_rule();
+        let mut history = History::new(64);
+        for i in 0..9 {
+            assert_eq!(
+                on_event(&rule, &mut history, i * 2_000, 64),
+                Outcome::Counted
+            );
+        }
+        assert_eq!(
+            on_event(&rule, &mut history, 9 * 2_000, 64),
+            Outcome::Blacklist { hits: 10 }
+        );
+        // Ten bunches of 4, but the first reached its 4th event (at 3 s) a millisecond before
+        // the window of the tenth's 4th: nine count.
+        let mut history = History::new(64);
+        let bunch_at = |bunch: u64| match bunch {
+            0 => 0,
+            _ => u64::from(rule.window_ms) + 1 - (9 - bunch) * 60_000,
+        };
+        for bunch in 0..10 {
+            for event in 0..4 {
+                let outcome = on_event(&rule, &mut history, bunch_at(bunch) + event * 1_000, 64);
+                assert_eq!(outcome, Outcome::Counted, "bunch {bunch} event {event}");
+            }
+        }
+        // An 11th brings nine within its window up to ten.
+        let t = u64::from(rule.window_ms) + 60_000;
+        for event in 0..3 {
+            assert_eq!(
+                on_event(&rule, &mut history, t + event, 64),
+                Outcome::Counted
+            );
+        }
+        assert_eq!(
+            on_event(&rule, &mut history, t + 3, 64),
+            Outcome::Blacklist { hits: 10 }
+        );
     }
 
     #[test]

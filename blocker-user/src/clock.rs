@@ -47,6 +47,23 @@ pub fn parse_duration(text: &str) -> crate::Result<Duration> {
     }
 }
 
+/// The end of a ban of `duration` from `now`; `None` (no duration) is a permanent ban.
+pub fn expiry_after(
+    now: Timestamp,
+    duration: Option<Duration>,
+) -> crate::Result<Option<Timestamp>> {
+    duration
+        .map(|duration| {
+            jiff::SignedDuration::try_from(duration)
+                .ok()
+                .and_then(|d| now.checked_add(d).ok())
+                .ok_or_else(|| {
+                    crate::Error::InvalidDuration(humantime::format_duration(duration).to_string())
+                })
+        })
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

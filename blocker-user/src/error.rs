@@ -21,6 +21,8 @@ pub enum Error {
     UnreadableInput { path: String, message: String },
     #[error("{0}")]
     InvalidRule(String),
+    #[error("invalid bunch analysis settings: {0}")]
+    InvalidBunchSettings(String),
     #[error("reason too long ({bytes} bytes): at most {max} bytes", max = crate::text::MAX_REASON_BYTES)]
     ReasonTooLong { bytes: usize },
     /// A ban that would cut the operator off; `--force` overrides it.
@@ -110,6 +112,7 @@ impl Error {
                 | Error::ReasonTooLong { .. }
                 | Error::LockOut { .. }
                 | Error::InvalidRule(_)
+                | Error::InvalidBunchSettings(_)
                 | Error::NoSuchRule(_)
                 | Error::InvalidOffense(_)
                 | Error::InvalidConfig { .. }

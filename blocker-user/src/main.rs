@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use blocker::{
     addr::parse_net,
-    clock::{parse_duration, Now},
+    clock::{expiry_after, parse_duration, Now},
     config::Config,
     daemon::{record_offense, report_via_socket, Daemon, Listen, OffenseReport},
     dynamic,
@@ -33,6 +33,8 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 use serde::Serialize;
 use tracing::{info, warn};
+
+mod cli;
 
 /// Drops unwanted traffic at the NIC driver with XDP: manual bans of addresses and CIDR ranges
 /// (permanent or temporary, with a reason) and an allowlist that always wins.
@@ -177,6 +179,7 @@ enum Command {
         #[arg(value_enum)]
         what: FlushWhat,
     },
+    Analyze(cli::analyze::AnalyzeArgs),
     /// Follow events: sources blacklisted by rules, entries expired or removed. Ctrl-C stops.
     Events {
         #[arg(long)]
@@ -491,7 +494,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     guard.check(net, &store.state.allow)?;
                 }
             }
-            let expires_at = expiry(store.now.wall, duration)?;
+            let expires_at = expiry_after(store.now.wall, duration)?;
             store.ban(&nets, expires_at, reason.as_deref());
             store.count_issued("cli", nets.len() as u64);
             store.commit(|| {})?;
@@ -558,6 +561,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let removed = dynamic::remove_blacklisted(&pins, None)?;
             info!("flushed {} dynamic blacklist entries", removed.len());
         }
+        Command::Analyze(args) => cli::analyze::run(&pins, state_path, args)?,
         Command::Events { json } => follow_events(&pins, state_path, json)?,
         Command::Daemon(args) => {
             if let Some(path) = &args.check_config {
@@ -735,19 +739,6 @@ fn parse_all(addrs: &[String]) -> Result<Vec<IpNet>, Error> {
             Ok(parsed.net)
         })
         .collect()
-}
-
-fn expiry(now: Timestamp, duration: Option<Duration>) -> Result<Option<Timestamp>, Error> {
-    duration
-        .map(|duration| {
-            jiff::SignedDuration::try_from(duration)
-                .ok()
-                .and_then(|d| now.checked_add(d).ok())
-                .ok_or_else(|| {
-                    Error::InvalidDuration(humantime::format_duration(duration).to_string())
-                })
-        })
-        .transpose()
 }
 
 fn report_removed(nets: &[IpNet], missing: &[IpNet], what: &str) {
@@ -1043,7 +1034,7 @@ fn import(
                 })?;
         }
     }
-    let default_expiry = expiry(store.now.wall, duration)?;
+    let default_expiry = expiry_after(store.now.wall, duration)?;
     for entry in &live {
         let expires_at = entry.expires_at.or(default_expiry);
         store.ban(&[entry.net], expires_at, entry.reason.as_deref());
