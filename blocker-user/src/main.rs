@@ -99,6 +99,9 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// The daemon's Unix socket, asked for its jails [default: /run/blocker/blocker.sock].
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Ban addresses or CIDR ranges; permanent unless --for is given.
     ///
@@ -476,7 +479,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 info!("detached from {}", attachment.iface);
             }
         }
-        Command::Status { json } => print_status(&pins, json)?,
+        Command::Status { json, socket } => print_status(&pins, json, socket)?,
         Command::Ban {
             addrs,
             duration,
@@ -751,13 +754,20 @@ fn report_removed(nets: &[IpNet], missing: &[IpNet], what: &str) {
     }
 }
 
-fn print_status(pins: &PinDir, json: bool) -> anyhow::Result<()> {
+fn print_status(pins: &PinDir, json: bool, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let status = status::read(pins)?;
+    let socket = socket.unwrap_or_else(|| blocker::config::DaemonConfig::default().socket);
+    let jails = cli::status_jails::fetch(&socket).unwrap_or_default();
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+        let mut value = serde_json::to_value(&status)?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("jails".into(), serde_json::to_value(&jails)?);
+        }
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         status::write_table(&status, &mut out)?;
+        cli::status_jails::write_table(&jails, &mut out)?;
     }
     Ok(())
 }

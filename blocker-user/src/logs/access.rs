@@ -127,7 +127,7 @@ fn request_path(request: &str) -> &str {
         return "";
     };
     let end = target
-        .find(|c| matches!(c, ' ' | '?' | '#' | '"'))
+        .find([' ', '?', '#', '"'])
         .unwrap_or(target.len());
     &target[..end]
 }

@@ -115,6 +115,17 @@ impl JailConfig {
         }
     }
 
+    /// The bunch analysis settings (kind "bunch").
+    pub fn bunch_settings(&self) -> crate::logs::access::BunchSettings {
+        crate::logs::access::BunchSettings {
+            gap: self.gap,
+            bunch_size: self.bunch_size,
+            min_bunch: self.min_bunch,
+            bunch_count: self.bunch_count,
+            window: self.window,
+        }
+    }
+
     /// Checks one jail; the error is one line naming the jail.
     pub fn validate(&self, offenses: &OffenseConfig) -> Result<(), String> {
         let fail = |what: String| Err(format!("[[jails]] {:?}: {what}", self.name));
@@ -156,8 +167,8 @@ impl JailConfig {
                 return fail("kind \"bunch\" reads access logs and takes no filter".into())
             }
             (JailKind::Filter, Some(filter)) => {
-                if let Err(err) = check_filter(filter) {
-                    return fail(err);
+                if let Err(err) = super::filter::Filter::load(filter) {
+                    return fail(err.to_string());
                 }
             }
             (JailKind::Bunch, None) => {}
@@ -180,26 +191,11 @@ impl JailConfig {
             return fail("mask must be 1 to 32 and mask6 1 to 128".into());
         }
         if self.kind == JailKind::Bunch {
-            if self.gap.is_zero() || self.window.is_zero() {
-                return fail("gap and window must be longer than 0s".into());
-            }
-            if self.bunch_size < 2 || self.min_bunch < 2 || self.bunch_count == 0 {
-                return fail(
-                    "bunch_size and min_bunch must be at least 2, bunch_count at least 1".into(),
-                );
+            if let Err(err) = crate::logs::access::BunchTracker::new(self.bunch_settings()) {
+                return fail(err.to_string());
             }
         }
         Ok(())
-    }
-}
-
-/// Whether `filter` loads. Interim until the filter module lands: built-in names only.
-fn check_filter(filter: &str) -> Result<(), String> {
-    const BUILT_IN: &[&str] = &["sshd"];
-    if BUILT_IN.contains(&filter) || std::path::Path::new(filter).is_file() {
-        Ok(())
-    } else {
-        Err(format!("unknown filter {filter:?}"))
     }
 }
 
@@ -302,7 +298,7 @@ bantime = "7d"
             ),
             (
                 "name = \"a\"\nkind = \"bunch\"\nlogpath = [\"/l\"]\nbunch_size = 1\n",
-                "bunch_size and min_bunch",
+                "at least 2 requests",
             ),
             (
                 "name = \"a\"\nfilter = \"sshd\"\nlogpath = [\"/l\"]\nmask6 = 129\n",

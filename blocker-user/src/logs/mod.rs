@@ -4,6 +4,7 @@
 pub mod access;
 pub mod bunches;
 pub mod config;
+pub mod filter;
 pub mod follow;
 pub mod input;
 pub mod jail;
