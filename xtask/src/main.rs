@@ -89,6 +89,15 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("curl", "curl"),
     ("promtool", "prometheus"),
+    ("sshpass", "sshpass"),
+];
+/// Programs the integration tests run that are not on PATH, and their Debian packages.
+const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("/usr/sbin/sshd", "openssh-server"),
+    (
+        "/usr/lib/systemd/systemd-journal-remote",
+        "systemd-journal-remote",
+    ),
 ];
 
 fn main() -> Result<()> {
@@ -292,6 +301,11 @@ fn setup_test_tools() -> Result<()> {
     let missing: Vec<&str> = TEST_TOOLS
         .iter()
         .filter(|(program, _)| !on_path(program))
+        .chain(
+            TEST_PROGRAMS
+                .iter()
+                .filter(|(path, _)| !std::path::Path::new(path).exists()),
+        )
         .map(|(_, package)| *package)
         .collect();
     if !missing.is_empty() {

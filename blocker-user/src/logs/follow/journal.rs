@@ -37,6 +37,9 @@ pub struct JournalFollower {
     matches: Vec<String>,
     directory: Option<PathBuf>,
     cursor: Option<String>,
+    /// Without a cursor, entries from this time on (the follower's start, so a `journalctl`
+    /// started again before any entry misses none).
+    since: Timestamp,
     running: Option<(Child, Receiver<Entry>)>,
     stopped_at: Option<Instant>,
     warnings: Warnings,
@@ -54,6 +57,7 @@ impl JournalFollower {
             matches: matches.to_vec(),
             directory,
             cursor,
+            since: Timestamp::now(),
             running: None,
             stopped_at: None,
             warnings: Warnings::default(),
@@ -68,7 +72,7 @@ impl JournalFollower {
         command.args(["--follow", "--output=json", "--no-pager", "--all"]);
         match &self.cursor {
             Some(cursor) => command.arg(format!("--after-cursor={cursor}")),
-            None => command.arg("--since=now"),
+            None => command.arg(format!("--since=@{}", self.since.as_second())),
         };
         command.arg("--lines=all").args(&self.matches);
         command
@@ -263,6 +267,7 @@ mod tests {
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        assert!(args.contains(&"--since=now".to_string()), "{args:?}");
+        let since = format!("--since=@{}", fresh.since.as_second());
+        assert!(args.contains(&since), "{args:?}");
     }
 }

@@ -1,0 +1,432 @@
+//! Log jails in `blocker daemon`: a real OpenSSH server guessed at from the client namespace
+//! gets the source banned at the driver (another client still connects); files are followed
+//! through rename-and-create and copytruncate rotation and when created after the start; a
+//! restart resumes at the saved position (no line twice, none missed); and the journal, written
+//! by systemd-journal-remote and read through journalctl, bans the same way.
+
+use std::{
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use blocker_tests::{
+    daemon::{json, DaemonGuard},
+    require_root, TestNet,
+};
+
+/// A config without rate rules (so only the jail bans) and with `jails`.
+fn jail_config(net: &TestNet, jails: &str) -> String {
+    net.config("jails.toml", &format!("rules = []\n{jails}"))
+}
+
+fn banned(net: &TestNet) -> Vec<String> {
+    net.blocker(&["list", "bans", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|row| row["addr"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_banned(net: &TestNet, addr: IpAddr) -> bool {
+    banned(net).contains(&format!("{addr}/32"))
+}
+
+/// Waits up to `seconds` for `addr` to be banned.
+fn wait_banned(net: &TestNet, daemon: &DaemonGuard, addr: IpAddr, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !is_banned(net, addr) {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} was not banned; bans: {:?}; daemon log:\n{}",
+            banned(net),
+            daemon.log_text()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The jail's status from `GET /v1/jails` over the socket.
+fn jail_status(daemon: &DaemonGuard, name: &str) -> serde_json::Value {
+    let (status, body) = daemon.curl_socket(&["/v1/jails"]);
+    assert_eq!(status, 200, "{body}");
+    json(&body)
+        .as_array()
+        .and_then(|jails| jails.iter().find(|jail| jail["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no jail {name} in {body}"))
+}
+
+/// Waits up to 5 s until the jail has read `lines` lines.
+fn wait_lines(daemon: &DaemonGuard, name: &str, lines: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = jail_status(daemon, name);
+        if status["lines"].as_u64() == Some(lines) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jail {name} read {} lines, not {lines}: {status}",
+            status["lines"]
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("opening the log")
+        .write_all(text.as_bytes())
+        .expect("writing the log");
+}
+
+/// A failed password line as sshd writes it to syslog, without the date.
+fn failure(addr: IpAddr) -> String {
+    format!("srv sshd[4242]: Failed password for root from {addr} port 50022 ssh2\n")
+}
+
+/// sshd in the server namespace, logging to a file; killed on drop.
+struct Sshd {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Sshd {
+    fn start(net: &TestNet) -> Self {
+        let dir = net.state_dir.path();
+        let key = dir.join("ssh_host_ed25519_key");
+        let keygen = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .expect("running ssh-keygen (cargo xtask setup installs openssh-server)");
+        assert!(keygen.success());
+        // Debian's sshd wants its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").expect("creating /run/sshd");
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port 22\nListenAddress 0.0.0.0\nHostKey {}\nPasswordAuthentication yes\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nPidFile {}\nLogLevel INFO\n",
+                key.display(),
+                dir.join("sshd.pid").display()
+            ),
+        )
+        .expect("writing sshd_config");
+        let log = dir.join("sshd.log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", net.server_ns))
+            .arg("/usr/sbin/sshd")
+            .args(["-D", "-E"])
+            .arg(&log)
+            .arg("-f")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting sshd (cargo xtask setup installs openssh-server)");
+        let sshd = Self { child, log };
+        let server = SocketAddr::new(net.server_v4(), 22);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !net.tcp_connects(net.client_v4(2, 2), server) {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not come up: {}",
+                std::fs::read_to_string(&sshd.log).unwrap_or_default()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        sshd
+    }
+
+    /// One password guess from `from` with the real ssh client; returns when it is refused
+    /// or times out.
+    fn guess(&self, net: &TestNet, from: IpAddr) {
+        let _ = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", net.client_ns))
+            .args(["timeout", "10", "sshpass", "-p", "wrong", "ssh"])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no"])
+            .args(["-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=3"])
+            .args(["-o", "LogLevel=ERROR", "-b", &from.to_string()])
+            .arg(format!("root@{}", net.server_v4()))
+            .arg("true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn wrong_ssh_passwords_ban_the_source_at_the_driver_and_another_client_still_connects() {
+    require_root();
+    let net = TestNet::new();
+    let sshd = Sshd::start(&net);
+    let config = jail_config(
+        &net,
+        &format!(
+            "[[jails]]\nname = \"sshd\"\nfilter = \"sshd\"\nlogpath = [\"{}\"]\n\
+             maxretry = 3\nfindtime = \"10m\"\nbantime = \"1h\"\n",
+            sshd.log.display()
+        ),
+    );
+    net.load(&["--config", &config]).ok();
+    let daemon = DaemonGuard::start(&net, &config);
+    let guesser = net.client_v4(1, 2);
+    let other = net.client_v4(1, 3);
+    let server = SocketAddr::new(net.server_v4(), 22);
+    for attempt in 1..=6 {
+        sshd.guess(&net, guesser);
+        if attempt >= 3 {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while !is_banned(&net, guesser) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if is_banned(&net, guesser) {
+            assert!(attempt >= 3, "banned after {attempt} guesses, before maxretry");
+            break;
+        }
+    }
+    wait_banned(&net, &daemon, guesser, 1);
+    let listed = net.blocker(&["list", "bans", "--json"]).ok().json();
+    let reason = listed[0]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.starts_with("jail sshd: 3 failures in 10m (last: "),
+        "{listed}"
+    );
+    assert!(
+        !net.tcp_connects(guesser, server),
+        "the banned source's SYN is dropped at the driver"
+    );
+    assert!(
+        net.tcp_connects(other, server),
+        "a client from another address still connects"
+    );
+    let status = jail_status(&daemon, "sshd");
+    assert!(status["matches"].as_u64().unwrap_or(0) >= 3, "{status}");
+    assert_eq!(status["bans"], 1, "{status}");
+    let (_, metrics) = daemon.curl(&["/metrics"]);
+    assert!(
+        metrics.contains("blocker_bans_issued_total{source=\"log\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("blocker_log_lines_total{jail=\"sshd\"}"),
+        "{metrics}"
+    );
+    let events = net.state_db().query_row(
+        "SELECT count(*) FROM history WHERE source = 'log' AND prefix = ?1",
+        [format!("{guesser}/32")],
+        |row| row.get::<_, i64>(0),
+    );
+    assert_eq!(events.ok(), Some(1), "the ban is in the history events read");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn files_are_followed_through_rotation_truncation_and_late_creation() {
+    require_root();
+    let net = TestNet::new();
+    let dir = net.state_dir.path();
+    let (renamed, truncated, late) = (
+        dir.join("renamed.log"),
+        dir.join("truncated.log"),
+        dir.join("late.log"),
+    );
+    append(&renamed, "");
+    append(&truncated, "");
+    let config = jail_config(
+        &net,
+        &format!(
+            "[[jails]]\nname = \"files\"\nfilter = \"sshd\"\n\
+             logpath = [\"{}\", \"{}\", \"{}\"]\nmaxretry = 3\n",
+            renamed.display(),
+            truncated.display(),
+            late.display()
+        ),
+    );
+    net.load(&["--config", &config]).ok();
+    let daemon = DaemonGuard::start(&net, &config);
+    let (a, b, c) = (net.client_v4(1, 2), net.client_v4(1, 3), net.client_v4(2, 2));
+
+    // Rename and create: two failures before, one in the new file.
+    append(&renamed, &failure(a).repeat(2));
+    wait_lines(&daemon, "files", 2);
+    std::fs::rename(&renamed, dir.join("renamed.log.1")).unwrap();
+    append(&renamed, &failure(a));
+    wait_banned(&net, &daemon, a, 5);
+
+    // copytruncate: two failures, the file copied and emptied, then one more.
+    append(&truncated, &failure(b).repeat(2));
+    wait_lines(&daemon, "files", 5);
+    std::fs::copy(&truncated, dir.join("truncated.log.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    thread::sleep(Duration::from_millis(600));
+    append(&truncated, &failure(b));
+    wait_banned(&net, &daemon, b, 5);
+
+    // A file that did not exist when the daemon started.
+    assert!(!is_banned(&net, c));
+    append(&late, &failure(c).repeat(3));
+    wait_banned(&net, &daemon, c, 5);
+    let status = wait_lines(&daemon, "files", 9);
+    assert_eq!(status["bans"], 3, "{status}");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_restart_resumes_at_the_saved_position_without_counting_a_line_twice() {
+    require_root();
+    let net = TestNet::new();
+    let log = net.state_dir.path().join("auth.log");
+    append(&log, "");
+    let config = jail_config(
+        &net,
+        &format!(
+            "[[jails]]\nname = \"restart\"\nfilter = \"sshd\"\nlogpath = [\"{}\"]\nmaxretry = 3\n",
+            log.display()
+        ),
+    );
+    net.load(&["--config", &config]).ok();
+    let source = net.client_v4(1, 2);
+    let mut daemon = DaemonGuard::start(&net, &config);
+    append(&log, &failure(source).repeat(2));
+    wait_lines(&daemon, "restart", 2);
+    // SIGTERM: the daemon saves the position as it stops.
+    let stopped = Command::new("kill")
+        .args(["-TERM", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.is_running() {
+        assert!(Instant::now() < deadline, "the daemon did not stop");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let size = std::fs::metadata(&log).unwrap().len() as i64;
+    let saved: i64 = net
+        .state_db()
+        .query_row(
+            "SELECT offset FROM log_positions WHERE jail = 'restart'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("a saved position");
+    assert_eq!(saved, size, "the position is past the last line read");
+    drop(daemon);
+
+    // Written while the daemon was down: read after the restart, and only that.
+    append(&log, &failure(source));
+    let daemon = DaemonGuard::start(&net, &config);
+    let status = wait_lines(&daemon, "restart", 1);
+    assert_eq!(status["matches"], 1, "{status}");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(jail_status(&daemon, "restart")["lines"], 1);
+    assert!(
+        !is_banned(&net, source),
+        "the two lines before the restart were not counted again"
+    );
+    append(&log, &failure(source).repeat(2));
+    wait_banned(&net, &daemon, source, 5);
+}
+
+/// Writes entries to a journal file in `dir` with systemd-journal-remote, as a journald
+/// would: `unit`'s sshd messages from now.
+fn write_journal(dir: &Path, unit: &str, messages: &[String]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    let mut export = String::new();
+    for (i, message) in messages.iter().enumerate() {
+        export.push_str(&format!(
+            "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n\
+             _BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=srv\n\
+             SYSLOG_IDENTIFIER=sshd\n_PID=4242\n_SYSTEMD_UNIT={unit}\nMESSAGE={message}\n\n",
+            now + i as u128,
+            now + i as u128
+        ));
+    }
+    let mut child = Command::new("/usr/lib/systemd/systemd-journal-remote")
+        .arg(format!("--output={}", dir.join("remote.journal").display()))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running systemd-journal-remote (cargo xtask setup installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(export.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "systemd-journal-remote: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn journal_entries_of_the_matching_unit_ban() {
+    require_root();
+    let net = TestNet::new();
+    let journal = net.state_dir.path().join("journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    let (guesser, elsewhere) = (net.client_v4(1, 2), net.client_v4(1, 3));
+    let message =
+        |addr: IpAddr| format!("Failed password for root from {addr} port 50022 ssh2");
+    // An entry from before the daemon: never read.
+    write_journal(&journal, "ssh.service", &[message(guesser)]);
+    let config = jail_config(
+        &net,
+        &format!(
+            "[[jails]]\nname = \"journal\"\nfilter = \"sshd\"\n\
+             journal = [\"_SYSTEMD_UNIT=ssh.service\"]\njournal_directory = \"{}\"\n\
+             maxretry = 3\n",
+            journal.display()
+        ),
+    );
+    net.load(&["--config", &config]).ok();
+    let daemon = DaemonGuard::start(&net, &config);
+    thread::sleep(Duration::from_millis(1500));
+    // Another unit's lines do not match the jail's expression.
+    write_journal(&journal, "other.service", &vec![message(elsewhere); 5]);
+    write_journal(&journal, "ssh.service", &vec![message(guesser); 2]);
+    wait_lines(&daemon, "journal", 2);
+    assert!(!is_banned(&net, guesser), "two failures are not three");
+    write_journal(&journal, "ssh.service", &[message(guesser)]);
+    wait_banned(&net, &daemon, guesser, 10);
+    assert!(!is_banned(&net, elsewhere));
+    let status = jail_status(&daemon, "journal");
+    assert!(status["journal_cursor"].as_str().is_some(), "{status}");
+}
