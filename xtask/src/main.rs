@@ -45,6 +45,9 @@ enum Task {
         /// Only the state database at scale (1M stored bans; 100k with --quick).
         #[arg(long)]
         state: bool,
+        /// Only `blocker analyze` over a generated access log (1 GB; 100 MB with --quick).
+        #[arg(long, conflicts_with = "state")]
+        analyze: bool,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP
     /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
@@ -133,13 +136,19 @@ fn main() -> Result<()> {
             .env("BLOCKER_BIN", &blocker);
             run(&mut test)?;
         }
-        Task::Bench { quick, state } => {
+        Task::Bench {
+            quick,
+            state,
+            analyze,
+        } => {
             setup_build_chain()?;
             setup_test_tools()?;
             require_root("the benchmarks load XDP programs and create namespaces")?;
             run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
             if state {
                 bench::state::run_alone(&root, bench::Plan::new(quick))?;
+            } else if analyze {
+                bench::analyze::run_alone(&root, bench::Plan::new(quick))?;
             } else {
                 bench::run(&root, bench::Plan::new(quick))?;
             }

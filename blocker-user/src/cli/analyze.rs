@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    io::Write,
+    io::{BufRead, Write},
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -14,7 +14,7 @@ use blocker::{
     lockout::Guard,
     logs::{
         access::{parse_access_line, BunchFlag, BunchSettings, BunchTracker},
-        input::{for_each_line, MAX_LINE_BYTES},
+        input::{self, for_each_line, MAX_LINE_BYTES},
     },
     pins::{require_root, PinDir},
     state::Origin,
@@ -113,7 +113,7 @@ fn analyze(args: &AnalyzeArgs, tracker: &mut BunchTracker) -> anyhow::Result<Vec
     let mut flags: Vec<(BunchFlag, Timestamp)> = Vec::new();
     let mut malformed = 0_u64;
     let mut lines = 0_u64;
-    for path in &args.logs {
+    for path in &oldest_first(&args.logs)? {
         let read = for_each_line(path, |number, line| {
             let Some(hit) = parse_access_line(line) else {
                 malformed += 1;
@@ -163,6 +163,24 @@ fn analyze(args: &AnalyzeArgs, tracker: &mut BunchTracker) -> anyhow::Result<Vec
             bunches: flag.bunches,
         })
         .collect())
+}
+
+/// The logs in the order of their first request's time, so `access.log access.log.1
+/// access.log.2.gz` reads as the day went; a log without one goes last.
+fn oldest_first(logs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut dated = Vec::with_capacity(logs.len());
+    for path in logs {
+        let reader = input::open(path)?;
+        let first = reader
+            .split(b'\n')
+            .take(1_000)
+            .map_while(std::result::Result::ok)
+            .find_map(|line| parse_access_line(&String::from_utf8_lossy(&line)))
+            .map(|hit| hit.time);
+        dated.push((first.is_none(), first, path.clone()));
+    }
+    dated.sort();
+    Ok(dated.into_iter().map(|(_, _, path)| path).collect())
 }
 
 fn print(flags: &[Flagged], json: bool) -> anyhow::Result<()> {

@@ -121,7 +121,12 @@ impl BunchTracker {
             self.forget_idle(now_ms);
         }
         let source = self.sources.entry(addr).or_default();
-        let step = bunch_step(&self.limits, source.bunch_len, source.last_ms, now_ms);
+        // A log's lines are in the order requests ended, so a request may be logged a little
+        // after a later one, which [`bunch_step`] takes as no pause. A request more than a gap
+        // earlier is from another stretch of log (files read out of order): a new bunch.
+        let went_back = now_ms.saturating_add(self.limits.gap_ms.into()) < source.last_ms;
+        let len = if went_back { 0 } else { source.bunch_len };
+        let step = bunch_step(&self.limits, len, source.last_ms, now_ms);
         source.bunch_len = step.len;
         source.last_ms = now_ms;
         if step.counts {
@@ -290,11 +295,10 @@ mod tests {
         let mut tracker = tracker();
         let day = 86_400_000;
         bunch(&mut tracker, 0, 4);
-        for i in 1..10 {
+        for i in 1..9 {
             bunch(&mut tracker, day - 10 * 60_000 + i * 60_000, 4);
         }
-        // The first reached 4 at 3 s; the tenth at day + 3 s - 1 ms would count it, this one
-        // reaches 4 at day + 3 s + 1 ms.
+        // The first reached 4 at 3 s, the tenth reaches 4 a window and 1 ms later: nine count.
         assert!(bunch(&mut tracker, day + 1, 4).is_empty());
         assert_eq!(bunch(&mut tracker, day + 60_000, 4).len(), 1);
     }
@@ -305,6 +309,18 @@ mod tests {
         assert_eq!(bunch(&mut tracker, 0, 10).len(), 1);
         assert!(bunch(&mut tracker, 3_600_000, 10).is_empty());
         assert_eq!(bunch(&mut tracker, 86_400_000 + 10_000, 10).len(), 1);
+    }
+
+    #[test]
+    fn a_request_logged_long_before_the_previous_one_starts_a_new_bunch() {
+        let mut tracker = tracker();
+        bunch(&mut tracker, 100_000, 9);
+        assert!(bunch(&mut tracker, 0, 1).is_empty());
+        assert!(bunch(&mut tracker, 1_000, 8).is_empty(), "9 in all, not 18");
+        // A little out of order continues it.
+        let mut tracker = super::tests::tracker();
+        bunch(&mut tracker, 100_000, 9);
+        assert_eq!(bunch(&mut tracker, 107_000, 1).len(), 1);
     }
 
     #[test]

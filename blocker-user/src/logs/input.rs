@@ -29,24 +29,8 @@ pub struct LinesRead {
 /// Calls `each` with the 1-based number and text of every line of `path` (gzipped or not,
 /// told by its first bytes), without the line ending.
 pub fn for_each_line(path: &Path, mut each: impl FnMut(u64, &str)) -> Result<LinesRead> {
-    let unreadable = |err: std::io::Error| Error::UnreadableInput {
-        path: path.display().to_string(),
-        message: err.to_string(),
-    };
-    let file = File::open(path).map_err(unreadable)?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let gzipped = reader
-        .fill_buf()
-        .map_err(unreadable)?
-        .starts_with(&GZIP_MAGIC);
-    let mut reader: Box<dyn BufRead> = if gzipped {
-        Box::new(BufReader::with_capacity(
-            1 << 20,
-            MultiGzDecoder::new(reader),
-        ))
-    } else {
-        Box::new(reader)
-    };
+    let unreadable = unreadable(path);
+    let mut reader = open(path)?;
     let mut read = LinesRead::default();
     let mut line = Vec::with_capacity(4096);
     loop {
@@ -72,6 +56,32 @@ pub fn for_each_line(path: &Path, mut each: impl FnMut(u64, &str)) -> Result<Lin
         let text = text.strip_suffix(b"\r").unwrap_or(text);
         let text: Cow<str> = String::from_utf8_lossy(text);
         each(read.lines, &text);
+    }
+}
+
+/// `path`'s text: decompressed when it is gzipped, which its first bytes tell.
+pub fn open(path: &Path) -> Result<Box<dyn BufRead>> {
+    let unreadable = unreadable(path);
+    let file = File::open(path).map_err(unreadable)?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let gzipped = reader
+        .fill_buf()
+        .map_err(unreadable)?
+        .starts_with(&GZIP_MAGIC);
+    Ok(if gzipped {
+        Box::new(BufReader::with_capacity(
+            1 << 20,
+            MultiGzDecoder::new(reader),
+        ))
+    } else {
+        Box::new(reader)
+    })
+}
+
+fn unreadable(path: &Path) -> impl Fn(std::io::Error) -> Error + Copy + '_ {
+    move |err| Error::UnreadableInput {
+        path: path.display().to_string(),
+        message: err.to_string(),
     }
 }
 
