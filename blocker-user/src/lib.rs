@@ -13,6 +13,7 @@ pub mod listfile;
 pub mod listing;
 pub mod loader;
 pub mod lockout;
+pub mod logs;
 pub mod offense;
 pub mod pins;
 pub mod rules;
