@@ -1,0 +1,3 @@
+//! One module per CLI command.
+
+pub mod scan;
