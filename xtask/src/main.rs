@@ -89,6 +89,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("curl", "curl"),
     ("promtool", "prometheus"),
+    ("fail2ban-regex", "fail2ban"),
 ];
 
 fn main() -> Result<()> {
