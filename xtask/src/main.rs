@@ -43,8 +43,12 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Only the state database at scale (1M stored bans; 100k with --quick).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "logs")]
         state: bool,
+        /// Only log scanning: `blocker scan` against `fail2ban-regex` (1M lines; 100k with
+        /// --quick).
+        #[arg(long)]
+        logs: bool,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP
     /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
@@ -125,13 +129,15 @@ fn main() -> Result<()> {
             .env("BLOCKER_BIN", &blocker);
             run(&mut test)?;
         }
-        Task::Bench { quick, state } => {
+        Task::Bench { quick, state, logs } => {
             setup_build_chain()?;
             setup_test_tools()?;
             require_root("the benchmarks load XDP programs and create namespaces")?;
             run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
             if state {
                 bench::state::run_alone(&root, bench::Plan::new(quick))?;
+            } else if logs {
+                bench::logs::run_alone(&root, bench::Plan::new(quick))?;
             } else {
                 bench::run(&root, bench::Plan::new(quick))?;
             }

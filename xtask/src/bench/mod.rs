@@ -4,6 +4,7 @@
 
 mod chart;
 mod daemon;
+pub mod logs;
 pub mod state;
 mod throughput;
 
@@ -99,6 +100,7 @@ struct Report {
     throughput: Vec<throughput::Row>,
     daemon: daemon::DaemonLoad,
     state: state::StateScale,
+    logs: logs::LogScan,
 }
 
 fn verdict_name(retval: u32) -> &'static str {
@@ -472,6 +474,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     let throughput = throughput::run(root, plan)?;
     let daemon = daemon::run(root, plan)?;
     let state = state::run(root, plan)?;
+    let logs = logs::run(root, plan)?;
 
     let report = Report {
         machine: machine(),
@@ -484,6 +487,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
         throughput,
         daemon,
         state,
+        logs,
     };
     write_report(root, &report)
 }
@@ -868,5 +872,6 @@ fn markdown(report: &Report) -> String {
     out += &throughput::markdown(&report.throughput);
     out += &daemon::markdown(&report.daemon);
     out += &state::markdown(&report.state);
+    out += &logs::markdown(&report.logs);
     out
 }
