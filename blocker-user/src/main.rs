@@ -195,6 +195,14 @@ enum Command {
     ///   blocker daemon --check-config /etc/blocker/blocker.toml
     #[command(verbatim_doc_comment)]
     Daemon(DaemonArgs),
+    /// Run a filter over log files (plain or .gz), like fail2ban-regex: lines, matches,
+    /// ignored lines and each source's failures.
+    ///
+    /// Examples:
+    ///   blocker scan /var/log/auth.log --filter sshd
+    ///   blocker scan /var/log/auth.log.2.gz --filter /etc/fail2ban/filter.d/sshd.conf --json
+    #[command(verbatim_doc_comment)]
+    Scan(cli::scan::ScanArgs),
     /// Report an offense by a client (through the daemon when it runs, directly otherwise).
     ///
     /// Example: blocker report 203.0.113.7 --severity minor --reason "wrong password" --key alice
@@ -566,6 +574,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Analyze(args) => cli::analyze::run(&pins, state_path, args)?,
         Command::Events { json } => follow_events(&pins, state_path, json)?,
+        Command::Scan(args) => cli::scan::scan(&args)?,
         Command::Daemon(args) => {
             if let Some(path) = &args.check_config {
                 Config::load(path)?;

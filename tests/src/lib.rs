@@ -18,6 +18,7 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
+pub mod authlog;
 pub mod bpf;
 pub mod daemon;
 pub mod differential;

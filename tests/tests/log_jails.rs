@@ -156,8 +156,18 @@ impl Sshd {
         let _ = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", net.client_ns))
             .args(["timeout", "10", "sshpass", "-p", "wrong", "ssh"])
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-            .args(["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args([
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "PubkeyAuthentication=no",
+            ])
             .args(["-o", "NumberOfPasswordPrompts=1", "-o", "ConnectTimeout=3"])
             .args(["-o", "LogLevel=ERROR", "-b", &from.to_string()])
             .arg(format!("root@{}", net.server_v4()))
@@ -204,7 +214,10 @@ fn wrong_ssh_passwords_ban_the_source_at_the_driver_and_another_client_still_con
             }
         }
         if is_banned(&net, guesser) {
-            assert!(attempt >= 3, "banned after {attempt} guesses, before maxretry");
+            assert!(
+                attempt >= 3,
+                "banned after {attempt} guesses, before maxretry"
+            );
             break;
         }
     }
@@ -240,7 +253,11 @@ fn wrong_ssh_passwords_ban_the_source_at_the_driver_and_another_client_still_con
         [format!("{guesser}/32")],
         |row| row.get::<_, i64>(0),
     );
-    assert_eq!(events.ok(), Some(1), "the ban is in the history events read");
+    assert_eq!(
+        events.ok(),
+        Some(1),
+        "the ban is in the history events read"
+    );
 }
 
 #[test]
@@ -268,7 +285,11 @@ fn files_are_followed_through_rotation_truncation_and_late_creation() {
     );
     net.load(&["--config", &config]).ok();
     let daemon = DaemonGuard::start(&net, &config);
-    let (a, b, c) = (net.client_v4(1, 2), net.client_v4(1, 3), net.client_v4(2, 2));
+    let (a, b, c) = (
+        net.client_v4(1, 2),
+        net.client_v4(1, 3),
+        net.client_v4(2, 2),
+    );
 
     // Rename and create: two failures before, one in the new file.
     append(&renamed, &failure(a).repeat(2));
@@ -403,8 +424,7 @@ fn journal_entries_of_the_matching_unit_ban() {
     let journal = net.state_dir.path().join("journal");
     std::fs::create_dir_all(&journal).unwrap();
     let (guesser, elsewhere) = (net.client_v4(1, 2), net.client_v4(1, 3));
-    let message =
-        |addr: IpAddr| format!("Failed password for root from {addr} port 50022 ssh2");
+    let message = |addr: IpAddr| format!("Failed password for root from {addr} port 50022 ssh2");
     // An entry from before the daemon: never read.
     write_journal(&journal, "ssh.service", &[message(guesser)]);
     let config = jail_config(

@@ -67,7 +67,7 @@ pub struct Jails {
 /// What a jail looks for.
 enum Detector {
     Failures {
-        filter: Filter,
+        filter: Box<Filter>,
         jail: Jail,
     },
     Bunches {
@@ -84,7 +84,7 @@ impl Detector {
             JailKind::Filter => {
                 let name = config.filter.as_deref().unwrap_or_default();
                 Detector::Failures {
-                    filter: Filter::load(name).map_err(|err| err.to_string())?,
+                    filter: Box::new(Filter::load(name).map_err(|err| err.to_string())?),
                     jail: Jail::new(rules),
                 }
             }

@@ -126,9 +126,7 @@ fn request_path(request: &str) -> &str {
     let Some((_method, target)) = request.split_once(' ') else {
         return "";
     };
-    let end = target
-        .find([' ', '?', '#', '"'])
-        .unwrap_or(target.len());
+    let end = target.find([' ', '?', '#', '"']).unwrap_or(target.len());
     &target[..end]
 }
 

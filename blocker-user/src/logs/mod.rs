@@ -1,5 +1,5 @@
-//! Bans from logs: jails that follow log files and the journal, parse their lines (filters,
-//! access logs), and ban sources that misbehave.
+//! Bans from logs: jails that follow log files and the journal, filters that turn lines into
+//! failures of a source address, access logs and their bunches, and the bans that follow.
 
 pub mod access;
 pub mod bunches;
@@ -8,4 +8,5 @@ pub mod filter;
 pub mod follow;
 pub mod input;
 pub mod jail;
+pub mod lines;
 pub mod positions;
