@@ -125,17 +125,31 @@ impl Sshd {
             ),
         )
         .expect("writing sshd_config");
+        // sshd -E writes bare messages; a syslog daemon prefixes them with the host and
+        // `sshd[PID]: `, which is what the sshd filter (like fail2ban's) expects. Its stderr
+        // (-e) is relayed to the log file the way syslog would write it.
         let log = dir.join("sshd.log");
-        let child = Command::new("nsenter")
+        let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", net.server_ns))
             .arg("/usr/sbin/sshd")
-            .args(["-D", "-E"])
-            .arg(&log)
-            .arg("-f")
+            .args(["-D", "-e", "-f"])
             .arg(&config)
             .stdin(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting sshd (cargo xtask setup installs openssh-server)");
+        let stderr = child.stderr.take().expect("sshd's stderr");
+        let (relay_log, pid) = (log.clone(), child.id());
+        append(&relay_log, "");
+        thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                append(&relay_log, &format!("srv sshd[{pid}]: {line}\n"));
+            }
+        });
         let sshd = Self { child, log };
         let server = SocketAddr::new(net.server_v4(), 22);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -388,3 +388,82 @@ impl Jails {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detector(jail: &str) -> Detector {
+        let config = Config::parse(&format!("[[jails]]\n{jail}")).unwrap();
+        Detector::new(&config.jails[0], &config).unwrap()
+    }
+
+    fn feed(detector: &mut Detector, text: &str, now: Timestamp) -> (Option<JailBan>, u64) {
+        let mut matched = 0;
+        let ban = detector.line(Line { text, time: None }, now, &mut matched);
+        (ban, matched)
+    }
+
+    #[test]
+    fn filter_jails_ban_at_maxretry_and_skip_ignoreip() {
+        let mut sshd = detector(
+            "name = \"sshd\"\nfilter = \"sshd\"\nlogpath = [\"/l\"]\nmaxretry = 3\n\
+             ignoreip = [\"192.0.2.0/24\"]\n",
+        );
+        let now = Timestamp::now();
+        let line =
+            |addr: &str| format!("srv sshd[1]: Failed password for root from {addr} port 22 ssh2");
+        assert_eq!(
+            feed(&mut sshd, "srv cron[2]: nothing to see", now),
+            (None, 0)
+        );
+        for _ in 0..5 {
+            let (ban, matched) = feed(&mut sshd, &line("192.0.2.9"), now);
+            assert_eq!(
+                (ban, matched),
+                (None, 1),
+                "ignoreip is matched, never banned"
+            );
+        }
+        assert_eq!(feed(&mut sshd, &line("203.0.113.5"), now).0, None);
+        assert_eq!(feed(&mut sshd, &line("203.0.113.5"), now).0, None);
+        let ban = feed(&mut sshd, &line("203.0.113.5"), now).0.expect("a ban");
+        assert_eq!(ban.prefix.to_string(), "203.0.113.5/32");
+        assert!(
+            ban.reason
+                .starts_with("jail sshd: 3 failures in 10m (last: srv sshd[1]: Failed"),
+            "{}",
+            ban.reason
+        );
+        assert_eq!(sshd.window(now), (0, 0), "the ban consumed the count");
+    }
+
+    #[test]
+    fn bunch_jails_flag_a_bunch_of_page_requests_and_skip_old_ones() {
+        let mut web = detector(
+            "name = \"web\"\nkind = \"bunch\"\nlogpath = [\"/l\"]\nbunch_size = 3\nmin_bunch = 2\n",
+        );
+        let request = |second: i64| {
+            let time = Timestamp::from_second(second).unwrap();
+            format!(
+                "198.51.100.7 - - [{}] \"GET /page HTTP/1.1\" 200 5",
+                time.strftime("%d/%b/%Y:%H:%M:%S +0000")
+            )
+        };
+        let now = Timestamp::now().as_second();
+        // A day and a half ago: outside the window, never flags.
+        for offset in 0..5 {
+            assert_eq!(
+                feed(&mut web, &request(now - 129_600 + offset), Timestamp::now()).0,
+                None
+            );
+        }
+        assert_eq!(feed(&mut web, &request(now - 2), Timestamp::now()).0, None);
+        assert_eq!(feed(&mut web, &request(now - 1), Timestamp::now()).0, None);
+        let ban = feed(&mut web, &request(now), Timestamp::now())
+            .0
+            .expect("a flag");
+        assert_eq!(ban.prefix.to_string(), "198.51.100.7/32");
+        assert!(ban.reason.starts_with("jail web: "), "{}", ban.reason);
+    }
+}
