@@ -332,6 +332,12 @@ fn files_are_followed_through_rotation_truncation_and_late_creation() {
     wait_banned(&net, &daemon, c, 5);
     let status = wait_lines(&daemon, "files", 9);
     assert_eq!(status["bans"], 3, "{status}");
+    let issued = net.state_db().query_row(
+        "SELECT issued FROM counters WHERE source = 'log'",
+        [],
+        |row| row.get::<_, i64>(0),
+    );
+    assert_eq!(issued.ok(), Some(3), "bans issued by source log");
 }
 
 #[test]

@@ -265,7 +265,7 @@ impl Runner {
 
     /// Saves where each source stopped; bans of the lines before are committed (or pending).
     fn save(&mut self) {
-        let Some(positions) = &mut self.positions else {
+        let Some(positions) = &self.positions else {
             return;
         };
         let mut all = self

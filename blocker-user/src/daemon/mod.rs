@@ -174,6 +174,8 @@ impl Daemon {
         }
         let (notify_tx, notify_rx) = mpsc::channel::<EventRecord>(notify::NOTIFY_QUEUE);
         tokio::spawn(notify::notifier(self.config.clone(), notify_rx));
+        // Before the API answers, so /v1/jails lists every configured jail from the start.
+        self.restart_jails(&self.config()).await;
         let api = api::Api {
             daemon: self.clone(),
             offenses: offenses::OffenseQueue::start(self.clone()),
@@ -198,7 +200,6 @@ impl Daemon {
             self.state_health.clone(),
             notify_tx,
         ));
-        self.restart_jails(&self.config()).await;
         let reloads = async {
             while let Some(config) = reload.recv().await {
                 self.reload(config).await;

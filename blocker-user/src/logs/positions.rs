@@ -30,9 +30,10 @@ pub enum Position {
     Journal { cursor: String },
 }
 
-/// The positions of one daemon, on a connection of its own.
+/// The positions in one state database. Each call opens its own connection and closes it:
+/// a connection held open would share the process's POSIX locks on the file with every other
+/// opener of the database in the daemon, and lose them when one of those closes it.
 pub struct Positions {
-    conn: Connection,
     path: std::path::PathBuf,
 }
 
@@ -46,17 +47,21 @@ fn db(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
 impl Positions {
     /// Opens (creating when missing) the state database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        crate::state::open(path, true)?;
         Ok(Self {
-            conn: crate::state::open(path, true)?,
             path: path.to_path_buf(),
         })
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        crate::state::open(&self.path, true)
     }
 
     /// Every source's position in `jail`, keyed by source (a path, or `journal`).
     pub fn load(&self, jail: &str) -> Result<HashMap<String, Position>> {
         let err = db(&self.path);
-        let mut statement = self
-            .conn
+        let conn = self.connect()?;
+        let mut statement = conn
             .prepare("SELECT source, inode, offset, cursor FROM log_positions WHERE jail = ?1")
             .map_err(&err)?;
         let rows = statement
@@ -86,12 +91,13 @@ impl Positions {
 
     /// Writes the positions of `jail`'s sources in one transaction.
     pub fn save<'a>(
-        &mut self,
+        &self,
         jail: &str,
         positions: impl IntoIterator<Item = (&'a str, &'a Position)>,
     ) -> Result<()> {
         let err = db(&self.path);
-        let tx = self.conn.transaction().map_err(&err)?;
+        let mut conn = self.connect()?;
+        let tx = conn.transaction().map_err(&err)?;
         {
             let mut upsert = tx
                 .prepare_cached(
@@ -115,27 +121,6 @@ impl Positions {
         }
         tx.commit().map_err(&err)
     }
-
-    /// Every jail's positions, for `blocker status` without a daemon.
-    pub fn all(&self) -> Result<Vec<(String, String, Position)>> {
-        let err = db(&self.path);
-        let mut statement = self
-            .conn
-            .prepare("SELECT DISTINCT jail FROM log_positions ORDER BY jail")
-            .map_err(&err)?;
-        let jails: Vec<String> = statement
-            .query_map([], |row| row.get(0))
-            .map_err(&err)?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(&err)?;
-        let mut all = Vec::new();
-        for jail in jails {
-            let mut sources: Vec<_> = self.load(&jail)?.into_iter().collect();
-            sources.sort_by(|a, b| a.0.cmp(&b.0));
-            all.extend(sources.into_iter().map(|(s, p)| (jail.clone(), s, p)));
-        }
-        Ok(all)
-    }
 }
 
 #[cfg(test)]
@@ -146,7 +131,7 @@ mod tests {
     fn positions_round_trip_and_are_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        let mut positions = Positions::open(&path).unwrap();
+        let positions = Positions::open(&path).unwrap();
         let file = Position::File {
             inode: 42,
             offset: 1000,
@@ -175,7 +160,6 @@ mod tests {
         assert_eq!(sshd["journal"], journal);
         assert_eq!(reopened.load("web").unwrap()["/x.log"], file);
         assert!(reopened.load("none").unwrap().is_empty());
-        assert_eq!(reopened.all().unwrap().len(), 3);
     }
 
     #[test]
@@ -194,7 +178,7 @@ mod tests {
             let missing = conn.prepare("SELECT * FROM log_positions");
             assert!(missing.is_err(), "version 1 has no positions");
         }
-        let mut positions = Positions::open(&path).unwrap();
+        let positions = Positions::open(&path).unwrap();
         positions
             .save(
                 "sshd",
