@@ -338,6 +338,22 @@ fn files_are_followed_through_rotation_truncation_and_late_creation() {
         |row| row.get::<_, i64>(0),
     );
     assert_eq!(issued.ok(), Some(3), "bans issued by source log");
+    // `blocker status` asks the daemon for its jails.
+    let text = net
+        .blocker(&["status", "--socket", &daemon.socket])
+        .ok()
+        .stdout;
+    let late_at = format!("{} at byte {}", late.display(), failure(c).len() * 3);
+    assert!(text.contains("files ") && text.contains(&late_at), "{text}");
+    let status = net
+        .blocker(&["status", "--json", "--socket", &daemon.socket])
+        .ok()
+        .json();
+    assert_eq!(status["jails"][0]["name"], "files", "{status}");
+    assert_eq!(
+        status["jails"][0]["files"].as_array().map(Vec::len),
+        Some(3)
+    );
 }
 
 #[test]
