@@ -486,3 +486,86 @@ fn journal_entries_of_the_matching_unit_ban() {
     let status = jail_status(&daemon, "journal");
     assert!(status["journal_cursor"].as_str().is_some(), "{status}");
 }
+
+/// User plus system CPU time of process `pid`, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc stat");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split(' ').collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn the_daemon_keeps_up_with_a_log_appended_at_50k_lines_a_second_using_under_a_core() {
+    require_root();
+    let net = TestNet::new();
+    let log = net.state_dir.path().join("busy.log");
+    append(&log, "");
+    let config = jail_config(
+        &net,
+        &format!(
+            "[[jails]]\nname = \"busy\"\nfilter = \"sshd\"\nlogpath = [\"{}\"]\nmaxretry = 1000\n",
+            log.display()
+        ),
+    );
+    net.load(&["--config", &config]).ok();
+    let daemon = DaemonGuard::start(&net, &config);
+    let seconds = 5;
+    let rate = 50_000u64;
+    let before = cpu_time(daemon.child.id());
+    let start = Instant::now();
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let mut written = 0u64;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+        let mut batch = String::new();
+        while written < due {
+            // About 5% failures, from many sources; the rest other sshd and cron chatter.
+            batch.push_str(&match written % 20 {
+                0 => format!(
+                    "srv sshd[{}]: Failed password for root from 192.0.2.{} port 5022 ssh2\n",
+                    written % 30_000,
+                    written % 250 + 1
+                ),
+                1..=9 => format!(
+                    "srv sshd[{}]: Accepted publickey for deploy from 198.51.100.7 port 40022 ssh2\n",
+                    written % 30_000
+                ),
+                _ => format!(
+                    "srv CRON[{}]: pam_unix(cron:session): session opened for user root(uid=0)\n",
+                    written % 30_000
+                ),
+            });
+            written += 1;
+        }
+        file.write_all(batch.as_bytes()).unwrap();
+        thread::sleep(Duration::from_millis(10));
+    }
+    let status = wait_lines(&daemon, "busy", written);
+    let used = cpu_time(daemon.child.id()) - before;
+    let elapsed = start.elapsed();
+    let share = used.as_secs_f64() / elapsed.as_secs_f64();
+    println!(
+        "followed {written} lines in {elapsed:?} with {used:?} of CPU ({:.0}% of a core); {status}",
+        share * 100.0
+    );
+    assert!(
+        share < 1.0,
+        "the daemon used {:.0}% of a core",
+        share * 100.0
+    );
+    assert_eq!(
+        status["matches"].as_u64(),
+        Some(written.div_ceil(20)),
+        "{status}"
+    );
+}
