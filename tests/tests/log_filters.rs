@@ -162,3 +162,36 @@ fn a_broken_filter_and_a_missing_log_are_one_line_errors() {
     );
     assert!(out.stdout.is_empty(), "nothing is printed before the error");
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn every_stock_fail2ban_filter_loads() {
+    require_root();
+    let dir = Path::new(STOCK_SSHD).parent().expect("filter.d");
+    let mut loaded = 0;
+    for entry in
+        std::fs::read_dir(dir).expect("reading filter.d (cargo xtask setup installs fail2ban)")
+    {
+        let path = entry.expect("a directory entry").path();
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
+        // The *-common files are included by filters, not filters themselves.
+        if !name.ends_with(".conf") || name.ends_with("common.conf") {
+            continue;
+        }
+        let out = scan(&["/dev/null", "--filter", &path.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        loaded += 1;
+    }
+    assert!(
+        loaded > 50,
+        "only {loaded} stock filters found in {}",
+        dir.display()
+    );
+}

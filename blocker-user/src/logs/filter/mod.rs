@@ -176,22 +176,20 @@ impl Filter {
     fn compile(source: &dyn Source, path: &Path) -> Result<Filter, FilterError> {
         let config = Config::read(source, path)?;
         let file = path.display().to_string();
+        // `[Init]` (what a jail passes) wins over `[Definition]`, which wins over `[DEFAULT]`.
+        let lookup = |name: &str| -> Result<Option<ini::Value>, FilterError> {
+            match name.split_once('/') {
+                Some((section, option)) => config.get(section, option),
+                None if config.sets("Init", name) => config.get("Init", name),
+                None => config.get("Definition", name),
+            }
+        };
         let option = |name: &str| -> Result<Option<ini::Value>, FilterError> {
-            let value = match config.raw("Init", name) {
-                Some(_) => config.get("Init", name)?,
-                None => config.get("Definition", name)?,
-            };
-            let Some(mut value) = value else {
+            let Some(mut value) = lookup(name)? else {
                 return Ok(None);
             };
             value.text = tags::substitute_options(&value.text, &value.origin, &|tag| {
-                let value = match tag.split_once('/') {
-                    Some((section, option)) => config.get(section, option)?,
-                    None => config
-                        .get("Init", tag)?
-                        .map_or_else(|| config.get("Definition", tag), |v| Ok(Some(v)))?,
-                };
-                Ok(value.map(|value| value.text))
+                Ok(lookup(tag)?.map(|value| value.text))
             })?;
             Ok(Some(value))
         };

@@ -55,11 +55,13 @@ impl Prefilter {
 
     /// The expressions to try on `line`, in their order; empty for most lines.
     pub fn candidates(&self, line: &str) -> Vec<usize> {
-        let mut hit = vec![false; self.count];
         if let Some(automaton) = &self.automaton {
-            if !automaton.is_match(line) && self.always.is_empty() {
+            if self.always.is_empty() && !automaton.is_match(line) {
                 return Vec::new();
             }
+        }
+        let mut hit = vec![false; self.count];
+        if let Some(automaton) = &self.automaton {
             for found in automaton.find_overlapping_iter(line) {
                 hit[self.pattern_owner[found.pattern().as_usize()]] = true;
             }
