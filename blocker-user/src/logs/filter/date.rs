@@ -24,7 +24,7 @@ const AM_PM_FIELD: &str = "p";
 /// The date templates of a filter, compiled into one regex: one alternative per template.
 #[derive(Debug)]
 pub struct DateFinder {
-    regex: fancy_regex::Regex,
+    regex: Engine,
     /// Per alternative: its marker group, then the group of each field (if it has it).
     templates: Vec<TemplateGroups>,
 }
@@ -74,9 +74,9 @@ impl DateFinder {
             })
             .collect();
         let source = alternatives.join("|");
-        let regex = fancy_regex::Regex::new(&source).map_err(|err| match datepattern {
+        let regex = Engine::new(&source).map_err(|err| match datepattern {
             Some((_, origin)) => origin.error(&format!("datepattern: {err}")),
-            None => FilterError::new("built-in date templates".into(), None, err.to_string()),
+            None => FilterError::new("built-in date templates".into(), None, err),
         })?;
         let templates = (0..templates.len())
             .map(|index| TemplateGroups::of(&regex, index))
@@ -89,32 +89,33 @@ impl DateFinder {
 
     /// The first date in `line`, with its time relative to `now` (for the year and the zone).
     pub fn find(&self, line: &str, now: &Zoned) -> Option<FoundDate> {
-        let captures = self.regex.captures(line).ok()??;
+        let captures = self.regex.spans(line)?;
+        let group = |index: usize| captures.get(index).cloned().flatten();
         let template = self
             .templates
             .iter()
-            .find(|template| captures.get(template.marker).is_some())?;
-        let whole = captures.get(template.marker)?;
+            .find(|template| group(template.marker).is_some())?;
+        let whole = group(template.marker)?;
         let fields = Fields(
             template
                 .fields
                 .iter()
-                .filter_map(|(name, index)| Some((name.as_str(), captures.get(*index)?.as_str())))
+                .filter_map(|(name, index)| Some((name.as_str(), &line[group(*index)?])))
                 .collect(),
         );
         Some(FoundDate {
-            span: whole.range(),
+            span: whole,
             time: time_of(&fields, now),
         })
     }
 }
 
 impl TemplateGroups {
-    fn of(regex: &fancy_regex::Regex, index: usize) -> Option<TemplateGroups> {
+    fn of(regex: &Engine, index: usize) -> Option<TemplateGroups> {
         let suffix = index.to_string();
         let mut marker = None;
         let mut fields = Vec::new();
-        for (group, name) in regex.capture_names().enumerate() {
+        for (group, name) in regex.capture_names().into_iter().enumerate() {
             let Some(name) = name else { continue };
             if name == format!("t{index}") {
                 marker = Some(group);
@@ -128,6 +129,56 @@ impl TemplateGroups {
             marker: marker?,
             fields,
         })
+    }
+}
+
+/// The regex crate where it can (its word boundaries are cheap; fancy-regex runs its
+/// backtracking VM for them), fancy-regex for a datepattern's back-references.
+#[derive(Debug)]
+enum Engine {
+    Plain(regex::Regex),
+    Fancy(fancy_regex::Regex),
+}
+
+impl Engine {
+    fn new(source: &str) -> Result<Engine, String> {
+        match regex::Regex::new(source) {
+            Ok(regex) => Ok(Engine::Plain(regex)),
+            Err(_) => fancy_regex::Regex::new(source)
+                .map(Engine::Fancy)
+                .map_err(|err| err.to_string()),
+        }
+    }
+
+    fn capture_names(&self) -> Vec<Option<&str>> {
+        match self {
+            Engine::Plain(regex) => regex.capture_names().collect(),
+            Engine::Fancy(regex) => regex.capture_names().collect(),
+        }
+    }
+
+    /// The span of each group of the first match.
+    fn spans(&self, line: &str) -> Option<Vec<Option<Range<usize>>>> {
+        match self {
+            Engine::Plain(regex) => {
+                let captures = regex.captures(line)?;
+                Some(
+                    captures
+                        .iter()
+                        .map(|group| group.map(|m| m.range()))
+                        .collect(),
+                )
+            }
+            Engine::Fancy(regex) => {
+                let captures = regex.captures(line).ok()??;
+                Some(
+                    captures
+                        .iter()
+                        .map(|group| group.map(|m| m.range()))
+                        .collect(),
+                )
+            }
+        }
     }
 }
 

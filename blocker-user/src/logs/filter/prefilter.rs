@@ -52,6 +52,7 @@ impl Prefilter {
             None
         } else {
             AhoCorasick::builder()
+                .kind(Some(aho_corasick::AhoCorasickKind::DFA))
                 .ascii_case_insensitive(case_insensitive)
                 .build(&literals)
                 .ok()
