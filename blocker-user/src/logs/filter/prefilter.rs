@@ -2,13 +2,17 @@
 //! matches must contain. One Aho-Corasick pass over a line tells which expressions can match
 //! it at all; most lines of a log contain none and never reach the regex engine.
 
-use aho_corasick::AhoCorasick;
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use memchr::memmem::Finder;
 
 /// Which expressions a line can match: those whose required literal it contains, and those
 /// with no required literal (always tried).
 #[derive(Debug)]
 pub struct Prefilter {
+    /// Whether a line holds any literal: leftmost-first, which lets the automaton use its
+    /// SIMD scan (Teddy), where the overlapping search below cannot.
+    any_literal: Option<AhoCorasick>,
+    /// Which literals a line holds, for the lines that hold one.
     automaton: Option<AhoCorasick>,
     /// Pattern id of the automaton → index of its expression.
     pattern_owner: Vec<usize>,
@@ -48,19 +52,24 @@ impl Prefilter {
                 None => always.push(index),
             }
         }
-        let automaton = if literals.is_empty() {
-            None
-        } else {
+        let build = |kind: MatchKind| {
             AhoCorasick::builder()
-                .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                .match_kind(kind)
+                .kind(Some(AhoCorasickKind::DFA))
                 .ascii_case_insensitive(case_insensitive)
                 .build(&literals)
                 .ok()
         };
-        if automaton.is_none() {
+        let (any_literal, automaton) = if literals.is_empty() {
+            (None, None)
+        } else {
+            (build(MatchKind::LeftmostFirst), build(MatchKind::Standard))
+        };
+        if any_literal.is_none() || automaton.is_none() {
             always = (0..patterns.len()).collect();
         }
         Prefilter {
+            any_literal,
             automaton,
             pattern_owner,
             always,
@@ -70,8 +79,8 @@ impl Prefilter {
 
     /// The expressions to try on `line`, in their order; empty for most lines.
     pub fn candidates(&self, line: &str) -> Vec<usize> {
-        if let Some(automaton) = &self.automaton {
-            if self.always.is_empty() && !automaton.is_match(line) {
+        if let Some(any_literal) = &self.any_literal {
+            if self.always.is_empty() && !any_literal.is_match(line) {
                 return Vec::new();
             }
         }
