@@ -105,12 +105,9 @@ impl Prefilter {
     }
 }
 
-/// Literals of which a match of `pattern` contains at least one, or None when no such set
-/// was found (alternation without literals in a branch, verbose mode...).
-pub fn required_literals(pattern: &str) -> Option<Vec<String>> {
-    needs(pattern).best
-}
-
+/// What every match of `pattern` needs: `best` is a set of literals one of which it contains
+/// (None when no such set was found: a branch without literals, verbose mode...), `all` the
+/// literals it contains every one of.
 fn needs(pattern: &str) -> Needs {
     if pattern.contains("(?x") {
         return Needs::default();
@@ -326,7 +323,7 @@ mod tests {
     use super::*;
 
     fn literals(pattern: &str) -> Option<Vec<String>> {
-        required_literals(pattern)
+        needs(pattern).best
     }
 
     #[test]
