@@ -197,8 +197,9 @@ fn number_groups(template: &str, index: usize) -> String {
 
 fn default_templates() -> Vec<String> {
     vec![
-        // ISO 8601 / RFC 3339, as journald, rsyslog's high-precision format and many apps write.
-        r"(?P<Y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})[T ](?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})(?:[.,](?P<f>\d+))?(?:\s?(?P<z>Z|[+-]\d{2}:?\d{2}))?".to_string(),
+        // ISO 8601 / RFC 3339, as journald, rsyslog's high-precision format and many apps
+        // write, and the same with slashes or dots (nginx's error log: 2026/12/01 10:00:00).
+        r"(?P<Y>\d{4})[-/.](?P<m>\d{2})[-/.](?P<d>\d{2})[T ](?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})(?:[.,](?P<f>\d+))?(?:\s?(?P<z>Z|[+-]\d{2}:?\d{2}))?".to_string(),
         // Syslog (`Dec  1 10:00:01`) and ctime with an optional year (`Tue Dec 01 10:00:01.123 2026`).
         format!(r"(?:(?:{DAYS})\w* )?(?P<b>{MONTHS})\w* +(?P<d>\d{{1,2}}),? (?P<H>\d{{1,2}}):(?P<M>\d{{2}}):(?P<S>\d{{2}})(?:\.(?P<f>\d+))?(?: (?P<Y>\d{{4}})\b)?"),
         // Common Log Format: `01/Dec/2026:10:00:01 +0000`.
