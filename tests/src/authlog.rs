@@ -35,7 +35,9 @@ pub fn write(path: &Path, lines: usize, sources: u32, seed: u64) -> std::io::Res
             second % 60
         );
         let roll = next();
-        let pid = 1000 + roll % 60_000;
+        // Every line its own process: fail2ban links the lines of one pid (a failure can take
+        // its address from an earlier line), which blocker does not.
+        let pid = 10_000 + n;
         let port = 1024 + (roll >> 20) % 60_000;
         let attacker = attacker((roll >> 40) as u32 % sources.max(1));
         let user = [

@@ -1,7 +1,8 @@
 //! `blocker scan` and fail2ban compatibility: over a generated auth log, fail2ban's own
 //! `fail2ban-regex` with its stock sshd filter, `blocker scan` loading that same file, and
 //! blocker's built-in `sshd` filter find the same failures on the same lines; gzipped input
-//! reads like plain; a broken filter and a missing log are one-line errors.
+//! reads like plain; a broken filter and a missing log are one-line errors; every stock filter
+//! loads, and those of the other services built in agree with fail2ban-regex on sample lines.
 
 use std::{path::Path, process::Command};
 
@@ -161,4 +162,97 @@ fn a_broken_filter_and_a_missing_log_are_one_line_errors() {
         "{stderr}"
     );
     assert!(out.stdout.is_empty(), "nothing is printed before the error");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn every_stock_fail2ban_filter_loads() {
+    require_root();
+    let dir = Path::new(STOCK_SSHD).parent().expect("filter.d");
+    let mut loaded = 0;
+    for entry in
+        std::fs::read_dir(dir).expect("reading filter.d (cargo xtask setup installs fail2ban)")
+    {
+        let path = entry.expect("a directory entry").path();
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
+        // The *-common files are included by filters, not filters themselves.
+        if !name.ends_with(".conf") || name.ends_with("common.conf") {
+            continue;
+        }
+        let out = scan(&["/dev/null", "--filter", &path.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        loaded += 1;
+    }
+    assert!(
+        loaded > 50,
+        "only {loaded} stock filters found in {}",
+        dir.display()
+    );
+}
+
+/// Addresses of the failures in `blocker scan --json` output, in order.
+fn scanned_addrs(log: &Path, filter: &str) -> Vec<String> {
+    scan_failures(log, filter)
+        .1
+        .iter()
+        .map(|failure| failure.addr.to_string())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn the_other_services_stock_filters_find_what_fail2ban_regex_finds() {
+    require_root();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/logs");
+    // Built-in `postfix` counts SASL failures only; fail2ban's counts other rejections too.
+    let same_builtin = [
+        "apache-auth",
+        "dovecot",
+        "nginx-http-auth",
+        "proftpd",
+        "pure-ftpd",
+        "vsftpd",
+    ];
+    for service in same_builtin.iter().chain(&["postfix"]) {
+        let log = fixtures.join(format!("{service}.log"));
+        let stock = format!("/etc/fail2ban/filter.d/{service}.conf");
+        let out = Command::new("fail2ban-regex")
+            .args(["-o", "ip"])
+            .arg(&log)
+            .arg(&stock)
+            .output()
+            .expect("fail2ban-regex runs (cargo xtask setup installs fail2ban)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert!(
+            !expected.is_empty(),
+            "{service}: fail2ban-regex found nothing"
+        );
+        assert_eq!(
+            scanned_addrs(&log, &stock),
+            expected,
+            "{service}: {stock} in blocker"
+        );
+        if same_builtin.contains(service) {
+            assert_eq!(
+                scanned_addrs(&log, service),
+                expected,
+                "{service}: built-in"
+            );
+        }
+    }
 }

@@ -65,9 +65,11 @@ pub fn scan(args: &ScanArgs) -> anyhow::Result<()> {
         ..Report::default()
     };
     let mut hosts: HashMap<IpAddr, Host> = HashMap::new();
+    // Dates without a year or zone are read against the time the scan started.
+    let now = jiff::Zoned::now();
     for (name, reader) in &mut inputs {
         report.lines += lines::for_each_line(reader.as_mut(), name, |number, line| {
-            match filter.check(line) {
+            match filter.check_at(line, &now) {
                 LineVerdict::Failure { addr, time } => {
                     report.matched += 1;
                     let host = hosts.entry(addr).or_insert(Host {

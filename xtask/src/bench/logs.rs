@@ -27,6 +27,7 @@ pub struct LogScan {
     ratio: f64,
     same_failures: bool,
     common_failures: u64,
+    blocker_failures_on_prefix: u64,
 }
 
 pub fn run(root: &Path, plan: Plan) -> Result<LogScan> {
@@ -73,6 +74,13 @@ pub fn run(root: &Path, plan: Plan) -> Result<LogScan> {
     let fail2ban_s = started.elapsed().as_secs_f64();
     println!("bench: fail2ban-regex of {fail2ban_lines} lines: {fail2ban_s:.2} s");
 
+    if let Some((ours, theirs)) = blocker_on_prefix
+        .iter()
+        .zip(&fail2ban)
+        .find(|(ours, theirs)| ours != theirs)
+    {
+        println!("bench: first difference: blocker {ours:?}, fail2ban-regex {theirs:?}");
+    }
     let per_s = |lines: usize, seconds: f64| lines as f64 / seconds.max(1e-9);
     let blocker_rate = per_s(lines, builtin_s);
     let fail2ban_rate = per_s(fail2ban_lines, fail2ban_s);
@@ -85,6 +93,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<LogScan> {
         fail2ban_lines_per_s: fail2ban_rate,
         ratio: blocker_rate / fail2ban_rate,
         same_failures: blocker_on_prefix == fail2ban,
+        blocker_failures_on_prefix: blocker_on_prefix.len() as u64,
         common_failures: fail2ban.len() as u64,
     })
 }
@@ -100,7 +109,7 @@ pub fn markdown(scan: &LogScan) -> String {
          | `blocker scan --filter {STOCK_SSHD}` | {:.0} lines/s | |\n\
          | `fail2ban-regex` with `{STOCK_SSHD}` | {:.0} lines/s | |\n\
          | ratio, built-in sshd ÷ fail2ban-regex | {:.0}× | ≥ 50× |\n\
-         | same failures on the first {} lines ({} failures) | {} | yes |\n",
+         | same failures on the first {} lines (fail2ban-regex {}, blocker {}) | {} | yes |\n",
         scan.lines,
         scan.failures,
         scan.fail2ban_lines,
@@ -110,6 +119,7 @@ pub fn markdown(scan: &LogScan) -> String {
         scan.ratio,
         scan.fail2ban_lines,
         scan.common_failures,
+        scan.blocker_failures_on_prefix,
         if scan.same_failures { "yes" } else { "no" },
     )
 }

@@ -4,6 +4,7 @@
 //! one (last year's if that would put it more than a day ahead); without a zone, local time.
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use jiff::civil::DateTime;
 use jiff::tz::{Offset, TimeZone};
@@ -15,15 +16,15 @@ use super::FilterError;
 const MONTHS: &str = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec";
 const DAYS: &str = "Mon|Tue|Wed|Thu|Fri|Sat|Sun";
 
-/// The fields a template can capture; a group named `<field><template index>`.
-const FIELDS: [&str; 10] = ["Y", "y", "m", "b", "d", "H", "M", "S", "f", "z"];
+/// Fields are one-letter groups as strptime names them (`Y`, `m`, `b`, `d`, `H`, `M`, `S`,
+/// `f`, `z`...), numbered per template (`Y3`).
 const EPOCH_FIELD: &str = "s";
 const AM_PM_FIELD: &str = "p";
 
 /// The date templates of a filter, compiled into one regex: one alternative per template.
 #[derive(Debug)]
 pub struct DateFinder {
-    regex: regex::Regex,
+    regex: Engine,
     /// Per alternative: its marker group, then the group of each field (if it has it).
     templates: Vec<TemplateGroups>,
 }
@@ -57,6 +58,9 @@ impl DateFinder {
                     let (anchored, template) = custom_template(line, origin)?;
                     templates.extend(template.into_iter().map(|t| (anchored, t)));
                 }
+                if templates.is_empty() {
+                    return Err(origin.error("datepattern: no date in any of its patterns"));
+                }
             }
         }
         let alternatives: Vec<String> = templates
@@ -70,9 +74,9 @@ impl DateFinder {
             })
             .collect();
         let source = alternatives.join("|");
-        let regex = regex::Regex::new(&source).map_err(|err| match datepattern {
+        let regex = Engine::new(&source).map_err(|err| match datepattern {
             Some((_, origin)) => origin.error(&format!("datepattern: {err}")),
-            None => FilterError::new("built-in date templates".into(), None, err.to_string()),
+            None => FilterError::new("built-in date templates".into(), None, err),
         })?;
         let templates = (0..templates.len())
             .map(|index| TemplateGroups::of(&regex, index))
@@ -85,37 +89,38 @@ impl DateFinder {
 
     /// The first date in `line`, with its time relative to `now` (for the year and the zone).
     pub fn find(&self, line: &str, now: &Zoned) -> Option<FoundDate> {
-        let captures = self.regex.captures(line)?;
+        let captures = self.regex.spans(line)?;
+        let group = |index: usize| captures.get(index).cloned().flatten();
         let template = self
             .templates
             .iter()
-            .find(|template| captures.get(template.marker).is_some())?;
-        let whole = captures.get(template.marker)?;
+            .find(|template| group(template.marker).is_some())?;
+        let whole = group(template.marker)?;
         let fields = Fields(
             template
                 .fields
                 .iter()
-                .filter_map(|(name, index)| Some((name.as_str(), captures.get(*index)?.as_str())))
+                .filter_map(|(name, index)| Some((name.as_str(), &line[group(*index)?])))
                 .collect(),
         );
         Some(FoundDate {
-            span: whole.range(),
+            span: whole,
             time: time_of(&fields, now),
         })
     }
 }
 
 impl TemplateGroups {
-    fn of(regex: &regex::Regex, index: usize) -> Option<TemplateGroups> {
+    fn of(regex: &Engine, index: usize) -> Option<TemplateGroups> {
         let suffix = index.to_string();
         let mut marker = None;
         let mut fields = Vec::new();
-        for (group, name) in regex.capture_names().enumerate() {
+        for (group, name) in regex.capture_names().into_iter().enumerate() {
             let Some(name) = name else { continue };
             if name == format!("t{index}") {
                 marker = Some(group);
             } else if let Some(field) = name.strip_suffix(suffix.as_str()) {
-                if !field.is_empty() && field.chars().all(|c| c.is_ascii_alphabetic()) {
+                if field.len() == 1 && field.chars().all(|c| c.is_ascii_alphabetic()) {
                     fields.push((field.to_string(), group));
                 }
             }
@@ -127,19 +132,74 @@ impl TemplateGroups {
     }
 }
 
-/// `(?P<Y>` → `(?P<Y3>` for template 3, so alternatives do not share group names.
-fn number_groups(template: &str, index: usize) -> String {
-    let mut out = template.to_string();
-    for field in FIELDS.iter().chain([&EPOCH_FIELD, &AM_PM_FIELD]) {
-        out = out.replace(&format!("(?P<{field}>"), &format!("(?P<{field}{index}>"));
+/// The regex crate where it can (its word boundaries are cheap; fancy-regex runs its
+/// backtracking VM for them), fancy-regex for a datepattern's back-references.
+#[derive(Debug)]
+enum Engine {
+    Plain(regex::Regex),
+    Fancy(fancy_regex::Regex),
+}
+
+impl Engine {
+    fn new(source: &str) -> Result<Engine, String> {
+        match regex::Regex::new(source) {
+            Ok(regex) => Ok(Engine::Plain(regex)),
+            Err(_) => fancy_regex::Regex::new(source)
+                .map(Engine::Fancy)
+                .map_err(|err| err.to_string()),
+        }
     }
-    out
+
+    fn capture_names(&self) -> Vec<Option<&str>> {
+        match self {
+            Engine::Plain(regex) => regex.capture_names().collect(),
+            Engine::Fancy(regex) => regex.capture_names().collect(),
+        }
+    }
+
+    /// The span of each group of the first match.
+    fn spans(&self, line: &str) -> Option<Vec<Option<Range<usize>>>> {
+        match self {
+            Engine::Plain(regex) => {
+                let captures = regex.captures(line)?;
+                Some(
+                    captures
+                        .iter()
+                        .map(|group| group.map(|m| m.range()))
+                        .collect(),
+                )
+            }
+            Engine::Fancy(regex) => {
+                let captures = regex.captures(line).ok()??;
+                Some(
+                    captures
+                        .iter()
+                        .map(|group| group.map(|m| m.range()))
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
+/// `(?P<Y>` → `(?P<Y3>` (and `(?P=sep)` → `(?P=sep3)`) in template 3, so alternatives do
+/// not share group names.
+fn number_groups(template: &str, index: usize) -> String {
+    static GROUP: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"\(\?P([<=])(\w+)([>)])").expect("the group pattern is valid")
+    });
+    GROUP
+        .replace_all(template, |found: &regex::Captures| {
+            format!("(?P{}{}{index}{}", &found[1], &found[2], &found[3])
+        })
+        .into_owned()
 }
 
 fn default_templates() -> Vec<String> {
     vec![
-        // ISO 8601 / RFC 3339, as journald, rsyslog's high-precision format and many apps write.
-        r"(?P<Y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})[T ](?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})(?:[.,](?P<f>\d+))?(?:\s?(?P<z>Z|[+-]\d{2}:?\d{2}))?".to_string(),
+        // ISO 8601 / RFC 3339, as journald, rsyslog's high-precision format and many apps
+        // write, and the same with slashes or dots (nginx's error log: 2026/12/01 10:00:00).
+        r"(?P<Y>\d{4})[-/.](?P<m>\d{2})[-/.](?P<d>\d{2})[T ](?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2})(?:[.,](?P<f>\d+))?(?:\s?(?P<z>Z|[+-]\d{2}:?\d{2}))?".to_string(),
         // Syslog (`Dec  1 10:00:01`) and ctime with an optional year (`Tue Dec 01 10:00:01.123 2026`).
         format!(r"(?:(?:{DAYS})\w* )?(?P<b>{MONTHS})\w* +(?P<d>\d{{1,2}}),? (?P<H>\d{{1,2}}):(?P<M>\d{{2}}):(?P<S>\d{{2}})(?:\.(?P<f>\d+))?(?: (?P<Y>\d{{4}})\b)?"),
         // Common Log Format: `01/Dec/2026:10:00:01 +0000`.
@@ -163,11 +223,13 @@ fn custom_template(line: &str, origin: &Origin) -> Result<(bool, Vec<String>), F
     };
     match rest {
         "" => return Ok((anchored, default_templates())),
-        "{EPOCH}" => return Ok((anchored, vec![epoch_template()])),
+        "{EPOCH}" | "EPOCH" | "Epoch" => return Ok((anchored, vec![epoch_template()])),
         _ => {}
     }
-    if rest.contains("{TAI64N}") {
-        return Err(origin.error("datepattern: {TAI64N} is not supported"));
+    // TAI64N stamps (daemontools) are not read: the other patterns of the filter still are.
+    // fail2ban reads a pattern without a date in it as "this line has no date".
+    if rest.contains("TAI64N") || !rest.contains('%') && !rest.contains("{DATE}") {
+        return Ok((anchored, Vec::new()));
     }
     let mut out = String::new();
     let mut chars = rest.chars().peekable();
@@ -243,9 +305,10 @@ fn time_of(fields: &Fields, now: &Zoned) -> Option<Timestamp> {
     if let Some(seconds) = number(EPOCH_FIELD) {
         return Timestamp::new(seconds, fraction_nanos as i32).ok();
     }
+    // A time without a date (`%H:%M:%S.%f`) is today's.
     let month = match field("b") {
         Some(name) => month_number(name)?,
-        None => number("m")?,
+        None => number("m").unwrap_or(i64::from(now.month())),
     };
     let mut hour = number("H")?;
     if let Some(am_pm) = field(AM_PM_FIELD) {
@@ -261,7 +324,7 @@ fn time_of(fields: &Fields, now: &Zoned) -> Option<Timestamp> {
         DateTime::new(
             i16::try_from(year).ok()?,
             i8::try_from(month).ok()?,
-            i8::try_from(number("d")?).ok()?,
+            i8::try_from(number("d").unwrap_or(i64::from(now.day()))).ok()?,
             i8::try_from(hour).ok()?,
             i8::try_from(number("M")?).ok()?,
             i8::try_from(number("S").unwrap_or(0)).ok()?,
@@ -385,6 +448,25 @@ mod tests {
             find(&epoch, "1796119201.25 x").1,
             Some("2026-12-01T10:00:01.25Z".into())
         );
+        let err = DateFinder::new(Some(("{^LN-BEG}TAI64N", &origin))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "filter f.conf line 3: datepattern: no date in any of its patterns"
+        );
+        let separated = DateFinder::new(Some((
+            "^%%Y(?P<_sep>[-/.])%%m(?P=_sep)%%d %%H:%%M:%%S\n%%H:%%M:%%S"
+                .replace("%%", "%")
+                .as_str(),
+            &origin,
+        )))
+        .unwrap();
+        assert_eq!(
+            find(&separated, "2026.11.30 01:02:03 x").1,
+            Some("2026-11-30T01:02:03Z".into())
+        );
+        assert!(separated
+            .find("2026.11-30 01:02:03 x", &now())
+            .is_some_and(|found| found.span.start > 0));
         let err = DateFinder::new(Some(("%Q", &origin))).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -127,6 +127,13 @@ impl Config {
         }
     }
 
+    /// Whether `section` itself (not `[DEFAULT]`) sets `option`.
+    pub fn sets(&self, section: &str, option: &str) -> bool {
+        self.sections
+            .get(section)
+            .is_some_and(|options| options.contains_key(option))
+    }
+
     /// The raw (not interpolated) value of `option` in `section`, falling back to `[DEFAULT]`.
     pub fn raw(&self, section: &str, option: &str) -> Option<&Value> {
         self.sections

@@ -25,7 +25,6 @@ use jiff::{Timestamp, Zoned};
 use date::DateFinder;
 use ini::{Config, Disk, Origin, Source};
 use prefilter::Prefilter;
-use tags::AddrGroup;
 
 pub use builtin::names as builtin_names;
 
@@ -73,15 +72,29 @@ pub struct Filter {
 struct Prefix {
     regex: fancy_regex::Regex,
     content_group: Option<usize>,
+    roles: Roles,
 }
 
 /// One failregex with the roles of its groups.
 #[derive(Debug)]
 struct Expression {
     regex: fancy_regex::Regex,
-    addr_groups: Vec<(usize, AddrGroup)>,
+    roles: Roles,
+}
+
+/// What the named groups of an expression mean.
+#[derive(Debug)]
+struct Roles {
+    addr_groups: Vec<usize>,
     /// `<F-NOFAIL>` and `<F-MLFGAINED>` (a success): a match through one is no failure.
     no_failure_groups: Vec<usize>,
+}
+
+/// What the first matching failregex says.
+enum Outcome {
+    NotFailure,
+    /// A failure, with the address if the expression captured one.
+    Failure(Option<IpAddr>),
 }
 
 impl Filter {
@@ -139,25 +152,33 @@ impl Filter {
             )),
             None => Cow::Borrowed(line),
         };
-        let content = match &self.prefix {
-            None => &undated[..],
+        // The prefregex's own groups count too: some filters take the address there.
+        let (content, prefix_addr) = match &self.prefix {
+            None => (&undated[..], None),
             Some(prefix) => match prefix.regex.captures(&undated) {
                 Ok(Some(captures)) => {
-                    match prefix.content_group.and_then(|group| captures.get(group)) {
+                    if prefix.roles.no_failure(&captures) {
+                        return LineVerdict::NoMatch;
+                    }
+                    let content = match prefix.content_group.and_then(|group| captures.get(group)) {
                         Some(content) => &undated[content.range()],
                         None => &undated[..],
-                    }
+                    };
+                    (content, prefix.roles.addr(&captures))
                 }
                 _ => return LineVerdict::NoMatch,
             },
         };
-        let Some(addr) = candidates
+        let Some(outcome) = candidates
             .into_iter()
             .find_map(|index| self.failures[index].matches(content))
         else {
             return LineVerdict::NoMatch;
         };
-        let Some(addr) = addr else {
+        let Some(addr) = (match outcome {
+            Outcome::NotFailure => None,
+            Outcome::Failure(addr) => addr.or(prefix_addr),
+        }) else {
             return LineVerdict::NoMatch;
         };
         if self
@@ -176,22 +197,20 @@ impl Filter {
     fn compile(source: &dyn Source, path: &Path) -> Result<Filter, FilterError> {
         let config = Config::read(source, path)?;
         let file = path.display().to_string();
+        // `[Init]` (what a jail passes) wins over `[Definition]`, which wins over `[DEFAULT]`.
+        let lookup = |name: &str| -> Result<Option<ini::Value>, FilterError> {
+            match name.split_once('/') {
+                Some((section, option)) => config.get(section, option),
+                None if config.sets("Init", name) => config.get("Init", name),
+                None => config.get("Definition", name),
+            }
+        };
         let option = |name: &str| -> Result<Option<ini::Value>, FilterError> {
-            let value = match config.raw("Init", name) {
-                Some(_) => config.get("Init", name)?,
-                None => config.get("Definition", name)?,
-            };
-            let Some(mut value) = value else {
+            let Some(mut value) = lookup(name)? else {
                 return Ok(None);
             };
             value.text = tags::substitute_options(&value.text, &value.origin, &|tag| {
-                let value = match tag.split_once('/') {
-                    Some((section, option)) => config.get(section, option)?,
-                    None => config
-                        .get("Init", tag)?
-                        .map_or_else(|| config.get("Definition", tag), |v| Ok(Some(v)))?,
-                };
-                Ok(value.map(|value| value.text))
+                Ok(lookup(tag)?.map(|value| value.text))
             })?;
             Ok(Some(value))
         };
@@ -216,9 +235,11 @@ impl Filter {
                     .next()
                     .ok_or_else(|| value.origin.error("prefregex: no expression given"))?;
                 let content_group = group_index(&regex, "content");
+                let roles = Roles::of(&regex);
                 Some(Prefix {
                     regex,
                     content_group,
+                    roles,
                 })
             }
             _ => None,
@@ -248,14 +269,14 @@ impl Filter {
     }
 }
 
-impl Expression {
-    fn new(regex: fancy_regex::Regex) -> Expression {
+impl Roles {
+    fn of(regex: &fancy_regex::Regex) -> Roles {
         let mut addr_groups = Vec::new();
         let mut no_failure_groups = Vec::new();
         for (index, name) in regex.capture_names().enumerate() {
             let Some(name) = name else { continue };
-            if let Some(kind) = tags::addr_group(name) {
-                addr_groups.push((index, kind));
+            if tags::is_addr_group(name) {
+                addr_groups.push(index);
             } else if ["nofail", "mlfgained"]
                 .iter()
                 .any(|marker| name.split('_').next() == Some(marker))
@@ -263,31 +284,41 @@ impl Expression {
                 no_failure_groups.push(index);
             }
         }
-        Expression {
-            regex,
+        Roles {
             addr_groups,
             no_failure_groups,
         }
     }
 
-    /// None: no match. Some(None): a match that is not a failure of an address (fail2ban's
-    /// first matching expression decides, so the caller stops here too).
-    fn matches(&self, content: &str) -> Option<Option<IpAddr>> {
-        let captures = self.regex.captures(content).ok()??;
-        if self
-            .no_failure_groups
+    fn no_failure(&self, captures: &fancy_regex::Captures) -> bool {
+        self.no_failure_groups
             .iter()
             .any(|&group| captures.get(group).is_some())
-        {
-            return Some(None);
+    }
+
+    /// The first address group that took part, if it holds an address (names are not resolved).
+    fn addr(&self, captures: &fancy_regex::Captures) -> Option<IpAddr> {
+        self.addr_groups
+            .iter()
+            .find_map(|&group| captures.get(group)?.as_str().parse::<IpAddr>().ok())
+            .map(|addr| addr.to_canonical())
+    }
+}
+
+impl Expression {
+    fn new(regex: fancy_regex::Regex) -> Expression {
+        let roles = Roles::of(&regex);
+        Expression { regex, roles }
+    }
+
+    /// None: no match (the caller tries the next expression); fail2ban's first matching
+    /// expression decides, so the caller stops at any outcome.
+    fn matches(&self, content: &str) -> Option<Outcome> {
+        let captures = self.regex.captures(content).ok()??;
+        if self.roles.no_failure(&captures) {
+            return Some(Outcome::NotFailure);
         }
-        let addr = self.addr_groups.iter().find_map(|&(group, kind)| {
-            let text = captures.get(group)?.as_str();
-            match kind {
-                AddrGroup::Ip4 | AddrGroup::Ip6 | AddrGroup::Dns => text.parse::<IpAddr>().ok(),
-            }
-        });
-        Some(addr.map(|addr| addr.to_canonical()))
+        Some(Outcome::Failure(self.roles.addr(&captures)))
     }
 }
 

@@ -2,17 +2,23 @@
 //! matches must contain. One Aho-Corasick pass over a line tells which expressions can match
 //! it at all; most lines of a log contain none and never reach the regex engine.
 
-use aho_corasick::AhoCorasick;
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use memchr::memmem::Finder;
 
 /// Which expressions a line can match: those whose required literal it contains, and those
 /// with no required literal (always tried).
 #[derive(Debug)]
 pub struct Prefilter {
+    /// Whether a line holds any literal: leftmost-first, which lets the automaton use its
+    /// SIMD scan (Teddy), where the overlapping search below cannot.
+    any_literal: Option<AhoCorasick>,
+    /// Which literals a line holds, for the lines that hold one.
     automaton: Option<AhoCorasick>,
     /// Pattern id of the automaton → index of its expression.
     pattern_owner: Vec<usize>,
     always: Vec<usize>,
-    count: usize,
+    /// Per expression, the other literals every match contains, checked on a hit.
+    also_required: Vec<Vec<Finder<'static>>>,
 }
 
 impl Prefilter {
@@ -22,10 +28,22 @@ impl Prefilter {
         let mut pattern_owner = Vec::new();
         let mut always = Vec::new();
         let mut case_insensitive = false;
+        let mut also_required = Vec::new();
         for (index, pattern) in patterns.iter().enumerate() {
-            match required_literals(pattern) {
+            let needs = needs(pattern);
+            let ignores_case = pattern.contains("(?i");
+            also_required.push(if ignores_case {
+                Vec::new()
+            } else {
+                needs
+                    .all
+                    .iter()
+                    .map(|literal| Finder::new(literal.as_bytes()).into_owned())
+                    .collect()
+            });
+            match needs.best {
                 Some(set) => {
-                    case_insensitive |= pattern.contains("(?i");
+                    case_insensitive |= ignores_case;
                     for literal in set {
                         literals.push(literal);
                         pattern_owner.push(index);
@@ -34,32 +52,40 @@ impl Prefilter {
                 None => always.push(index),
             }
         }
-        let automaton = if literals.is_empty() {
-            None
-        } else {
+        let build = |kind: MatchKind| {
             AhoCorasick::builder()
+                .match_kind(kind)
+                .kind(Some(AhoCorasickKind::DFA))
                 .ascii_case_insensitive(case_insensitive)
                 .build(&literals)
                 .ok()
         };
-        if automaton.is_none() {
+        let (any_literal, automaton) = if literals.is_empty() {
+            (None, None)
+        } else {
+            (build(MatchKind::LeftmostFirst), build(MatchKind::Standard))
+        };
+        if any_literal.is_none() || automaton.is_none() {
             always = (0..patterns.len()).collect();
         }
         Prefilter {
+            any_literal,
             automaton,
             pattern_owner,
             always,
-            count: patterns.len(),
+            also_required,
         }
     }
 
     /// The expressions to try on `line`, in their order; empty for most lines.
     pub fn candidates(&self, line: &str) -> Vec<usize> {
-        let mut hit = vec![false; self.count];
-        if let Some(automaton) = &self.automaton {
-            if !automaton.is_match(line) && self.always.is_empty() {
+        if let Some(any_literal) = &self.any_literal {
+            if self.always.is_empty() && !any_literal.is_match(line) {
                 return Vec::new();
             }
+        }
+        let mut hit = vec![false; self.also_required.len()];
+        if let Some(automaton) = &self.automaton {
             for found in automaton.find_overlapping_iter(line) {
                 hit[self.pattern_owner[found.pattern().as_usize()]] = true;
             }
@@ -67,25 +93,58 @@ impl Prefilter {
         for &index in &self.always {
             hit[index] = true;
         }
+        let contains_all = |index: usize| {
+            self.also_required[index]
+                .iter()
+                .all(|finder| finder.find(line.as_bytes()).is_some())
+        };
         hit.iter()
             .enumerate()
-            .filter_map(|(index, &hit)| hit.then_some(index))
+            .filter_map(|(index, &hit)| (hit && contains_all(index)).then_some(index))
             .collect()
     }
 }
 
-/// Literals of which a match of `pattern` contains at least one, or None when no such set
-/// was found (alternation without literals in a branch, verbose mode...).
-pub fn required_literals(pattern: &str) -> Option<Vec<String>> {
+/// What every match of `pattern` needs: `best` is a set of literals one of which it contains
+/// (None when no such set was found: a branch without literals, verbose mode...), `all` the
+/// literals it contains every one of.
+fn needs(pattern: &str) -> Needs {
     if pattern.contains("(?x") {
-        return None;
+        return Needs::default();
     }
     let chars: Vec<char> = pattern.chars().collect();
-    let (requirement, _) = sequence(&chars, 0);
-    requirement.filter(|set| set.iter().all(|literal| !literal.is_empty()))
+    sequence(&chars, 0).0
 }
 
 type Requirement = Option<Vec<String>>;
+
+/// What one part of a pattern needs: the most selective requirement, and every literal a
+/// match must contain (all of them, checked after the automaton found the selective one).
+#[derive(Default)]
+struct Needs {
+    best: Requirement,
+    all: Vec<String>,
+}
+
+impl Needs {
+    /// A literal every match contains. Its leading and trailing spaces and punctuation are
+    /// dropped: they are in most log lines and make the automaton's fast scan useless.
+    fn literal(&mut self, run: &mut String) {
+        let literal = std::mem::take(run);
+        let trimmed = literal.trim_matches(|c: char| !c.is_alphanumeric());
+        if trimmed.is_empty() {
+            return;
+        }
+        self.all.push(trimmed.to_string());
+        self.consider(Some(vec![trimmed.to_string()]));
+    }
+
+    fn consider(&mut self, requirement: Requirement) {
+        if score(&requirement) > score(&self.best) {
+            self.best = requirement;
+        }
+    }
+}
 
 /// How selective a requirement is: its shortest literal's length (longer is rarer).
 fn score(requirement: &Requirement) -> usize {
@@ -95,46 +154,34 @@ fn score(requirement: &Requirement) -> usize {
         .unwrap_or(0)
 }
 
-fn better(a: Requirement, b: Requirement) -> Requirement {
-    if score(&b) > score(&a) {
-        b
-    } else {
-        a
-    }
-}
-
-/// Parses alternatives from `start` up to an unmatched `)` or the end; returns the best
-/// requirement and where it stopped.
-fn sequence(chars: &[char], start: usize) -> (Requirement, usize) {
+/// Parses alternatives from `start` up to an unmatched `)` or the end; returns what they
+/// need and where it stopped.
+fn sequence(chars: &[char], start: usize) -> (Needs, usize) {
     let mut branches: Vec<Requirement> = Vec::new();
-    let mut best: Requirement = None;
+    let mut needs = Needs::default();
     let mut run = String::new();
     let mut i = start;
-    let flush = |run: &mut String, best: &mut Requirement| {
-        if !run.is_empty() {
-            *best = better(best.take(), Some(vec![std::mem::take(run)]));
-        }
-    };
     while i < chars.len() {
         let c = chars[i];
         match c {
             ')' => break,
             '|' => {
-                flush(&mut run, &mut best);
-                branches.push(best.take());
+                needs.literal(&mut run);
+                branches.push(std::mem::take(&mut needs).best);
                 i += 1;
             }
             '(' => {
-                flush(&mut run, &mut best);
+                needs.literal(&mut run);
                 let (inner, end) = group(chars, i);
                 i = end;
                 if !optional_quantifier(chars, i) {
-                    best = better(best.take(), inner);
+                    needs.all.extend(inner.all);
+                    needs.consider(inner.best);
                 }
                 i = skip_quantifier(chars, i);
             }
             '[' => {
-                flush(&mut run, &mut best);
+                needs.literal(&mut run);
                 i = skip_class(chars, i);
                 i = skip_quantifier(chars, i);
             }
@@ -143,29 +190,29 @@ fn sequence(chars: &[char], start: usize) -> (Requirement, usize) {
                 i += 2;
                 match escaped {
                     Some(e) if e.is_ascii_punctuation() || e == ' ' => {
-                        literal_char(chars, &mut i, e, &mut run, &mut best)
+                        literal_char(chars, &mut i, e, &mut run, &mut needs)
                     }
                     _ => {
-                        flush(&mut run, &mut best);
+                        needs.literal(&mut run);
                         i = skip_quantifier(chars, i);
                     }
                 }
             }
             '.' | '^' | '$' | '*' | '+' | '?' | '{' => {
-                flush(&mut run, &mut best);
+                needs.literal(&mut run);
                 i = skip_quantifier(chars, i + 1);
             }
             _ => {
                 i += 1;
-                literal_char(chars, &mut i, c, &mut run, &mut best);
+                literal_char(chars, &mut i, c, &mut run, &mut needs);
             }
         }
     }
-    flush(&mut run, &mut best);
+    needs.literal(&mut run);
     if branches.is_empty() {
-        return (best, i);
+        return (needs, i);
     }
-    branches.push(best);
+    branches.push(needs.best);
     let mut union = Some(Vec::new());
     for branch in branches {
         match (branch.filter(|set| !set.is_empty()), union.as_mut()) {
@@ -173,27 +220,32 @@ fn sequence(chars: &[char], start: usize) -> (Requirement, usize) {
             _ => union = None,
         }
     }
-    (union, i)
+    // With alternatives, no single literal is needed by every match.
+    (
+        Needs {
+            best: union,
+            all: Vec::new(),
+        },
+        i,
+    )
 }
 
 /// A literal character at `i - 1`: part of the run unless a quantifier makes it optional.
-fn literal_char(chars: &[char], i: &mut usize, c: char, run: &mut String, best: &mut Requirement) {
+fn literal_char(chars: &[char], i: &mut usize, c: char, run: &mut String, needs: &mut Needs) {
     if optional_quantifier(chars, *i) {
-        if !run.is_empty() {
-            *best = better(best.take(), Some(vec![std::mem::take(run)]));
-        }
+        needs.literal(run);
         *i = skip_quantifier(chars, *i);
         return;
     }
     run.push(c);
     if matches!(chars.get(*i), Some('+') | Some('{')) {
-        *best = better(best.take(), Some(vec![std::mem::take(run)]));
+        needs.literal(run);
         *i = skip_quantifier(chars, *i);
     }
 }
 
-/// The requirement inside the group opening at `open`, and the index after its `)`.
-fn group(chars: &[char], open: usize) -> (Requirement, usize) {
+/// What the group opening at `open` needs, and the index after its `)`.
+fn group(chars: &[char], open: usize) -> (Needs, usize) {
     let rest: String = chars[open + 1..chars.len().min(open + 5)].iter().collect();
     // Look-arounds and conditionals do not consume what they mention.
     let (consumes, mut body) = if rest.starts_with("?=") || rest.starts_with("?!") {
@@ -212,13 +264,13 @@ fn group(chars: &[char], open: usize) -> (Requirement, usize) {
             body += 1;
         }
         if chars.get(body) == Some(&')') {
-            return (None, body + 1);
+            return (Needs::default(), body + 1);
         }
         body += 1;
     }
     let (inner, end) = sequence(chars, body);
     let after = (end + 1).min(chars.len());
-    (if consumes { inner } else { None }, after)
+    (if consumes { inner } else { Needs::default() }, after)
 }
 
 fn skip_class(chars: &[char], open: usize) -> usize {
@@ -271,14 +323,14 @@ mod tests {
     use super::*;
 
     fn literals(pattern: &str) -> Option<Vec<String>> {
-        required_literals(pattern)
+        needs(pattern).best
     }
 
     #[test]
     fn the_longest_required_literal_is_chosen() {
         assert_eq!(
             literals(r"^Failed \S+ for (?P<user>.*) from (?:x)?"),
-            Some(vec!["Failed ".into()])
+            Some(vec!["Failed".into()])
         );
         assert_eq!(
             literals(r"^[iI](?:llegal|nvalid) user (?P<u>.*?) from"),
@@ -294,16 +346,16 @@ mod tests {
     fn alternatives_give_a_set_and_optional_parts_are_left_out() {
         assert_eq!(
             literals(r"^(Connection (?:closed|reset)|Disconnected) by"),
-            Some(vec!["Connection ".into(), "Disconnected".into()])
+            Some(vec!["Connection".into(), "Disconnected".into()])
         );
         assert_eq!(literals(r"ab?c"), Some(vec!["a".into()]));
-        assert_eq!(literals(r"(?:longer literal)? x"), Some(vec![" x".into()]));
+        assert_eq!(literals(r"(?:longer literal)? x"), Some(vec!["x".into()]));
         assert_eq!(literals(r"a|\d+"), None);
         assert_eq!(literals(r"(?!not this)\w+"), None);
         assert_eq!(literals(r"ROOT\.LOGIN"), Some(vec!["ROOT.LOGIN".into()]));
         assert_eq!(
             literals(r"(?P<c>x )?(?(c)a|b) from (?<=m)(?P=c)z"),
-            Some(vec![" from ".into()])
+            Some(vec!["from".into()])
         );
     }
 
@@ -318,5 +370,15 @@ mod tests {
         let literal_only = Prefilter::new(&["^Failed password".to_string()]);
         assert!(literal_only.candidates("Accepted password").is_empty());
         assert_eq!(literal_only.candidates("Failed password"), vec![0]);
+        // Every literal of an expression must be in the line, not only the selective one.
+        let both =
+            Prefilter::new(&[r"^Received disconnect from \S+:\s*3: .*: Auth fail".to_string()]);
+        assert!(both
+            .candidates("Received disconnect from h:11: bye")
+            .is_empty());
+        assert_eq!(
+            both.candidates("Received disconnect from h:3: x: Auth fail"),
+            vec![0]
+        );
     }
 }

@@ -51,14 +51,6 @@ pub fn substitute_options(
     Err(origin.error("<tag> substitution nests too deep (a loop?)"))
 }
 
-/// Which address group of an expanded regex a capture group is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddrGroup {
-    Ip4,
-    Ip6,
-    Dns,
-}
-
 /// Turns one fail2ban regex into one the Rust engines take: regex tags become named groups
 /// (`<F-USER>` → `(?P<user>`; a second `<HOST>` gets `ip4_2`...), Python-only spellings are
 /// rewritten (`\Z`, `{,n}`, a bare `[` inside a class).
@@ -178,15 +170,10 @@ fn is_group_id(id: &str) -> bool {
     !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The kind of address a capture group name stands for (`ip4`, `ip6_2`, `dns`...).
-pub fn addr_group(name: &str) -> Option<AddrGroup> {
+/// Whether a capture group name is one a host tag made (`ip4`, `ip6_2`, `dns`...).
+pub fn is_addr_group(name: &str) -> bool {
     let base = name.split('_').next().unwrap_or(name);
-    match base {
-        "ip4" => Some(AddrGroup::Ip4),
-        "ip6" => Some(AddrGroup::Ip6),
-        "dns" => Some(AddrGroup::Dns),
-        _ => None,
-    }
+    matches!(base, "ip4" | "ip6" | "dns")
 }
 
 #[cfg(test)]

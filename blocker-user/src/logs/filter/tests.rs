@@ -258,3 +258,42 @@ fn a_broken_filter_names_file_line_and_reason() {
         format!("filter {}: no such file", missing.display())
     );
 }
+
+#[test]
+fn init_wins_over_definition_which_wins_over_default() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("layers.conf");
+    let filter_text = |init: &str| {
+        format!(
+            "[DEFAULT]\nword = default\nmode = normal\n[Definition]\nword = definition\n\
+             re-normal = ^<word> from <HOST>$\nre-strict = ^never <HOST>$\n\
+             failregex = <re-<mode>>\n{init}"
+        )
+    };
+    std::fs::write(&path, filter_text("")).expect("written");
+    let filter = Filter::load(&path.display().to_string()).expect("loads");
+    assert!(matches!(
+        filter.check("definition from 192.0.2.1"),
+        LineVerdict::Failure { .. }
+    ));
+    assert_eq!(filter.check("default from 192.0.2.1"), LineVerdict::NoMatch);
+    std::fs::write(&path, filter_text("[Init]\nword = init\n")).expect("written");
+    let filter = Filter::load(&path.display().to_string()).expect("loads");
+    assert!(matches!(
+        filter.check("init from 192.0.2.1"),
+        LineVerdict::Failure { .. }
+    ));
+    std::fs::write(&path, filter_text("[Init]\nmode = strict\n")).expect("written");
+    let filter = Filter::load(&path.display().to_string()).expect("loads");
+    assert_eq!(
+        filter.check("definition from 192.0.2.1"),
+        LineVerdict::NoMatch
+    );
+}
+
+/// The daemon shares one compiled filter between the tasks that follow its logs.
+#[test]
+fn a_filter_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Filter>();
+}
