@@ -26,8 +26,8 @@ use jiff::{tz::TimeZone, Timestamp};
 use serde::Serialize;
 use tracing::{info, warn};
 
-/// Flag the sources of an access log that request pages in bunches (seed 003), and optionally
-/// ban them.
+/// Flag the sources of an access log that request pages in quick bunches, the way bots click
+/// through a site, and optionally ban them.
 ///
 /// A bunch starts with a source's 2nd request within --gap of its 1st and grows with each
 /// request within --gap of the previous one. A source is flagged for one bunch of

@@ -52,10 +52,17 @@ struct CountedBunch {
     len: u32,
 }
 
+/// A source's state, kept small: most sources never make a bunch that counts, so what those
+/// need lives behind a box the others do without.
 #[derive(Debug, Default)]
 struct Source {
     last_ms: u64,
     bunch_len: u32,
+    bunches: Option<Box<Bunches>>,
+}
+
+#[derive(Debug, Default)]
+struct Bunches {
     /// The newest bunches that reached `min_bunch`, oldest first: at most `bunch_count`, so
     /// the oldest is the one the count hinges on, as in the kernel's history ring.
     counted: VecDeque<CountedBunch>,
@@ -129,35 +136,39 @@ impl BunchTracker {
         let step = bunch_step(&self.limits, len, source.last_ms, now_ms);
         source.bunch_len = step.len;
         source.last_ms = now_ms;
+        if source.bunches.is_none() && !step.counts && !step.full {
+            return None;
+        }
+        let bunches = source.bunches.get_or_insert_with(Box::default);
         if step.counts {
-            source.counted.push_back(CountedBunch {
+            bunches.counted.push_back(CountedBunch {
                 reached_ms: now_ms,
                 len: step.len,
             });
-            if source.counted.len() > self.settings.bunch_count as usize {
-                source.counted.pop_front();
+            if bunches.counted.len() > self.settings.bunch_count as usize {
+                bunches.counted.pop_front();
             }
         } else if step.len > self.limits.min_bunch {
-            if let Some(current) = source.counted.back_mut() {
+            if let Some(current) = bunches.counted.back_mut() {
                 current.len = step.len;
             }
         }
-        if let Some(flagged) = &mut source.flagged {
+        if let Some(flagged) = &mut bunches.flagged {
             if now_ms.saturating_sub(flagged.at_ms) <= self.window_ms {
                 flagged.largest_bunch = flagged.largest_bunch.max(step.len);
                 flagged.bunches += u32::from(step.counts);
                 return None;
             }
-            source.flagged = None;
+            bunches.flagged = None;
         }
         let within = || {
-            source
+            bunches
                 .counted
                 .iter()
                 .filter(|bunch| now_ms.saturating_sub(bunch.reached_ms) <= self.window_ms)
         };
-        let bunches = u32::try_from(within().count()).unwrap_or(u32::MAX);
-        let meets_count = step.counts && bunches >= self.settings.bunch_count;
+        let count = u32::try_from(within().count()).unwrap_or(u32::MAX);
+        let meets_count = step.counts && count >= self.settings.bunch_count;
         if !step.full && !meets_count {
             return None;
         }
@@ -165,16 +176,16 @@ impl BunchTracker {
         let flagged = Flagged {
             at_ms: now_ms,
             largest_bunch,
-            bunches,
+            bunches: count,
         };
-        source.flagged = Some(flagged);
+        bunches.flagged = Some(flagged);
         Some(self.flag(addr, flagged))
     }
 
     /// `addr`'s flag with what it did up to now, when its flag is the latest one and the
     /// source was not forgotten since: for a batch report after the whole log was read.
     pub fn current_flag(&self, addr: IpAddr) -> Option<BunchFlag> {
-        let flagged = self.sources.get(&addr)?.flagged?;
+        let flagged = self.sources.get(&addr)?.bunches.as_ref()?.flagged?;
         Some(self.flag(addr, flagged))
     }
 
