@@ -569,3 +569,39 @@ fn the_daemon_keeps_up_with_a_log_appended_at_50k_lines_a_second_using_under_a_c
         "{status}"
     );
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn check_config_names_the_jail_and_what_is_wrong_in_one_line() {
+    require_root();
+    let net = TestNet::new();
+    for (jail, expected) in [
+        (
+            "filter = \"no-such-filter\"\nlogpath = [\"/var/log/x.log\"]",
+            "no-such-filter",
+        ),
+        (
+            "filter = \"sshd\"\nlogpath = [\"/var/log/[x.log\"]",
+            "not a valid glob",
+        ),
+        (
+            "filter = \"sshd\"\nlogpath = [\"/var/log/x.log\"]\nmaxretry = 0",
+            "maxretry must be at least 1",
+        ),
+    ] {
+        let config = jail_config(&net, &format!("[[jails]]\nname = \"bad\"\n{jail}\n"));
+        let run = net.blocker(&["daemon", "--check-config", &config]);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        let message = run.stderr.trim();
+        assert!(
+            message.contains("[[jails]] \"bad\"") && message.contains(expected),
+            "{message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+    let good = jail_config(
+        &net,
+        "[[jails]]\nname = \"ok\"\nfilter = \"sshd\"\njournal = [\"_SYSTEMD_UNIT=ssh.service\"]\n",
+    );
+    net.blocker(&["daemon", "--check-config", &good]).ok();
+}
