@@ -211,8 +211,8 @@ impl Runner {
         })
     }
 
-    /// Reads what arrived and decides; returns whether anything was read.
-    fn poll(&mut self) -> bool {
+    /// Reads what arrived, decides, and bans.
+    fn poll(&mut self) {
         let now = Timestamp::now();
         let (detector, pending) = (&mut self.detector, &mut self.pending);
         let (mut lines, mut matches) = (0u64, 0u64);
@@ -260,7 +260,6 @@ impl Runner {
                 Position::File { .. } => String::new(),
             });
         }
-        lines > 0
     }
 
     /// Saves where each source stopped; bans of the lines before are committed (or pending).
@@ -290,7 +289,7 @@ impl Runner {
         let mut saved_at = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
-            let busy = self.poll();
+            self.poll();
             if saved_at.elapsed() >= SAVE_EVERY {
                 self.save();
                 saved_at = Instant::now();
@@ -298,10 +297,7 @@ impl Runner {
             if let Some(slot) = status.lock().ok().as_mut().and_then(|s| s.get_mut(index)) {
                 slot.clone_from(&self.status);
             }
-            // A follower that read a full budget has more: go on at once.
-            if !busy || started.elapsed() < POLL {
-                std::thread::sleep(POLL.saturating_sub(started.elapsed()));
-            }
+            std::thread::sleep(POLL.saturating_sub(started.elapsed()));
         }
         self.poll();
         self.save();
