@@ -23,6 +23,7 @@ pub mod bpf;
 pub mod daemon;
 pub mod differential;
 pub mod frames;
+pub mod logs;
 pub mod model;
 pub mod testrun;
 
