@@ -10,7 +10,7 @@ use blocker_common::{
 };
 use serde::Deserialize;
 
-use crate::{offense::OffenseConfig, rules::RuleSpec, Error, Result};
+use crate::{logs::config::JailConfig, offense::OffenseConfig, rules::RuleSpec, Error, Result};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +28,9 @@ pub struct Config {
     pub notify: NotifyConfig,
     #[serde(default)]
     pub rejects: RejectConfig,
+    /// Log jails: bans from log files and the journal.
+    #[serde(default)]
+    pub jails: Vec<JailConfig>,
 }
 
 /// How often reject rules may answer: a token bucket per CPU. Out of tokens, or for a source
@@ -157,6 +160,7 @@ impl Config {
             crate::rules::RuleTable::from_specs(rules)?;
         }
         config.offenses.validate()?;
+        crate::logs::config::validate_jails(&config.jails, &config.offenses)?;
         if config
             .daemon
             .listen

@@ -106,6 +106,8 @@ pub enum Error {
         rules: usize,
         last_good: PathBuf,
     },
+    #[error(transparent)]
+    Filter(#[from] crate::logs::filter::FilterError),
     #[error("Linux {running} is too old: blocker needs 5.18 or later (bpf_loop is 5.17, bpf_xdp_load_bytes 5.18)")]
     KernelTooOld { running: String },
 }
@@ -129,6 +131,7 @@ impl Error {
                 | Error::InvalidConfig { .. }
                 | Error::StateElsewhere { .. }
                 | Error::InvalidListFilter(_)
+                | Error::Filter(_)
         )
     }
 

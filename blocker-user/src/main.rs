@@ -99,6 +99,9 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// The daemon's Unix socket, asked for its jails [default: /run/blocker/blocker.sock].
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Ban addresses or CIDR ranges; permanent unless --for is given.
     ///
@@ -196,6 +199,14 @@ enum Command {
     ///   blocker daemon --check-config /etc/blocker/blocker.toml
     #[command(verbatim_doc_comment)]
     Daemon(DaemonArgs),
+    /// Run a filter over log files (plain or .gz), like fail2ban-regex: lines, matches,
+    /// ignored lines and each source's failures.
+    ///
+    /// Examples:
+    ///   blocker scan /var/log/auth.log --filter sshd
+    ///   blocker scan /var/log/auth.log.2.gz --filter /etc/fail2ban/filter.d/sshd.conf --json
+    #[command(verbatim_doc_comment)]
+    Scan(cli::scan::ScanArgs),
     /// Report an offense by a client (through the daemon when it runs, directly otherwise).
     ///
     /// Example: blocker report 203.0.113.7 --severity minor --reason "wrong password" --key alice
@@ -480,7 +491,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 info!("detached from {}", attachment.iface);
             }
         }
-        Command::Status { json } => print_status(&pins, json)?,
+        Command::Status { json, socket } => print_status(&pins, json, socket)?,
         Command::Ban {
             addrs,
             duration,
@@ -575,6 +586,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Analyze(args) => cli::analyze::run(&pins, state_path, args)?,
         Command::Events { json } => follow_events(&pins, state_path, json)?,
+        Command::Scan(args) => cli::scan::scan(&args)?,
         Command::Daemon(args) => {
             if let Some(path) = &args.check_config {
                 Config::load(path)?;
@@ -763,13 +775,20 @@ fn report_removed(nets: &[IpNet], missing: &[IpNet], what: &str) {
     }
 }
 
-fn print_status(pins: &PinDir, json: bool) -> anyhow::Result<()> {
+fn print_status(pins: &PinDir, json: bool, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let status = status::read(pins)?;
+    let socket = socket.unwrap_or_else(|| blocker::config::DaemonConfig::default().socket);
+    let jails = cli::status_jails::fetch(&socket).unwrap_or_default();
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
+        let mut value = serde_json::to_value(&status)?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("jails".into(), serde_json::to_value(&jails)?);
+        }
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         status::write_table(&status, &mut out)?;
+        cli::status_jails::write_table(&jails, &mut out)?;
     }
     Ok(())
 }

@@ -129,6 +129,16 @@ impl OffenseConfig {
         Ok(())
     }
 
+    /// The escalation of offense bans.
+    pub fn escalation(&self) -> Escalation {
+        Escalation {
+            base: self.ban_for,
+            factor: self.escalation_factor,
+            cap: self.escalation_cap,
+            forget: self.escalation_forget,
+        }
+    }
+
     /// The prefix a source is scored and banned as.
     pub fn prefix_of(&self, addr: IpNet) -> IpNet {
         let len = match addr {
@@ -139,6 +149,16 @@ impl OffenseConfig {
             .map(|net| net.trunc())
             .unwrap_or(addr)
     }
+}
+
+/// How ban lengths grow for a source banned again: `base` first, `factor` times longer each
+/// further time, at most `cap`; after `forget` without a ban, `base` again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Escalation {
+    pub base: Duration,
+    pub factor: f64,
+    pub cap: Duration,
+    pub forget: Duration,
 }
 
 /// What is remembered about one scored subject (a prefix, or a prefix and a key).
@@ -241,17 +261,28 @@ impl OffenseBook {
 
     /// The length of the next ban of `prefix`, and records that ban.
     fn ban_length(&mut self, config: &OffenseConfig, prefix: IpNet, now: Timestamp) -> Duration {
+        self.next_ban_length(prefix, &config.escalation(), now)
+    }
+
+    /// The length of the next ban of `prefix` under `escalation`, and records that ban: the
+    /// base length, times the factor for each earlier ban not yet forgotten, up to the cap.
+    /// Every ban source (offenses, log jails) shares one history per prefix.
+    pub fn next_ban_length(
+        &mut self,
+        prefix: IpNet,
+        escalation: &Escalation,
+        now: Timestamp,
+    ) -> Duration {
         let history = self.history.entry(prefix).or_insert(BanHistory {
             bans: 0,
             last_ban: now,
         });
         let quiet = now.duration_since(history.last_ban).as_secs_f64();
-        if quiet > config.escalation_forget.as_secs_f64() {
+        if quiet > escalation.forget.as_secs_f64() {
             history.bans = 0;
         }
-        let factor = config.escalation_factor.powi(history.bans.min(64) as i32);
-        let seconds =
-            (config.ban_for.as_secs_f64() * factor).min(config.escalation_cap.as_secs_f64());
+        let factor = escalation.factor.powi(history.bans.min(64) as i32);
+        let seconds = (escalation.base.as_secs_f64() * factor).min(escalation.cap.as_secs_f64());
         history.bans += 1;
         history.last_ban = now;
         Duration::from_secs_f64(seconds)

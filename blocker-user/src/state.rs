@@ -37,7 +37,7 @@ pub const OLD_DEFAULT_STATE_PATH: &str = "/var/lib/blocker/state.json";
 const JSON_FORMAT_VERSION: u32 = 1;
 
 /// `PRAGMA user_version` of the schema this release writes; [`migrate`] brings older ones up.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// How long a writer waits for another one (CLI and daemon) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -224,9 +224,9 @@ fn prefix(path: &Path, text: &str) -> Result<IpNet> {
         .map_err(|err| invalid(path, format!("prefix {text:?}: {err}")))
 }
 
-/// Opens the database; `create` makes it (and its directory) when missing. Sets WAL, full sync and the busy timeout, and brings the schema to
-/// [`SCHEMA_VERSION`].
-fn open(path: &Path, create: bool) -> Result<Connection> {
+/// Opens the database; `create` makes it (and its directory) when missing. Sets WAL, full
+/// sync and the busy timeout, and brings the schema to [`SCHEMA_VERSION`].
+pub(crate) fn open(path: &Path, create: bool) -> Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
@@ -274,8 +274,12 @@ fn migrate(path: &Path, conn: &mut Connection) -> Result<()> {
     let version: i32 = tx
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(db)?;
-    if version == 0 {
+    if version < 1 {
         tx.execute_batch(SCHEMA_V1).map_err(db)?;
+    }
+    if version < 2 {
+        tx.execute_batch(crate::logs::positions::SCHEMA_V2)
+            .map_err(db)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db)?;
@@ -283,7 +287,7 @@ fn migrate(path: &Path, conn: &mut Connection) -> Result<()> {
 }
 
 /// Schema version 1. Times are Unix seconds (UTC); prefixes are text as blocker prints them.
-const SCHEMA_V1: &str = "
+pub(crate) const SCHEMA_V1: &str = "
 CREATE TABLE bans (
     prefix     TEXT PRIMARY KEY,
     family     INTEGER NOT NULL,

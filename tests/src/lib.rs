@@ -18,10 +18,12 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
+pub mod authlog;
 pub mod bpf;
 pub mod daemon;
 pub mod differential;
 pub mod frames;
+pub mod logs;
 pub mod model;
 pub mod testrun;
 

@@ -43,11 +43,15 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Only the state database at scale (1M stored bans; 100k with --quick).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "logs")]
         state: bool,
         /// Only `blocker analyze` over a generated access log (1 GB; 100 MB with --quick).
         #[arg(long, conflicts_with = "state")]
         analyze: bool,
+        /// Only log scanning: `blocker scan` against `fail2ban-regex` (1M lines; 100k with
+        /// --quick).
+        #[arg(long)]
+        logs: bool,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP
     /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
@@ -92,6 +96,16 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("curl", "curl"),
     ("promtool", "prometheus"),
+    ("sshpass", "sshpass"),
+    ("fail2ban-regex", "fail2ban"),
+];
+/// Programs the integration tests run that are not on PATH, and their Debian packages.
+const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("/usr/sbin/sshd", "openssh-server"),
+    (
+        "/usr/lib/systemd/systemd-journal-remote",
+        "systemd-journal-remote",
+    ),
 ];
 
 fn main() -> Result<()> {
@@ -131,6 +145,7 @@ fn main() -> Result<()> {
             quick,
             state,
             analyze,
+            logs,
         } => {
             setup_build_chain()?;
             setup_test_tools()?;
@@ -140,6 +155,8 @@ fn main() -> Result<()> {
                 bench::state::run_alone(&root, bench::Plan::new(quick))?;
             } else if analyze {
                 bench::analyze::run_alone(&root, bench::Plan::new(quick))?;
+            } else if logs {
+                bench::logs::run_alone(&root, bench::Plan::new(quick))?;
             } else {
                 bench::run(&root, bench::Plan::new(quick))?;
             }
@@ -301,6 +318,11 @@ fn setup_test_tools() -> Result<()> {
     let missing: Vec<&str> = TEST_TOOLS
         .iter()
         .filter(|(program, _)| !on_path(program))
+        .chain(
+            TEST_PROGRAMS
+                .iter()
+                .filter(|(path, _)| !std::path::Path::new(path).exists()),
+        )
         .map(|(_, package)| *package)
         .collect();
     if !missing.is_empty() {

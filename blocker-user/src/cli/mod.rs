@@ -1,1 +1,5 @@
+//! One module per CLI command.
+
 pub mod analyze;
+pub mod scan;
+pub mod status_jails;

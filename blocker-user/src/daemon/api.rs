@@ -270,11 +270,17 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// The routes. With a `guard` (the TCP listener), every request passes it first.
+/// `GET /v1/jails`: each jail's sources, positions and failures in the current window.
+async fn get_jails(AxumState(api): AxumState<Api>) -> Json<Vec<super::JailStatus>> {
+    Json(api.daemon.jail_status())
+}
+
 pub fn router(api: Api, guard: Option<Arc<auth::Guard>>) -> Router {
     let router = Router::new()
         .route("/v1/offenses", post(post_offense))
         .route("/v1/bans", get(get_bans))
         .route("/v1/bans.atom", get(feed::get_bans_atom))
+        .route("/v1/jails", get(get_jails))
         .route("/metrics", get(metrics::get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(not_found)

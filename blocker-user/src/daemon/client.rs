@@ -25,3 +25,21 @@ pub async fn report_via_socket(
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// Each jail's status from a running daemon, over its Unix socket.
+pub async fn jails_via_socket(socket: &Path) -> anyhow::Result<Vec<super::JailStatus>> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get("/v1/jails")
+        .header(header::HOST, "localhost")
+        .body(Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(status.is_success(), "GET /v1/jails: {status}");
+    Ok(serde_json::from_slice(&body)?)
+}

@@ -33,13 +33,15 @@ pub(super) async fn get_metrics(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let offenses = api.daemon.offense_counts();
+    let jails = api.daemon.jail_status();
     let pins = api.daemon.pins.clone();
     let state_path = api.daemon.state_path.clone();
     let openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())
         .is_some_and(|accept| accept.contains("application/openmetrics-text"));
-    let text = super::api::blocking(move || metrics_text(&pins, &state_path, &offenses)).await?;
+    let text =
+        super::api::blocking(move || metrics_text(&pins, &state_path, &offenses, &jails)).await?;
     let (content_type, body) = if openmetrics {
         (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -94,6 +96,7 @@ pub fn metrics_text(
     pins: &PinDir,
     state_path: &Path,
     offenses: &BTreeMap<String, u64>,
+    jails: &[super::JailStatus],
 ) -> Result<String> {
     let status = status::read(pins)?;
     let (state, state_readable) = match summary(state_path) {
@@ -196,6 +199,20 @@ pub fn metrics_text(
         "bans_issued",
         "Bans issued, by where they came from",
         issued,
+    );
+
+    let log_lines = Family::<Labels, Counter>::default();
+    let log_matches = Family::<Labels, Counter>::default();
+    for jail in jails {
+        let l = labels(&[("jail", &jail.name)]);
+        log_lines.get_or_create(&l).inc_by(jail.lines);
+        log_matches.get_or_create(&l).inc_by(jail.matches);
+    }
+    registry.register("log_lines", "Log lines read, by jail", log_lines);
+    registry.register(
+        "log_matches",
+        "Log lines that matched (failures, or requests of bunch jails), by jail",
+        log_matches,
     );
 
     let readable = Gauge::<i64>::default();

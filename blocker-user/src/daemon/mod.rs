@@ -12,6 +12,7 @@ mod auth;
 mod client;
 mod expiry;
 mod feed;
+mod jails;
 mod metrics;
 mod notify;
 mod offenses;
@@ -30,7 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 pub use api::{OffenseAnswer, OffenseReport};
-pub use client::report_via_socket;
+pub use client::{jails_via_socket, report_via_socket};
+pub use jails::JailStatus;
 pub use offenses::record_offense;
 
 use crate::{config::Config, events, events::EventRecord, pins::PinDir, Result};
@@ -43,6 +45,7 @@ pub struct Daemon {
     config: Arc<Mutex<Config>>,
     offenses: Arc<Mutex<BTreeMap<String, u64>>>,
     state_health: expiry::StateHealth,
+    jails: Arc<Mutex<Option<jails::Jails>>>,
 }
 
 /// Where the daemon listens.
@@ -61,6 +64,7 @@ impl Daemon {
             config: Arc::new(Mutex::new(config)),
             offenses: Arc::default(),
             state_health: expiry::StateHealth::default(),
+            jails: Arc::default(),
         }
     }
 
@@ -70,6 +74,45 @@ impl Daemon {
 
     fn offense_counts(&self) -> BTreeMap<String, u64> {
         self.offenses.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    fn jail_status(&self) -> Vec<JailStatus> {
+        self.jails
+            .lock()
+            .ok()
+            .and_then(|jails| jails.as_ref().map(jails::Jails::status))
+            .unwrap_or_default()
+    }
+
+    /// Starts the configured jails, after stopping the ones running (they save their
+    /// positions first, so the new ones go on where they stopped).
+    async fn restart_jails(&self, config: &Config) {
+        let running = self.jails.lock().ok().and_then(|mut jails| jails.take());
+        let (pins, state_path, config) =
+            (self.pins.clone(), self.state_path.clone(), config.clone());
+        let started = tokio::task::spawn_blocking(move || {
+            if let Some(running) = running {
+                running.stop();
+            }
+            (!config.jails.is_empty()).then(|| jails::Jails::start(&pins, &state_path, &config))
+        })
+        .await;
+        match started {
+            Ok(started) => {
+                if let Ok(mut jails) = self.jails.lock() {
+                    *jails = started;
+                }
+            }
+            Err(err) => error!("starting the jails: {err}"),
+        }
+    }
+
+    /// Stops the jails, saving their positions.
+    async fn stop_jails(&self) {
+        let running = self.jails.lock().ok().and_then(|mut jails| jails.take());
+        if let Some(running) = running {
+            let _ = tokio::task::spawn_blocking(move || running.stop()).await;
+        }
     }
 
     fn count_offense(&self, label: String) {
@@ -132,6 +175,8 @@ impl Daemon {
         }
         let (notify_tx, notify_rx) = mpsc::channel::<EventRecord>(notify::NOTIFY_QUEUE);
         tokio::spawn(notify::notifier(self.config.clone(), notify_rx));
+        // Before the API answers, so /v1/jails lists every configured jail from the start.
+        self.restart_jails(&self.config()).await;
         let api = api::Api {
             daemon: self.clone(),
             offenses: offenses::OffenseQueue::start(self.clone()),
@@ -161,12 +206,13 @@ impl Daemon {
                 self.reload(config).await;
             }
         };
-        tokio::select! {
-            result = watcher => result.context("following events")?,
-            () = reloads => {},
-            () = stop => {},
-        }
-        Ok(())
+        let outcome = tokio::select! {
+            result = watcher => result.context("following events"),
+            () = reloads => Ok(()),
+            () = stop => Ok(()),
+        };
+        self.stop_jails().await;
+        outcome
     }
 
     /// Applies a reloaded config: rules in the file replace the rules in force, and the reject
@@ -188,6 +234,11 @@ impl Daemon {
         match applied {
             Ok(()) => info!("rules reloaded, reject limits rewritten"),
             Err(err) => warn!("rules and reject limits not reloaded: {}", err.message()),
+        }
+        let jails_changed = self.config().jails != config.jails;
+        if jails_changed {
+            self.restart_jails(&config).await;
+            info!("jails restarted");
         }
         if let Ok(mut current) = self.config.lock() {
             *current = config;

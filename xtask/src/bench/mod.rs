@@ -5,6 +5,7 @@
 pub mod analyze;
 mod chart;
 mod daemon;
+pub mod logs;
 pub mod state;
 mod throughput;
 
@@ -101,6 +102,7 @@ struct Report {
     daemon: daemon::DaemonLoad,
     state: state::StateScale,
     analyze: analyze::AnalyzeBench,
+    logs: logs::LogScan,
 }
 
 fn verdict_name(retval: u32) -> &'static str {
@@ -475,6 +477,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     let daemon = daemon::run(root, plan)?;
     let state = state::run(root, plan)?;
     let analyze = analyze::run(root, plan)?;
+    let logs = logs::run(root, plan)?;
 
     let report = Report {
         machine: machine(),
@@ -488,6 +491,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
         daemon,
         state,
         analyze,
+        logs,
     };
     write_report(root, &report)
 }
@@ -873,5 +877,6 @@ fn markdown(report: &Report) -> String {
     out += &daemon::markdown(&report.daemon);
     out += &state::markdown(&report.state);
     out += &analyze::markdown(&report.analyze);
+    out += &logs::markdown(&report.logs);
     out
 }
