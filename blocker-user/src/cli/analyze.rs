@@ -14,7 +14,7 @@ use blocker::{
     lockout::Guard,
     logs::{
         access::{parse_access_line, BunchFlag, BunchSettings, BunchTracker},
-        input::{self, for_each_line, MAX_LINE_BYTES},
+        lines,
     },
     pins::{require_root, PinDir},
     state::Origin,
@@ -112,9 +112,11 @@ fn analyze(args: &AnalyzeArgs, tracker: &mut BunchTracker) -> anyhow::Result<Vec
     let zone = TimeZone::system();
     let mut flags: Vec<(BunchFlag, Timestamp)> = Vec::new();
     let mut malformed = 0_u64;
-    let mut lines = 0_u64;
+    let mut lines_read = 0_u64;
     for path in &oldest_first(&args.logs)? {
-        let read = for_each_line(path, |number, line| {
+        let name = path.display().to_string();
+        let mut reader = lines::open(path)?;
+        lines_read += lines::for_each_line(reader.as_mut(), &name, |number, line| {
             let Some(hit) = parse_access_line(line) else {
                 malformed += 1;
                 if malformed <= MALFORMED_WARNINGS && !line.is_empty() {
@@ -130,19 +132,11 @@ fn analyze(args: &AnalyzeArgs, tracker: &mut BunchTracker) -> anyhow::Result<Vec
                     flags.push((flag, hit.time));
                 }
             }
-        })?;
-        lines += read.lines;
-        malformed += read.too_long;
-        if read.too_long > 0 {
-            warn!(
-                "{}: skipped {} lines longer than {MAX_LINE_BYTES} bytes",
-                path.display(),
-                read.too_long
-            );
-        }
+        })
+        .with_context(|| format!("reading {name}"))?;
     }
     if malformed > MALFORMED_WARNINGS {
-        warn!("skipped {malformed} of {lines} lines that are not access log lines");
+        warn!("skipped {malformed} of {lines_read} lines that are not access log lines");
     }
     let mut latest: HashMap<IpAddr, usize> = HashMap::new();
     for (index, (flag, _)) in flags.iter().enumerate() {
@@ -170,7 +164,7 @@ fn analyze(args: &AnalyzeArgs, tracker: &mut BunchTracker) -> anyhow::Result<Vec
 fn oldest_first(logs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut dated = Vec::with_capacity(logs.len());
     for path in logs {
-        let reader = input::open(path)?;
+        let reader = lines::open(path)?;
         let first = reader
             .split(b'\n')
             .take(1_000)

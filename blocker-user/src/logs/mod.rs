@@ -6,7 +6,6 @@ pub mod bunches;
 pub mod config;
 pub mod filter;
 pub mod follow;
-pub mod input;
 pub mod jail;
 pub mod lines;
 pub mod positions;
