@@ -37,7 +37,7 @@ pub const OLD_DEFAULT_STATE_PATH: &str = "/var/lib/blocker/state.json";
 const JSON_FORMAT_VERSION: u32 = 1;
 
 /// `PRAGMA user_version` of the schema this release writes; [`migrate`] brings older ones up.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// How long a writer waits for another one (CLI and daemon) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -281,6 +281,9 @@ fn migrate(path: &Path, conn: &mut Connection) -> Result<()> {
         tx.execute_batch(crate::logs::positions::SCHEMA_V2)
             .map_err(db)?;
     }
+    if version < 3 {
+        tx.execute_batch(SCHEMA_V3).map_err(db)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db)?;
     tx.commit().map_err(db)
@@ -365,6 +368,28 @@ CREATE TRIGGER allow_counted_out AFTER DELETE ON allow BEGIN
     UPDATE kept_counts SET entries = entries - 1 WHERE kind = 'allow';
 END;
 CREATE INDEX offense_bans_by_time ON offense_bans (last_ban);
+";
+
+/// Entries per kernel trie, kept by triggers under the trie's map name (`BAN_V4`...), so
+/// `/metrics` reports the tries' fill without walking a million keys per scrape.
+const SCHEMA_V3: &str = "
+INSERT INTO kept_counts VALUES
+    ('BAN_V4', (SELECT count(*) FROM bans WHERE family = 4)),
+    ('BAN_V6', (SELECT count(*) FROM bans WHERE family = 6)),
+    ('ALLOW_V4', (SELECT count(*) FROM allow WHERE family = 4)),
+    ('ALLOW_V6', (SELECT count(*) FROM allow WHERE family = 6));
+CREATE TRIGGER bans_in_trie AFTER INSERT ON bans BEGIN
+    UPDATE kept_counts SET entries = entries + 1 WHERE kind = 'BAN_V' || new.family;
+END;
+CREATE TRIGGER bans_out_of_trie AFTER DELETE ON bans BEGIN
+    UPDATE kept_counts SET entries = entries - 1 WHERE kind = 'BAN_V' || old.family;
+END;
+CREATE TRIGGER allow_in_trie AFTER INSERT ON allow BEGIN
+    UPDATE kept_counts SET entries = entries + 1 WHERE kind = 'ALLOW_V' || new.family;
+END;
+CREATE TRIGGER allow_out_of_trie AFTER DELETE ON allow BEGIN
+    UPDATE kept_counts SET entries = entries - 1 WHERE kind = 'ALLOW_V' || old.family;
+END;
 ";
 
 /// The address family (4 or 6), first address (network byte order, so byte order is address
@@ -806,7 +831,8 @@ pub fn forget_offenses(
 #[derive(Debug, Default, PartialEq)]
 pub struct Summary {
     /// Stored entries by kind: `permanent`, `temporary` (expired ones until the daemon's
-    /// expiry removes them, within a second) and `allow`.
+    /// expiry removes them, within a second) and `allow`; and by the kernel trie they are
+    /// written to, under its map name (`BAN_V4`, `BAN_V6`, `ALLOW_V4`, `ALLOW_V6`).
     pub entries: BTreeMap<String, u64>,
     pub issued: BTreeMap<String, u64>,
     pub rules: Option<RuleTable>,
@@ -1348,6 +1374,53 @@ mod tests {
         })]);
         assert!(import_bans(&path, &Origin::local("import"), now, &ROOMY, bad_row).is_err());
         assert_eq!(State::load(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn the_tries_fill_is_counted_from_a_migration_on_and_kept_by_every_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        sample()
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        // A database of schema 2: the per-trie counts and their triggers did not exist.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "DELETE FROM kept_counts WHERE kind GLOB '*_V[46]';
+                 DROP TRIGGER bans_in_trie; DROP TRIGGER bans_out_of_trie;
+                 DROP TRIGGER allow_in_trie; DROP TRIGGER allow_out_of_trie;
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let counts = |path: &Path| {
+            let entries = summary(path).unwrap().entries;
+            ["BAN_V4", "BAN_V6", "ALLOW_V4", "ALLOW_V6"].map(|map| entries[map])
+        };
+        assert_eq!(
+            counts(&path),
+            [1, 1, 1, 0],
+            "the migration counts what is stored"
+        );
+        let before = State::load(&path).unwrap();
+        let mut after = before.clone();
+        after.bans.remove(&"10.0.0.0/8".parse().unwrap());
+        after
+            .bans
+            .insert("198.51.100.0/24".parse().unwrap(), entry(None));
+        after
+            .bans
+            .insert("198.51.100.7/32".parse().unwrap(), entry(None));
+        after
+            .allow
+            .insert("2001:db8::1/128".parse().unwrap(), entry(None));
+        after.save_changes(&path, &before, &origin()).unwrap();
+        assert_eq!(counts(&path), [2, 1, 1, 1]);
+        let rows = import_rows(&["203.0.113.0/24", "2001:db8:1::/48"]);
+        let now = Timestamp::from_second(1_700_000_100).unwrap();
+        import_bans(&path, &Origin::local("import"), now, &ROOMY, rows).unwrap();
+        assert_eq!(counts(&path), [3, 2, 1, 1], "a bulk import is counted too");
     }
 
     #[test]

@@ -54,17 +54,24 @@ fn count_hash_keys<K: Pod, V: Pod>(data: MapData) -> Result<u64, MapError> {
     Ok(hash.keys().filter(|key| key.is_ok()).count() as u64)
 }
 
-fn usage(pins: &PinDir, name: &'static str) -> Result<MapUsage> {
+/// Entries of the ban and allowlist tries as the state database counts them, by map name: the
+/// store writes every stored entry to its trie, so these are the tries' fill without a walk
+/// of their keys (a million bans would make each walk take a second).
+pub type TrieCounts<'a> = &'a std::collections::BTreeMap<String, u64>;
+
+fn usage(pins: &PinDir, name: &'static str, counted: Option<TrieCounts>) -> Result<MapUsage> {
     let data = pins.open_map(name)?;
     let context = || format!("reading map {name}");
     let capacity = data.info().map_err(Error::map(context()))?.max_entries();
-    let entries = match name {
-        MAP_BAN_V4 => count_keys::<[u8; 4], BanValue>(data),
-        MAP_BAN_V6 => count_keys::<[u8; 16], BanValue>(data),
-        MAP_ALLOW_V4 => count_keys::<[u8; 4], AllowValue>(data),
-        MAP_ALLOW_V6 => count_keys::<[u8; 16], AllowValue>(data),
-        MAP_BLACKLIST => count_hash_keys::<SourceKey, BlacklistEntry>(data),
-        MAP_HISTORY => count_hash_keys::<HistoryKey, History>(data),
+    let stored = counted.and_then(|counts| counts.get(name).copied());
+    let entries = match (name, stored) {
+        (MAP_BAN_V4 | MAP_BAN_V6 | MAP_ALLOW_V4 | MAP_ALLOW_V6, Some(stored)) => Ok(stored),
+        (MAP_BAN_V4, None) => count_keys::<[u8; 4], BanValue>(data),
+        (MAP_BAN_V6, None) => count_keys::<[u8; 16], BanValue>(data),
+        (MAP_ALLOW_V4, None) => count_keys::<[u8; 4], AllowValue>(data),
+        (MAP_ALLOW_V6, None) => count_keys::<[u8; 16], AllowValue>(data),
+        (MAP_BLACKLIST, _) => count_hash_keys::<SourceKey, BlacklistEntry>(data),
+        (MAP_HISTORY, _) => count_hash_keys::<HistoryKey, History>(data),
         // Arrays are always full; the ring buffer's capacity is in bytes.
         _ => Ok(u64::from(capacity)),
     }
@@ -98,11 +105,17 @@ pub fn counters(pins: &PinDir) -> Result<Vec<CounterRow>> {
         .collect()
 }
 
+/// The status, counting every map's entries.
 pub fn read(pins: &PinDir) -> Result<Status> {
+    read_counted(pins, None)
+}
+
+/// The status, with the tries' entries taken from `counted` where it has them.
+pub fn read_counted(pins: &PinDir, counted: Option<TrieCounts>) -> Result<Status> {
     pins.require_loaded()?;
     let maps = ALL_MAPS
         .iter()
-        .map(|name| usage(pins, name))
+        .map(|name| usage(pins, name, counted))
         .collect::<Result<Vec<_>>>()?;
     Ok(Status {
         pin_dir: pins.path.display().to_string(),

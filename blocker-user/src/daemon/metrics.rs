@@ -98,7 +98,6 @@ pub fn metrics_text(
     offenses: &BTreeMap<String, u64>,
     jails: &[super::JailStatus],
 ) -> Result<String> {
-    let status = status::read(pins)?;
     let (state, state_readable) = match summary(state_path) {
         Ok(state) => (state, 1),
         Err(err) => {
@@ -106,6 +105,9 @@ pub fn metrics_text(
             (Summary::default(), 0)
         }
     };
+    // The tries' fill from the database's kept counts; walked only without them.
+    let counted = (state_readable == 1).then_some(&state.entries);
+    let status = status::read_counted(pins, counted)?;
     let now = Now::read();
     let mut registry = Registry::with_prefix("blocker");
 
