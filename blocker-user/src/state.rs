@@ -168,7 +168,39 @@ enum Content {
     Other,
 }
 
+/// Files already found to be databases, by path and (device, inode).
+static KNOWN_DATABASES: std::sync::Mutex<Vec<(PathBuf, (u64, u64))>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The (device, inode) `path` names now; `stat` opens nothing.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// What `path` holds. A file once found to be a database is not opened again while the path
+/// names it: closing any descriptor of a file drops every POSIX lock this process holds on it,
+/// the locks of SQLite connections other threads have open included, and a connection that
+/// lost its lock can have its WAL checkpointed and deleted under it by another process.
 fn content_of(path: &Path) -> Result<Content> {
+    let identity = file_identity(path);
+    let known = |known: &Vec<(PathBuf, (u64, u64))>| {
+        identity.is_some_and(|id| known.iter().any(|(p, i)| p == path && *i == id))
+    };
+    if KNOWN_DATABASES.lock().is_ok_and(|list| known(&list)) {
+        return Ok(Content::Database);
+    }
+    let content = read_content(path)?;
+    if let (Content::Database, Some(id)) = (&content, identity) {
+        if let Ok(mut list) = KNOWN_DATABASES.lock() {
+            list.retain(|(p, _)| p != path);
+            list.push((path.to_path_buf(), id));
+        }
+    }
+    Ok(content)
+}
+
+fn read_content(path: &Path) -> Result<Content> {
     let mut head = [0u8; 16];
     let mut file = match File::open(path) {
         Ok(file) => file,
@@ -1421,6 +1453,44 @@ mod tests {
         let now = Timestamp::from_second(1_700_000_100).unwrap();
         import_bans(&path, &Origin::local("import"), now, &ROOMY, rows).unwrap();
         assert_eq!(counts(&path), [3, 2, 1, 1], "a bulk import is counted too");
+    }
+
+    /// Closing a descriptor of the database file drops this process's POSIX locks on it,
+    /// those of open connections included; another process's connection, closing as if it
+    /// were the last, then checkpoints and deletes the WAL that an open connection still
+    /// writes to, and its later commits reach no one.
+    #[test]
+    fn looking_at_a_known_database_keeps_the_locks_of_its_open_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        sample()
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        assert!(matches!(content_of(&path).unwrap(), Content::Database));
+        let conn = open(&path, false).unwrap();
+        conn.execute("INSERT INTO counters (source, issued) VALUES ('a', 1)", [])
+            .unwrap();
+        assert!(matches!(content_of(&path).unwrap(), Content::Database));
+        let other_process = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+                 c.execute('SELECT count(*) FROM counters').fetchall(); c.close()",
+            ])
+            .arg(&path)
+            .status()
+            .expect("python3 runs (another process using the database)");
+        assert!(other_process.success());
+        conn.execute("INSERT INTO counters (source, issued) VALUES ('b', 2)", [])
+            .unwrap();
+        assert_eq!(
+            query(
+                &path,
+                "SELECT source FROM counters WHERE source IN ('a', 'b') ORDER BY source"
+            ),
+            ["a", "b"],
+            "a commit of the open connection is seen by a new one"
+        );
     }
 
     #[test]
