@@ -98,6 +98,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("sshpass", "sshpass"),
     ("fail2ban-regex", "fail2ban"),
+    // Another process on the state database, in the SQLite lock test.
+    ("python3", "python3"),
 ];
 /// Programs the integration tests run that are not on PATH, and their Debian packages.
 const TEST_PROGRAMS: &[(&str, &str)] = &[
