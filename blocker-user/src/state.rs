@@ -18,8 +18,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
 mod bulk;
+mod pool;
 
 pub use bulk::{import_bans, undo_import, Capacity, ImportRow, Imported};
+pub use pool::{keep_connections, Pooled};
 
 use crate::{
     offense::{BanHistory, OffenseBook, Score},
@@ -256,9 +258,23 @@ fn prefix(path: &Path, text: &str) -> Result<IpNet> {
         .map_err(|err| invalid(path, format!("prefix {text:?}: {err}")))
 }
 
-/// Opens the database; `create` makes it (and its directory) when missing. Sets WAL, full
-/// sync and the busy timeout, and brings the schema to [`SCHEMA_VERSION`].
-pub(crate) fn open(path: &Path, create: bool) -> Result<Connection> {
+/// Opens the database, or takes a connection the daemon kept ([`keep_connections`]); `create`
+/// makes it (and its directory) when missing. Sets WAL, full sync and the busy timeout, and
+/// brings the schema to [`SCHEMA_VERSION`].
+pub(crate) fn open(path: &Path, create: bool) -> Result<pool::Pooled> {
+    if let Some(mut conn) = pool::take(path) {
+        // Another process may have changed the schema since; a kept connection that cannot
+        // even read it (the file was damaged or replaced in place) gives way to a new one.
+        if migrate(path, &mut conn).is_ok() {
+            return Ok(conn);
+        }
+        conn.discard();
+    }
+    Ok(pool::keep(path, connect(path, create)?))
+}
+
+/// A new connection to the database, not kept for reuse.
+fn connect(path: &Path, create: bool) -> Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
@@ -1185,7 +1201,8 @@ fn import_json(json: &Path, path: &Path) -> Result<()> {
         }
     }
     state.save_changes(&building, &State::default(), &Origin::local("import"))?;
-    // Closing the last connection checkpointed the WAL into the file: it is whole.
+    // Closing the last connection checkpoints the WAL into the file: it is whole.
+    pool::close(&building);
     let migrated = suffixed(json, ".migrated");
     fs::copy(json, &migrated)
         .and_then(|_| File::open(&migrated)?.sync_all())

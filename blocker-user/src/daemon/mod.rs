@@ -129,6 +129,8 @@ impl Daemon {
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         use anyhow::Context as _;
+        // The daemon writes many small transactions: it keeps its database connections.
+        crate::state::keep_connections();
         let token_path = listen
             .token_file
             .clone()

@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use rusqlite::{params, Connection};
+use rusqlite::params;
 
 use crate::{Error, Result};
 
@@ -53,7 +53,7 @@ impl Positions {
         })
     }
 
-    fn connect(&self) -> Result<Connection> {
+    fn connect(&self) -> Result<crate::state::Pooled> {
         crate::state::open(&self.path, true)
     }
 
@@ -125,6 +125,8 @@ impl Positions {
 
 #[cfg(test)]
 mod tests {
+    use rusqlite::Connection;
+
     use super::*;
 
     #[test]

@@ -10,7 +10,7 @@ use rusqlite::params;
 
 use rusqlite::Connection;
 
-use super::{expiry_seconds, invalid, open, range_columns, seconds, Origin};
+use super::{connect, expiry_seconds, invalid, range_columns, seconds, Origin};
 use crate::{Error, Result};
 
 /// One ban of the list.
@@ -46,7 +46,7 @@ pub fn import_bans(
     capacity: &Capacity,
     rows: impl Iterator<Item = Result<ImportRow>>,
 ) -> Result<Imported> {
-    let mut conn = open(path, true)?;
+    let mut conn = connect(path, true)?;
     let db = |err: rusqlite::Error| invalid(path, err);
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS replaced AS SELECT * FROM bans WHERE 0;
