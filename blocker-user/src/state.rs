@@ -1521,6 +1521,43 @@ mod tests {
     }
 
     #[test]
+    fn bans_stream_in_address_order_with_their_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut state = sample();
+        for (net, expiry) in [
+            ("2001:db8::1/128", None),
+            ("10.1.0.0/16", Some(1_800_000_000)),
+            ("10.0.0.1/32", None),
+            ("9.0.0.0/8", None),
+        ] {
+            state.bans.insert(net.parse().unwrap(), entry(expiry));
+        }
+        state
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        let mut seen = Vec::new();
+        each_ban(&path, |net, expires_at| {
+            seen.push((net.to_string(), expires_at.map(|at| at.as_second())));
+            Ok(())
+        })
+        .unwrap();
+        let wanted = [
+            ("9.0.0.0/8", None),
+            ("10.0.0.0/8", None),
+            ("10.0.0.1/32", None),
+            ("10.1.0.0/16", Some(1_800_000_000)),
+            ("2001:db8::/64", Some(1_800_000_000)),
+            ("2001:db8::1/128", None),
+        ]
+        .map(|(net, at)| (net.to_string(), at));
+        assert_eq!(
+            seen, wanted,
+            "a covering prefix before the prefixes inside it"
+        );
+    }
+
+    #[test]
     fn round_trips_through_the_database() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.db");
