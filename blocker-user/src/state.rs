@@ -8,7 +8,6 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     io::{ErrorKind, Read},
-    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -785,22 +784,13 @@ pub fn each_ban(
     let conn = open(path, false)?;
     let db = |err: rusqlite::Error| invalid(path, err);
     let mut statement = conn
-        .prepare("SELECT first, len, expires_at FROM bans ORDER BY family, first, len")
+        .prepare("SELECT prefix, expires_at FROM bans ORDER BY family, first, len")
         .map_err(db)?;
     let mut rows = statement.query([]).map_err(db)?;
     while let Some(row) = rows.next().map_err(db)? {
-        // The range columns, not the text: a million prefixes are not parsed.
-        let first = row.get_ref(0).and_then(|v| Ok(v.as_blob()?)).map_err(db)?;
-        let len: u8 = row.get(1).map_err(db)?;
-        let addr = match first.len() {
-            4 => <[u8; 4]>::try_from(first).map(IpAddr::from).ok(),
-            16 => <[u8; 16]>::try_from(first).map(IpAddr::from).ok(),
-            _ => None,
-        };
-        let net = addr
-            .and_then(|addr| IpNet::new(addr, len).ok())
-            .ok_or_else(|| invalid(path, format!("a ban's range columns {first:?}/{len}")))?;
-        let expires_at: Option<i64> = row.get(2).map_err(db)?;
+        let text = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
+        let net = prefix(path, text)?;
+        let expires_at: Option<i64> = row.get(1).map_err(db)?;
         each(net, expires_at.map(|at| timestamp(path, at)).transpose()?)?;
     }
     Ok(())
