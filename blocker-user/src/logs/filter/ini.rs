@@ -49,6 +49,9 @@ pub struct Config {
     sections: HashMap<String, HashMap<String, Value>>,
 }
 
+/// The section holding overridden values, for `%(known/name)s`.
+const KNOWN: &str = "known";
+
 /// Includes deeper than this are a loop.
 const MAX_INCLUDE_DEPTH: usize = 16;
 /// Interpolations deeper than this are a loop (`a = %(b)s`, `b = %(a)s`).
@@ -121,9 +124,21 @@ impl Config {
         }
     }
 
+    /// Adds a later file's options; a value it overrides stays readable as
+    /// `%(known/name)s` (how a `.local` file extends the `.conf` one's failregex).
     fn merge(&mut self, parsed: HashMap<String, HashMap<String, Value>>) {
         for (name, options) in parsed {
-            self.sections.entry(name).or_default().extend(options);
+            let section = self.sections.entry(name).or_default();
+            let mut known = Vec::new();
+            for (option, value) in options {
+                if let Some(previous) = section.insert(option.clone(), value) {
+                    known.push((option, previous));
+                }
+            }
+            self.sections
+                .entry(KNOWN.to_string())
+                .or_default()
+                .extend(known);
         }
     }
 
@@ -188,14 +203,17 @@ impl Config {
                 )));
             };
             let name = &rest[2..name_end];
-            let (target_section, target_option) = match name.split_once('/') {
-                Some((section, option)) => (section, option),
-                None => (section, name),
+            // The value and the section its own references are read in: a `known/` value
+            // was written in this section.
+            let (target_section, target_option, context) = match name.split_once('/') {
+                Some((KNOWN, option)) => (KNOWN, option, section),
+                Some((other, option)) => (other, option, other),
+                None => (section, name, section),
             };
             let value = self.raw(target_section, target_option).ok_or_else(|| {
                 origin.error(&format!("%({name})s: no option {name:?} is defined"))
             })?;
-            out.push_str(&self.interpolate(target_section, &value.text, origin, depth + 1)?);
+            out.push_str(&self.interpolate(context, &value.text, origin, depth + 1)?);
             rest = &rest[name_end + 2..];
         }
         out.push_str(rest);
@@ -292,12 +310,15 @@ mod tests {
                 "[INCLUDES]\nbefore = common.conf\n[DEFAULT]\n_daemon = xd\n[Definition]\n\
                  failregex = %(prefix)s one\n    %(prefix)s two\n# comment\nother = %(lt/v)s 100%%\n[lt]\nv = sec\n",
             ),
-            ("/f/x.local", "[Definition]\nextra = local\n"),
+            (
+                "/f/x.local",
+                "[Definition]\nextra = local\nfailregex = %(known/failregex)s\n  ^three\n",
+            ),
         ]);
         let config = Config::read(&files, Path::new("/f/x.conf")).unwrap();
         let failregex = config.get("Definition", "failregex").unwrap().unwrap();
-        assert_eq!(failregex.text, "^xd: one\n^xd: two");
-        assert_eq!(failregex.origin.line, 6);
+        assert_eq!(failregex.text, "^xd: one\n^xd: two\n^three");
+        assert_eq!(failregex.origin.line, 3);
         assert_eq!(
             config.get("Definition", "other").unwrap().unwrap().text,
             "sec 100%"
