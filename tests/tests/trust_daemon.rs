@@ -915,3 +915,15 @@ fn a_burst_of_offenses_with_a_large_state_is_written_in_batches() {
     let bans = daemon.curl(&["/v1/bans"]).1;
     assert!(bans.contains("192.0.2.100/32") && bans.contains("192.0.2.1/32"));
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn an_offense_cannot_ban_an_address_of_this_host() {
+    require_root();
+    let (net, daemon, _) = loaded_with_daemon();
+    let (status, body) = daemon.offend(r#"{"addr":"127.0.0.1","severity":"critical"}"#);
+    assert_json_error(status, 422, &body);
+    assert!(body.contains("an address of this host"), "{body}");
+    let listed = net.blocker(&["list", "--json"]).ok().stdout;
+    assert!(!listed.contains("127.0.0.1"), "{listed}");
+}

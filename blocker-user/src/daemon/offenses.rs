@@ -13,6 +13,7 @@ use super::api::{ApiError, OffenseAnswer, OffenseReport};
 use crate::{
     addr::parse_net,
     config::Config,
+    lockout::Guard,
     offense::{OffenseConfig, Severity, Verdict},
     pins::PinDir,
     state::{forget_offenses, Origin},
@@ -143,9 +144,15 @@ pub fn record_batch(
         .collect();
     let mut store = Store::open_scoped(pins, state_path, &touched)?;
     store.origin = Origin::local("offense");
+    // The lock-out check `blocker ban` runs: no report bans this host or the operator's SSH
+    // source (unless allowlisted, which wins anyway).
+    let guard = Guard::detect()?;
     let answers = offenses
         .iter()
-        .map(|offense| score(&mut store, config, offense))
+        .map(|offense| {
+            guard.check(&config.offenses.prefix_of(offense.net), &store.state.allow)?;
+            score(&mut store, config, offense)
+        })
         .collect();
     let now = store.now.wall;
     store.state.offenses.forget(&config.offenses, now);
