@@ -1323,6 +1323,16 @@ mod tests {
         state
     }
 
+    /// A database holding [`sample`], in a directory that lives as long as the guard.
+    fn saved_sample() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        sample()
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        (dir, path)
+    }
+
     fn query(path: &Path, sql: &str) -> Vec<String> {
         let conn = Connection::open(path).unwrap();
         let mut statement = conn.prepare(sql).unwrap();
@@ -1352,11 +1362,7 @@ mod tests {
 
     #[test]
     fn an_import_is_one_transaction_that_an_undo_takes_back_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        sample()
-            .save_changes(&path, &State::default(), &origin())
-            .unwrap();
+        let (_dir, path) = saved_sample();
         let before = State::load(&path).unwrap();
         let history_before = query(&path, "SELECT CAST(count(*) AS TEXT) FROM history");
         let now = Timestamp::from_second(1_700_000_100).unwrap();
@@ -1391,11 +1397,7 @@ mod tests {
 
     #[test]
     fn an_import_that_would_overfill_a_map_or_has_a_bad_row_stores_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        sample()
-            .save_changes(&path, &State::default(), &origin())
-            .unwrap();
+        let (_dir, path) = saved_sample();
         let before = State::load(&path).unwrap();
         let now = Timestamp::from_second(1_700_000_100).unwrap();
         let tight = Capacity {
@@ -1427,11 +1429,7 @@ mod tests {
 
     #[test]
     fn the_tries_fill_is_counted_from_a_migration_on_and_kept_by_every_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        sample()
-            .save_changes(&path, &State::default(), &origin())
-            .unwrap();
+        let (_dir, path) = saved_sample();
         // A database of schema 2: the per-trie counts and their triggers did not exist.
         {
             let conn = Connection::open(&path).unwrap();
@@ -1478,11 +1476,7 @@ mod tests {
     /// writes to, and its later commits reach no one.
     #[test]
     fn looking_at_a_known_database_keeps_the_locks_of_its_open_connections() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        sample()
-            .save_changes(&path, &State::default(), &origin())
-            .unwrap();
+        let (_dir, path) = saved_sample();
         assert!(matches!(content_of(&path).unwrap(), Content::Database));
         let conn = open(&path, false).unwrap();
         conn.execute("INSERT INTO counters (source, issued) VALUES ('a', 1)", [])
@@ -1682,11 +1676,7 @@ mod tests {
 
     #[test]
     fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        sample()
-            .save_changes(&path, &State::default(), &origin())
-            .unwrap();
+        let (_dir, path) = saved_sample();
         Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
