@@ -39,7 +39,7 @@ pub fn import(
     let (entries, source) = listfile::stream(file)?;
     // An empty scope: the lock, the maps, the allowlist and a check that a missing database
     // is not hiding bans the maps hold.
-    let store = Store::open_scoped(pins, state_path, &[])?;
+    let mut store = Store::open_scoped(pins, state_path, &[])?;
     let guard = if force { None } else { Some(Guard::detect()?) };
     let origin = Origin::local("import");
     let now = store.now.wall;
@@ -84,7 +84,6 @@ pub fn import(
     // The database holds the import: the maps follow. If they refuse, the import is taken back
     // from both, so the command's failure leaves everything as it was.
     let count = imported.nets.len();
-    let mut store = store;
     if let Err(err) = store.sync_bans(&imported.nets, &[]) {
         match state::undo_import(&mut imported, &origin) {
             Ok(added) => {

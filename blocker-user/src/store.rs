@@ -331,16 +331,24 @@ impl Maps {
         }
     }
 
-    /// Writes every ban stored in `state_path` into fresh maps, streaming them through a
-    /// [`CoveringSweep`]. Returns the bans in force at the wall clock's `now` (bans it calls
-    /// expired are written all the same: the kernel, on the boot clock, does not enforce them)
-    /// and the `LIST_*` bits of the tries written.
-    fn restore_bans(&mut self, state_path: &Path, now: &Now) -> Result<(usize, u32)> {
+    /// Writes the bans stored in `state_path` that `marked` picks, and the bans inside them
+    /// (a ban's kernel expiry depends on the bans covering it), in one ordered pass over the
+    /// database through a [`CoveringSweep`]. Returns the stored bans in force at the wall
+    /// clock's `now` (bans it calls expired are written all the same: the kernel, on the boot
+    /// clock, does not enforce them) and the `LIST_*` bits of the tries they are in.
+    fn write_stored_bans(
+        &mut self,
+        state_path: &Path,
+        now: &Now,
+        marked: impl Fn(&IpNet) -> bool,
+    ) -> Result<(usize, u32)> {
         let mut sweep = CoveringSweep::default();
         let (mut in_force, mut lists) = (0, 0);
         crate::state::each_ban(state_path, |net, expires_at| {
-            let (expiry, _) = sweep.visit(net, own_expiry(expires_at, now), false);
-            self.set_ban(&net, Some(expiry))?;
+            let own = own_expiry(expires_at, now);
+            if let (expiry, true) = sweep.visit(net, own, marked(&net)) {
+                self.set_ban(&net, Some(expiry))?;
+            }
             if expires_at.is_none_or(|at| at > now.wall) {
                 in_force += 1;
             }
@@ -598,15 +606,8 @@ impl Store {
         for net in removed {
             self.maps.set_ban(net, None)?;
         }
-        let mut sweep = CoveringSweep::default();
-        let (maps, now) = (&mut self.maps, &self.now);
-        crate::state::each_ban(&self.state_path, |net, expires_at| {
-            let own = own_expiry(expires_at, now);
-            if let (expiry, true) = sweep.visit(net, own, changed.contains(&net)) {
-                maps.set_ban(&net, Some(expiry))?;
-            }
-            Ok(())
-        })?;
+        self.maps
+            .write_stored_bans(&self.state_path, &self.now, |net| changed.contains(net))?;
         let lists = crate::state::lists_in_use(&self.state_path)?;
         dynamic::write_settings(&self.pins, self.state.rules.as_ref(), lists, false)
     }
@@ -866,7 +867,11 @@ pub fn restore(
         None => state_path.to_path_buf(),
         Some(_) => last_good_path(state_path),
     };
-    let (bans_in_force, ban_lists) = store.maps.restore_bans(&bans_from, &store.now)?;
+    // Fresh maps: every stored ban is written.
+    let (bans_in_force, ban_lists) =
+        store
+            .maps
+            .write_stored_bans(&bans_from, &store.now, |_| true)?;
     store.streamed_lists = ban_lists;
     let restored = bans_in_force + store.state.allow.len();
     match damaged {

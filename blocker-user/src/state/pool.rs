@@ -7,7 +7,6 @@
 
 use std::{
     ops::{Deref, DerefMut},
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -16,6 +15,8 @@ use std::{
 };
 
 use rusqlite::Connection;
+
+use super::file_identity;
 
 /// Connections kept per process at most (the daemon's blocking pool runs a few writers and
 /// readers at once).
@@ -34,13 +35,6 @@ static KEEPING: AtomicBool = AtomicBool::new(false);
 /// From now on, connections are kept for reuse (the daemon).
 pub fn keep_connections() {
     KEEPING.store(true, Ordering::Relaxed);
-}
-
-/// The device and inode `path` names now.
-fn file_of(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path)
-        .ok()
-        .map(|meta| (meta.dev(), meta.ino()))
 }
 
 /// A connection that goes back to the kept ones when dropped.
@@ -99,7 +93,7 @@ impl Pooled {
 
 /// A kept connection to the file `path` names now, if there is one.
 pub fn take(path: &Path) -> Option<Pooled> {
-    let file = file_of(path)?;
+    let file = file_identity(path)?;
     let mut kept = KEPT_CONNECTIONS.lock().ok()?;
     // Connections to files `path` no longer names are dropped on the way.
     kept.retain(|entry| entry.path != path || entry.file == file);
@@ -116,7 +110,7 @@ pub fn take(path: &Path) -> Option<Pooled> {
 pub fn keep(path: &Path, conn: Connection) -> Pooled {
     Pooled {
         path: path.to_path_buf(),
-        file: file_of(path),
+        file: file_identity(path),
         conn: Some(conn),
     }
 }
