@@ -27,7 +27,7 @@ use blocker::{
     text::{self, escape},
     Error,
 };
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ipnet::IpNet;
 use jiff::Timestamp;
@@ -229,6 +229,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print a shell completion script to stdout.
+    ///
+    /// Example: blocker completions bash > /etc/bash_completion.d/blocker
+    Completions(cli::completions::CompletionsArgs),
+    /// Write one man page per command into a directory.
+    ///
+    /// Example: blocker man --out /usr/share/man/man1
+    Man(cli::man::ManArgs),
 }
 
 #[derive(clap::Args)]
@@ -464,6 +472,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Packaging runs these as any user on any machine: they touch neither pins nor state.
+    match &cli.command {
+        Command::Completions(args) => {
+            return Ok(cli::completions::run(
+                args,
+                Cli::command(),
+                &mut std::io::stdout().lock(),
+            )?)
+        }
+        Command::Man(args) => {
+            return cli::man::run(args, Cli::command(), &mut std::io::stdout().lock())
+        }
+        _ => {}
+    }
     let pins = PinDir::new(&cli.pin_dir);
     let explicit_state = cli.state.as_deref();
     let state_path = &pins.state_path(explicit_state)?;
@@ -587,6 +609,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze(args) => cli::analyze::run(&pins, state_path, args)?,
         Command::Events { json } => follow_events(&pins, state_path, json)?,
         Command::Scan(args) => cli::scan::scan(&args)?,
+        // Served before the pin directory is looked at, above.
+        Command::Completions(_) | Command::Man(_) => {}
         Command::Daemon(args) => {
             if let Some(path) = &args.check_config {
                 Config::load(path)?;
