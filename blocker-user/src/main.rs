@@ -229,6 +229,10 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Check what blocking depends on, one line each with a fix; exit 1 if a check fails.
+    ///
+    /// Example: blocker doctor --iface eth0
+    Doctor(cli::doctor::DoctorArgs),
     /// Print a shell completion script to stdout.
     ///
     /// Example: blocker completions bash > /etc/bash_completion.d/blocker
@@ -609,6 +613,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze(args) => cli::analyze::run(&pins, state_path, args)?,
         Command::Events { json } => follow_events(&pins, state_path, json)?,
         Command::Scan(args) => cli::scan::scan(&args)?,
+        Command::Doctor(args) => {
+            cli::doctor::run(&args, &pins, state_path, &mut std::io::stdout().lock())?
+        }
         // Served before the pin directory is looked at, above.
         Command::Completions(_) | Command::Man(_) => {}
         Command::Daemon(args) => {

@@ -2,6 +2,8 @@
 
 pub mod analyze;
 pub mod completions;
+pub mod doctor;
 pub mod man;
+pub mod nic;
 pub mod scan;
 pub mod status_jails;
