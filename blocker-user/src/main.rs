@@ -229,6 +229,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// A live view from the pinned maps: rates per verdict and reason, rules, blacklisted
+    /// sources, map fill; b/u/a ban, unban or allow the selected source.
+    ///
+    /// Examples:
+    ///   blocker top
+    ///   blocker top --once --json
+    #[command(verbatim_doc_comment)]
+    Top(cli::top::TopArgs),
     /// Check what blocking depends on, one line each with a fix; exit 1 if a check fails.
     ///
     /// Example: blocker doctor --iface eth0
@@ -613,6 +621,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze(args) => cli::analyze::run(&pins, state_path, args)?,
         Command::Events { json } => follow_events(&pins, state_path, json)?,
         Command::Scan(args) => cli::scan::scan(&args)?,
+        Command::Top(args) => cli::top::run(&args, &pins, state_path)?,
         Command::Doctor(args) => {
             cli::doctor::run(&args, &pins, state_path, &mut std::io::stdout().lock())?
         }

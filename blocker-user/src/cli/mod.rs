@@ -7,3 +7,6 @@ pub mod man;
 pub mod nic;
 pub mod scan;
 pub mod status_jails;
+pub mod top;
+pub mod top_data;
+pub mod top_view;

@@ -1,0 +1,271 @@
+//! What `blocker top` shows, read from the pinned maps alone (no daemon): two readings of the
+//! kernel's counters make a snapshot of rates over the interval between them.
+
+use std::{path::Path, time::Instant};
+
+use blocker::{
+    clock::Now,
+    dynamic,
+    pins::PinDir,
+    state::{self, Listed},
+    status::{self, CounterRow, MapUsage},
+};
+use blocker_common::{
+    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_HISTORY,
+};
+use serde::Serialize;
+
+/// Maps that fill up; the others are arrays (always full) or a ring buffer (bytes).
+const FILLING_MAPS: [&str; 6] = [
+    MAP_BAN_V4,
+    MAP_BAN_V6,
+    MAP_ALLOW_V4,
+    MAP_ALLOW_V6,
+    MAP_BLACKLIST,
+    MAP_HISTORY,
+];
+/// Sources kept in a snapshot: more than any screen shows.
+const MAX_SOURCES: usize = 50;
+
+/// The kernel's numbers at one moment.
+pub struct Reading {
+    at: Instant,
+    counters: Vec<CounterRow>,
+    rules: Vec<RuleTotals>,
+    blacklist: Vec<Listed>,
+    maps: Vec<MapUsage>,
+}
+
+struct RuleTotals {
+    name: String,
+    events: u64,
+    blacklisted: u64,
+    dropped: u64,
+    rejected: u64,
+}
+
+impl Reading {
+    /// Reads the counters, rule stats, dynamic blacklist and map fill. The tries' fill comes
+    /// from the state database's kept counts (a walk of a million keys would take seconds).
+    pub fn take(pins: &PinDir, state_path: &Path) -> anyhow::Result<Self> {
+        let summary = state::summary(state_path).unwrap_or_default();
+        let status = status::read_counted(pins, Some(&summary.entries))?;
+        let stats = dynamic::rule_stats(pins)?;
+        let rules = summary
+            .rules
+            .iter()
+            .flat_map(|table| &table.rules)
+            .map(|placed| {
+                let counts = stats.get(placed.slot as usize).copied().unwrap_or_default();
+                RuleTotals {
+                    name: placed.spec.name.clone(),
+                    events: counts.events,
+                    blacklisted: counts.blacklisted,
+                    dropped: counts.dropped,
+                    rejected: counts.rejected,
+                }
+            })
+            .collect();
+        let blacklist = dynamic::blacklist(pins, summary.rules.as_ref(), &Now::read())?;
+        Ok(Self {
+            at: Instant::now(),
+            counters: status.counters,
+            rules,
+            blacklist,
+            maps: status
+                .maps
+                .into_iter()
+                .filter(|map| FILLING_MAPS.contains(&map.name))
+                .collect(),
+        })
+    }
+}
+
+/// One interval's view: totals and per-second rates.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub interval_secs: f64,
+    /// pass, drop, tx.
+    pub verdicts: Vec<Traffic>,
+    /// Every reason that ever counted a packet.
+    pub reasons: Vec<Traffic>,
+    pub rules: Vec<RuleRates>,
+    /// The dynamic blacklist, most hits first.
+    pub sources: Vec<Source>,
+    pub maps: Vec<MapFill>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Traffic {
+    pub action: &'static str,
+    /// Empty for a verdict's total.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub reason: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets counted during the interval.
+    pub packets_in_interval: u64,
+    pub packets_per_sec: f64,
+    pub bits_per_sec: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RuleRates {
+    pub name: String,
+    pub events: u64,
+    pub blacklisted: u64,
+    pub dropped: u64,
+    pub rejected: u64,
+    pub events_per_sec: f64,
+    pub blacklisted_per_sec: f64,
+    pub dropped_per_sec: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Source {
+    pub addr: String,
+    pub rule: Option<String>,
+    /// Events the rule had counted from the source when it blacklisted it.
+    pub hits: u32,
+    pub expires_at: Option<jiff::Timestamp>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u32,
+}
+
+impl MapFill {
+    /// Entries over capacity, 0 to 1.
+    pub fn ratio(&self) -> f64 {
+        if self.capacity == 0 {
+            return 0.0;
+        }
+        self.entries as f64 / f64::from(self.capacity)
+    }
+}
+
+/// Which sources a snapshot keeps.
+#[derive(Debug, Clone, Default)]
+pub struct SourceFilter {
+    /// 4 or 6.
+    pub family: Option<u8>,
+    pub rule: Option<String>,
+}
+
+impl SourceFilter {
+    fn keeps(&self, source: &Listed) -> bool {
+        let family_ok = match self.family {
+            Some(4) => !source.addr.contains(':'),
+            Some(6) => source.addr.contains(':'),
+            _ => true,
+        };
+        family_ok
+            && self
+                .rule
+                .as_ref()
+                .is_none_or(|rule| source.rule.as_ref() == Some(rule))
+    }
+}
+
+impl Snapshot {
+    /// The rates between two readings, `before` taken first.
+    pub fn between(before: &Reading, after: &Reading, filter: &SourceFilter) -> Self {
+        let secs = after
+            .at
+            .saturating_duration_since(before.at)
+            .as_secs_f64()
+            .max(1e-3);
+        let reasons: Vec<Traffic> = after
+            .counters
+            .iter()
+            .map(|row| {
+                let earlier = before.counters.iter().find(|old| old.reason == row.reason);
+                let packets = row
+                    .packets
+                    .saturating_sub(earlier.map_or(0, |old| old.packets));
+                let bytes = row.bytes.saturating_sub(earlier.map_or(0, |old| old.bytes));
+                Traffic {
+                    action: row.action,
+                    reason: row.reason,
+                    packets: row.packets,
+                    bytes: row.bytes,
+                    packets_in_interval: packets,
+                    packets_per_sec: packets as f64 / secs,
+                    bits_per_sec: bytes as f64 * 8.0 / secs,
+                }
+            })
+            .collect();
+        let verdicts = ["pass", "drop", "tx"]
+            .iter()
+            .map(|action| {
+                let rows = reasons.iter().filter(|row| row.action == *action);
+                rows.fold(
+                    Traffic {
+                        action,
+                        ..Traffic::default()
+                    },
+                    |sum, row| Traffic {
+                        packets: sum.packets + row.packets,
+                        bytes: sum.bytes + row.bytes,
+                        packets_in_interval: sum.packets_in_interval + row.packets_in_interval,
+                        packets_per_sec: sum.packets_per_sec + row.packets_per_sec,
+                        bits_per_sec: sum.bits_per_sec + row.bits_per_sec,
+                        ..sum
+                    },
+                )
+            })
+            .collect();
+        let rules = after
+            .rules
+            .iter()
+            .map(|rule| {
+                let old = before.rules.iter().find(|old| old.name == rule.name);
+                let rate = |now: u64, then: Option<u64>| {
+                    now.saturating_sub(then.unwrap_or(0)) as f64 / secs
+                };
+                RuleRates {
+                    name: rule.name.clone(),
+                    events: rule.events,
+                    blacklisted: rule.blacklisted,
+                    dropped: rule.dropped,
+                    rejected: rule.rejected,
+                    events_per_sec: rate(rule.events, old.map(|o| o.events)),
+                    blacklisted_per_sec: rate(rule.blacklisted, old.map(|o| o.blacklisted)),
+                    dropped_per_sec: rate(rule.dropped, old.map(|o| o.dropped)),
+                }
+            })
+            .collect();
+        let mut sources: Vec<Source> = after
+            .blacklist
+            .iter()
+            .filter(|listed| filter.keeps(listed))
+            .map(|listed| Source {
+                addr: listed.addr.clone(),
+                rule: listed.rule.clone(),
+                hits: listed.hits.unwrap_or(0),
+                expires_at: listed.expires_at,
+            })
+            .collect();
+        sources.sort_by(|a, b| b.hits.cmp(&a.hits).then_with(|| a.addr.cmp(&b.addr)));
+        sources.truncate(MAX_SOURCES);
+        Self {
+            interval_secs: secs,
+            verdicts,
+            reasons: reasons.into_iter().filter(|row| row.packets > 0).collect(),
+            rules,
+            sources,
+            maps: after
+                .maps
+                .iter()
+                .map(|map| MapFill {
+                    name: map.name,
+                    entries: map.entries,
+                    capacity: map.capacity,
+                })
+                .collect(),
+        }
+    }
+}

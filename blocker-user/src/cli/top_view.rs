@@ -1,0 +1,484 @@
+//! How `blocker top` draws a snapshot: verdict rates with sparklines, reasons, rules, the
+//! dynamic blacklist's sources and map fill, laid out to fit 80x24 and use more when there is.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ratatui::{
+    buffer::Buffer,
+    layout::{Constraint, Flex, Layout, Rect},
+    style::{Color, Modifier, Style},
+    text::{Line, Span},
+    widgets::{Block, Borders, Cell, Paragraph, Row, Sparkline, Table, TableState},
+    Frame,
+};
+
+use super::top_data::{MapFill, Snapshot};
+
+/// Fill from which a map is drawn in warning colours.
+const FILL_WARN: f64 = 0.75;
+const FILL_ALARM: f64 = 0.9;
+
+/// Everything drawn besides the snapshot: packets/s history, selection, prompt.
+#[derive(Debug, Default)]
+pub struct View {
+    pub snapshot: Snapshot,
+    /// Packets per second of each verdict, oldest first.
+    pub history: BTreeMap<&'static str, VecDeque<u64>>,
+    pub selected: usize,
+    pub paused: bool,
+    /// A question awaiting y/n, or the outcome of the last action.
+    pub footer: Option<String>,
+}
+
+impl View {
+    /// Keeps the last `keep` rates of each verdict for the sparklines.
+    pub fn record(&mut self, snapshot: Snapshot, keep: usize) {
+        for verdict in &snapshot.verdicts {
+            let series = self.history.entry(verdict.action).or_default();
+            series.push_back(verdict.packets_per_sec.round() as u64);
+            while series.len() > keep {
+                series.pop_front();
+            }
+        }
+        self.snapshot = snapshot;
+        self.selected = self
+            .selected
+            .min(self.snapshot.sources.len().saturating_sub(1));
+    }
+
+    /// The selected source's address.
+    pub fn selected_source(&self) -> Option<&str> {
+        self.snapshot
+            .sources
+            .get(self.selected)
+            .map(|source| source.addr.as_str())
+    }
+}
+
+/// Draws `view` over the whole frame.
+pub fn draw(frame: &mut Frame, view: &View) {
+    let [title, verdicts, middle, sources, maps, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(5),
+        Constraint::Min(6),
+        Constraint::Min(5),
+        Constraint::Length(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    let [reasons, rules] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(middle);
+    draw_title(frame, title, view);
+    draw_verdicts(frame, verdicts, view);
+    draw_reasons(frame, reasons, &view.snapshot);
+    draw_rules(frame, rules, &view.snapshot);
+    draw_sources(frame, sources, view);
+    draw_maps(frame, maps, &view.snapshot.maps);
+    let help = "q quit  p pause  ↑↓ select  b ban  u unban  a allow";
+    let text = view.footer.as_deref().unwrap_or(help);
+    frame.render_widget(
+        Paragraph::new(text).style(Style::new().fg(Color::Cyan)),
+        footer,
+    );
+}
+
+fn draw_title(frame: &mut Frame, area: Rect, view: &View) {
+    let mut spans = vec![
+        Span::styled("blocker top", Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(format!(
+            "  every {:.1}s, from the pinned maps",
+            view.snapshot.interval_secs
+        )),
+    ];
+    if view.paused {
+        spans.push(Span::styled(
+            "  [paused]",
+            Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+        ));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn draw_verdicts(frame: &mut Frame, area: Rect, view: &View) {
+    let block = Block::new().borders(Borders::ALL).title(" verdicts ");
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let rows = Layout::vertical([Constraint::Length(1); 3]).split(inner);
+    // One scale for every verdict, so their bars compare.
+    let peak = view
+        .history
+        .values()
+        .flat_map(|series| series.iter().copied())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    for (verdict, row) in view.snapshot.verdicts.iter().zip(rows.iter()) {
+        let [label, spark] =
+            Layout::horizontal([Constraint::Length(36), Constraint::Min(4)]).areas(*row);
+        let text = format!(
+            "{:<5}{:>11}  {:>12}",
+            verdict.action,
+            rate(verdict.packets_per_sec, "pps"),
+            rate(verdict.bits_per_sec, "b/s"),
+        );
+        frame.render_widget(
+            Paragraph::new(text).style(verdict_style(verdict.action)),
+            label,
+        );
+        let data: Vec<u64> = view
+            .history
+            .get(verdict.action)
+            .map(|series| series.iter().copied().collect())
+            .unwrap_or_default();
+        // The newest rates, as many as fit.
+        let shown = &data[data.len().saturating_sub(spark.width as usize)..];
+        frame.render_widget(
+            Sparkline::default()
+                .data(shown)
+                .max(peak)
+                .style(verdict_style(verdict.action)),
+            spark,
+        );
+    }
+}
+
+fn verdict_style(action: &str) -> Style {
+    match action {
+        "drop" => Style::new().fg(Color::Red),
+        "tx" => Style::new().fg(Color::Magenta),
+        _ => Style::new().fg(Color::Green),
+    }
+}
+
+fn draw_reasons(frame: &mut Frame, area: Rect, snapshot: &Snapshot) {
+    let rows = snapshot.reasons.iter().map(|row| {
+        Row::new([
+            Cell::from(row.reason).style(verdict_style(row.action)),
+            Cell::from(rate(row.packets_per_sec, "")),
+            Cell::from(count(row.packets)),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(14),
+            Constraint::Length(8),
+            Constraint::Length(8),
+        ],
+    )
+    .flex(Flex::Start)
+    .header(header(&["reason", "pkt/s", "total"]))
+    .block(Block::new().borders(Borders::ALL).title(" reasons "));
+    frame.render_widget(table, area);
+}
+
+fn draw_rules(frame: &mut Frame, area: Rect, snapshot: &Snapshot) {
+    let rows = snapshot.rules.iter().map(|rule| {
+        Row::new([
+            Cell::from(blocker::text::escape(&rule.name).into_owned()),
+            Cell::from(rate(rule.events_per_sec, "")),
+            Cell::from(count(rule.blacklisted)),
+            Cell::from(count(rule.dropped)),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(14),
+            Constraint::Length(7),
+            Constraint::Length(6),
+            Constraint::Length(7),
+        ],
+    )
+    .flex(Flex::Start)
+    .header(header(&["rule", "ev/s", "bl", "drops"]))
+    .block(Block::new().borders(Borders::ALL).title(" rules "));
+    frame.render_widget(table, area);
+}
+
+fn draw_sources(frame: &mut Frame, area: Rect, view: &View) {
+    let rows = view.snapshot.sources.iter().map(|source| {
+        Row::new([
+            Cell::from(source.addr.clone()),
+            Cell::from(
+                source
+                    .rule
+                    .as_deref()
+                    .map(|rule| blocker::text::escape(rule).into_owned())
+                    .unwrap_or_default(),
+            ),
+            Cell::from(source.hits.to_string()),
+            Cell::from(
+                source
+                    .expires_at
+                    .map(|at| format!("{at:.0}"))
+                    .unwrap_or_default(),
+            ),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(26),
+            Constraint::Length(14),
+            Constraint::Length(6),
+            Constraint::Length(20),
+        ],
+    )
+    .flex(Flex::Start)
+    .header(header(&["source", "rule", "hits", "until"]))
+    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+    .block(
+        Block::new()
+            .borders(Borders::ALL)
+            .title(" dynamic blacklist, most hits first "),
+    );
+    let mut state = TableState::default()
+        .with_selected((!view.snapshot.sources.is_empty()).then_some(view.selected));
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+fn draw_maps(frame: &mut Frame, area: Rect, maps: &[MapFill]) {
+    let spans: Vec<Span> = maps
+        .iter()
+        .flat_map(|map| {
+            let ratio = map.ratio();
+            let style = if ratio >= FILL_ALARM {
+                Style::new().fg(Color::White).bg(Color::Red)
+            } else if ratio >= FILL_WARN {
+                Style::new().fg(Color::Black).bg(Color::Yellow)
+            } else {
+                Style::new().fg(Color::Green)
+            };
+            [
+                Span::styled(format!("{} {:.0}%", map.name, ratio * 100.0), style),
+                Span::raw("  "),
+            ]
+        })
+        .collect();
+    let paragraph = Paragraph::new(Line::from(spans))
+        .block(Block::new().borders(Borders::ALL).title(" map fill "));
+    frame.render_widget(paragraph, area);
+}
+
+fn header(names: &[&'static str]) -> Row<'static> {
+    Row::new(names.iter().copied()).style(Style::new().add_modifier(Modifier::BOLD))
+}
+
+/// 1234567 -> "1.2M", with an SI prefix.
+fn rate(value: f64, unit: &str) -> String {
+    let (scaled, prefix) = if value >= 1e9 {
+        (value / 1e9, "G")
+    } else if value >= 1e6 {
+        (value / 1e6, "M")
+    } else if value >= 1e3 {
+        (value / 1e3, "k")
+    } else {
+        (value, "")
+    };
+    let digits = if prefix.is_empty() && scaled.fract() == 0.0 {
+        0
+    } else {
+        1
+    };
+    format!(
+        "{scaled:.digits$}{prefix}{}{unit}",
+        if unit.is_empty() { "" } else { " " }
+    )
+}
+
+fn count(value: u64) -> String {
+    rate(value as f64, "")
+}
+
+/// The buffer's characters, one line per row with trailing spaces trimmed: `--once` without
+/// `--json`, and the README's screenshot.
+pub fn buffer_text(buffer: &Buffer) -> String {
+    let width = buffer.area.width as usize;
+    let symbols: Vec<&str> = buffer.content.iter().map(|cell| cell.symbol()).collect();
+    symbols
+        .chunks(width.max(1))
+        .map(|row| row.concat().trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::{backend::TestBackend, Terminal};
+
+    use super::*;
+    use crate::cli::top_data::{RuleRates, Source, Traffic};
+
+    fn traffic(action: &'static str, reason: &'static str, pps: f64, packets: u64) -> Traffic {
+        Traffic {
+            action,
+            reason,
+            packets,
+            bytes: packets * 60,
+            packets_in_interval: pps as u64,
+            packets_per_sec: pps,
+            bits_per_sec: pps * 480.0,
+        }
+    }
+
+    /// A fixed snapshot: an attack from a few sources, one trie nearly full.
+    pub(crate) fn fixed_view() -> View {
+        let snapshot = Snapshot {
+            interval_secs: 1.0,
+            verdicts: vec![
+                traffic("pass", "", 1520.0, 9_120_000),
+                traffic("drop", "", 48_250.0, 20_400_000),
+                traffic("tx", "", 12.0, 3_400),
+            ],
+            reasons: vec![
+                traffic("pass", "no_match", 1500.0, 9_000_000),
+                traffic("pass", "allowlisted", 20.0, 120_000),
+                traffic("drop", "manual_ban", 41_000.0, 18_000_000),
+                traffic("drop", "blacklisted", 7_250.0, 2_400_000),
+                traffic("tx", "rejected", 12.0, 3_400),
+            ],
+            rules: vec![
+                RuleRates {
+                    name: "ssh".into(),
+                    events: 5_000,
+                    blacklisted: 42,
+                    dropped: 2_400_000,
+                    events_per_sec: 35.0,
+                    ..RuleRates::default()
+                },
+                RuleRates {
+                    name: "web".into(),
+                    events: 120,
+                    blacklisted: 1,
+                    dropped: 900,
+                    events_per_sec: 2.0,
+                    ..RuleRates::default()
+                },
+            ],
+            sources: ["203.0.113.7/32", "198.51.100.0/24", "2001:db8:bad::/64"]
+                .iter()
+                .zip([57, 12, 4])
+                .map(|(addr, hits)| Source {
+                    addr: addr.to_string(),
+                    rule: Some("ssh".into()),
+                    hits,
+                    expires_at: Some("2026-12-02T03:00:00Z".parse().expect("time")),
+                })
+                .collect(),
+            maps: vec![
+                MapFill {
+                    name: "BAN_V4",
+                    entries: 95_000,
+                    capacity: 100_000,
+                },
+                MapFill {
+                    name: "BLACKLIST",
+                    entries: 800,
+                    capacity: 1_000,
+                },
+                MapFill {
+                    name: "HISTORY",
+                    entries: 10,
+                    capacity: 1_000,
+                },
+            ],
+        };
+        let mut view = View::default();
+        for step in 1..=100u32 {
+            let mut earlier = snapshot.clone();
+            earlier.verdicts[1].packets_per_sec = f64::from(step * 480);
+            view.record(earlier, 300);
+        }
+        view.record(snapshot, 300);
+        view.selected = 1;
+        view
+    }
+
+    fn render(view: &View, width: u16, height: u16) -> Buffer {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("terminal");
+        terminal
+            .draw(|frame| draw(frame, view))
+            .expect("draw")
+            .buffer
+            .clone()
+    }
+
+    fn find(buffer: &Buffer, needle: &str) -> (u16, u16) {
+        let text = buffer_text(buffer);
+        text.lines()
+            .enumerate()
+            .find_map(|(y, line)| {
+                let x = line.find(needle)?;
+                Some((line[..x].chars().count() as u16, y as u16))
+            })
+            .unwrap_or_else(|| panic!("{needle:?} not on screen:\n{text}"))
+    }
+
+    #[test]
+    fn fits_80x24_with_every_panel() {
+        let buffer = render(&fixed_view(), 80, 24);
+        let text = buffer_text(&buffer);
+        println!("{text}");
+        for needle in [
+            "blocker top",
+            "drop   48.2k pps     23.2M b/s",
+            "manual_ban",
+            "41.0k",
+            "ssh",
+            "203.0.113.7/32",
+            "BAN_V4 95%",
+            "BLACKLIST 80%",
+            "q quit",
+        ] {
+            find(&buffer, needle);
+        }
+        assert_eq!(text.lines().count(), 24);
+        // The selected source is highlighted.
+        let (x, y) = find(&buffer, "198.51.100.0/24");
+        assert!(buffer[(x, y)].modifier.contains(Modifier::REVERSED));
+        // Near full: red; past the warning mark: yellow; roomy: green.
+        let (x, y) = find(&buffer, "BAN_V4");
+        assert_eq!(buffer[(x, y)].bg, Color::Red);
+        let (x, y) = find(&buffer, "BLACKLIST 80%");
+        assert_eq!(buffer[(x, y)].bg, Color::Yellow);
+        let (x, y) = find(&buffer, "HISTORY 1%");
+        assert_eq!(buffer[(x, y)].fg, Color::Green);
+        // The drop sparkline rises to the right.
+        let (_, drop_row) = find(&buffer, "drop   48.2k");
+        let sparkline: String = (37..80).map(|x| buffer[(x, drop_row)].symbol()).collect();
+        assert!(sparkline.contains('█'), "{sparkline:?}");
+    }
+
+    #[test]
+    fn uses_a_200x50_screen() {
+        let buffer = render(&fixed_view(), 200, 50);
+        let text = buffer_text(&buffer);
+        println!("{text}");
+        assert_eq!(text.lines().count(), 50);
+        for needle in [
+            "2001:db8:bad::/64",
+            "2026-12-02T03:00:00Z",
+            "rejected",
+            "web",
+        ] {
+            find(&buffer, needle);
+        }
+        // Wider than 80: the sparkline spans the extra width.
+        let (_, drop_row) = find(&buffer, "drop   48.2k");
+        let bars = (37..199)
+            .filter(|x| buffer[(*x, drop_row)].symbol() != " ")
+            .count();
+        assert!(bars > 80, "{bars} bars");
+    }
+
+    #[test]
+    fn paused_and_prompt_show() {
+        let mut view = fixed_view();
+        view.paused = true;
+        view.footer = Some("ban 198.51.100.0/24 permanently? y/n".into());
+        let buffer = render(&view, 80, 24);
+        find(&buffer, "[paused]");
+        find(&buffer, "ban 198.51.100.0/24 permanently? y/n");
+    }
+}
