@@ -12,11 +12,8 @@ use blocker::{
     lockout::{allow_command, session::Detected, SshSession},
     pins::{AttachMode, PinDir},
     state::State,
-    status,
+    status::{self, FILLING_MAPS},
     text::escape,
-};
-use blocker_common::{
-    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_HISTORY,
 };
 use serde::Serialize;
 
@@ -82,16 +79,6 @@ impl Check {
     }
 }
 
-/// Maps whose fill is worth watching: arrays are full by construction, the ring buffer's
-/// capacity is bytes.
-const FILLING_MAPS: [&str; 6] = [
-    MAP_BAN_V4,
-    MAP_BAN_V6,
-    MAP_ALLOW_V4,
-    MAP_ALLOW_V6,
-    MAP_BLACKLIST,
-    MAP_HISTORY,
-];
 /// Fill (percent) from which a map is reported: new entries start failing when it is full.
 const FILL_WARN: u64 = 80;
 const FILL_FAIL: u64 = 95;

@@ -8,22 +8,10 @@ use blocker::{
     dynamic,
     pins::PinDir,
     state::{self, Listed},
-    status::{self, CounterRow, MapUsage},
-};
-use blocker_common::{
-    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_HISTORY,
+    status::{self, CounterRow, MapUsage, FILLING_MAPS},
 };
 use serde::Serialize;
 
-/// Maps that fill up; the others are arrays (always full) or a ring buffer (bytes).
-const FILLING_MAPS: [&str; 6] = [
-    MAP_BAN_V4,
-    MAP_BAN_V6,
-    MAP_ALLOW_V4,
-    MAP_ALLOW_V6,
-    MAP_BLACKLIST,
-    MAP_HISTORY,
-];
 /// Sources kept in a snapshot: more than any screen shows.
 const MAX_SOURCES: usize = 50;
 
