@@ -11,7 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use blocker_tests::{daemon::DaemonGuard, in_netns, require_root, TestNet};
+use blocker_tests::{
+    chart::{self, Panel, Series},
+    daemon::DaemonGuard,
+    in_netns, require_root, TestNet,
+};
 use serde_json::Value;
 
 fn contrib(path: &str) -> PathBuf {
@@ -141,6 +145,48 @@ impl Prometheus {
             .unwrap_or_else(|| panic!("{expr}: no result vector: {answer}"))
     }
 
+    /// A range query over the last `seconds`, one point a second, each series named by `label`.
+    fn range(&self, expr: &str, seconds: u64, label: &str) -> Vec<Series> {
+        let end = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .args(["curl", "-sS", "--max-time", "5", "-G"])
+            .arg("--data-urlencode")
+            .arg(format!("query={expr}"))
+            .args(["--data-urlencode", &format!("start={}", end - seconds)])
+            .args(["--data-urlencode", &format!("end={end}")])
+            .args(["--data-urlencode", "step=1"])
+            .arg(format!("http://{PROMETHEUS}/api/v1/query_range"))
+            .output()
+            .expect("running curl");
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+            panic!("{expr}: {err}: {}", String::from_utf8_lossy(&out.stderr))
+        });
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+        let result = answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        result
+            .iter()
+            .map(|series| Series {
+                label: series["metric"][label].as_str().unwrap_or(expr).to_string(),
+                points: series["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|point| {
+                        let at = point[0].as_f64()? - (end - seconds) as f64;
+                        Some((at, point[1].as_str()?.parse().ok()?))
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// Each series' value by the value of `label`.
     fn by_label(&self, expr: &str, label: &str) -> BTreeMap<String, f64> {
         self.query(expr)
@@ -234,15 +280,19 @@ fn prometheus_scrapes_the_daemon_and_the_dashboard_follows_the_traffic() {
         v == 0.0
     });
 
-    // 50 datagrams from a banned source: each one dropped as a manual ban.
+    let started = Instant::now();
+    // 50 datagrams from a banned source, 5 a second: each one dropped as a manual ban.
     let banned = net.client_v4(1, 2);
     net.blocker(&["ban", &banned.to_string(), "--reason", "test"])
         .ok();
     let target = SocketAddr::new(net.server_for(banned), 9);
     in_netns(&net.client_ns, move || {
         let socket = UdpSocket::bind(SocketAddr::new(banned, 0)).expect("bind");
-        for _ in 0..50 {
-            socket.send_to(b"dropped", target).expect("send");
+        for _ in 0..10 {
+            for _ in 0..5 {
+                socket.send_to(b"dropped", target).expect("send");
+            }
+            thread::sleep(Duration::from_secs(1));
         }
     });
     // A prober blacklisted by the rule on its fourth connection.
@@ -323,4 +373,20 @@ fn prometheus_scrapes_the_daemon_and_the_dashboard_follows_the_traffic() {
         .expect("drop share");
     assert!(share > 0.0 && share <= 1.0, "{share}");
     assert_eq!(prometheus.value(&expr_of("State readable")), Some(1.0));
+
+    // A picture of four panels from this run's data (the README shows a copy).
+    let seconds = started.elapsed().as_secs() + 5;
+    let panel = |title: &str, label: &str| Panel {
+        title: title.to_string(),
+        series: prometheus.range(&expr_of(title).replace("[1m]", "[3s]"), seconds, label),
+    };
+    let panels = [
+        panel("Drop rate by reason", "reason"),
+        panel("Packets by verdict", "action"),
+        panel("Rule events and blacklistings", "rule"),
+        panel("Entries in force by kind", "kind"),
+    ];
+    assert!(panels.iter().all(|panel| !panel.series.is_empty()));
+    let picture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard.svg");
+    std::fs::write(&picture, chart::svg(&panels)).expect("writing the dashboard picture");
 }
