@@ -17,7 +17,7 @@ use ratatui::{
 };
 
 use super::{
-    top_data::{Reading, Snapshot, SourceFilter},
+    top_data::{Reading, Snapshot, SortBy, SourceFilter},
     top_view::{buffer_text, draw, View},
 };
 
@@ -42,6 +42,9 @@ pub struct TopArgs {
     /// Only sources blacklisted by this rule.
     #[arg(long)]
     pub rule: Option<String>,
+    /// The order of the source list.
+    #[arg(long, value_enum, default_value_t)]
+    pub sort: SortBy,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -70,6 +73,7 @@ pub fn run(args: &TopArgs, pins: &PinDir, state_path: &Path) -> anyhow::Result<(
             Family::V6 => 6,
         }),
         rule: args.rule.clone(),
+        sort: args.sort,
     };
     if args.once {
         let before = Reading::take(pins, state_path)?;
@@ -85,7 +89,7 @@ pub fn run(args: &TopArgs, pins: &PinDir, state_path: &Path) -> anyhow::Result<(
         return Ok(());
     }
     let mut terminal = ratatui::init();
-    let result = live(&mut terminal, args, pins, state_path, &filter);
+    let result = live(&mut terminal, args, pins, state_path, filter);
     ratatui::restore();
     result
 }
@@ -111,7 +115,7 @@ fn live(
     args: &TopArgs,
     pins: &PinDir,
     state_path: &Path,
-    filter: &SourceFilter,
+    mut filter: SourceFilter,
 ) -> anyhow::Result<()> {
     let mut view = View::default();
     let mut pending: Option<Pending> = None;
@@ -138,6 +142,9 @@ fn live(
             match (key.code, selected) {
                 (KeyCode::Char('q') | KeyCode::Esc, _) => return Ok(()),
                 (KeyCode::Char('p'), _) => view.paused = !view.paused,
+                // Applied from the next reading on.
+                (KeyCode::Char('s'), _) => filter.sort = filter.sort.next(),
+                (KeyCode::Char('f'), _) => filter.next_family(),
                 (KeyCode::Down | KeyCode::Char('j'), _) => {
                     let last = view.snapshot.sources.len().saturating_sub(1);
                     view.selected = (view.selected + 1).min(last);
@@ -167,7 +174,7 @@ fn live(
         next = Instant::now() + args.interval;
         let after = Reading::take(pins, state_path)?;
         if !view.paused {
-            view.record(Snapshot::between(&before, &after, filter), HISTORY);
+            view.record(Snapshot::between(&before, &after, &filter), HISTORY);
         }
         before = after;
     }

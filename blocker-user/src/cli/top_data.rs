@@ -81,6 +81,9 @@ pub struct Snapshot {
     /// The dynamic blacklist, most hits first.
     pub sources: Vec<Source>,
     pub maps: Vec<MapFill>,
+    /// The source list's title: its order and filter.
+    #[serde(skip)]
+    pub sources_title: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -135,15 +138,68 @@ impl MapFill {
     }
 }
 
-/// Which sources a snapshot keeps.
+/// Which sources a snapshot keeps, and in which order.
 #[derive(Debug, Clone, Default)]
 pub struct SourceFilter {
     /// 4 or 6.
     pub family: Option<u8>,
     pub rule: Option<String>,
+    pub sort: SortBy,
+}
+
+/// The order of the source list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    /// Most hits first.
+    #[default]
+    Hits,
+    /// Soonest expiry first.
+    Expiry,
+    /// By address.
+    Addr,
+}
+
+impl SortBy {
+    /// The next order, for the `s` key.
+    pub fn next(self) -> Self {
+        match self {
+            SortBy::Hits => SortBy::Expiry,
+            SortBy::Expiry => SortBy::Addr,
+            SortBy::Addr => SortBy::Hits,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SortBy::Hits => "most hits first",
+            SortBy::Expiry => "soonest expiry first",
+            SortBy::Addr => "by address",
+        }
+    }
 }
 
 impl SourceFilter {
+    /// The next family shown, for the `f` key: all, IPv4, IPv6.
+    pub fn next_family(&mut self) {
+        self.family = match self.family {
+            None => Some(4),
+            Some(4) => Some(6),
+            _ => None,
+        };
+    }
+
+    /// What the source list's title says about the filter and the order.
+    pub fn describe(&self) -> String {
+        let mut text = format!("dynamic blacklist, {}", self.sort.name());
+        if let Some(family) = self.family {
+            text.push_str(&format!(", IPv{family} only"));
+        }
+        if let Some(rule) = &self.rule {
+            text.push_str(&format!(", rule {}", blocker::text::escape(rule)));
+        }
+        text
+    }
+
     fn keeps(&self, source: &Listed) -> bool {
         let family_ok = match self.family {
             Some(4) => !source.addr.contains(':'),
@@ -237,7 +293,15 @@ impl Snapshot {
                 expires_at: listed.expires_at,
             })
             .collect();
-        sources.sort_by(|a, b| b.hits.cmp(&a.hits).then_with(|| a.addr.cmp(&b.addr)));
+        match filter.sort {
+            SortBy::Hits => {
+                sources.sort_by(|a, b| b.hits.cmp(&a.hits).then_with(|| a.addr.cmp(&b.addr)))
+            }
+            SortBy::Expiry => sources.sort_by_key(|source| source.expires_at),
+            SortBy::Addr => {
+                sources.sort_by_cached_key(|source| source.addr.parse::<ipnet::IpNet>().ok())
+            }
+        }
         sources.truncate(MAX_SOURCES);
         Self {
             interval_secs: secs,
@@ -245,6 +309,7 @@ impl Snapshot {
             reasons: reasons.into_iter().filter(|row| row.packets > 0).collect(),
             rules,
             sources,
+            sources_title: filter.describe(),
             maps: after
                 .maps
                 .iter()
@@ -255,5 +320,85 @@ impl Snapshot {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn listed(addr: &str, hits: u32, expires: &str, rule: &str) -> Listed {
+        Listed {
+            addr: addr.into(),
+            kind: "dynamic",
+            expires_at: Some(expires.parse().expect("time")),
+            reason: None,
+            created_at: None,
+            rule: Some(rule.into()),
+            hits: Some(hits),
+        }
+    }
+
+    fn reading(at: Instant, dropped: u64, blacklist: Vec<Listed>) -> Reading {
+        Reading {
+            at,
+            counters: vec![CounterRow {
+                action: "drop",
+                reason: "manual_ban",
+                packets: dropped,
+                bytes: dropped * 100,
+            }],
+            rules: Vec::new(),
+            blacklist,
+            maps: Vec::new(),
+        }
+    }
+
+    fn addrs(snapshot: &Snapshot) -> Vec<&str> {
+        snapshot.sources.iter().map(|s| s.addr.as_str()).collect()
+    }
+
+    #[test]
+    fn rates_over_the_interval_and_sources_sorted_and_filtered() {
+        let start = Instant::now();
+        let before = reading(start, 100, Vec::new());
+        let after = reading(
+            start + Duration::from_secs(2),
+            300,
+            vec![
+                listed("198.51.100.9/32", 5, "2026-12-02T03:00:00Z", "ssh"),
+                listed("2001:db8::/64", 40, "2026-12-02T02:00:00Z", "web"),
+                listed("192.0.2.77/32", 12, "2026-12-02T04:00:00Z", "ssh"),
+            ],
+        );
+        let mut filter = SourceFilter::default();
+        let snapshot = Snapshot::between(&before, &after, &filter);
+        let manual = &snapshot.reasons[0];
+        assert_eq!(manual.packets_in_interval, 200);
+        assert_eq!(manual.packets_per_sec, 100.0);
+        assert_eq!(manual.bits_per_sec, 100.0 * 100.0 * 8.0);
+        assert_eq!(snapshot.verdicts[1].packets_per_sec, 100.0);
+        assert_eq!(
+            addrs(&snapshot),
+            ["2001:db8::/64", "192.0.2.77/32", "198.51.100.9/32"]
+        );
+        filter.sort = filter.sort.next();
+        let by_expiry = Snapshot::between(&before, &after, &filter);
+        assert_eq!(
+            addrs(&by_expiry),
+            ["2001:db8::/64", "198.51.100.9/32", "192.0.2.77/32"]
+        );
+        filter.sort = SortBy::Addr;
+        filter.next_family();
+        let v4 = Snapshot::between(&before, &after, &filter);
+        assert_eq!(addrs(&v4), ["192.0.2.77/32", "198.51.100.9/32"]);
+        assert_eq!(v4.sources_title, "dynamic blacklist, by address, IPv4 only");
+        filter.next_family();
+        filter.rule = Some("ssh".into());
+        assert!(Snapshot::between(&before, &after, &filter)
+            .sources
+            .is_empty());
     }
 }

@@ -74,7 +74,7 @@ pub fn draw(frame: &mut Frame, view: &View) {
     draw_rules(frame, rules, &view.snapshot);
     draw_sources(frame, sources, view);
     draw_maps(frame, maps, &view.snapshot.maps);
-    let help = "q quit  p pause  ↑↓ select  b ban  u unban  a allow";
+    let help = "q quit  p pause  ↑↓ select  b ban  u unban  a allow  s sort  f family";
     let text = view.footer.as_deref().unwrap_or(help);
     frame.render_widget(
         Paragraph::new(text).style(Style::new().fg(Color::Cyan)),
@@ -231,7 +231,7 @@ fn draw_sources(frame: &mut Frame, area: Rect, view: &View) {
     .block(
         Block::new()
             .borders(Borders::ALL)
-            .title(" dynamic blacklist, most hits first "),
+            .title(format!(" {} ", view.snapshot.sources_title)),
     );
     let mut state = TableState::default()
         .with_selected((!view.snapshot.sources.is_empty()).then_some(view.selected));
@@ -366,6 +366,7 @@ mod tests {
                     expires_at: Some("2026-12-02T03:00:00Z".parse().expect("time")),
                 })
                 .collect(),
+            sources_title: "dynamic blacklist, most hits first".into(),
             maps: vec![
                 MapFill {
                     name: "BAN_V4",
