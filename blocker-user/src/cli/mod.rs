@@ -9,4 +9,5 @@ pub mod scan;
 pub mod status_jails;
 pub mod top;
 pub mod top_data;
+pub mod top_events;
 pub mod top_view;

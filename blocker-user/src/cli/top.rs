@@ -76,9 +76,10 @@ pub fn run(args: &TopArgs, pins: &PinDir, state_path: &Path) -> anyhow::Result<(
         sort: args.sort,
     };
     if args.once {
-        let before = Reading::take(pins, state_path)?;
+        let before = Reading::take(pins, state_path, None)?;
         std::thread::sleep(args.interval);
-        let snapshot = Snapshot::between(&before, &Reading::take(pins, state_path)?, &filter);
+        let after = Reading::take(pins, state_path, Some(&before))?;
+        let snapshot = Snapshot::between(&before, &after, &filter);
         let mut out = std::io::stdout().lock();
         if args.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&snapshot)?)?;
@@ -119,7 +120,8 @@ fn live(
 ) -> anyhow::Result<()> {
     let mut view = View::default();
     let mut pending: Option<Pending> = None;
-    let mut before = Reading::take(pins, state_path)?;
+    let mut before = Reading::take(pins, state_path, None)?;
+    view.add_events(before.history_events());
     let mut next = Instant::now() + args.interval;
     loop {
         terminal.draw(|frame| draw(frame, &view))?;
@@ -172,10 +174,12 @@ fn live(
             continue;
         }
         next = Instant::now() + args.interval;
-        let after = Reading::take(pins, state_path)?;
-        if !view.paused {
-            view.record(Snapshot::between(&before, &after, &filter), HISTORY);
+        // Paused: no reading, so the next snapshot covers the pause and loses no event.
+        if view.paused {
+            continue;
         }
+        let after = Reading::take(pins, state_path, Some(&before))?;
+        view.record(Snapshot::between(&before, &after, &filter), HISTORY);
         before = after;
     }
 }

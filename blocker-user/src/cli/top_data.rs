@@ -12,6 +12,8 @@ use blocker::{
 };
 use serde::Serialize;
 
+use super::top_events::{blacklist_changes, read_history, Event, HistoryRead};
+
 /// Sources kept in a snapshot: more than any screen shows.
 const MAX_SOURCES: usize = 50;
 
@@ -22,6 +24,11 @@ pub struct Reading {
     rules: Vec<RuleTotals>,
     blacklist: Vec<Listed>,
     maps: Vec<MapUsage>,
+    wall: jiff::Timestamp,
+    /// The history rows since the previous reading; `None`: the state was unavailable.
+    history: Option<HistoryRead>,
+    /// Where the next reading's history starts: kept across an unavailable state.
+    history_cursor: Option<i64>,
 }
 
 struct RuleTotals {
@@ -35,7 +42,14 @@ struct RuleTotals {
 impl Reading {
     /// Reads the counters, rule stats, dynamic blacklist and map fill. The tries' fill comes
     /// from the state database's kept counts (a walk of a million keys would take seconds).
-    pub fn take(pins: &PinDir, state_path: &Path) -> anyhow::Result<Self> {
+    /// The history is read after the `previous` reading's rows (the newest rows without one).
+    pub fn take(
+        pins: &PinDir,
+        state_path: &Path,
+        previous: Option<&Reading>,
+    ) -> anyhow::Result<Self> {
+        let cursor = previous.and_then(|reading| reading.history_cursor);
+        let history = read_history(state_path, cursor);
         let summary = state::summary(state_path).unwrap_or_default();
         let status = status::read_counted(pins, Some(&summary.entries))?;
         let stats = dynamic::rule_stats(pins)?;
@@ -54,9 +68,13 @@ impl Reading {
                 }
             })
             .collect();
-        let blacklist = dynamic::blacklist(pins, summary.rules.as_ref(), &Now::read())?;
+        let now = Now::read();
+        let blacklist = dynamic::blacklist(pins, summary.rules.as_ref(), &now)?;
         Ok(Self {
             at: Instant::now(),
+            wall: now.wall,
+            history_cursor: history.as_ref().map(|read| read.last_id).or(cursor),
+            history,
             counters: status.counters,
             rules,
             blacklist,
@@ -66,6 +84,11 @@ impl Reading {
                 .filter(|map| FILLING_MAPS.contains(&map.name))
                 .collect(),
         })
+    }
+
+    /// The history rows this reading took: the newest ones, for a first reading.
+    pub fn history_events(&self) -> &[Event] {
+        self.history.as_ref().map_or(&[], |read| &read.events)
     }
 }
 
@@ -81,6 +104,11 @@ pub struct Snapshot {
     /// The dynamic blacklist, most hits first.
     pub sources: Vec<Source>,
     pub maps: Vec<MapFill>,
+    /// Bans, unbans, expiries and allowlist changes from the state's history, and the dynamic
+    /// blacklist's changes, during the interval, oldest first.
+    pub events: Vec<Event>,
+    /// Whether the state database could be read (absent or locked: no history events).
+    pub state_available: bool,
     /// The source list's title: its order and filter.
     #[serde(skip)]
     pub sources_title: String,
@@ -303,7 +331,16 @@ impl Snapshot {
             }
         }
         sources.truncate(MAX_SOURCES);
+        let mut events = after.history_events().to_vec();
+        events.extend(blacklist_changes(
+            &before.blacklist,
+            &after.blacklist,
+            after.wall,
+        ));
+        events.sort_by_key(|event| event.at);
         Self {
+            events,
+            state_available: after.history.is_some(),
             interval_secs: secs,
             verdicts,
             reasons: reasons.into_iter().filter(|row| row.packets > 0).collect(),
@@ -353,6 +390,9 @@ mod tests {
             rules: Vec::new(),
             blacklist,
             maps: Vec::new(),
+            wall: jiff::Timestamp::UNIX_EPOCH,
+            history: None,
+            history_cursor: None,
         }
     }
 
@@ -375,6 +415,10 @@ mod tests {
         );
         let mut filter = SourceFilter::default();
         let snapshot = Snapshot::between(&before, &after, &filter);
+        // The three new blacklistings are events; no state database: said, not an error.
+        assert_eq!(snapshot.events.len(), 3);
+        assert!(snapshot.events.iter().all(|e| e.action == "blacklisted"));
+        assert!(!snapshot.state_available);
         let manual = &snapshot.reasons[0];
         assert_eq!(manual.packets_in_interval, 200);
         assert_eq!(manual.packets_per_sec, 100.0);

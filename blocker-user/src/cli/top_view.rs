@@ -1,5 +1,6 @@
 //! How `blocker top` draws a snapshot: verdict rates with sparklines, reasons, rules, the
-//! dynamic blacklist's sources and map fill, laid out to fit 80x24 and use more when there is.
+//! dynamic blacklist's sources, recent events and map fill, laid out to fit 80x24 and use more
+//! when there is.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -12,11 +13,16 @@ use ratatui::{
     Frame,
 };
 
-use super::top_data::{MapFill, Snapshot};
+use super::{
+    top_data::{MapFill, Snapshot},
+    top_events::Event,
+};
 
 /// Fill from which a map is drawn in warning colours.
 const FILL_WARN: f64 = 0.75;
 const FILL_ALARM: f64 = 0.9;
+/// Events kept for the events panel: more than any screen shows.
+const MAX_EVENTS: usize = 100;
 
 /// Everything drawn besides the snapshot: packets/s history, selection, prompt.
 #[derive(Debug, Default)]
@@ -24,6 +30,8 @@ pub struct View {
     pub snapshot: Snapshot,
     /// Packets per second of each verdict, oldest first.
     pub history: BTreeMap<&'static str, VecDeque<u64>>,
+    /// Recent events, newest first.
+    pub events: VecDeque<Event>,
     pub selected: usize,
     pub paused: bool,
     /// A question awaiting y/n, or the outcome of the last action.
@@ -40,10 +48,19 @@ impl View {
                 series.pop_front();
             }
         }
+        self.add_events(&snapshot.events);
         self.snapshot = snapshot;
         self.selected = self
             .selected
             .min(self.snapshot.sources.len().saturating_sub(1));
+    }
+
+    /// Adds `events` (oldest first) to the events panel.
+    pub fn add_events(&mut self, events: &[Event]) {
+        for event in events {
+            self.events.push_front(event.clone());
+        }
+        self.events.truncate(MAX_EVENTS);
     }
 
     /// The selected source's address.
@@ -57,12 +74,13 @@ impl View {
 
 /// Draws `view` over the whole frame.
 pub fn draw(frame: &mut Frame, view: &View) {
-    let [title, verdicts, middle, sources, maps, footer] = Layout::vertical([
+    let [title, verdicts, middle, sources, events, maps, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(5),
         Constraint::Min(6),
         Constraint::Min(5),
-        Constraint::Length(3),
+        Constraint::Min(4),
+        Constraint::Length(1),
         Constraint::Length(1),
     ])
     .areas(frame.area());
@@ -73,6 +91,7 @@ pub fn draw(frame: &mut Frame, view: &View) {
     draw_reasons(frame, reasons, &view.snapshot);
     draw_rules(frame, rules, &view.snapshot);
     draw_sources(frame, sources, view);
+    draw_events(frame, events, view);
     draw_maps(frame, maps, &view.snapshot.maps);
     let help = "q quit  p pause  ↑↓ select  b ban  u unban  a allow  s sort  f family";
     let text = view.footer.as_deref().unwrap_or(help);
@@ -256,9 +275,45 @@ fn draw_maps(frame: &mut Frame, area: Rect, maps: &[MapFill]) {
             ]
         })
         .collect();
-    let paragraph = Paragraph::new(Line::from(spans))
-        .block(Block::new().borders(Borders::ALL).title(" map fill "));
-    frame.render_widget(paragraph, area);
+    let title = Span::styled("map fill  ", Style::new().add_modifier(Modifier::BOLD));
+    let line = Line::from([vec![title], spans].concat());
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+fn draw_events(frame: &mut Frame, area: Rect, view: &View) {
+    let rows = view.events.iter().map(|event| {
+        let style = match event.action.as_str() {
+            "ban" | "blacklisted" => Style::new().fg(Color::Red),
+            "allow" => Style::new().fg(Color::Green),
+            _ => Style::new(),
+        };
+        Row::new([
+            Cell::from(event.at.strftime("%H:%M:%S").to_string()),
+            Cell::from(blocker::text::escape(&event.action).into_owned()).style(style),
+            Cell::from(blocker::text::escape(&event.prefix).into_owned()),
+            Cell::from(blocker::text::escape(&event.source).into_owned()),
+            Cell::from(
+                blocker::text::escape(event.reason.as_deref().unwrap_or_default()).into_owned(),
+            ),
+        ])
+    });
+    let title = if view.snapshot.state_available {
+        " recent events (UTC) "
+    } else {
+        " recent events (UTC), state unavailable "
+    };
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(8),
+            Constraint::Length(11),
+            Constraint::Length(20),
+            Constraint::Length(7),
+            Constraint::Fill(1),
+        ],
+    )
+    .block(Block::new().borders(Borders::ALL).title(title));
+    frame.render_widget(table, area);
 }
 
 fn header(names: &[&'static str]) -> Row<'static> {
@@ -309,6 +364,16 @@ mod tests {
 
     use super::*;
     use crate::cli::top_data::{RuleRates, Source, Traffic};
+
+    fn event(at: &str, action: &str, prefix: &str, source: &str, reason: &str) -> Event {
+        Event {
+            at: at.parse().expect("time"),
+            action: action.into(),
+            prefix: prefix.into(),
+            source: source.into(),
+            reason: Some(reason.into()),
+        }
+    }
 
     fn traffic(action: &'static str, reason: &'static str, pps: f64, packets: u64) -> Traffic {
         Traffic {
@@ -367,6 +432,30 @@ mod tests {
                 })
                 .collect(),
             sources_title: "dynamic blacklist, most hits first".into(),
+            events: vec![
+                event(
+                    "2026-12-02T02:59:58Z",
+                    "expired",
+                    "192.0.2.200/32",
+                    "rule",
+                    "ssh",
+                ),
+                event(
+                    "2026-12-02T02:59:59Z",
+                    "ban",
+                    "198.51.100.66/32",
+                    "log",
+                    "sshd: 5 failures",
+                ),
+                event(
+                    "2026-12-02T03:00:00Z",
+                    "blacklisted",
+                    "203.0.113.7/32",
+                    "rule",
+                    "ssh",
+                ),
+            ],
+            state_available: true,
             maps: vec![
                 MapFill {
                     name: "BAN_V4",
@@ -388,6 +477,7 @@ mod tests {
         let mut view = View::default();
         for step in 1..=100u32 {
             let mut earlier = snapshot.clone();
+            earlier.events.clear();
             earlier.verdicts[1].packets_per_sec = f64::from(step * 480);
             view.record(earlier, 300);
         }
@@ -430,6 +520,9 @@ mod tests {
             "203.0.113.7/32",
             "BAN_V4 95%",
             "BLACKLIST 80%",
+            "recent events (UTC)",
+            "03:00:00 blacklisted 203.0.113.7/32",
+            "02:59:59 ban         198.51.100.66/32     log     sshd: 5 failures",
             "q quit",
         ] {
             find(&buffer, needle);
@@ -481,5 +574,28 @@ mod tests {
         let buffer = render(&view, 80, 24);
         find(&buffer, "[paused]");
         find(&buffer, "ban 198.51.100.0/24 permanently? y/n");
+    }
+
+    #[test]
+    fn events_newest_first_and_an_unavailable_state_said() {
+        let mut view = fixed_view();
+        let newest = find(&render(&view, 80, 24), "03:00:00 blacklisted").1;
+        let older = find(&render(&view, 80, 24), "02:59:59 ban").1;
+        assert!(newest < older);
+        let mut next = view.snapshot.clone();
+        next.events = vec![event(
+            "2026-12-02T03:00:01Z",
+            "unban",
+            "198.51.100.66/32",
+            "cli",
+            "",
+        )];
+        next.state_available = false;
+        view.record(next, 300);
+        let buffer = render(&view, 80, 24);
+        find(&buffer, "recent events (UTC), state unavailable");
+        assert_eq!(find(&buffer, "03:00:01 unban").1, newest);
+        let (x, y) = find(&buffer, "blacklisted 203.0.113.7/32");
+        assert_eq!(buffer[(x, y)].fg, Color::Red);
     }
 }
