@@ -26,7 +26,7 @@ pub struct Event {
     /// blacklist: `blacklisted`, `expired`, `removed`.
     pub action: String,
     pub prefix: String,
-    /// `cli`, `import`, `offense`, `log`, `fleet`... or `rule` for the dynamic blacklist.
+    /// `cli`, `import`, `offense`, `log`, `expiry`... or `rule` for the dynamic blacklist.
     pub source: String,
     /// The ban's reason; for the dynamic blacklist, the rule's name.
     pub reason: Option<String>,
