@@ -361,12 +361,13 @@ impl Snapshot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
 
-    fn listed(addr: &str, hits: u32, expires: &str, rule: &str) -> Listed {
+    /// A dynamic blacklist entry.
+    pub(crate) fn listed(addr: &str, hits: u32, expires: &str, rule: &str) -> Listed {
         Listed {
             addr: addr.into(),
             kind: "dynamic",

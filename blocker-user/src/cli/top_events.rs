@@ -134,15 +134,7 @@ mod tests {
     use super::*;
 
     fn listed(addr: &str, expires: &str) -> Listed {
-        Listed {
-            addr: addr.into(),
-            kind: "dynamic",
-            expires_at: Some(expires.parse().expect("time")),
-            reason: None,
-            created_at: None,
-            rule: Some("ssh".into()),
-            hits: Some(3),
-        }
+        crate::cli::top_data::tests::listed(addr, 3, expires, "ssh")
     }
 
     fn actions(events: &[Event]) -> Vec<(&str, &str)> {
