@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use blocker::state::Listed;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
@@ -15,8 +15,6 @@ use serde::Serialize;
 const MAX_ROWS: i64 = 100;
 /// How long a read waits for a writer; a longer lock shows as "state unavailable".
 const BUSY_WAIT: Duration = Duration::from_millis(200);
-/// An expiry moved later by more than this is a new blacklisting, not clock jitter.
-const REBLACKLIST_SLACK: SignedDuration = SignedDuration::from_secs(1);
 
 /// The newest history rows after a cursor: a range of the row ids, however long the history.
 const NEWEST_ROWS: &str = "SELECT id, at, action, prefix, source, reason FROM history \
@@ -88,8 +86,10 @@ pub fn read_history(path: &Path, after: Option<i64>) -> Option<HistoryRead> {
 }
 
 /// The dynamic blacklist's changes from `before` to `after` (both read from the kernel),
-/// at `now`: new sources (or ones blacklisted again), and sources gone, `expired` when their
-/// time was up by `now`, else `removed`.
+/// at `now`: new sources, or ones blacklisted again (their entry had run out by `now`, yet
+/// it is in force: a later expiry alone is a refresh, which every packet of a source on a
+/// refreshing rule makes), and sources gone, `expired` when their time was up by `now`, else
+/// `removed`.
 pub fn blacklist_changes(before: &[Listed], after: &[Listed], now: Timestamp) -> Vec<Event> {
     let earlier: BTreeMap<&str, &Listed> = before.iter().map(|l| (l.addr.as_str(), l)).collect();
     let later: BTreeMap<&str, &Listed> = after.iter().map(|l| (l.addr.as_str(), l)).collect();
@@ -102,13 +102,10 @@ pub fn blacklist_changes(before: &[Listed], after: &[Listed], now: Timestamp) ->
     };
     let mut events: Vec<Event> = later
         .iter()
-        .filter(|(addr, listed)| {
+        .filter(|(addr, _)| {
             earlier
                 .get(*addr)
-                .is_none_or(|old| match (old.expires_at, listed.expires_at) {
-                    (Some(old), Some(new)) => new > old + REBLACKLIST_SLACK,
-                    _ => false,
-                })
+                .is_none_or(|old| old.expires_at.is_some_and(|expiry| expiry <= now))
         })
         .map(|(_, listed)| event("blacklisted", listed, now))
         .collect();
@@ -153,8 +150,8 @@ mod tests {
             listed("192.0.2.4/32", "2026-12-02T03:00:09Z"),
         ];
         let after = vec![
-            // Unchanged but for clock jitter.
-            listed("192.0.2.1/32", "2026-12-02T04:00:00.300Z"),
+            // Refreshed by its packets: still the same blacklisting.
+            listed("192.0.2.1/32", "2026-12-02T04:00:05Z"),
             // Blacklisted again after it expired.
             listed("192.0.2.4/32", "2026-12-02T04:00:10Z"),
             listed("2001:db8::/64", "2026-12-02T04:00:10Z"),

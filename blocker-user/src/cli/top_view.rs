@@ -257,10 +257,12 @@ fn draw_sources(frame: &mut Frame, area: Rect, view: &View) {
     frame.render_stateful_widget(table, area, &mut state);
 }
 
+/// Map fill on one line: labelled and spaced when the width allows, tighter when not, so that
+/// all six maps fit 80 columns even when full.
 fn draw_maps(frame: &mut Frame, area: Rect, maps: &[MapFill]) {
-    let spans: Vec<Span> = maps
+    let fills: Vec<(String, Style)> = maps
         .iter()
-        .flat_map(|map| {
+        .map(|map| {
             let ratio = map.ratio();
             let style = if ratio >= FILL_ALARM {
                 Style::new().fg(Color::White).bg(Color::Red)
@@ -269,15 +271,27 @@ fn draw_maps(frame: &mut Frame, area: Rect, maps: &[MapFill]) {
             } else {
                 Style::new().fg(Color::Green)
             };
-            [
-                Span::styled(format!("{} {:.0}%", map.name, ratio * 100.0), style),
-                Span::raw("  "),
-            ]
+            (format!("{} {:.0}%", map.name, ratio * 100.0), style)
         })
         .collect();
-    let title = Span::styled("map fill  ", Style::new().add_modifier(Modifier::BOLD));
-    let line = Line::from([vec![title], spans].concat());
-    frame.render_widget(Paragraph::new(line), area);
+    let text_width: usize = fills.iter().map(|(text, _)| text.len()).sum();
+    let gaps = fills.len().saturating_sub(1);
+    let label = "map fill  ";
+    let (label, gap) = [(label, "  "), ("", "  "), ("", " ")]
+        .into_iter()
+        .find(|(label, gap)| label.len() + text_width + gaps * gap.len() <= area.width as usize)
+        .unwrap_or(("", " "));
+    let mut spans = vec![Span::styled(
+        label,
+        Style::new().add_modifier(Modifier::BOLD),
+    )];
+    for (index, (text, style)) in fills.into_iter().enumerate() {
+        if index > 0 {
+            spans.push(Span::raw(gap));
+        }
+        spans.push(Span::styled(text, style));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
 fn draw_events(frame: &mut Frame, area: Rect, view: &View) {

@@ -238,3 +238,32 @@ fn events_newest_first_and_an_unavailable_state_said() {
     let (x, y) = find(&buffer, "blacklisted 203.0.113.7/32");
     assert_eq!(buffer[(x, y)].fg, Color::Red);
 }
+
+#[test]
+fn six_full_maps_fit_80_columns() {
+    let mut view = fixed_view();
+    view.snapshot.maps = [
+        "BAN_V4",
+        "BAN_V6",
+        "ALLOW_V4",
+        "ALLOW_V6",
+        "BLACKLIST",
+        "HISTORY",
+    ]
+    .into_iter()
+    .map(|name| MapFill {
+        name,
+        entries: 1_000,
+        capacity: 1_000,
+    })
+    .collect();
+    let buffer = render(&view, 80, 24);
+    let (x, _) = find(&buffer, "HISTORY 100%");
+    assert!(x + 12 <= 80);
+    find(&buffer, "BAN_V4 100% BAN_V6 100%");
+    // Wide enough: labelled.
+    find(
+        &render(&view, 120, 24),
+        "map fill  BAN_V4 100%  BAN_V6 100%",
+    );
+}
