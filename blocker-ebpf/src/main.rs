@@ -23,8 +23,8 @@ mod program {
     };
     use aya_log_ebpf::error;
     use blocker_common::{
-        ban_is_active, blacklist_hit, evasive_is_dropped, is_ipv6_extension, mask_addr, on_event,
-        proto_bit,
+        addr_bytes, addr_words, ban_is_active, blacklist_hit, evasive_is_dropped,
+        is_ipv6_extension, mask_words, on_event, proto_bit,
         reject::{
             answerable, mac_is_unicast, port_unreachable_v4, port_unreachable_v6,
             source_is_unicast, tcp_reset_v4, tcp_reset_v6, TokenBucket, QUOTE_V4_MAX, QUOTE_V6_MAX,
@@ -148,11 +148,10 @@ mod program {
     }
 
     /// The parsed frame: what the decision needs, and where the headers are for a reject.
-    /// The source comes first in an 8-aligned struct, so masking it reads two 64-bit words
-    /// instead of sixteen bytes.
-    #[repr(C, align(8))]
     struct Packet {
-        source: [u8; 16],
+        /// The address as two words in memory order ([`addr_words`]): masked and written into
+        /// keys a word at a time.
+        source: [u64; 2],
         family: u8,
         ttl: u8,
         l3_offset: usize,
@@ -173,7 +172,7 @@ mod program {
         #[inline(always)]
         fn new(
             family: u8,
-            source: [u8; 16],
+            source: [u64; 2],
             ttl: u8,
             (l3_offset, l4_offset): (usize, usize),
             proto: u8,
@@ -194,14 +193,25 @@ mod program {
         }
 
         #[inline(always)]
-        fn source_key(&self, prefix_len: u8) -> SourceKey {
-            SourceKey {
-                addr: mask_addr(self.source, prefix_len),
+        fn source_key(&self, prefix_len: u8) -> Aligned<SourceKey> {
+            let mut key = Aligned(SourceKey {
+                addr: [0; 16],
                 family: self.family,
                 prefix_len,
+            });
+            // SAFETY: `addr` starts the 8-aligned key and is 16 bytes long.
+            unsafe {
+                (key.0.addr.as_mut_ptr() as *mut [u64; 2])
+                    .write(mask_words(self.source, prefix_len));
             }
+            key
         }
     }
+
+    /// A map key kept 8-aligned on the stack, so its address can go in as two 64-bit stores
+    /// (the key's own alignment is 1).
+    #[repr(C, align(8))]
+    struct Aligned<T>(T);
 
     /// Rule windows, the dynamic blacklist and reject tokens: CLOCK_MONOTONIC at tick
     /// resolution, which costs a memory read where a precise clock costs a clocksource read
@@ -285,12 +295,8 @@ mod program {
         // blacklist holds (an entry keyed by a rule's mask may cover an allowed host); an
         // empty list costs no lookup.
         let listed = if packet.family == FAMILY_V4 {
-            let source = [
-                packet.source[0],
-                packet.source[1],
-                packet.source[2],
-                packet.source[3],
-            ];
+            let [a, b, c, d, ..] = packet.source[0].to_ne_bytes();
+            let source = [a, b, c, d];
             let lists = (
                 settings.lists & LIST_ALLOW_V4 != 0,
                 settings.lists & LIST_BAN_V4 != 0,
@@ -301,7 +307,8 @@ mod program {
                 settings.lists & LIST_ALLOW_V6 != 0,
                 settings.lists & LIST_BAN_V6 != 0,
             );
-            source_verdict(&ALLOW_V6, &BAN_V6, lists, packet.source, settings)
+            let source = addr_bytes(packet.source);
+            source_verdict(&ALLOW_V6, &BAN_V6, lists, source, settings)
         };
         if let Some(reason) = listed {
             return reason;
@@ -379,7 +386,7 @@ mod program {
             return Err(Reason::Malformed);
         }
         let [a, b, c, d] = ip.src_addr;
-        let source = [a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let source = [u64::from_ne_bytes([a, b, c, d, 0, 0, 0, 0]), 0];
         let offsets = (l3_offset, l3_offset + header_len);
         let packet = out.write(Packet::new(FAMILY_V4, source, ip.ttl, offsets, ip.proto));
         let l3_end = l3_offset + usize::from(u16::from_be_bytes(ip.tot_len));
@@ -405,13 +412,7 @@ mod program {
         if ip.vcf[0] >> 4 != 6 {
             return Err(Reason::Malformed);
         }
-        // Byte by byte: a 16-byte copy from the frame (not aligned) becomes a call to a
-        // byte-loop memmove.
-        let s = &ip.src_addr;
-        let source = [
-            s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13],
-            s[14], s[15],
-        ];
+        let source = addr_words(&ip.src_addr);
         let offsets = (l3_offset, l3_offset + Ipv6Hdr::LEN);
         let packet = out.write(Packet::new(
             FAMILY_V6,
@@ -575,7 +576,8 @@ mod program {
             if *mask == 0 {
                 break;
             }
-            let Some(entry) = BLACKLIST.get_ptr_mut(packet.source_key(*mask)) else {
+            let key = packet.source_key(*mask);
+            let Some(entry) = BLACKLIST.get_ptr_mut(&key.0) else {
                 continue;
             };
             // SAFETY: the entry stays valid during this program run; concurrent refreshes of
@@ -651,15 +653,16 @@ mod program {
         } else {
             rule.mask_v6
         };
-        let key = HistoryKey {
-            source: packet.source_key(mask),
+        let key = Aligned(HistoryKey {
+            source: packet.source_key(mask).0,
             slot: slot as u16,
             generation: rule.generation,
-        };
+        });
+        let key = &key.0;
         let now_ms = now_ms(clock_override_ms);
         // A stale history is replaced like a missing one.
         let known = HISTORY
-            .get_ptr_mut(&key)
+            .get_ptr_mut(key)
             // SAFETY: a map value stays valid during this program run.
             .filter(|history| !unsafe { &**history }.is_stale(now_ms));
         let outcome = match known {
@@ -677,7 +680,7 @@ mod program {
                 history.last_ms = 0;
                 let outcome = on_event(rule, history, now_ms, packet.ttl);
                 // A full LRU map evicts the least recently used history; nothing to handle.
-                let _ = HISTORY.insert(&key, &*history, 0);
+                let _ = HISTORY.insert(key, &*history, 0);
                 outcome
             }
         };
@@ -743,7 +746,7 @@ mod program {
             || at.l4 < at.l3
             || !answerable(packet.family, packet.proto, packet.tcp_flags, at.l4 - at.l3)
             || !in_frame(ctx, at.l4, 8)
-            || !source_is_unicast(packet.family, &packet.source)
+            || !source_is_unicast(packet.family, &addr_bytes(packet.source))
         {
             return false;
         }
