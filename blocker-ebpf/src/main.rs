@@ -244,7 +244,12 @@ mod program {
         // Left uninitialised: zeroing it costs a byte loop on every frame, and only a frame
         // that parsed as IP gets one.
         let mut packet = MaybeUninit::<Packet>::uninit();
-        let mut reason = decide(&ctx, &mut packet);
+        // Parsed here, so a frame that is not IP (or not well formed) is counted and out
+        // without a call.
+        let mut reason = match parse(&ctx, &mut packet) {
+            Ok(parsed) => decide(parsed),
+            Err(reason) => reason,
+        };
         if let Reason::Rejected = reason {
             // SAFETY: `Rejected` comes only from a rule's verdict, after the parse wrote the
             // packet.
@@ -277,17 +282,11 @@ mod program {
         }
     }
 
-    /// Parses into `packet` and decides. `Reason::Rejected` means "answer if possible", with
-    /// `packet.punished_by` and `packet.drop_reason` saying what to count otherwise.
+    /// Decides on a parsed packet. `Reason::Rejected` means "answer if possible", with
+    /// `packet.punished_by` and `packet.drop_reason` saying what to count otherwise. Out of
+    /// line so its stack frame and [`reject`]'s never nest.
     #[inline(never)]
-    fn decide(ctx: &XdpContext, packet: &mut MaybeUninit<Packet>) -> Reason {
-        // Keeps LLVM from passing the context's 32-bit fields as arguments instead, which
-        // would need zero-extension shifts on packet pointers that the verifier refuses.
-        let ctx = core::hint::black_box(ctx);
-        let packet = match parse(ctx, packet) {
-            Ok(parsed) => parsed,
-            Err(reason) => return reason,
-        };
+    fn decide(packet: &mut Packet) -> Reason {
         let Some(settings) = SETTINGS.get(0) else {
             return Reason::NoMatch;
         };
