@@ -5,7 +5,10 @@
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use core::{ffi::c_void, mem::size_of};
+    use core::{
+        ffi::c_void,
+        mem::{size_of, MaybeUninit},
+    };
 
     use aya_ebpf::{
         bindings::xdp_action,
@@ -20,8 +23,8 @@ mod program {
     };
     use aya_log_ebpf::error;
     use blocker_common::{
-        ban_is_active, blacklist_hit, evasive_is_dropped, is_ipv6_extension, mask_addr, on_event,
-        proto_bit,
+        addr_bytes, addr_words, ban_is_active, blacklist_hit, evasive_is_dropped,
+        is_ipv6_extension, mask_words, on_event, proto_bit,
         reject::{
             answerable, mac_is_unicast, port_unreachable_v4, port_unreachable_v6,
             source_is_unicast, tcp_reset_v4, tcp_reset_v6, TokenBucket, QUOTE_V4_MAX, QUOTE_V6_MAX,
@@ -146,8 +149,10 @@ mod program {
 
     /// The parsed frame: what the decision needs, and where the headers are for a reject.
     struct Packet {
+        /// The address as two words in memory order ([`addr_words`]): masked and written into
+        /// keys a word at a time.
+        source: [u64; 2],
         family: u8,
-        source: [u8; 16],
         ttl: u8,
         l3_offset: usize,
         l4_offset: usize,
@@ -162,28 +167,51 @@ mod program {
     }
 
     impl Packet {
-        const EMPTY: Packet = Packet {
-            family: 0,
-            source: [0; 16],
-            ttl: 0,
-            l3_offset: 0,
-            l4_offset: 0,
-            l4: L4::Present,
-            proto: 0,
-            dport: 0,
-            tcp_flags: 0,
-            punished_by: 0,
-            drop_reason: Reason::NoMatch,
-        };
-
-        fn source_key(&self, prefix_len: u8) -> SourceKey {
-            SourceKey {
-                addr: mask_addr(self.source, prefix_len),
-                family: self.family,
-                prefix_len,
+        /// A packet of `family` from `source` whose L4 header starts at `l4_offset`, before
+        /// the L4 parse fills in what it finds.
+        #[inline(always)]
+        fn new(
+            family: u8,
+            source: [u64; 2],
+            ttl: u8,
+            (l3_offset, l4_offset): (usize, usize),
+            proto: u8,
+        ) -> Self {
+            Packet {
+                family,
+                source,
+                ttl,
+                l3_offset,
+                l4_offset,
+                l4: L4::Present,
+                proto,
+                dport: 0,
+                tcp_flags: 0,
+                punished_by: 0,
+                drop_reason: Reason::NoMatch,
             }
         }
+
+        #[inline(always)]
+        fn source_key(&self, prefix_len: u8) -> Aligned<SourceKey> {
+            let mut key = Aligned(SourceKey {
+                addr: [0; 16],
+                family: self.family,
+                prefix_len,
+            });
+            // SAFETY: `addr` starts the 8-aligned key and is 16 bytes long.
+            unsafe {
+                (key.0.addr.as_mut_ptr() as *mut [u64; 2])
+                    .write(mask_words(self.source, prefix_len));
+            }
+            key
+        }
     }
+
+    /// A map key kept 8-aligned on the stack, so its address can go in as two 64-bit stores
+    /// (the key's own alignment is 1).
+    #[repr(C, align(8))]
+    struct Aligned<T>(T);
 
     /// Rule windows, the dynamic blacklist and reject tokens: CLOCK_MONOTONIC at tick
     /// resolution, which costs a memory read where a precise clock costs a clocksource read
@@ -213,11 +241,21 @@ mod program {
     #[xdp]
     pub fn blocker(ctx: XdpContext) -> u32 {
         let frame_len = (ctx.data_end() - ctx.data()) as u64;
-        let mut packet = Packet::EMPTY;
-        let mut reason = decide(&ctx, &mut packet);
+        // Left uninitialised: zeroing it costs a byte loop on every frame, and only a frame
+        // that parsed as IP gets one.
+        let mut packet = MaybeUninit::<Packet>::uninit();
+        // Parsed here, so a frame that is not IP (or not well formed) is counted and out
+        // without a call.
+        let mut reason = match parse(&ctx, &mut packet) {
+            Ok(parsed) => decide(parsed),
+            Err(reason) => reason,
+        };
         if let Reason::Rejected = reason {
+            // SAFETY: `Rejected` comes only from a rule's verdict, after the parse wrote the
+            // packet.
+            let packet = unsafe { packet.assume_init_ref() };
             // Answering is kept out of `decide` so the two stack frames never nest.
-            let answered = reject(&ctx, &packet);
+            let answered = reject(&ctx, packet);
             if let Some(stats) = rule_stats(packet.punished_by) {
                 if answered {
                     stats.rejected += 1;
@@ -244,16 +282,11 @@ mod program {
         }
     }
 
-    /// Parses into `packet` and decides. `Reason::Rejected` means "answer if possible", with
-    /// `packet.punished_by` and `packet.drop_reason` saying what to count otherwise.
+    /// Decides on a parsed packet. `Reason::Rejected` means "answer if possible", with
+    /// `packet.punished_by` and `packet.drop_reason` saying what to count otherwise. Out of
+    /// line so its stack frame and [`reject`]'s never nest.
     #[inline(never)]
-    fn decide(ctx: &XdpContext, packet: &mut Packet) -> Reason {
-        // Keeps LLVM from passing the context's 32-bit fields as arguments instead, which
-        // would need zero-extension shifts on packet pointers that the verifier refuses.
-        let ctx = core::hint::black_box(ctx);
-        if let Err(reason) = parse(ctx, packet) {
-            return reason;
-        }
+    fn decide(packet: &mut Packet) -> Reason {
         let Some(settings) = SETTINGS.get(0) else {
             return Reason::NoMatch;
         };
@@ -261,12 +294,8 @@ mod program {
         // blacklist holds (an entry keyed by a rule's mask may cover an allowed host); an
         // empty list costs no lookup.
         let listed = if packet.family == FAMILY_V4 {
-            let source = [
-                packet.source[0],
-                packet.source[1],
-                packet.source[2],
-                packet.source[3],
-            ];
+            let [a, b, c, d, ..] = packet.source[0].to_ne_bytes();
+            let source = [a, b, c, d];
             let lists = (
                 settings.lists & LIST_ALLOW_V4 != 0,
                 settings.lists & LIST_BAN_V4 != 0,
@@ -277,7 +306,8 @@ mod program {
                 settings.lists & LIST_ALLOW_V6 != 0,
                 settings.lists & LIST_BAN_V6 != 0,
             );
-            source_verdict(&ALLOW_V6, &BAN_V6, lists, packet.source, settings)
+            let source = addr_bytes(packet.source);
+            source_verdict(&ALLOW_V6, &BAN_V6, lists, source, settings)
         };
         if let Some(reason) = listed {
             return reason;
@@ -314,7 +344,12 @@ mod program {
     }
 
     #[inline(always)]
-    fn parse(ctx: &XdpContext, packet: &mut Packet) -> Result<(), Reason> {
+    /// Parses an IP frame into `out`: written in place, as a returned value would take a
+    /// second copy on the BPF stack.
+    fn parse<'a>(
+        ctx: &XdpContext,
+        out: &'a mut MaybeUninit<Packet>,
+    ) -> Result<&'a mut Packet, Reason> {
         let eth = header::<EthHdr>(ctx, 0).ok_or(Reason::Malformed)?;
         // SAFETY: `header` checked the bounds.
         let mut ether_type = unsafe { (*eth).ether_type };
@@ -328,15 +363,19 @@ mod program {
             offset += VlanHdr::LEN;
         }
         match ether_type {
-            ETH_P_IPV4 => parse_ipv4(ctx, offset, packet),
-            ETH_P_IPV6 => parse_ipv6(ctx, offset, packet),
+            ETH_P_IPV4 => parse_ipv4(ctx, offset, out),
+            ETH_P_IPV6 => parse_ipv6(ctx, offset, out),
             ETH_P_8021Q | ETH_P_8021AD => Err(Reason::Unparsed),
             _ => Err(Reason::NotIp),
         }
     }
 
     #[inline(always)]
-    fn parse_ipv4(ctx: &XdpContext, l3_offset: usize, packet: &mut Packet) -> Result<(), Reason> {
+    fn parse_ipv4<'a>(
+        ctx: &XdpContext,
+        l3_offset: usize,
+        out: &'a mut MaybeUninit<Packet>,
+    ) -> Result<&'a mut Packet, Reason> {
         let ip = header::<Ipv4Hdr>(ctx, l3_offset).ok_or(Reason::Malformed)?;
         // SAFETY: `header` checked the bounds.
         let ip = unsafe { &*ip };
@@ -345,42 +384,47 @@ mod program {
         if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || !in_frame(ctx, l3_offset, header_len) {
             return Err(Reason::Malformed);
         }
-        packet.family = FAMILY_V4;
-        packet.source[..4].copy_from_slice(&ip.src_addr);
-        packet.ttl = ip.ttl;
-        packet.l3_offset = l3_offset;
+        let [a, b, c, d] = ip.src_addr;
+        let source = [u64::from_ne_bytes([a, b, c, d, 0, 0, 0, 0]), 0];
+        let offsets = (l3_offset, l3_offset + header_len);
+        let packet = out.write(Packet::new(FAMILY_V4, source, ip.ttl, offsets, ip.proto));
         let l3_end = l3_offset + usize::from(u16::from_be_bytes(ip.tot_len));
-        packet.l4_offset = l3_offset + header_len;
-        packet.proto = ip.proto;
         let fragment = u16::from_be_bytes(ip.frags);
         // Only the first fragment carries the L4 header.
         if fragment & IPV4_FRAGMENT_OFFSET != 0 {
             packet.l4 = L4::Fragment;
-            return Ok(());
+            return Ok(packet);
         }
         parse_l4(ctx, packet, fragment & IPV4_MORE_FRAGMENTS != 0, l3_end);
-        Ok(())
+        Ok(packet)
     }
 
     #[inline(always)]
-    fn parse_ipv6(ctx: &XdpContext, l3_offset: usize, packet: &mut Packet) -> Result<(), Reason> {
+    fn parse_ipv6<'a>(
+        ctx: &XdpContext,
+        l3_offset: usize,
+        out: &'a mut MaybeUninit<Packet>,
+    ) -> Result<&'a mut Packet, Reason> {
         let ip = header::<Ipv6Hdr>(ctx, l3_offset).ok_or(Reason::Malformed)?;
         // SAFETY: `header` checked the bounds.
         let ip = unsafe { &*ip };
         if ip.vcf[0] >> 4 != 6 {
             return Err(Reason::Malformed);
         }
-        packet.family = FAMILY_V6;
-        packet.source = ip.src_addr;
-        packet.ttl = ip.hop_limit;
-        packet.l3_offset = l3_offset;
+        let source = addr_words(&ip.src_addr);
+        let offsets = (l3_offset, l3_offset + Ipv6Hdr::LEN);
+        let packet = out.write(Packet::new(
+            FAMILY_V6,
+            source,
+            ip.hop_limit,
+            offsets,
+            ip.next_hdr,
+        ));
         // A payload length of 0 (a jumbogram) leaves the frame as the only bound.
         let l3_end = match usize::from(u16::from_be_bytes(ip.payload_len)) {
             0 => MAX_HEADER_OFFSET,
             payload_len => l3_offset + Ipv6Hdr::LEN + payload_len,
         };
-        packet.l4_offset = l3_offset + Ipv6Hdr::LEN;
-        packet.proto = ip.next_hdr;
         // Set by a fragment header with offset 0 and more fragments to come, and kept: a later
         // (atomic) fragment header does not make the datagram whole.
         let mut first_fragment = false;
@@ -392,21 +436,21 @@ mod program {
                 // Next header, reserved, then offset (13 bits), two reserved bits and M.
                 let Some(fragment) = header::<[u8; 8]>(ctx, packet.l4_offset) else {
                     packet.l4 = cut_short(first_fragment);
-                    return Ok(());
+                    return Ok(packet);
                 };
                 let fragment = unsafe { *fragment };
                 packet.proto = fragment[0];
                 packet.l4_offset += 8;
                 if u16::from_be_bytes([fragment[2], fragment[3]]) >> 3 != 0 {
                     packet.l4 = L4::Fragment;
-                    return Ok(());
+                    return Ok(packet);
                 }
                 first_fragment |= fragment[3] & 1 != 0;
             } else {
                 // Next header, then the length in 8-octet units not counting the first 8.
                 let Some(ext) = header::<[u8; 2]>(ctx, packet.l4_offset) else {
                     packet.l4 = cut_short(first_fragment);
-                    return Ok(());
+                    return Ok(packet);
                 };
                 let ext = unsafe { *ext };
                 packet.proto = ext[0];
@@ -415,10 +459,10 @@ mod program {
         }
         if is_ipv6_extension(packet.proto) {
             packet.l4 = L4::ChainTooLong;
-            return Ok(());
+            return Ok(packet);
         }
         parse_l4(ctx, packet, first_fragment, l3_end);
-        Ok(())
+        Ok(packet)
     }
 
     /// What a header cut short means: the rest follows in other fragments, or never.
@@ -531,7 +575,8 @@ mod program {
             if *mask == 0 {
                 break;
             }
-            let Some(entry) = BLACKLIST.get_ptr_mut(packet.source_key(*mask)) else {
+            let key = packet.source_key(*mask);
+            let Some(entry) = BLACKLIST.get_ptr_mut(&key.0) else {
                 continue;
             };
             // SAFETY: the entry stays valid during this program run; concurrent refreshes of
@@ -607,15 +652,16 @@ mod program {
         } else {
             rule.mask_v6
         };
-        let key = HistoryKey {
-            source: packet.source_key(mask),
+        let key = Aligned(HistoryKey {
+            source: packet.source_key(mask).0,
             slot: slot as u16,
             generation: rule.generation,
-        };
+        });
+        let key = &key.0;
         let now_ms = now_ms(clock_override_ms);
         // A stale history is replaced like a missing one.
         let known = HISTORY
-            .get_ptr_mut(&key)
+            .get_ptr_mut(key)
             // SAFETY: a map value stays valid during this program run.
             .filter(|history| !unsafe { &**history }.is_stale(now_ms));
         let outcome = match known {
@@ -633,7 +679,7 @@ mod program {
                 history.last_ms = 0;
                 let outcome = on_event(rule, history, now_ms, packet.ttl);
                 // A full LRU map evicts the least recently used history; nothing to handle.
-                let _ = HISTORY.insert(&key, &*history, 0);
+                let _ = HISTORY.insert(key, &*history, 0);
                 outcome
             }
         };
@@ -699,7 +745,7 @@ mod program {
             || at.l4 < at.l3
             || !answerable(packet.family, packet.proto, packet.tcp_flags, at.l4 - at.l3)
             || !in_frame(ctx, at.l4, 8)
-            || !source_is_unicast(packet.family, &packet.source)
+            || !source_is_unicast(packet.family, &addr_bytes(packet.source))
         {
             return false;
         }
