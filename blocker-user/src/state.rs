@@ -1478,6 +1478,48 @@ mod tests {
         assert_eq!(counts(&path), [3, 2, 1, 1], "a bulk import is counted too");
     }
 
+    #[test]
+    fn a_list_repeating_a_prefix_keeps_its_last_line_and_an_undo_restores_the_first_state() {
+        let (_dir, path) = saved_sample();
+        let before = State::load(&path).unwrap();
+        let now = Timestamp::from_second(1_700_000_100).unwrap();
+        let later = Timestamp::from_second(1_700_009_000).unwrap();
+        let row = |net: &str, reason: &str, expires_at| {
+            Ok(ImportRow {
+                net: net.parse().unwrap(),
+                reason: Some(reason.into()),
+                expires_at,
+            })
+        };
+        let rows = vec![
+            row("10.0.0.0/8", "first", None),
+            row("198.51.100.7/32", "first", None),
+            row("10.0.0.0/8", "last", Some(later)),
+            row("198.51.100.7/32", "last", Some(later)),
+        ];
+        let import = Origin::local("import");
+        let mut imported = import_bans(&path, &import, now, &ROOMY, rows.into_iter()).unwrap();
+        assert_eq!(imported.nets.len(), 2);
+        let after = State::load(&path).unwrap();
+        for net in ["10.0.0.0/8", "198.51.100.7/32"] {
+            let entry = &after.bans[&net.parse().unwrap()];
+            assert_eq!(entry.reason.as_deref(), Some("last"), "{net}");
+            assert_eq!(entry.expires_at, Some(later), "{net}");
+        }
+        let counts = |path: &Path| {
+            let entries = summary(path).unwrap().entries;
+            ["permanent", "temporary", "BAN_V4", "BAN_V6"].map(|kind| entries[kind])
+        };
+        assert_eq!(counts(&path), [0, 3, 2, 1], "counted once, as stored");
+        undo_import(&mut imported, &import).unwrap();
+        assert_eq!(State::load(&path).unwrap().bans, before.bans);
+        assert_eq!(
+            counts(&path),
+            [1, 1, 1, 1],
+            "the undo is counted by the triggers, which are back"
+        );
+    }
+
     /// Closing a descriptor of the database file drops this process's POSIX locks on it,
     /// those of open connections included; another process's connection, closing as if it
     /// were the last, then checkpoints and deletes the WAL that an open connection still
