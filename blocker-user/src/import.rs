@@ -95,6 +95,9 @@ pub fn import(
         }
         return Err(err);
     }
+    if let Err(err) = imported.checkpointed() {
+        warn!("the import is stored, but copying it from the WAL failed: {err}");
+    }
     Ok(ImportReport {
         imported: count,
         expired,

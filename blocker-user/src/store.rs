@@ -104,6 +104,15 @@ impl CoveringSweep {
     }
 }
 
+/// Bans the database reader hands the map writer at a time.
+const WRITE_BATCH: usize = 4096;
+
+/// What stops the database reader of [`Maps::write_stored_bans`] when the writer gave up
+/// (the writer's error is the one reported).
+fn writer_stopped() -> Error {
+    Error::io("handing bans to the map writer")(std::io::Error::other("the writer stopped"))
+}
+
 /// One pinned LPM trie with what error messages need to say about it.
 struct Trie<K, V> {
     map: LpmTrie<MapData, K, V>,
@@ -340,26 +349,49 @@ impl Maps {
         &mut self,
         state_path: &Path,
         now: &Now,
-        marked: impl Fn(&IpNet) -> bool,
+        mut marked: impl FnMut(&IpNet) -> bool + Send,
     ) -> Result<(usize, u32)> {
-        let mut sweep = CoveringSweep::default();
-        let (mut in_force, mut lists) = (0, 0);
-        crate::state::each_ban(state_path, |net, expires_at| {
-            let own = own_expiry(expires_at, now);
-            if let (expiry, true) = sweep.visit(net, own, marked(&net)) {
-                self.set_ban(&net, Some(expiry))?;
-            }
-            if expires_at.is_none_or(|at| at > now.wall) {
-                in_force += 1;
-            }
-            lists |= if net.addr().is_ipv4() {
-                LIST_BAN_V4
-            } else {
-                LIST_BAN_V6
-            };
-            Ok(())
-        })?;
-        Ok((in_force, lists))
+        // The database is read and swept on a thread of its own while this one writes the
+        // maps: for a million bans each side takes about half of the pass, and they overlap.
+        let (batches, to_write) = std::sync::mpsc::sync_channel::<Vec<(IpNet, u32)>>(4);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let mut sweep = CoveringSweep::default();
+                let (mut in_force, mut lists) = (0, 0);
+                let mut batch = Vec::with_capacity(WRITE_BATCH);
+                crate::state::each_ban(state_path, |net, expires_at| {
+                    let own = own_expiry(expires_at, now);
+                    if let (expiry, true) = sweep.visit(net, own, marked(&net)) {
+                        batch.push((net, expiry));
+                        if batch.len() == WRITE_BATCH {
+                            let full =
+                                std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
+                            batches.send(full).map_err(|_| writer_stopped())?;
+                        }
+                    }
+                    if expires_at.is_none_or(|at| at > now.wall) {
+                        in_force += 1;
+                    }
+                    lists |= if net.addr().is_ipv4() {
+                        LIST_BAN_V4
+                    } else {
+                        LIST_BAN_V6
+                    };
+                    Ok(())
+                })?;
+                batches.send(batch).map_err(|_| writer_stopped())?;
+                Ok((in_force, lists))
+            });
+            // Ends when the reader is done; a refused write drops `to_write`, which stops it.
+            let written = to_write
+                .into_iter()
+                .flatten()
+                .try_for_each(|(net, expiry)| self.set_ban(&net, Some(expiry)));
+            let read = reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            written.and(read)
+        })
     }
 
     /// Brings the maps from `before` to `after`, changing only what differs. On failure every
@@ -594,20 +626,30 @@ impl Store {
         }
     }
 
-    /// Brings the maps to the database for the bans `changed` wrote (and the bans inside
-    /// them, whose kernel expiry they may change) in one ordered pass over the stored bans,
-    /// removes `removed` from them, and sets which tries the XDP program looks in. For writers
-    /// that committed to the database directly (a bulk import).
-    pub fn sync_bans(
-        &mut self,
-        changed: &std::collections::HashSet<IpNet>,
-        removed: &[IpNet],
-    ) -> Result<()> {
+    /// Brings the maps to the database for the bans `changed` (sorted) wrote (and the bans
+    /// inside them, whose kernel expiry they may change) in one ordered pass over the stored
+    /// bans, removes `removed` from them, and sets which tries the XDP program looks in. For
+    /// writers that committed to the database directly (a bulk import).
+    pub fn sync_bans(&mut self, changed: &[IpNet], removed: &[IpNet]) -> Result<()> {
         for net in removed {
             self.maps.set_ban(net, None)?;
         }
+        // The pass visits bans in the order `changed` is sorted in: the next one is mostly the
+        // one after the last found, and a search finds the others.
+        let mut next = 0;
         self.maps
-            .write_stored_bans(&self.state_path, &self.now, |net| changed.contains(net))?;
+            .write_stored_bans(&self.state_path, &self.now, |net| {
+                if changed.get(next) == Some(net) {
+                    next += 1;
+                    return true;
+                }
+                let (found, at) = match changed.binary_search(net) {
+                    Ok(at) => (true, at + 1),
+                    Err(at) => (false, at),
+                };
+                next = at;
+                found
+            })?;
         let lists = crate::state::lists_in_use(&self.state_path)?;
         dynamic::write_settings(&self.pins, self.state.rules.as_ref(), lists, false)
     }

@@ -1,20 +1,35 @@
-//! Bulk import: a list of bans streamed into the database in one transaction, with a history
-//! row each, in memory that does not grow with the list (the prefixes written are kept, for
-//! the maps; the rows they replaced are kept in a temporary table, for an undo).
+//! Bulk import: a list of bans streamed into a temporary table, then written to the database
+//! in one transaction by a few set-wise statements, with a history row each. Memory does not
+//! grow with the list beyond the prefixes written (kept, sorted, for the maps); the rows they
+//! replaced are kept in a temporary table, for an undo.
 
-use std::{collections::HashSet, path::Path};
+use std::path::Path;
 
 use ipnet::IpNet;
 use jiff::Timestamp;
-use rusqlite::params;
+use rusqlite::{params, params_from_iter, types::Value, OptionalExtension};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction};
 
 use super::{connect, expiry_seconds, invalid, range_columns, seconds, Origin};
 use crate::{Error, Result};
 
 /// The page cache of a bulk import: SQLite takes a negative size in KiB.
 const BULK_CACHE_KIB: i64 = -64 * 1024;
+
+/// Rows of the list staged by one statement: a statement run costs about as much as the
+/// values it binds.
+const STAGED_PER_INSERT: usize = 64;
+
+/// The triggers keeping `kept_counts` for the bans: an import drops them for its transaction
+/// (two updates per row were half its cost) and counts once, before it commits.
+const COUNT_TRIGGERS: [&str; 5] = [
+    "bans_counted_in",
+    "bans_counted_out",
+    "bans_recounted",
+    "bans_in_trie",
+    "bans_out_of_trie",
+];
 
 /// One ban of the list.
 pub struct ImportRow {
@@ -29,8 +44,22 @@ pub struct Imported {
     conn: Connection,
     path: std::path::PathBuf,
     history_before: i64,
-    /// Every prefix the list wrote.
-    pub nets: HashSet<IpNet>,
+    /// Every prefix the list wrote, once each, in address order.
+    pub nets: Vec<IpNet>,
+    checkpoint: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Imported {
+    /// Waits for the checkpoint started at the commit. The import is durable without it (in
+    /// the WAL); it only spares the next writer the copy.
+    pub fn checkpointed(&mut self) -> Result<()> {
+        match self.checkpoint.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The most bans each family's map holds, checked before the import commits.
@@ -55,11 +84,22 @@ pub fn import_bans(
     // WAL fewer times over the transaction (about 20% faster for 200k rows into 1M).
     conn.pragma_update(None, "cache_size", BULK_CACHE_KIB)
         .map_err(db)?;
+    // The commit's checkpoint copies the whole import from the WAL into the database file: it
+    // runs on a thread of its own instead, beside the map writes ([`Imported::checkpointed`]).
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(db)?;
     conn.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS replaced AS SELECT * FROM bans WHERE 0;
-         DELETE FROM temp.replaced;",
+         DELETE FROM temp.replaced;
+         CREATE TEMP TABLE IF NOT EXISTS listed (
+             prefix TEXT NOT NULL, family INTEGER NOT NULL, first BLOB NOT NULL,
+             len INTEGER NOT NULL, reason TEXT, expires_at INTEGER);
+         DELETE FROM temp.listed;",
     )
     .map_err(db)?;
+    let mut nets = stage(&mut conn, path, rows)?;
+    nets.sort_unstable();
+    nets.dedup();
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(db)?;
@@ -68,70 +108,37 @@ pub fn import_bans(
             row.get(0)
         })
         .map_err(db)?;
-    let mut nets = HashSet::new();
-    {
-        let mut keep_replaced = tx
-            .prepare("INSERT INTO temp.replaced SELECT * FROM bans WHERE prefix = ?1")
-            .map_err(db)?;
-        let mut upsert = tx
-            .prepare(
-                "INSERT INTO bans (prefix, family, first, len, reason, created_at, expires_at, source) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                 ON CONFLICT (prefix) DO UPDATE SET reason = excluded.reason, \
-                 expires_at = excluded.expires_at, source = excluded.source, \
-                 created_at = iif(bans.expires_at IS NULL OR bans.expires_at > ?6, \
-                                  bans.created_at, excluded.created_at)",
-            )
-            .map_err(db)?;
-        let mut history = tx
-            .prepare(
-                "INSERT INTO history (at, action, prefix, source, reason, actor) \
-                 VALUES (?1, 'ban', ?2, ?3, ?4, ?5)",
-            )
-            .map_err(db)?;
-        for row in rows {
-            let row = row?;
-            let text = row.net.to_string();
-            let fresh = nets.insert(row.net);
-            if fresh {
-                keep_replaced.execute([&text]).map_err(db)?;
-            }
-            let (family, first, len) = range_columns(&row.net);
-            upsert
-                .execute(params![
-                    text,
-                    family,
-                    first,
-                    len,
-                    row.reason,
-                    seconds(now),
-                    row.expires_at.map(expiry_seconds),
-                    origin.source
-                ])
-                .map_err(db)?;
-            history
-                .execute(params![
-                    seconds(now),
-                    text,
-                    origin.source,
-                    row.reason,
-                    origin.actor
-                ])
-                .map_err(db)?;
-        }
+    let triggers = drop_count_triggers(&tx, path)?;
+    // The list is staged whole before anything is written, so `replaced` holds the rows as
+    // they were before the import, whatever the list repeats.
+    tx.execute_batch(
+        "INSERT INTO temp.replaced SELECT DISTINCT bans.* \
+         FROM temp.listed CROSS JOIN main.bans ON bans.prefix = listed.prefix",
+    )
+    .map_err(db)?;
+    // In list order, so the last of a repeated prefix wins (`WHERE true`: an upsert after a
+    // SELECT needs a WHERE clause to parse).
+    tx.execute(
+        "INSERT INTO bans (prefix, family, first, len, reason, created_at, expires_at, source) \
+         SELECT prefix, family, first, len, reason, ?1, expires_at, ?2 \
+         FROM temp.listed WHERE true ORDER BY rowid \
+         ON CONFLICT (prefix) DO UPDATE SET reason = excluded.reason, \
+         expires_at = excluded.expires_at, source = excluded.source, \
+         created_at = iif(bans.expires_at IS NULL OR bans.expires_at > ?1, \
+                          bans.created_at, excluded.created_at)",
+        params![seconds(now), origin.source],
+    )
+    .map_err(db)?;
+    tx.execute(
+        "INSERT INTO history (at, action, prefix, source, reason, actor) \
+         SELECT ?1, 'ban', prefix, ?2, reason, ?3 FROM temp.listed ORDER BY rowid",
+        params![seconds(now), origin.source, origin.actor],
+    )
+    .map_err(db)?;
+    for sql in &triggers {
+        tx.execute_batch(sql).map_err(db)?;
     }
-    for (family, (map, capacity)) in [(4, capacity.v4), (6, capacity.v6)] {
-        let stored: i64 = tx
-            .query_row(
-                "SELECT count(*) FROM bans WHERE family = ?1",
-                [family],
-                |row| row.get(0),
-            )
-            .map_err(db)?;
-        if stored > i64::from(capacity) {
-            return Err(Error::MapFull { map, capacity });
-        }
-    }
+    recount(&tx, path, capacity)?;
     tx.execute(
         "INSERT INTO counters (source, issued) VALUES (?1, ?2) \
          ON CONFLICT (source) DO UPDATE SET issued = issued + excluded.issued",
@@ -139,12 +146,114 @@ pub fn import_bans(
     )
     .map_err(db)?;
     tx.commit().map_err(db)?;
+    let checkpoint = {
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let conn = connect(&path, false)?;
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(|err| invalid(&path, err))
+        })
+    };
     Ok(Imported {
         conn,
         path: path.to_path_buf(),
         history_before,
         nets,
+        checkpoint: Some(checkpoint),
     })
+}
+
+/// Drops the [`COUNT_TRIGGERS`] for the rest of transaction `tx`; returns their SQL, to be
+/// created again before it commits.
+fn drop_count_triggers(tx: &Transaction, path: &Path) -> Result<Vec<String>> {
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let mut triggers = Vec::new();
+    for name in COUNT_TRIGGERS {
+        let sql: Option<String> = tx
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                [name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if let Some(sql) = sql {
+            tx.execute_batch(&format!("DROP TRIGGER {name}"))
+                .map_err(db)?;
+            triggers.push(sql);
+        }
+    }
+    Ok(triggers)
+}
+
+/// Sets the kept counts of the bans from what is stored, by index; a family with more bans
+/// than its map holds is [`Error::MapFull`].
+fn recount(tx: &Transaction, path: &Path, capacity: &Capacity) -> Result<()> {
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let count = |sql: &str| -> Result<i64> { tx.query_row(sql, [], |row| row.get(0)).map_err(db) };
+    let v4 = count("SELECT count(*) FROM bans WHERE family = 4")?;
+    let v6 = count("SELECT count(*) FROM bans WHERE family = 6")?;
+    for (stored, (map, capacity)) in [(v4, capacity.v4), (v6, capacity.v6)] {
+        if stored > i64::from(capacity) {
+            return Err(Error::MapFull { map, capacity });
+        }
+    }
+    let temporary = count("SELECT count(*) FROM bans WHERE expires_at IS NOT NULL")?;
+    tx.execute(
+        "UPDATE kept_counts SET entries = CASE kind \
+         WHEN 'BAN_V4' THEN ?1 WHEN 'BAN_V6' THEN ?2 \
+         WHEN 'temporary' THEN ?3 ELSE ?1 + ?2 - ?3 END \
+         WHERE kind IN ('BAN_V4', 'BAN_V6', 'temporary', 'permanent')",
+        params![v4, v6, temporary],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Streams `rows` into `temp.listed`, in a transaction of the temporary database only (the
+/// state's write lock is not held while the list is read). Returns the prefixes, in list order.
+fn stage(
+    conn: &mut Connection,
+    path: &Path,
+    rows: impl Iterator<Item = Result<ImportRow>>,
+) -> Result<Vec<IpNet>> {
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let tx = conn.transaction().map_err(db)?;
+    let insert = |rows: usize| {
+        let values = vec!["(?, ?, ?, ?, ?, ?)"; rows].join(", ");
+        format!("INSERT INTO temp.listed VALUES {values}")
+    };
+    let mut nets = Vec::new();
+    {
+        let mut insert_full = tx.prepare(&insert(STAGED_PER_INSERT)).map_err(db)?;
+        let mut values = Vec::with_capacity(STAGED_PER_INSERT * 6);
+        for row in rows {
+            let row = row?;
+            let (family, first, len) = range_columns(&row.net);
+            values.extend([
+                Value::Text(row.net.to_string()),
+                Value::Integer(family),
+                Value::Blob(first),
+                Value::Integer(len.into()),
+                row.reason.map_or(Value::Null, Value::Text),
+                row.expires_at
+                    .map_or(Value::Null, |at| Value::Integer(expiry_seconds(at))),
+            ]);
+            nets.push(row.net);
+            if values.len() == STAGED_PER_INSERT * 6 {
+                insert_full
+                    .execute(params_from_iter(values.drain(..)))
+                    .map_err(db)?;
+            }
+        }
+        if !values.is_empty() {
+            tx.prepare(&insert(values.len() / 6))
+                .and_then(|mut rest| rest.execute(params_from_iter(values)))
+                .map_err(db)?;
+        }
+    }
+    tx.commit().map_err(db)?;
+    Ok(nets)
 }
 
 /// Takes a committed import back: the bans it added are removed, the ones it replaced
@@ -164,7 +273,7 @@ pub fn undo_import(imported: &mut Imported, origin: &Origin) -> Result<Vec<IpNet
             remove.execute([net.to_string()]).map_err(db)?;
         }
     }
-    let mut kept = HashSet::new();
+    let mut kept = std::collections::HashSet::new();
     {
         let mut replaced = tx.prepare("SELECT prefix FROM temp.replaced").map_err(db)?;
         let mut rows = replaced.query([]).map_err(db)?;
