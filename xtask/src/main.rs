@@ -52,6 +52,9 @@ enum Task {
         /// --quick).
         #[arg(long)]
         logs: bool,
+        /// Only the live-frames throughput (every candidate, interleaved rounds).
+        #[arg(long)]
+        throughput: bool,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP
     /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
@@ -148,6 +151,7 @@ fn main() -> Result<()> {
             state,
             analyze,
             logs,
+            throughput,
         } => {
             setup_build_chain()?;
             setup_test_tools()?;
@@ -159,6 +163,8 @@ fn main() -> Result<()> {
                 bench::analyze::run_alone(&root, bench::Plan::new(quick))?;
             } else if logs {
                 bench::logs::run_alone(&root, bench::Plan::new(quick))?;
+            } else if throughput {
+                bench::throughput::run_alone(&root, bench::Plan::new(quick))?;
             } else {
                 bench::run(&root, bench::Plan::new(quick))?;
             }

@@ -6,8 +6,9 @@ pub mod analyze;
 mod chart;
 mod daemon;
 pub mod logs;
+mod progsize;
 pub mod state;
-mod throughput;
+pub mod throughput;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -68,6 +69,9 @@ struct Cost {
     xdp_filter_above_floor: Option<f64>,
     /// blocker ÷ xdp-filter, both above the floor.
     ratio_to_xdp_filter: Option<f64>,
+    /// Translated instructions of blocker's program, and of xdp-filter's for this class.
+    insns: u64,
+    xdp_filter_insns: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -114,9 +118,15 @@ fn verdict_name(retval: u32) -> &'static str {
     }
 }
 
+/// The median; of an even count, the mean of the middle two.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// Median ns per packet of `prog` on `data` over the plan's rounds.
@@ -249,13 +259,18 @@ impl Lab {
     }
 
     /// The id of the XDP program attached to `iface`.
-    fn xdp_prog(&self, iface: &str) -> Result<OwnedFd> {
+    fn xdp_prog_id(&self, iface: &str) -> Result<u32> {
         let out = self.ip(&["-j", "link", "show", iface])?;
         let links: serde_json::Value = serde_json::from_str(&out)?;
         let id = links[0]["xdp"]["prog"]["id"]
             .as_u64()
             .with_context(|| format!("no XDP program on {iface}"))?;
-        bpf::prog_by_id(id as u32)
+        Ok(id as u32)
+    }
+
+    /// The XDP program attached to `iface`.
+    fn xdp_prog(&self, iface: &str) -> Result<OwnedFd> {
+        bpf::prog_by_id(self.xdp_prog_id(iface)?)
     }
 
     fn map(&self, name: &str) -> Result<MapData> {
@@ -359,6 +374,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     lab.blocker(&["ban", "192.0.2.66", "10.20.0.0/16", "2001:db8:bad::/64"])?;
     lab.blocker(&["allow", "203.0.113.10"])?;
     let blocker = lab.xdp_prog("bb0")?;
+    let blocker_insns = progsize::xlated_insns(lab.xdp_prog_id("bb0")?)?;
     let empty = bpf::empty_program()?;
 
     let dns = || udp(53, 32);
@@ -427,6 +443,8 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
             verdict: verdict_name(retval),
             xdp_filter_above_floor: None,
             ratio_to_xdp_filter: None,
+            insns: blocker_insns,
+            xdp_filter_insns: None,
         });
     }
     // Classes whose per-source state changes with every packet: one call per source.
@@ -454,6 +472,8 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
             verdict: verdict_name(retval),
             xdp_filter_above_floor: None,
             ratio_to_xdp_filter: None,
+            insns: blocker_insns,
+            xdp_filter_insns: None,
         });
     }
 
@@ -464,9 +484,10 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
             .iter()
             .find(|(class, _, _)| *class == cost.class)
             .and_then(|(_, _, peer)| *peer);
-        if let Some(peer) = peer_class.and_then(|p| xdp_filter.iter().find(|(c, _)| *c == p)) {
+        if let Some(peer) = peer_class.and_then(|p| xdp_filter.iter().find(|(c, ..)| *c == p)) {
             cost.xdp_filter_above_floor = Some(peer.1);
             cost.ratio_to_xdp_filter = Some(cost.above_floor / peer.1.max(0.1));
+            cost.xdp_filter_insns = Some(peer.2);
         }
     }
 
@@ -496,13 +517,14 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     write_report(root, &report)
 }
 
-/// Costs of xdp-filter's program for the comparable classes, above the floor.
+/// Costs of xdp-filter's program for the comparable classes, above the floor, with the
+/// translated size of the program that ran.
 fn xdp_filter_costs(
     lab: &Lab,
     plan: Plan,
     floor: f64,
     malformed: &[u8],
-) -> Result<Vec<(&'static str, f64)>> {
+) -> Result<Vec<(&'static str, f64, u64)>> {
     let xdp_filter = |args: &[&str]| -> Result<()> {
         let out = lab.in_ns("xdp-filter").args(args).output()?;
         if !out.status.success() {
@@ -519,24 +541,26 @@ fn xdp_filter_costs(
     xdp_filter(&["load", "xf0", "-p", "allow", "-f", "ipv4", "-m", "native"])?;
     xdp_filter(&["ip", "192.0.2.66", "-m", "src"])?;
     let prog = lab.xdp_prog("xf0")?;
+    let insns = progsize::xdp_filter_insns()?;
     for (class, data) in [
         ("unmatched IPv4", v4_frame(UNMATCHED_V4, dns(), UDP)),
         ("ban IPv4", v4_frame(BANNED_V4, dns(), UDP)),
         ("malformed frame", malformed.to_vec()),
         ("non-IP frame", frame(&[ARP], &[0u8; 28])),
     ] {
-        results.push((class, cost(&prog, &data, plan)?.0 - floor));
+        results.push((class, cost(&prog, &data, plan)?.0 - floor, insns));
     }
     drop(prog);
     xdp_filter(&["unload", "xf0"])?;
     xdp_filter(&["load", "xf0", "-p", "allow", "-f", "ipv6", "-m", "native"])?;
     xdp_filter(&["ip", "2001:db8:bad::1", "-m", "src"])?;
     let prog = lab.xdp_prog("xf0")?;
+    let insns = progsize::xdp_filter_insns()?;
     for (class, data) in [
         ("unmatched IPv6", v6_frame(v6("2001:db8:1::1"), dns(), UDP)),
         ("ban IPv6", v6_frame(v6("2001:db8:bad::1"), dns(), UDP)),
     ] {
-        results.push((class, cost(&prog, &data, plan)?.0 - floor));
+        results.push((class, cost(&prog, &data, plan)?.0 - floor, insns));
     }
     drop(prog);
     xdp_filter(&["unload", "xf0"])?;
@@ -812,11 +836,13 @@ fn markdown(report: &Report) -> String {
          compared. Rule classes are single runs, one per source, against single-run floors.\n\n",
         report.floor_ns
     );
-    out += "| class | verdict | ns | above floor | xdp-filter above floor | ratio |\n";
-    out += "| --- | --- | ---: | ---: | ---: | ---: |\n";
+    out += "Insns: translated instructions (`bpftool prog show`, `bytes_xlated` / 8) of blocker's \
+             program and of the xdp-filter program compared: the size loaded, not the instructions a class executes.\n\n";
+    out += "| class | verdict | ns | above floor | xdp-filter above floor | ratio | insns | xdp-filter insns |\n";
+    out += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     for cost in &report.costs {
         out += &format!(
-            "| {} | {} | {:.1} | {:.1} | {} | {} |\n",
+            "| {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |\n",
             cost.class,
             cost.verdict,
             cost.ns,
@@ -825,6 +851,8 @@ fn markdown(report: &Report) -> String {
                 .map_or("".into(), |v| format!("{v:.1}")),
             cost.ratio_to_xdp_filter
                 .map_or("".into(), |v| format!("{v:.2}")),
+            cost.insns,
+            cost.xdp_filter_insns.map_or("".into(), |v| v.to_string()),
         );
     }
     out += "\n## Scaling\n\nns per packet above the floor. ![scaling](benchmarks-scaling.svg)\n\n";
