@@ -52,9 +52,10 @@ enum Task {
         /// --quick).
         #[arg(long)]
         logs: bool,
-        /// Only the live-frames throughput (every candidate, interleaved rounds).
+        /// Only the packet path: cost per class (BPF_PROG_TEST_RUN) and live-frames
+        /// throughput, into target/bench/packets.md.
         #[arg(long)]
-        throughput: bool,
+        packets: bool,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP
     /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
@@ -151,7 +152,7 @@ fn main() -> Result<()> {
             state,
             analyze,
             logs,
-            throughput,
+            packets,
         } => {
             setup_build_chain()?;
             setup_test_tools()?;
@@ -163,8 +164,8 @@ fn main() -> Result<()> {
                 bench::analyze::run_alone(&root, bench::Plan::new(quick))?;
             } else if logs {
                 bench::logs::run_alone(&root, bench::Plan::new(quick))?;
-            } else if throughput {
-                bench::throughput::run_alone(&root, bench::Plan::new(quick))?;
+            } else if packets {
+                bench::run_packets(&root, bench::Plan::new(quick))?;
             } else {
                 bench::run(&root, bench::Plan::new(quick))?;
             }

@@ -8,7 +8,7 @@ mod daemon;
 pub mod logs;
 mod progsize;
 pub mod state;
-pub mod throughput;
+mod throughput;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -370,10 +370,82 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     install_peers()?;
     let _stats = StatsOff::new()?;
     let lab = Lab::new(root)?;
+    let blocker = load_blocker(&lab)?;
+    let packets = packet_costs(&lab, &blocker, plan)?;
+    let (floor, per_call_floor) = (packets.floor, packets.per_call_floor);
+    let scaling = scaling(&lab, &blocker, plan, floor, per_call_floor)?;
+    let control_plane = control_plane(&lab)?;
+    drop(blocker);
+    drop(lab);
+    let throughput = throughput::run(root, plan)?;
+    let daemon = daemon::run(root, plan)?;
+    let state = state::run(root, plan)?;
+    let analyze = analyze::run(root, plan)?;
+    let logs = logs::run(root, plan)?;
+
+    let report = Report {
+        machine: machine(),
+        kernel: sh("uname", &["-r"])?.trim().to_string(),
+        quick: plan.quick,
+        floor_ns: floor,
+        costs: packets.costs,
+        scaling,
+        control_plane,
+        throughput,
+        daemon,
+        state,
+        analyze,
+        logs,
+    };
+    write_report(root, &report)
+}
+
+/// `cargo xtask bench --packets`: the packet path alone (cost per class, then live
+/// throughput), into target/bench/packets.md and packets.json.
+pub fn run_packets(root: &Path, plan: Plan) -> Result<()> {
+    install_peers()?;
+    let _stats = StatsOff::new()?;
+    let lab = Lab::new(root)?;
+    let blocker = load_blocker(&lab)?;
+    let packets = packet_costs(&lab, &blocker, plan)?;
+    drop(blocker);
+    drop(lab);
+    let throughput = throughput::run(root, plan)?;
+    let markdown = format!(
+        "{}{}",
+        costs_markdown(packets.floor, &packets.costs),
+        throughput::markdown(&throughput)
+    );
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let json = serde_json::json!({ "floor_ns": packets.floor, "costs": packets.costs, "throughput": throughput });
+    std::fs::write(
+        dir.join("packets.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    std::fs::write(dir.join("packets.md"), &markdown)?;
+    println!("{markdown}");
+    Ok(())
+}
+
+/// blocker on the lab's bb0 with the bench config, the bans and the allowlist entry the
+/// cost classes need.
+fn load_blocker(lab: &Lab) -> Result<OwnedFd> {
     lab.blocker(&["load", "--iface", "bb0", "--config", &lab.config()?])?;
     lab.blocker(&["ban", "192.0.2.66", "10.20.0.0/16", "2001:db8:bad::/64"])?;
     lab.blocker(&["allow", "203.0.113.10"])?;
-    let blocker = lab.xdp_prog("bb0")?;
+    lab.xdp_prog("bb0")
+}
+
+/// The per-class costs and the floors they were measured against.
+struct PacketCosts {
+    floor: f64,
+    per_call_floor: f64,
+    costs: Vec<Cost>,
+}
+
+/// Cost per packet class (BPF_PROG_TEST_RUN), blocker beside xdp-filter.
+fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<PacketCosts> {
     let blocker_insns = progsize::xlated_insns(lab.xdp_prog_id("bb0")?)?;
     let empty = bpf::empty_program()?;
 
@@ -435,7 +507,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     ];
     let mut costs = Vec::new();
     for (class, data, _) in &repeated {
-        let (ns, retval) = cost(&blocker, data, plan)?;
+        let (ns, retval) = cost(blocker, data, plan)?;
         costs.push(Cost {
             class: class.to_string(),
             ns,
@@ -454,12 +526,12 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
             .collect()
     };
     let new_sources = sources(0, 22);
-    let (ns_new, verdict_new) = cost_per_call(&blocker, &new_sources)?;
+    let (ns_new, verdict_new) = cost_per_call(blocker, &new_sources)?;
     // The same sources again: now known, with one event, below the threshold of 3.
-    let (ns_known, verdict_known) = cost_per_call(&blocker, &new_sources)?;
+    let (ns_known, verdict_known) = cost_per_call(blocker, &new_sources)?;
     let burst_sources = sources(plan.sources, 80);
-    cost_per_call(&blocker, &burst_sources)?;
-    let (ns_burst, verdict_burst) = cost_per_call(&blocker, &burst_sources)?;
+    cost_per_call(blocker, &burst_sources)?;
+    let (ns_burst, verdict_burst) = cost_per_call(blocker, &burst_sources)?;
     for (class, ns, retval) in [
         ("rule event, known source", ns_known, verdict_known),
         ("rule event, new source", ns_new, verdict_new),
@@ -478,7 +550,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     }
 
     // xdp-filter with only the features the traffic needs, same banned addresses.
-    let xdp_filter = xdp_filter_costs(&lab, plan, floor, &malformed)?;
+    let xdp_filter = xdp_filter_costs(lab, plan, floor, &malformed)?;
     for cost in &mut costs {
         let peer_class = repeated
             .iter()
@@ -490,31 +562,11 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
             cost.xdp_filter_insns = Some(peer.2);
         }
     }
-
-    let scaling = scaling(&lab, &blocker, plan, floor, per_call_floor)?;
-    let control_plane = control_plane(&lab)?;
-    drop(lab);
-    let throughput = throughput::run(root, plan)?;
-    let daemon = daemon::run(root, plan)?;
-    let state = state::run(root, plan)?;
-    let analyze = analyze::run(root, plan)?;
-    let logs = logs::run(root, plan)?;
-
-    let report = Report {
-        machine: machine(),
-        kernel: sh("uname", &["-r"])?.trim().to_string(),
-        quick: plan.quick,
-        floor_ns: floor,
+    Ok(PacketCosts {
+        floor,
+        per_call_floor,
         costs,
-        scaling,
-        control_plane,
-        throughput,
-        daemon,
-        state,
-        analyze,
-        logs,
-    };
-    write_report(root, &report)
+    })
 }
 
 /// Costs of xdp-filter's program for the comparable classes, above the floor, with the
@@ -828,33 +880,7 @@ fn markdown(report: &Report) -> String {
         report.machine,
         report.kernel
     );
-    out += "## Cost per packet (BPF_PROG_TEST_RUN, in the kernel)\n\n";
-    out += &format!(
-        "Median ns per packet; \"above floor\" subtracts an empty XDP program measured the same \
-         way ({:.1} ns). xdp-filter is loaded with only the features the traffic needs \
-         (`-p allow -f ipv4`, or `-f ipv6`) and the same banned address; its closest class is \
-         compared. Rule classes are single runs, one per source, against single-run floors.\n\n",
-        report.floor_ns
-    );
-    out += "Insns: translated instructions (`bpftool prog show`, `bytes_xlated` / 8) of blocker's \
-             program and of the xdp-filter program compared: the size loaded, not the instructions a class executes.\n\n";
-    out += "| class | verdict | ns | above floor | xdp-filter above floor | ratio | insns | xdp-filter insns |\n";
-    out += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
-    for cost in &report.costs {
-        out += &format!(
-            "| {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |\n",
-            cost.class,
-            cost.verdict,
-            cost.ns,
-            cost.above_floor,
-            cost.xdp_filter_above_floor
-                .map_or("".into(), |v| format!("{v:.1}")),
-            cost.ratio_to_xdp_filter
-                .map_or("".into(), |v| format!("{v:.2}")),
-            cost.insns,
-            cost.xdp_filter_insns.map_or("".into(), |v| v.to_string()),
-        );
-    }
+    out += &costs_markdown(report.floor_ns, &report.costs);
     out += "\n## Scaling\n\nns per packet above the floor. ![scaling](benchmarks-scaling.svg)\n\n";
     out += "| series | size | above floor |\n| --- | ---: | ---: |\n";
     for point in &report.scaling {
@@ -906,5 +932,38 @@ fn markdown(report: &Report) -> String {
     out += &state::markdown(&report.state);
     out += &analyze::markdown(&report.analyze);
     out += &logs::markdown(&report.logs);
+    out
+}
+
+/// The cost-per-packet section.
+fn costs_markdown(floor_ns: f64, costs: &[Cost]) -> String {
+    let mut out = String::new();
+    out += "## Cost per packet (BPF_PROG_TEST_RUN, in the kernel)\n\n";
+    out += &format!(
+        "Median ns per packet; \"above floor\" subtracts an empty XDP program measured the same \
+         way ({:.1} ns). xdp-filter is loaded with only the features the traffic needs \
+         (`-p allow -f ipv4`, or `-f ipv6`) and the same banned address; its closest class is \
+         compared. Rule classes are single runs, one per source, against single-run floors.\n\n",
+        floor_ns
+    );
+    out += "Insns: translated instructions (`bpftool prog show`, `bytes_xlated` / 8) of blocker's \
+             program and of the xdp-filter program compared: the size loaded, not the instructions a class executes.\n\n";
+    out += "| class | verdict | ns | above floor | xdp-filter above floor | ratio | insns | xdp-filter insns |\n";
+    out += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    for cost in costs {
+        out += &format!(
+            "| {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |\n",
+            cost.class,
+            cost.verdict,
+            cost.ns,
+            cost.above_floor,
+            cost.xdp_filter_above_floor
+                .map_or("".into(), |v| format!("{v:.1}")),
+            cost.ratio_to_xdp_filter
+                .map_or("".into(), |v| format!("{v:.2}")),
+            cost.insns,
+            cost.xdp_filter_insns.map_or("".into(), |v| v.to_string()),
+        );
+    }
     out
 }

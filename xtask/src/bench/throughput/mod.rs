@@ -389,21 +389,6 @@ pub fn run(root: &Path, plan: Plan) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// `cargo xtask bench --throughput`: this section alone, into target/bench/.
-pub fn run_alone(root: &Path, plan: Plan) -> Result<()> {
-    let rows = run(root, plan)?;
-    let markdown = markdown(&rows);
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("throughput.json"),
-        serde_json::to_string_pretty(&rows)?,
-    )?;
-    std::fs::write(dir.join("throughput.md"), &markdown)?;
-    println!("{markdown}");
-    Ok(())
-}
-
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
         "\n## Throughput on a veth (live frames, one CPU)\n\n\
@@ -416,7 +401,7 @@ pub fn markdown(rows: &[Row]) -> String {
          (100,000 frames; 2,000,000 for the flood, about 30 per source, so that rate rules have \
          blacklisted what they will), then measured; the candidates take \
          turns in interleaved rounds (the order reversed every other round); Mpps is the median \
-         round (every round is in `target/bench/report.json`), the ratios the median of the \
+         round (every round is in the JSON report), the ratios the median of the \
          same-round ratios. \"Dropped\" is the share of frames that never reached \
          the local stack (a security-table counter sees the rest). Instructions: translated \
          size of the deciding XDP program.\n\n\
