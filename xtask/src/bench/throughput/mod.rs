@@ -310,7 +310,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<Vec<Row>> {
     let wire = Wire::new()?;
     let target = Target::new(root)?;
     let (duration, rounds) = if plan.quick {
-        (Duration::from_millis(250), 3)
+        (Duration::from_millis(250), 2)
     } else {
         (Duration::from_secs(1), 5)
     };
