@@ -392,7 +392,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<Vec<Row>> {
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
         "\n## Throughput on a veth (live frames, one CPU)\n\n\
-         Every candidate gets the same frames (a 54-byte TCP SYN to port 22) from the same \
+         Every candidate gets the same frames (a TCP SYN to port 22, 60 bytes with padding) from the same \
          generator: BPF_PROG_TEST_RUN with live frames XDP_TXs them out of a veth into the \
          target namespace, from a thread pinned to CPU 0. The target veth has no NAPI thread, \
          so its XDP program (and the stack, for what it passes) runs in the softirq on that \

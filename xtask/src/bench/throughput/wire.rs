@@ -54,6 +54,12 @@ pub enum Traffic {
     SynFlood,
 }
 
+/// Where the flood writes in the frame: the source address's low half (14 + 12 + 2), the IP
+/// id (14 + 4), the TCP sequence number's low half (14 + 20 + 6).
+const SOURCE_LOW_AT: i16 = 28;
+const IP_ID_AT: i16 = 18;
+const SEQ_LOW_AT: i16 = 40;
+
 /// The generator program: XDP_TX every frame. For the flood, it first writes a random low
 /// half of the source address, and its one's complement into both the IP id and the low half
 /// of the TCP sequence number: each pair sums to 0xffff whatever the random value, so the IP
@@ -67,15 +73,13 @@ fn generator(traffic: Traffic) -> Result<OwnedFd> {
             Insn::load_u32(2, 6, 0),
             Insn::load_u32(3, 6, 4),
             Insn::mov(4, 2),
-            Insn::add_imm(4, 42),
+            Insn::add_imm(4, SEQ_LOW_AT as i32 + 2),
             // Too short: send as it is (skip the four stores).
             Insn::jgt(4, 3, 4),
-            // Source address bytes 2..4 (14 + 12 + 2); the IP id (14 + 4); the sequence
-            // number's low half (14 + 20 + 6).
-            Insn::store_u16(2, 0, 28),
+            Insn::store_u16(2, 0, SOURCE_LOW_AT),
             Insn::xor_imm(0, 0xffff),
-            Insn::store_u16(2, 0, 18),
-            Insn::store_u16(2, 0, 40),
+            Insn::store_u16(2, 0, IP_ID_AT),
+            Insn::store_u16(2, 0, SEQ_LOW_AT),
         ]);
     }
     insns.extend([Insn::mov_imm(0, bpf::XDP_TX as i32), Insn::exit()]);
@@ -288,6 +292,56 @@ impl Drop for Wire {
     fn drop(&mut self) {
         for ns in [GEN_NS, TARGET_NS] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one's complement sum of `words`, folded: 0xffff over a header with a valid
+    /// checksum in it.
+    fn folded_sum(bytes: &[u8]) -> u16 {
+        let mut sum: u32 = bytes
+            .chunks(2)
+            .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    fn checksums_hold(frame: &[u8]) -> bool {
+        let ip = &frame[14..34];
+        let tcp = &frame[34..54];
+        let mut pseudo = Vec::from(&ip[12..20]);
+        pseudo.extend_from_slice(&[0, 6, 0, tcp.len() as u8]);
+        pseudo.extend_from_slice(tcp);
+        folded_sum(ip) == 0xffff && folded_sum(&pseudo) == 0xffff
+    }
+
+    #[test]
+    fn the_flood_keeps_both_checksums_valid_for_any_source() {
+        let template = template([2, 0, 0, 0, 0, 9]);
+        assert_eq!(template.len(), 60, "padded to the Ethernet minimum");
+        assert!(checksums_hold(&template), "the template's checksums");
+        for low in [0u16, 1, 0x00ff, 0x8000, 0xabcd, 0xfffe, 0xffff] {
+            let mut frame = template.clone();
+            // What the generator's three stores write (host order, as BPF stores a register).
+            let mut store = |at: i16, value: u16| {
+                let at = at as usize;
+                frame[at..at + 2].copy_from_slice(&value.to_ne_bytes());
+            };
+            store(SOURCE_LOW_AT, low);
+            store(IP_ID_AT, !low);
+            store(SEQ_LOW_AT, !low);
+            assert!(checksums_hold(&frame), "source low half {low:#06x}");
+            assert_eq!(
+                frame[26..30],
+                [10, 99, low.to_ne_bytes()[0], low.to_ne_bytes()[1]]
+            );
         }
     }
 }
