@@ -103,17 +103,20 @@ struct Target {
     state: PathBuf,
     pass: std::os::fd::OwnedFd,
     drop_all: std::os::fd::OwnedFd,
+    /// Holds the state file and what blocker writes beside it.
+    _dir: tempfile::TempDir,
 }
 
 impl Target {
     fn new(root: &Path) -> Result<Self> {
-        let id = std::process::id();
+        let dir = tempfile::tempdir()?;
         Ok(Self {
             blocker: root.join("target/release/blocker"),
-            pins: PathBuf::from(format!("/sys/fs/bpf/blocker-tput-{id}")),
-            state: std::env::temp_dir().join(format!("blocker-tput-{id}.db")),
+            pins: PathBuf::from(format!("/sys/fs/bpf/blocker-tput-{}", std::process::id())),
+            state: dir.path().join("state.db"),
             pass: bpf::empty_program()?,
             drop_all: bpf::drop_program()?,
+            _dir: dir,
         })
     }
 
@@ -217,7 +220,7 @@ impl Target {
             }
             Candidate::BlockerRule | Candidate::BlockerBan => {
                 self.blocker(&["unload"])?;
-                for suffix in ["", "-wal", "-shm"] {
+                for suffix in ["", "-wal", "-shm", ".last-good"] {
                     let mut path = self.state.clone().into_os_string();
                     path.push(suffix);
                     let _ = std::fs::remove_file(path);
