@@ -1,15 +1,22 @@
 //! Cost per packet class (BPF_PROG_TEST_RUN), blocker beside xdp-filter.
 
-use std::os::fd::OwnedFd;
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::OwnedFd,
+    path::Path,
+};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use aya::maps::{Map, MapData, PerCpuHashMap, PerCpuValues};
+use blocker_common::MAP_HISTORY;
 use blocker_tests::frames::{ethernet, frame, tcp_syn, udp, ARP, IPV4};
 use serde::Serialize;
 
 use super::{
     bpf::{self, test_run},
+    control::bytes_per_entry,
     lab::{
-        nth_source, v4_frame, v6, v6_frame, Lab, ALLOWED_V4, ATTACKER_V4, BANNED_V4,
+        nth_source, v4_frame, v6, v6_frame, Lab, ALLOWED_V4, ATTACKER_V4, BANNED_V4, GOAL_BANS,
         IN_BANNED_RANGE, TCP, UDP, UNMATCHED_V4,
     },
     median, progsize, verdict_name, Plan,
@@ -17,18 +24,18 @@ use super::{
 /// One measured packet class.
 #[derive(Serialize, Clone)]
 pub(super) struct Cost {
-    class: String,
+    pub(super) class: String,
     /// Median ns per packet, as the kernel measured it.
-    ns: f64,
+    pub(super) ns: f64,
     /// Above the empty program measured the same way.
-    above_floor: f64,
-    verdict: &'static str,
-    xdp_filter_above_floor: Option<f64>,
+    pub(super) above_floor: f64,
+    pub(super) verdict: &'static str,
+    pub(super) xdp_filter_above_floor: Option<f64>,
     /// blocker ÷ xdp-filter, both above the floor.
-    ratio_to_xdp_filter: Option<f64>,
+    pub(super) ratio_to_xdp_filter: Option<f64>,
     /// Translated instructions of blocker's program, and of xdp-filter's for this class.
-    insns: u64,
-    xdp_filter_insns: Option<u64>,
+    pub(super) insns: u64,
+    pub(super) xdp_filter_insns: Option<u64>,
 }
 
 /// Median ns per packet of `prog` on `data` over the plan's rounds.
@@ -60,6 +67,10 @@ pub(super) struct PacketCosts {
     pub(super) floor: f64,
     pub(super) per_call_floor: f64,
     pub(super) costs: Vec<Cost>,
+    /// Entries in each of xdp-filter's source lists while it was measured.
+    pub(super) xdp_filter_entries: usize,
+    /// Kernel memory per tracked source of the rule history (memlock / max entries).
+    pub(super) tracked_source_bytes: f64,
 }
 
 /// Cost per packet class (BPF_PROG_TEST_RUN), blocker beside xdp-filter.
@@ -174,7 +185,9 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
             .iter()
             .find(|(class, _, _)| *class == cost.class)
             .and_then(|(_, _, peer)| *peer);
-        if let Some(peer) = peer_class.and_then(|p| xdp_filter.iter().find(|(c, ..)| *c == p)) {
+        if let Some(peer) =
+            peer_class.and_then(|p| xdp_filter.classes.iter().find(|(c, ..)| *c == p))
+        {
             cost.xdp_filter_above_floor = Some(peer.1);
             cost.ratio_to_xdp_filter = Some(cost.above_floor / peer.1.max(0.1));
             cost.xdp_filter_insns = Some(peer.2);
@@ -184,7 +197,19 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
         floor,
         per_call_floor,
         costs,
+        xdp_filter_entries: xdp_filter.list_entries,
+        tracked_source_bytes: bytes_per_entry(&lab.pin_dir.join(MAP_HISTORY))?,
     })
+}
+
+/// Where xdp-filter pins its maps (one global directory: one bench at a time).
+const XDP_FILTER_PINS: &str = "/sys/fs/bpf/xdp-filter";
+
+/// xdp-filter's costs per comparable class (above the floor, with the translated size of
+/// the program that ran), and how many entries its source lists held.
+pub(super) struct XdpFilterCosts {
+    classes: Vec<(&'static str, f64, u64)>,
+    list_entries: usize,
 }
 
 /// Costs of xdp-filter's program for the comparable classes, above the floor, with the
@@ -194,7 +219,7 @@ pub(super) fn xdp_filter_costs(
     plan: Plan,
     floor: f64,
     malformed: &[u8],
-) -> Result<Vec<(&'static str, f64, u64)>> {
+) -> Result<XdpFilterCosts> {
     let xdp_filter = |args: &[&str]| -> Result<()> {
         let out = lab.in_ns("xdp-filter").args(args).output()?;
         if !out.status.success() {
@@ -210,6 +235,9 @@ pub(super) fn xdp_filter_costs(
     let mut results = Vec::new();
     xdp_filter(&["load", "xf0", "-p", "allow", "-f", "ipv4", "-m", "native"])?;
     xdp_filter(&["ip", "192.0.2.66", "-m", "src"])?;
+    let v4_entries = fill_xdp_filter_list("filter_ipv4", |n| {
+        u32::from_ne_bytes(Ipv4Addr::from(0x1400_0001 + n).octets())
+    })?;
     let prog = lab.xdp_prog("xf0")?;
     let insns = progsize::xdp_filter_insns()?;
     for (class, data) in [
@@ -224,6 +252,9 @@ pub(super) fn xdp_filter_costs(
     xdp_filter(&["unload", "xf0"])?;
     xdp_filter(&["load", "xf0", "-p", "allow", "-f", "ipv6", "-m", "native"])?;
     xdp_filter(&["ip", "2001:db8:bad::1", "-m", "src"])?;
+    let v6_entries = fill_xdp_filter_list("filter_ipv6", |n| {
+        (Ipv6Addr::from(v6("2001:db8:1000::")) | Ipv6Addr::from(u128::from(n))).octets()
+    })?;
     let prog = lab.xdp_prog("xf0")?;
     let insns = progsize::xdp_filter_insns()?;
     for (class, data) in [
@@ -234,7 +265,30 @@ pub(super) fn xdp_filter_costs(
     }
     drop(prog);
     xdp_filter(&["unload", "xf0"])?;
-    Ok(results)
+    Ok(XdpFilterCosts {
+        classes: results,
+        list_entries: v4_entries.min(v6_entries),
+    })
+}
+
+/// Fills one of xdp-filter's pinned source lists up to its capacity (or [`GOAL_BANS`]), each
+/// new entry flagged as the one `xdp-filter ip` added first; returns the entries it holds.
+fn fill_xdp_filter_list<K: aya::Pod>(list: &str, nth_key: impl Fn(u32) -> K) -> Result<usize> {
+    let data = MapData::from_pin(Path::new(XDP_FILTER_PINS).join(list))
+        .with_context(|| format!("opening xdp-filter's {list}"))?;
+    let capacity = data.info()?.max_entries() as usize;
+    let mut map: PerCpuHashMap<_, K, u64> = PerCpuHashMap::try_from(Map::PerCpuHashMap(data))?;
+    let (_, flags) = map
+        .iter()
+        .next()
+        .with_context(|| format!("xdp-filter's {list} is empty"))??;
+    let entries = capacity.min(GOAL_BANS);
+    for n in 0..entries.saturating_sub(1) as u32 {
+        let values = PerCpuValues::try_from(flags.to_vec())?;
+        map.insert(nth_key(n), values, 0)?;
+    }
+    let held = map.keys().count();
+    Ok(held)
 }
 
 /// The cost-per-packet section.
@@ -243,8 +297,9 @@ pub(super) fn costs_markdown(floor_ns: f64, costs: &[Cost]) -> String {
     out += "## Cost per packet (BPF_PROG_TEST_RUN, in the kernel)\n\n";
     out += &format!(
         "Median ns per packet; \"above floor\" subtracts an empty XDP program measured the same \
-         way ({:.1} ns). xdp-filter is loaded with only the features the traffic needs \
-         (`-p allow -f ipv4`, or `-f ipv6`) and the same banned address; its closest class is \
+         way ({:.1} ns). blocker holds the loaded state of the goals section below; \
+         xdp-filter is loaded with only the features the traffic needs (`-p allow -f ipv4`, or \
+         `-f ipv6`), the same banned address and its list filled; its closest class is \
          compared. Rule classes are single runs, one per source, against single-run floors.\n\n",
         floor_ns
     );

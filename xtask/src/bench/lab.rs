@@ -2,7 +2,7 @@
 //! addresses the classes use.
 
 use std::{
-    net::Ipv6Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -169,4 +169,64 @@ pub(super) fn load_blocker(lab: &Lab) -> Result<OwnedFd> {
     lab.blocker(&["ban", "192.0.2.66", "10.20.0.0/16", "2001:db8:bad::/64"])?;
     lab.blocker(&["allow", "203.0.113.10"])?;
     lab.xdp_prog("bb0")
+}
+
+/// Manual bans in force for the cost classes (issue 11: "with 100k bans loaded").
+pub(super) const GOAL_BANS: usize = 100_000;
+/// Allowlist entries in force for the cost classes.
+pub(super) const GOAL_ALLOWS: usize = 1_000;
+
+/// blocker as [`load_blocker`] leaves it, plus the rest of the issue's loaded state, all
+/// through the CLI (`import`, `allow`) so it follows whatever map layout blocker uses:
+/// [`GOAL_BANS`] bans in all (IPv4 hosts and ranges, IPv6 hosts and /64s) and
+/// [`GOAL_ALLOWS`] allowlist entries, none covering a probe source.
+pub(super) fn load_goal_state(lab: &Lab) -> Result<OwnedFd> {
+    let prog = load_blocker(lab)?;
+    let path = lab.dir.path().join("goal-bans.txt");
+    std::fs::write(&path, goal_bans().join("\n"))?;
+    lab.blocker(&["import", &path.to_string_lossy()])?;
+    let allows = goal_allows();
+    let mut args = vec!["allow"];
+    args.extend(allows.iter().map(String::as_str));
+    lab.blocker(&args)?;
+    Ok(prog)
+}
+
+/// The bans [`load_blocker`] does not already hold: 80% IPv4 hosts (20.0.0.0/8), 10% IPv4
+/// ranges of /20 to /28 (from 40.0.0.0), the rest IPv6 hosts and /64s (2001:db8:1000::/48, 2001:db8:2000::/48).
+fn goal_bans() -> Vec<String> {
+    let rest = GOAL_BANS - 3;
+    let (hosts, ranges) = (GOAL_BANS * 8 / 10, GOAL_BANS / 10);
+    let mut bans = Vec::with_capacity(rest);
+    for n in 0..hosts as u32 {
+        bans.push(Ipv4Addr::from(0x1400_0001 + n).to_string());
+    }
+    for n in 0..ranges as u32 {
+        bans.push(format!(
+            "{}/{}",
+            Ipv4Addr::from(0x2800_0000 + (n << 12)),
+            20 + n % 9
+        ));
+    }
+    for n in 0..(rest - hosts - ranges) as u32 {
+        bans.push(if n % 2 == 0 {
+            format!("2001:db8:1000::{n:x}")
+        } else {
+            format!("2001:db8:2000:{n:x}::/64")
+        });
+    }
+    bans
+}
+
+/// The allowlist entries [`load_blocker`] does not already hold: IPv4 hosts in 50.0.0.0/8,
+/// /24s in 60.0.0.0/8 and IPv6 hosts in 2001:db8:a11::/48.
+fn goal_allows() -> Vec<String> {
+    let rest = GOAL_ALLOWS as u32 - 1;
+    (0..rest)
+        .map(|n| match n % 10 {
+            0..=5 => Ipv4Addr::from(0x3200_0001 + n).to_string(),
+            6..=8 => format!("{}/24", Ipv4Addr::from(0x3c00_0000 + (n << 8))),
+            _ => format!("2001:db8:a11::{n:x}"),
+        })
+        .collect()
 }

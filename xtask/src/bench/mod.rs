@@ -12,6 +12,7 @@ mod throughput;
 
 mod control;
 mod costs;
+mod goals;
 mod lab;
 mod report;
 mod scaling;
@@ -26,8 +27,8 @@ use serde::Serialize;
 
 use blocker_tests::bpf::{self, XDP_DROP, XDP_PASS};
 use control::{control_plane, timed, ControlPlane};
-use costs::{costs_markdown, packet_costs, Cost};
-use lab::{load_blocker, nth_source, v4_frame, Lab, TCP};
+use costs::{costs_markdown, packet_costs, Cost, PacketCosts};
+use lab::{load_blocker, load_goal_state, nth_source, v4_frame, Lab, TCP};
 use report::write_report;
 use scaling::{scaling, ScalePoint};
 /// How much work a run does.
@@ -68,6 +69,9 @@ struct Report {
     quick: bool,
     floor_ns: f64,
     costs: Vec<Cost>,
+    goals: Vec<goals::Goal>,
+    /// Entries in each of xdp-filter's source lists while it was measured.
+    xdp_filter_entries: usize,
     scaling: Vec<ScalePoint>,
     control_plane: ControlPlane,
     throughput: Vec<throughput::Row>,
@@ -164,9 +168,10 @@ impl Drop for StatsOff {
 pub fn run(root: &Path, plan: Plan) -> Result<()> {
     install_peers()?;
     let _stats = StatsOff::new()?;
+    let packets = loaded_packet_costs(root, plan)?;
+    // Scaling and the control plane start from the small state: their series start at zero.
     let lab = Lab::new(root)?;
     let blocker = load_blocker(&lab)?;
-    let packets = packet_costs(&lab, &blocker, plan)?;
     let (floor, per_call_floor) = (packets.floor, packets.per_call_floor);
     let scaling = scaling(&lab, &blocker, plan, floor, per_call_floor)?;
     let control_plane = control_plane(&lab)?;
@@ -179,6 +184,8 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     let logs = logs::run(root, plan)?;
 
     let report = Report {
+        goals: goals::goals(&packets, Some(&throughput)),
+        xdp_filter_entries: packets.xdp_filter_entries,
         machine: machine(),
         kernel: sh("uname", &["-r"])?.trim().to_string(),
         quick: plan.quick,
@@ -195,25 +202,35 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     write_report(root, &report)
 }
 
+/// The cost table, measured in a lab of its own holding issue 11's loaded state.
+fn loaded_packet_costs(root: &Path, plan: Plan) -> Result<PacketCosts> {
+    let lab = Lab::new(root)?;
+    let blocker = load_goal_state(&lab)?;
+    packet_costs(&lab, &blocker, plan)
+}
+
 /// `cargo xtask bench --packets`: the packet path alone (cost per class, then live
 /// throughput), into target/bench/packets.md and packets.json.
 pub fn run_packets(root: &Path, plan: Plan) -> Result<()> {
     install_peers()?;
     let _stats = StatsOff::new()?;
-    let lab = Lab::new(root)?;
-    let blocker = load_blocker(&lab)?;
-    let packets = packet_costs(&lab, &blocker, plan)?;
-    drop(blocker);
-    drop(lab);
+    let packets = loaded_packet_costs(root, plan)?;
     let throughput = throughput::run(root, plan)?;
+    let goals = goals::goals(&packets, Some(&throughput));
     let markdown = format!(
-        "{}{}",
+        "{}{}{}",
         costs_markdown(packets.floor, &packets.costs),
+        goals::markdown(&goals, packets.xdp_filter_entries),
         throughput::markdown(&throughput)
     );
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    let json = serde_json::json!({ "floor_ns": packets.floor, "costs": packets.costs, "throughput": throughput });
+    let json = serde_json::json!({
+        "floor_ns": packets.floor,
+        "costs": packets.costs,
+        "goals": goals,
+        "throughput": throughput,
+    });
     std::fs::write(
         dir.join("packets.json"),
         serde_json::to_string_pretty(&json)?,

@@ -4,7 +4,9 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{analyze, chart, costs::costs_markdown, daemon, logs, state, throughput, Report};
+use super::{
+    analyze, chart, costs::costs_markdown, daemon, goals, logs, state, throughput, Report,
+};
 pub(super) fn write_report(root: &Path, report: &Report) -> Result<()> {
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -38,6 +40,7 @@ pub(super) fn markdown(report: &Report) -> String {
         report.kernel
     );
     out += &costs_markdown(report.floor_ns, &report.costs);
+    out += &goals::markdown(&report.goals, report.xdp_filter_entries);
     out += "\n## Scaling\n\nns per packet above the floor. ![scaling](benchmarks-scaling.svg)\n\n";
     out += "| series | size | above floor |\n| --- | ---: | ---: |\n";
     for point in &report.scaling {

@@ -392,6 +392,26 @@ pub fn run(root: &Path, plan: Plan) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// blocker's dynamic-blacklist (ssh rule) figures the issue 11 goals name.
+pub struct BlockerRuleRatios {
+    pub one_source_of_drop_only: Option<f64>,
+    pub one_source_of_xdp_filter: Option<f64>,
+    pub flood_of_drop_only: Option<f64>,
+}
+
+pub fn blocker_rule_ratios(rows: &[Row]) -> BlockerRuleRatios {
+    let row = |traffic: Traffic| {
+        rows.iter().find(|row| {
+            row.candidate == Candidate::BlockerRule.name() && row.class == class_name(traffic)
+        })
+    };
+    BlockerRuleRatios {
+        one_source_of_drop_only: row(Traffic::OneSource).and_then(|r| r.of_drop_only),
+        one_source_of_xdp_filter: row(Traffic::OneSource).and_then(|r| r.of_xdp_filter),
+        flood_of_drop_only: row(Traffic::SynFlood).and_then(|r| r.of_drop_only),
+    }
+}
+
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
         "\n## Throughput on a veth (live frames, one CPU)\n\n\
