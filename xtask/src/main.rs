@@ -159,11 +159,26 @@ fn main() -> Result<()> {
             require_root("the benchmarks load XDP programs and create namespaces")?;
             run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
             if state {
-                bench::state::run_alone(&root, bench::Plan::new(quick))?;
+                bench::section_alone(
+                    &root,
+                    bench::Plan::new(quick),
+                    "state",
+                    bench::state::run_alone,
+                )?;
             } else if analyze {
-                bench::analyze::run_alone(&root, bench::Plan::new(quick))?;
+                bench::section_alone(
+                    &root,
+                    bench::Plan::new(quick),
+                    "analyze",
+                    bench::analyze::run_alone,
+                )?;
             } else if logs {
-                bench::logs::run_alone(&root, bench::Plan::new(quick))?;
+                bench::section_alone(
+                    &root,
+                    bench::Plan::new(quick),
+                    "logs",
+                    bench::logs::run_alone,
+                )?;
             } else if packets {
                 bench::run_packets(&root, bench::Plan::new(quick))?;
             } else {

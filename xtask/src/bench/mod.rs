@@ -12,6 +12,7 @@ mod throughput;
 
 mod control;
 mod costs;
+mod docs;
 mod goals;
 mod lab;
 mod report;
@@ -217,12 +218,12 @@ pub fn run_packets(root: &Path, plan: Plan) -> Result<()> {
     let packets = loaded_packet_costs(root, plan)?;
     let throughput = throughput::run(root, plan)?;
     let goals = goals::goals(&packets, Some(&throughput));
-    let markdown = format!(
-        "{}{}{}",
-        costs_markdown(packets.floor, &packets.costs),
-        goals::markdown(&goals, packets.xdp_filter_entries),
-        throughput::markdown(&throughput)
-    );
+    let sections = [
+        ("costs", costs_markdown(packets.floor, &packets.costs)),
+        ("goals", goals::markdown(&goals, packets.xdp_filter_entries)),
+        ("throughput", throughput::markdown(&throughput)),
+    ];
+    let markdown: String = sections.iter().map(|(_, text)| text.as_str()).collect();
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let json = serde_json::json!({
@@ -237,6 +238,30 @@ pub fn run_packets(root: &Path, plan: Plan) -> Result<()> {
     )?;
     std::fs::write(dir.join("packets.md"), &markdown)?;
     println!("{markdown}");
+    if !plan.quick {
+        docs::update(root, "cargo xtask bench --packets", &sections)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench --state` (or `--analyze`, `--logs`): `run_alone` measures its section
+/// into target/bench/NAME.md; a full-size run also rewrites that section's block in
+/// docs/benchmarks.md, where the block is marked.
+pub fn section_alone(
+    root: &Path,
+    plan: Plan,
+    name: &'static str,
+    run_alone: fn(&Path, Plan) -> Result<()>,
+) -> Result<()> {
+    run_alone(root, plan)?;
+    if !plan.quick {
+        let markdown = std::fs::read_to_string(root.join(format!("target/bench/{name}.md")))?;
+        docs::update(
+            root,
+            &format!("cargo xtask bench --{name}"),
+            &[(name, markdown)],
+        )?;
+    }
     Ok(())
 }
 

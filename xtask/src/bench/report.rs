@@ -5,7 +5,8 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::{
-    analyze, chart, costs::costs_markdown, daemon, goals, logs, state, throughput, Report,
+    analyze, chart, control::ControlPlane, costs::costs_markdown, daemon, docs, goals, logs, state,
+    throughput, Report,
 };
 pub(super) fn write_report(root: &Path, report: &Report) -> Result<()> {
     let dir = root.join("target/bench");
@@ -14,22 +15,21 @@ pub(super) fn write_report(root: &Path, report: &Report) -> Result<()> {
         dir.join("report.json"),
         serde_json::to_string_pretty(report)?,
     )?;
-    let markdown = markdown(report);
+    let sections = sections(report);
+    let markdown = markdown(report, &sections);
     std::fs::write(dir.join("report.md"), &markdown)?;
     let svg = chart::scaling_svg(&report.scaling)?;
     std::fs::write(dir.join("scaling.svg"), &svg)?;
     println!("{markdown}");
     if !report.quick {
-        std::fs::create_dir_all(root.join("docs"))?;
-        std::fs::write(root.join("docs/benchmarks.md"), &markdown)?;
+        docs::update(root, "cargo xtask bench", &sections)?;
         std::fs::write(root.join("docs/benchmarks-scaling.svg"), &svg)?;
-        println!("bench: wrote docs/benchmarks.md and docs/benchmarks-scaling.svg");
     }
     println!("bench: wrote {}", dir.join("report.json").display());
     Ok(())
 }
 
-pub(super) fn markdown(report: &Report) -> String {
+fn markdown(report: &Report, sections: &[(&str, String)]) -> String {
     let mut out = String::new();
     out += "# Benchmarks\n\n";
     out += &format!(
@@ -39,18 +39,45 @@ pub(super) fn markdown(report: &Report) -> String {
         report.machine,
         report.kernel
     );
-    out += &costs_markdown(report.floor_ns, &report.costs);
-    out += &goals::markdown(&report.goals, report.xdp_filter_entries);
-    out += "\n## Scaling\n\nns per packet above the floor. ![scaling](benchmarks-scaling.svg)\n\n";
-    out += "| series | size | above floor |\n| --- | ---: | ---: |\n";
+    for (_, section) in sections {
+        out += section;
+    }
+    out
+}
+
+/// The report's sections, named as their blocks in docs/benchmarks.md.
+fn sections(report: &Report) -> Vec<(&'static str, String)> {
+    let mut scaling = String::new();
+    scaling +=
+        "\n## Scaling\n\nns per packet above the floor. ![scaling](benchmarks-scaling.svg)\n\n";
+    scaling += "| series | size | above floor |\n| --- | ---: | ---: |\n";
     for point in &report.scaling {
-        out += &format!(
+        scaling += &format!(
             "| {} | {} | {:.1} |\n",
             point.series, point.size, point.above_floor
         );
     }
-    let cp = &report.control_plane;
-    out += "\n## Control plane\n\n| what | value |\n| --- | ---: |\n";
+    vec![
+        ("costs", costs_markdown(report.floor_ns, &report.costs)),
+        (
+            "goals",
+            goals::markdown(&report.goals, report.xdp_filter_entries),
+        ),
+        ("scaling", scaling),
+        (
+            "control-plane",
+            control_plane_markdown(&report.control_plane),
+        ),
+        ("throughput", throughput::markdown(&report.throughput)),
+        ("daemon", daemon::markdown(&report.daemon)),
+        ("state", state::markdown(&report.state)),
+        ("analyze", analyze::markdown(&report.analyze)),
+        ("logs", logs::markdown(&report.logs)),
+    ]
+}
+
+fn control_plane_markdown(cp: &ControlPlane) -> String {
+    let mut out = String::from("\n## Control plane\n\n| what | value |\n| --- | ---: |\n");
     for (what, value) in [
         (
             "`blocker ban` command (process start to exit)",
@@ -87,10 +114,5 @@ pub(super) fn markdown(report: &Report) -> String {
     ] {
         out += &format!("| {what} | {value} |\n");
     }
-    out += &throughput::markdown(&report.throughput);
-    out += &daemon::markdown(&report.daemon);
-    out += &state::markdown(&report.state);
-    out += &analyze::markdown(&report.analyze);
-    out += &logs::markdown(&report.logs);
     out
 }
