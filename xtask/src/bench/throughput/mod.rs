@@ -122,7 +122,7 @@ impl Target {
 
     fn blocker(&self, args: &[&str]) -> Result<()> {
         let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", wire::TARGET_NS))
+            .arg(format!("--net=/run/netns/{}", wire::target_ns()))
             .arg(&self.blocker)
             .args(args)
             .env("BLOCKER_PIN_DIR", &self.pins)
@@ -263,7 +263,7 @@ impl Drop for Target {
 
 /// The id of the XDP program on the target interface.
 fn attached_id() -> Result<u32> {
-    let out = ip(wire::TARGET_NS, &["-j", "link", "show", TARGET_IFACE])?;
+    let out = ip(&wire::target_ns(), &["-j", "link", "show", TARGET_IFACE])?;
     let links: serde_json::Value = serde_json::from_str(&out)?;
     let id = links[0]["xdp"]["prog"]["id"]
         .as_u64()

@@ -20,8 +20,16 @@ use nix::sched::{sched_setaffinity, setns, CloneFlags, CpuSet};
 
 use super::super::{bpf, bpf::Insn, median, sh};
 
-pub const GEN_NS: &str = "blkgen";
-pub const TARGET_NS: &str = "blktarget";
+/// The generator's namespace; named per process, so that a second bench running at the
+/// same time does not delete this one's namespaces as leftovers.
+pub fn gen_ns() -> String {
+    format!("blkgen{}", std::process::id())
+}
+
+/// The target's namespace (see [`gen_ns`]).
+pub fn target_ns() -> String {
+    format!("blktarget{}", std::process::id())
+}
 pub const TARGET_IFACE: &str = "tgt0";
 /// The one source, and the template of the flood, which varies the low 16 bits.
 pub const OFFENDER: [u8; 4] = [10, 99, 0, 1];
@@ -125,7 +133,10 @@ pub fn ip(ns: &str, args: &[&str]) -> Result<String> {
 }
 
 pub fn in_target(program: &str, args: &[&str]) -> Result<String> {
-    let mut full = vec![format!("--net=/run/netns/{TARGET_NS}"), program.to_string()];
+    let mut full = vec![
+        format!("--net=/run/netns/{}", target_ns()),
+        program.to_string(),
+    ];
     full.extend(args.iter().map(|a| a.to_string()));
     let full: Vec<&str> = full.iter().map(String::as_str).collect();
     sh("nsenter", &full)
@@ -156,12 +167,12 @@ pub struct Wire {
 
 impl Wire {
     pub fn new() -> Result<Self> {
-        for ns in [GEN_NS, TARGET_NS] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            sh("ip", &["netns", "add", ns])?;
+        for ns in [gen_ns(), target_ns()] {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+            sh("ip", &["netns", "add", &ns])?;
         }
         ip(
-            GEN_NS,
+            &gen_ns(),
             &[
                 "link",
                 "add",
@@ -172,18 +183,18 @@ impl Wire {
                 "name",
                 TARGET_IFACE,
                 "netns",
-                TARGET_NS,
+                &target_ns(),
             ],
         )?;
-        ip(GEN_NS, &["link", "set", "gen0", "up"])?;
-        ip(TARGET_NS, &["link", "set", TARGET_IFACE, "up"])?;
+        ip(&gen_ns(), &["link", "set", "gen0", "up"])?;
+        ip(&target_ns(), &["link", "set", TARGET_IFACE, "up"])?;
         let target = Ipv4Addr::from(TARGET_ADDR);
         ip(
-            TARGET_NS,
+            &target_ns(),
             &["addr", "add", &format!("{target}/24"), "dev", TARGET_IFACE],
         )?;
         // Replies to the sources (RSTs) end here instead of resolving 65,536 neighbours.
-        ip(TARGET_NS, &["route", "add", "blackhole", FLOOD_SOURCES])?;
+        ip(&target_ns(), &["route", "add", "blackhole", FLOOD_SOURCES])?;
         in_target("sysctl", &["-qw", "net.ipv4.conf.all.rp_filter=0"])?;
         in_target(
             "sysctl",
@@ -199,8 +210,8 @@ impl Wire {
             let out = ip(ns, &["-j", "link", "show", dev])?;
             Ok(serde_json::from_str::<serde_json::Value>(&out)?[0].clone())
         };
-        let gen = link(GEN_NS, "gen0")?;
-        let target = link(TARGET_NS, TARGET_IFACE)?;
+        let gen = link(&gen_ns(), "gen0")?;
+        let target = link(&target_ns(), TARGET_IFACE)?;
         let mac: Vec<u8> = target["address"]
             .as_str()
             .context("target MAC")?
@@ -259,7 +270,7 @@ impl Wire {
         std::thread::scope(|scope| {
             scope
                 .spawn(move || -> Result<(Vec<f64>, u64)> {
-                    let netns = File::open(format!("/run/netns/{GEN_NS}"))?;
+                    let netns = File::open(format!("/run/netns/{}", gen_ns()))?;
                     setns(netns, CloneFlags::CLONE_NEWNET)?;
                     let mut cpus = CpuSet::new();
                     cpus.set(CPU)?;
@@ -290,8 +301,8 @@ impl Wire {
 
 impl Drop for Wire {
     fn drop(&mut self) {
-        for ns in [GEN_NS, TARGET_NS] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        for ns in [gen_ns(), target_ns()] {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         }
     }
 }
