@@ -122,29 +122,35 @@ pub(super) fn goals(packets: &PacketCosts, live: Option<&[throughput::Row]>) -> 
         &|v| format!("{v:.0} B"),
     ));
     let live = live.map(throughput::blocker_rule_ratios);
-    let pick = |f: fn(&BlockerRuleRatios) -> Option<f64>| live.as_ref().and_then(f);
     let of_drop = |v: f64| format!("{v:.2} of drop-only");
-    goals.push(goal_row(
-        "live frames: one blacklisted source",
-        "≥ 0.8 of drop-only",
-        pick(|l| l.one_source_of_drop_only),
-        Bound::AtLeast(0.8),
-        &of_drop,
-    ));
-    goals.push(goal_row(
-        "live frames: one blacklisted source, against xdp-filter",
-        "≥ 1.0× xdp-filter",
-        pick(|l| l.one_source_of_xdp_filter),
-        Bound::AtLeast(1.0),
-        &times,
-    ));
-    goals.push(goal_row(
-        "live frames: spoofed 65k-source SYN flood on the ssh port",
-        "≥ 0.5 of drop-only",
-        pick(|l| l.flood_of_drop_only),
-        Bound::AtLeast(0.5),
-        &of_drop,
-    ));
+    type Pick = fn(&BlockerRuleRatios) -> Option<f64>;
+    let live_goals: [(_, _, Pick, _, &dyn Fn(f64) -> String); 3] = [
+        (
+            "live frames: one blacklisted source",
+            "≥ 0.8 of drop-only",
+            |l| l.one_source_of_drop_only,
+            0.8,
+            &of_drop,
+        ),
+        (
+            "live frames: one blacklisted source, against xdp-filter",
+            "≥ 1.0× xdp-filter",
+            |l| l.one_source_of_xdp_filter,
+            1.0,
+            &times,
+        ),
+        (
+            "live frames: spoofed 65k-source SYN flood on the ssh port",
+            "≥ 0.5 of drop-only",
+            |l| l.flood_of_drop_only,
+            0.5,
+            &of_drop,
+        ),
+    ];
+    for (class, goal, pick, limit, shown) in live_goals {
+        let value = live.as_ref().and_then(pick);
+        goals.push(goal_row(class, goal, value, Bound::AtLeast(limit), shown));
+    }
     goals
 }
 
