@@ -189,7 +189,8 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
             peer_class.and_then(|p| xdp_filter.classes.iter().find(|(c, ..)| *c == p))
         {
             cost.xdp_filter_above_floor = Some(peer.1);
-            cost.ratio_to_xdp_filter = Some(cost.above_floor / peer.1.max(0.1));
+            // The kernel reports whole ns: under 1 ns above the floor a ratio means nothing.
+            cost.ratio_to_xdp_filter = (peer.1 >= 1.0).then(|| cost.above_floor / peer.1);
             cost.xdp_filter_insns = Some(peer.2);
         }
     }
@@ -300,7 +301,8 @@ pub(super) fn costs_markdown(floor_ns: f64, costs: &[Cost]) -> String {
          way ({:.1} ns). blocker holds the loaded state of the goals section below; \
          xdp-filter is loaded with only the features the traffic needs (`-p allow -f ipv4`, or \
          `-f ipv6`), the same banned address and its list filled; its closest class is \
-         compared. Rule classes are single runs, one per source, against single-run floors.\n\n",
+         compared (no ratio where xdp-filter is under 1 ns above the floor: the kernel \
+         reports whole ns). Rule classes are single runs, one per source, against single-run floors.\n\n",
         floor_ns
     );
     out += "Insns: translated instructions (`bpftool prog show`, `bytes_xlated` / 8) of blocker's \
