@@ -3,9 +3,10 @@
 use std::{net::Ipv4Addr, os::fd::OwnedFd};
 
 use anyhow::Result;
-use aya::maps::{Array, HashMap, Map};
-use blocker_common::{History, HistoryKey, Rule, SourceKey, FAMILY_V4, MAP_HISTORY, MAP_RULES};
-use blocker_tests::frames::{tcp_syn, udp};
+use blocker_tests::{
+    bpf::test_run,
+    frames::{tcp_syn, udp},
+};
 use serde::Serialize;
 
 use super::{
@@ -13,6 +14,7 @@ use super::{
     lab::{nth_source, v4_frame, Lab, ALLOWED_V4, BAN_PROBES, TCP, UDP, UNMATCHED_V4},
     Plan,
 };
+
 #[derive(Serialize)]
 pub(super) struct ScalePoint {
     pub(super) series: String,
@@ -30,10 +32,6 @@ pub(super) fn scaling(
 ) -> Result<Vec<ScalePoint>> {
     let mut points = Vec::new();
     // Known sources under the ssh rule, with ever more other sources tracked.
-    let rules: Array<_, Rule> = Array::try_from(Map::Array(lab.map(MAP_RULES)?))?;
-    let generation = rules.get(&0, 0)?.generation;
-    let mut history: HashMap<_, HistoryKey, History> =
-        HashMap::try_from(Map::LruHashMap(lab.map(MAP_HISTORY)?))?;
     let tracked: &[u64] = if plan.quick {
         &[1_000, 100_000]
     } else {
@@ -55,22 +53,11 @@ pub(super) fn scaling(
     });
     let mut filled = 0u64;
     for (round, &size) in tracked.iter().enumerate() {
+        // One ssh-port SYN from each new source, as traffic would track it (not a write into
+        // the history map, whose layout is blocker's to change).
         while filled < size {
-            let key = HistoryKey {
-                source: SourceKey {
-                    addr: {
-                        let mut addr = [0u8; 16];
-                        addr[..4]
-                            .copy_from_slice(&Ipv4Addr::from(0x0a00_0000 + filled as u32).octets());
-                        addr
-                    },
-                    family: FAMILY_V4,
-                    prefix_len: 32,
-                },
-                slot: 0,
-                generation,
-            };
-            history.insert(key, History::new(64), 0)?;
+            let source = Ipv4Addr::from(0x0a00_0000 + filled as u32).octets();
+            test_run(blocker, &v4_frame(source, tcp_syn(22), TCP), 1, None)?;
             filled += 1;
         }
         points.push(ScalePoint {
