@@ -52,6 +52,10 @@ enum Task {
         /// --quick).
         #[arg(long)]
         logs: bool,
+        /// Only the packet path: cost per class (BPF_PROG_TEST_RUN) and live-frames
+        /// throughput, into target/bench/packets.md.
+        #[arg(long)]
+        packets: bool,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP
     /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
@@ -150,17 +154,35 @@ fn main() -> Result<()> {
             state,
             analyze,
             logs,
+            packets,
         } => {
             setup_build_chain()?;
             setup_test_tools()?;
             require_root("the benchmarks load XDP programs and create namespaces")?;
             run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
             if state {
-                bench::state::run_alone(&root, bench::Plan::new(quick))?;
+                bench::section_alone(
+                    &root,
+                    bench::Plan::new(quick),
+                    "state",
+                    bench::state::run_alone,
+                )?;
             } else if analyze {
-                bench::analyze::run_alone(&root, bench::Plan::new(quick))?;
+                bench::section_alone(
+                    &root,
+                    bench::Plan::new(quick),
+                    "analyze",
+                    bench::analyze::run_alone,
+                )?;
             } else if logs {
-                bench::logs::run_alone(&root, bench::Plan::new(quick))?;
+                bench::section_alone(
+                    &root,
+                    bench::Plan::new(quick),
+                    "logs",
+                    bench::logs::run_alone,
+                )?;
+            } else if packets {
+                bench::run_packets(&root, bench::Plan::new(quick))?;
             } else {
                 bench::run(&root, bench::Plan::new(quick))?;
             }
