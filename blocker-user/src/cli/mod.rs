@@ -1,5 +1,7 @@
 //! One module per CLI command.
 
 pub mod analyze;
+pub mod export;
+pub mod import;
 pub mod scan;
 pub mod status_jails;
