@@ -164,6 +164,7 @@ enum Command {
     Import(cli::import::ImportArgs),
     /// Print the bans in the format `import` reads, or another tool's (`--format`).
     Export(cli::export::ExportArgs),
+    Feeds(cli::feeds::FeedsArgs),
     /// Manage rate and burst rules; changes apply to the next packet.
     #[command(subcommand)]
     Rule(RuleCommand),
@@ -603,6 +604,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )?,
         Command::Import(args) => cli::import::run(&pins, state_path, args)?,
         Command::Export(args) => cli::export::run(state_path, args)?,
+        Command::Feeds(args) => cli::feeds::run(&pins, state_path, args)?,
     }
     Ok(())
 }

@@ -34,7 +34,10 @@ use crate::{Error, Result};
 pub use merge::covered_by_wider;
 
 /// The formats `blocker import --format` reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// Tell the format from the content, and say which it found.
     Auto,
@@ -56,6 +59,7 @@ pub enum Format {
     PerlHash,
     /// fail2ban's SQLite database: the bans in force.
     #[value(name = "fail2ban-db")]
+    #[serde(rename = "fail2ban-db")]
     Fail2banDb,
 }
 
