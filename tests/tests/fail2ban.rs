@@ -11,7 +11,6 @@ use std::{
 };
 
 use blocker_tests::{blocker_bin, require_root, TestNet};
-use serde_json::Value;
 
 const JAIL: &str = "blocker-test";
 
@@ -132,15 +131,6 @@ impl Drop for Fail2ban {
     }
 }
 
-fn ban_of(net: &TestNet, addr: IpAddr) -> Option<Value> {
-    let list = net.blocker(&["list", "--json"]).ok().json();
-    list.as_array()
-        .expect("a list")
-        .iter()
-        .find(|row| row["addr"] == format!("{addr}/32"))
-        .cloned()
-}
-
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
 fn fail2ban_decides_and_blocker_drops_at_the_driver() {
@@ -154,11 +144,16 @@ fn fail2ban_decides_and_blocker_drops_at_the_driver() {
     // One failure is under maxretry: no ban.
     fail2ban.log_failures(offender, 1);
     thread::sleep(Duration::from_secs(2));
-    assert!(ban_of(&net, offender).is_none(), "banned under maxretry");
+    assert!(
+        net.ban_of(&format!("{offender}/32")).is_none(),
+        "banned under maxretry"
+    );
 
     fail2ban.log_failures(offender, 2);
-    fail2ban.wait_for("the ban", || ban_of(&net, offender).is_some());
-    let ban = ban_of(&net, offender).expect("banned");
+    fail2ban.wait_for("the ban", || {
+        net.ban_of(&format!("{offender}/32")).is_some()
+    });
+    let ban = net.ban_of(&format!("{offender}/32")).expect("banned");
     assert_eq!(ban["kind"], "temporary", "{ban}");
     assert_eq!(ban["reason"], format!("fail2ban jail {JAIL}"), "{ban}");
     let dropped = net.packets("manual_ban");
@@ -176,6 +171,8 @@ fn fail2ban_decides_and_blocker_drops_at_the_driver() {
         "{}",
         String::from_utf8_lossy(&unban.stderr)
     );
-    fail2ban.wait_for("the unban", || ban_of(&net, offender).is_none());
+    fail2ban.wait_for("the unban", || {
+        net.ban_of(&format!("{offender}/32")).is_none()
+    });
     assert!(net.reaches(offender));
 }

@@ -86,15 +86,6 @@ fn feeds_json(net: &TestNet, config: &str) -> Value {
         .json()
 }
 
-fn ban_of(net: &TestNet, prefix: &str) -> Option<Value> {
-    let list = net.blocker(&["list", "--json"]).ok().json();
-    list.as_array()
-        .expect("a list")
-        .iter()
-        .find(|row| row["addr"] == prefix)
-        .cloned()
-}
-
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
 fn a_feed_bans_what_it_lists_renews_it_and_lifts_what_it_drops() {
@@ -121,10 +112,12 @@ fn a_feed_bans_what_it_lists_renews_it_and_lifts_what_it_drops() {
     };
 
     refresh();
-    let ban = ban_of(&net, &format!("{first}/32")).expect("the listed address is banned");
+    let ban = net
+        .ban_of(&format!("{first}/32"))
+        .expect("the listed address is banned");
     assert_eq!(ban["kind"], "temporary", "{ban}");
     assert_eq!(ban["reason"], format!("feed {url}"), "{ban}");
-    assert!(ban_of(&net, "203.0.113.0/24").is_some());
+    assert!(net.ban_of("203.0.113.0/24").is_some());
     assert!(!net.reaches(first), "the feed's ban does not drop");
     assert!(net.reaches(second));
     let listed = feeds_json(&net, &config);
@@ -139,7 +132,7 @@ fn a_feed_bans_what_it_lists_renews_it_and_lifts_what_it_drops() {
         1,
         "no conditional GET"
     );
-    let renewed = ban_of(&net, &format!("{first}/32")).expect("still banned");
+    let renewed = net.ban_of(&format!("{first}/32")).expect("still banned");
     assert!(
         renewed["expires_at"].as_str() > ban["expires_at"].as_str(),
         "not renewed: {ban} then {renewed}"
@@ -153,7 +146,7 @@ fn a_feed_bans_what_it_lists_renews_it_and_lifts_what_it_drops() {
     }
     refresh();
     assert!(
-        ban_of(&net, &format!("{first}/32")).is_none(),
+        net.ban_of(&format!("{first}/32")).is_none(),
         "a dropped prefix stays banned"
     );
     assert!(net.reaches(first));
@@ -187,6 +180,6 @@ fn a_feed_bans_what_it_lists_renews_it_and_lifts_what_it_drops() {
             .is_some_and(|e| e.contains("max_entries = 10")),
         "{listed}"
     );
-    assert!(ban_of(&net, "198.51.100.0/32").is_none());
+    assert!(net.ban_of("198.51.100.0/32").is_none());
     assert!(!net.reaches(second));
 }

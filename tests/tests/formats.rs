@@ -129,14 +129,9 @@ fn fail2bans_database_is_imported_with_its_bantime() {
     let run = net.blocker(&["import", &database.to_string_lossy()]).ok();
     assert!(run.stderr.contains("read as fail2ban-db"), "{}", run.stderr);
     assert!(!net.reaches(client));
-    let list = net.blocker(&["list", "--json"]).ok().json();
-    let row = list
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|row| row["addr"] == format!("{client}/32"))
-        .unwrap_or_else(|| panic!("{client} not banned: {list}"))
-        .clone();
+    let row = net
+        .ban_of(&format!("{client}/32"))
+        .unwrap_or_else(|| panic!("{client} not banned"));
     assert_eq!(row["kind"], "temporary", "{row}");
     assert!(
         row["reason"]

@@ -22,6 +22,15 @@ pub async fn fetch(
     feed: &FeedConfig,
     status: &FeedStatus,
 ) -> Result<Fetched, String> {
+    // The HTTP client is built without a TLS stack (reqwest's default features are off
+    // workspace-wide): say so rather than fail with a builder error.
+    if feed.url.starts_with("https://") {
+        return Err(
+            "https:// feeds need a build with TLS (reqwest's rustls-tls feature); \
+                    this one fetches http:// only"
+                .to_string(),
+        );
+    }
     let mut request = client.get(&feed.url);
     if let Some(etag) = &status.etag {
         request = request.header(header::IF_NONE_MATCH, etag);

@@ -61,7 +61,8 @@ pub fn read(path: &Path, source: &str, options: &Options) -> Result<Vec<Entry>> 
                     .ok()
             })
             .flatten();
-        let jail = crate::text::escape(&jail).into_owned();
+        // A jail name is the operator's, but bounded here so the reason stays within limits.
+        let jail: String = crate::text::escape(&jail).chars().take(100).collect();
         entries.push(Entry {
             net: parsed.net,
             reason: Some(format!("fail2ban jail {jail}, banned {banned_at}")),

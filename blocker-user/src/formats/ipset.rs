@@ -32,7 +32,7 @@ impl LineFormat for Ipset {
                 let kind = &words[2];
                 if kind != "hash:ip" && kind != "hash:net" {
                     return Err(format!(
-                        "set {} is {kind}: only hash:ip and hash:net sets hold plain addresses",
+                        "set {:?} is {kind:?}: only hash:ip and hash:net sets hold plain addresses",
                         words[1]
                     ));
                 }
@@ -42,7 +42,7 @@ impl LineFormat for Ipset {
             Some("add" | "-A") if words.len() >= 3 => {
                 let set = &words[1];
                 if !self.types.is_empty() && !self.types.contains_key(set) {
-                    return Err(format!("set {set} was not created above"));
+                    return Err(format!("set {set:?} was not created above"));
                 }
                 out.push(entry(&words[2], &words[3..], options)?);
                 Ok(())
@@ -60,7 +60,10 @@ fn entry(addr: &str, rest: &[String], options: &Options) -> std::result::Result<
     };
     let mut rest = rest.iter();
     while let Some(option) = rest.next() {
-        let mut value = || rest.next().ok_or_else(|| format!("{option} needs a value"));
+        let mut value = || {
+            rest.next()
+                .ok_or_else(|| format!("{option:?} needs a value"))
+        };
         match option.as_str() {
             "timeout" => {
                 let seconds: i64 = value()?

@@ -370,3 +370,57 @@ pub fn allow_entries(path: &Path, format: Format, options: Options) -> Result<Ve
     }
     Ok(allowed)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LINE_FORMATS: [Format; 8] = [
+        Format::Plain,
+        Format::Htaccess,
+        Format::Nginx,
+        Format::Ipset,
+        Format::Iptables,
+        Format::Spamhaus,
+        Format::Netset,
+        Format::PerlHash,
+    ];
+
+    proptest! {
+        /// Hostile text in any format parses or is one line of bad input naming the format.
+        #[test]
+        fn any_text_parses_or_is_a_one_line_error(text in any::<String>(), which in 0..LINE_FORMATS.len()) {
+            let format = LINE_FORMATS[which];
+            if let Err(err) = parse_all(format, &text) {
+                let message = err.to_string();
+                prop_assert!(err.is_bad_input());
+                prop_assert!(!message.contains('\n'), "{}", message);
+                prop_assert!(message.contains(&format!("{format} format:")), "{}", message);
+            }
+        }
+
+        /// Near-miss lines of each format (its own words around random text) behave the same.
+        #[test]
+        fn format_words_around_random_text_never_panic(
+            middle in "[0-9a-f.:/ \"#;{}()$=-]{0,40}",
+            which in 0..LINE_FORMATS.len(),
+        ) {
+            let format = LINE_FORMATS[which];
+            for text in [
+                format!("deny from {middle}"),
+                format!("deny {middle};"),
+                format!("add s {middle} timeout 5"),
+                format!("-A INPUT -s {middle} -j DROP"),
+                format!("{middle} ; SBL1"),
+                format!("$banned_ip{{\"{middle}\"}}=qq({middle});"),
+            ] {
+                if let Err(err) = parse_all(format, &text) {
+                    prop_assert!(err.is_bad_input());
+                    prop_assert!(!err.to_string().contains('\n'));
+                }
+            }
+        }
+    }
+}
