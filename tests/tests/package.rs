@@ -38,10 +38,15 @@ fn the_package_installs_runs_and_removes_cleanly() {
         !Path::new("/sys/fs/bpf/blocker").exists(),
         "blocker is loaded at the default pins: this test cannot tell an install's load apart"
     );
-    assert!(
-        !Path::new("/usr/bin/blocker").exists(),
-        "/usr/bin/blocker exists already: this test would replace it"
-    );
+    // The test installs, removes and purges the package on this machine: it must not take
+    // anything of an installed blocker with it (purge deletes /var/lib/blocker).
+    for path in ["/usr/bin/blocker", "/etc/blocker", "/var/lib/blocker"] {
+        assert!(
+            !Path::new(path).exists(),
+            "{path} exists already: the install and purge would replace or delete it; move it \
+             away to run this test"
+        );
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = sh(
         &cargo,
