@@ -193,3 +193,47 @@ fn allow_entries_go_to_the_allowlist_only_when_asked() {
     assert!(net.reaches(client), "the allowlist wins");
     assert!(!net.reaches(other));
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn every_export_format_imports_back_to_the_same_drops() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let (permanent, temporary) = (net.client_v4(1, 2), net.client_v6(0xb10c, 2));
+    net.blocker(&[
+        "ban",
+        &permanent.to_string(),
+        "--reason",
+        "cracker 2007-05-19",
+    ])
+    .ok();
+    net.blocker(&["ban", &temporary.to_string(), "--for", "1h"])
+        .ok();
+    for format in ["plain", "htaccess", "nginx", "ipset", "spamhaus"] {
+        let exported = net.blocker(&["export", "--format", format]).ok().stdout;
+        let file = net.state_dir.path().join(format!("export.{format}"));
+        std::fs::write(&file, &exported).expect("writing the export");
+        net.blocker(&["unban", &permanent.to_string(), &temporary.to_string()])
+            .ok();
+        assert!(
+            net.reaches(permanent) && net.reaches(temporary),
+            "{format}: unban"
+        );
+        let run = net
+            .blocker(&["import", &file.to_string_lossy(), "--format", format])
+            .ok();
+        assert!(
+            run.stderr.contains("imported 2 prefixes"),
+            "{format}: {}",
+            run.stderr
+        );
+        assert!(!net.reaches(permanent), "{format}: {exported}");
+        assert!(!net.reaches(temporary), "{format}: {exported}");
+        let ban = net
+            .ban_of(&format!("{permanent}/32"))
+            .expect("banned again");
+        assert_eq!(ban["reason"], "cracker 2007-05-19", "{format}");
+        assert_eq!(ban["kind"], "permanent", "{format}");
+    }
+}
