@@ -27,7 +27,7 @@ use blocker::{
     text::{self, escape},
     Error,
 };
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -218,6 +218,26 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// A live view from the pinned maps: rates per verdict and reason, rules, blacklisted
+    /// sources, map fill; b/u/a ban, unban or allow the selected source.
+    ///
+    /// Examples:
+    ///   blocker top
+    ///   blocker top --once --json
+    #[command(verbatim_doc_comment)]
+    Top(cli::top::TopArgs),
+    /// Check what blocking depends on, one line each with a fix; exit 1 if a check fails.
+    ///
+    /// Example: blocker doctor --iface eth0
+    Doctor(cli::doctor::DoctorArgs),
+    /// Print a shell completion script to stdout.
+    ///
+    /// Example: blocker completions bash > /etc/bash_completion.d/blocker
+    Completions(cli::completions::CompletionsArgs),
+    /// Write one man page per command into a directory.
+    ///
+    /// Example: blocker man --out /usr/share/man/man1
+    Man(cli::man::ManArgs),
 }
 
 #[derive(clap::Args)]
@@ -453,6 +473,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Packaging runs these as any user on any machine: they touch neither pins nor state.
+    match &cli.command {
+        Command::Completions(args) => {
+            return Ok(cli::completions::run(
+                args,
+                Cli::command(),
+                &mut std::io::stdout().lock(),
+            )?)
+        }
+        Command::Man(args) => {
+            return cli::man::run(args, Cli::command(), &mut std::io::stdout().lock())
+        }
+        _ => {}
+    }
     let pins = PinDir::new(&cli.pin_dir);
     let explicit_state = cli.state.as_deref();
     let state_path = &pins.state_path(explicit_state)?;
@@ -576,6 +610,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Analyze(args) => cli::analyze::run(&pins, state_path, args)?,
         Command::Events { json } => follow_events(&pins, state_path, json)?,
         Command::Scan(args) => cli::scan::scan(&args)?,
+        Command::Top(args) => cli::top::run(&args, &pins, state_path)?,
+        Command::Doctor(args) => {
+            cli::doctor::run(&args, &pins, state_path, &mut std::io::stdout().lock())?
+        }
+        // Served before the pin directory is looked at, above.
+        Command::Completions(_) | Command::Man(_) => {}
         Command::Daemon(args) => {
             if let Some(path) = &args.check_config {
                 Config::load(path)?;

@@ -17,6 +17,17 @@ use crate::{
     Error, Result,
 };
 
+/// Maps that fill up as entries come: the others are arrays (always full) or the ring buffer
+/// (its capacity is bytes).
+pub const FILLING_MAPS: [&str; 6] = [
+    MAP_BAN_V4,
+    MAP_BAN_V6,
+    MAP_ALLOW_V4,
+    MAP_ALLOW_V6,
+    MAP_BLACKLIST,
+    MAP_HISTORY,
+];
+
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub pin_dir: String,

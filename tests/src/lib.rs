@@ -20,6 +20,7 @@ use nix::sched::{setns, CloneFlags};
 
 pub mod authlog;
 pub mod bpf;
+pub mod chart;
 pub mod daemon;
 pub mod differential;
 pub mod frames;

@@ -66,6 +66,11 @@ fn the_package_installs_runs_and_removes_cleanly() {
         "./lib/systemd/system/blocker.service",
         "./etc/blocker/config.toml",
         "./var/lib/blocker/",
+        "./usr/share/man/man1/blocker.1",
+        "./usr/share/man/man1/blocker-import.1",
+        "./usr/share/bash-completion/completions/blocker",
+        "./usr/share/zsh/vendor-completions/_blocker",
+        "./usr/share/fish/vendor_completions.d/blocker.fish",
     ] {
         assert!(
             contents.contains(path),

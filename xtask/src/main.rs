@@ -102,6 +102,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("curl", "curl"),
     ("promtool", "prometheus"),
+    // The Grafana dashboard test scrapes a daemon with a real Prometheus server.
+    ("prometheus", "prometheus"),
     ("sshpass", "sshpass"),
     ("fail2ban-regex", "fail2ban"),
     // Another process on the state database, in the SQLite lock test.

@@ -82,25 +82,9 @@ pub fn build(root: &Path) -> Result<PathBuf> {
 /// Man pages and completions, written by the binary itself (`blocker man --out DIR`,
 /// `blocker completions SHELL`).
 fn generated_docs(binary: &Path, stage: &Path) -> Result<()> {
-    // HOOK(observe lane, #13): `blocker man` and `blocker completions` come from the observe
-    // lane. Until it is merged, a binary without them builds a package without man pages and
-    // completions, and says so; once merged, make this an error.
-    let has = |command: &str| {
-        Command::new(binary)
-            .args([command, "--help"])
-            .output()
-            .is_ok_and(|out| out.status.success())
-    };
-    if !has("man") || !has("completions") {
-        eprintln!(
-            "xtask: WARNING: this blocker has no `man`/`completions` commands (observe lane not \
-             merged): the package has no man pages or completions"
-        );
-        return Ok(());
-    }
     let man = stage.join("usr/share/man/man1");
     fs::create_dir_all(&man)?;
-    run(Command::new(binary).arg("man").arg("--out").arg(&man))?;
+    command_output(Command::new(binary).arg("man").arg("--out").arg(&man))?;
     for (shell, path) in [
         ("bash", "usr/share/bash-completion/completions/blocker"),
         ("zsh", "usr/share/zsh/vendor-completions/_blocker"),

@@ -1,0 +1,139 @@
+//! `blocker top --once --json` against the loaded program: the totals are the traffic's, the
+//! rates cover what was sent during the interval, the rule's blacklisted source is listed, and
+//! a ban and a blacklisting made during the interval are its events, with their sources.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    process::Stdio,
+    thread,
+    time::Duration,
+};
+
+use blocker_tests::{blocker_bin, in_netns, require_root, Run, TestNet};
+use serde_json::Value;
+
+fn find<'a>(rows: &'a Value, key: &str, value: &str) -> &'a Value {
+    rows.as_array()
+        .expect("an array")
+        .iter()
+        .find(|row| row[key] == value)
+        .unwrap_or_else(|| panic!("no {key} = {value} in {rows}"))
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn top_once_json_shows_the_traffic() {
+    require_root();
+    let net = TestNet::new();
+    let listener = net.tcp_listener(net.server_v4());
+    net.load_with_rules(&format!(
+        "[[rules]]\nname = \"probe\"\nproto = \"tcp\"\ndport = {}\nhitcount = 3\n\
+         seconds = 30\nblacklist_for = \"1h\"\n",
+        listener.port()
+    ))
+    .ok();
+    let banned = net.client_v4(1, 2);
+    net.blocker(&["ban", &banned.to_string()]).ok();
+    let prober = net.client_v4(1, 3);
+    let banned_by_hand = net.client_v4(1, 4);
+    let target = SocketAddr::new(net.server_for(banned), 9);
+    let client_ns = net.client_ns.clone();
+    let send = move |count: usize| {
+        in_netns(&client_ns, move || {
+            let socket = UdpSocket::bind(SocketAddr::new(banned, 0)).expect("bind");
+            for _ in 0..count {
+                socket.send_to(b"dropped", target).expect("send");
+            }
+        })
+    };
+    send(30);
+
+    // While top measures a 5 s interval: a ban, a blacklisting, 20 more datagrams.
+    let child = std::process::Command::new(blocker_bin())
+        .args(["top", "--once", "--json", "--interval", "5s"])
+        .env("BLOCKER_PIN_DIR", &net.pin_dir)
+        .env("BLOCKER_STATE", net.state_path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting blocker top");
+    thread::sleep(Duration::from_millis(1_000));
+    net.blocker(&[
+        "ban",
+        &banned_by_hand.to_string(),
+        "--reason",
+        "seen by top",
+    ])
+    .ok();
+    for attempt in 1..=3 {
+        assert!(net.tcp_connects(prober, listener), "try {attempt} passes");
+    }
+    assert!(
+        !net.tcp_connects(prober, listener),
+        "the fourth is blacklisted"
+    );
+    send(20);
+    let run: Run = child.wait_with_output().expect("blocker top").into();
+    let snapshot = run.ok().json();
+
+    assert!(snapshot["interval_secs"].as_f64().expect("interval") >= 5.0);
+    let manual = find(&snapshot["reasons"], "reason", "manual_ban");
+    assert_eq!(manual["action"], "drop");
+    assert_eq!(manual["packets"], 50, "{snapshot}");
+    assert_eq!(manual["packets_in_interval"], 20, "{snapshot}");
+    let per_sec = manual["packets_per_sec"].as_f64().expect("rate");
+    assert!((20.0 / 5.5..=20.0 / 5.0).contains(&per_sec), "{per_sec}");
+    assert!(manual["bits_per_sec"].as_f64().expect("bits") > per_sec * 8.0 * 20.0);
+    let drop = find(&snapshot["verdicts"], "action", "drop");
+    assert!(drop["packets"].as_u64().expect("drops") >= 51, "{snapshot}");
+    assert_eq!(
+        find(&snapshot["reasons"], "reason", "rule_triggered")["packets"],
+        1
+    );
+
+    let rules = net.blocker(&["rule", "list", "--json"]).ok().json();
+    let probe = find(&snapshot["rules"], "name", "probe");
+    assert_eq!(probe["events"], rules[0]["events_seen"], "{snapshot}");
+    assert_eq!(probe["blacklisted"], 1);
+
+    let sources = snapshot["sources"].as_array().expect("sources");
+    assert_eq!(sources.len(), 1, "{snapshot}");
+    assert_eq!(sources[0]["addr"], format!("{prober}/32"));
+    assert_eq!(sources[0]["rule"], "probe");
+    assert!(sources[0]["hits"].as_u64().expect("hits") >= 3);
+
+    let ban_trie = find(&snapshot["maps"], "name", "BAN_V4");
+    assert_eq!(ban_trie["entries"], 2);
+    assert_eq!(find(&snapshot["maps"], "name", "BLACKLIST")["entries"], 1);
+
+    // The events: the ban from the command line, the rule's blacklisting; not the ban made
+    // before the interval.
+    assert_eq!(snapshot["state_available"], true);
+    let events = &snapshot["events"];
+    let ban = find(events, "prefix", &format!("{banned_by_hand}/32"));
+    assert_eq!(ban["action"], "ban", "{events}");
+    assert_eq!(ban["source"], "cli");
+    assert_eq!(ban["reason"], "seen by top");
+    let blacklisting = find(events, "prefix", &format!("{prober}/32"));
+    assert_eq!(blacklisting["action"], "blacklisted", "{events}");
+    assert_eq!(blacklisting["source"], "rule");
+    assert_eq!(blacklisting["reason"], "probe");
+    assert_eq!(events.as_array().expect("events").len(), 2, "{events}");
+
+    // A rule filter that matches nothing empties the source list; bad input exits 2.
+    let filtered = net
+        .blocker(&[
+            "top",
+            "--once",
+            "--json",
+            "--interval",
+            "100ms",
+            "--rule",
+            "other",
+        ])
+        .ok()
+        .json();
+    assert_eq!(filtered["sources"], Value::Array(Vec::new()));
+    let bad = net.blocker(&["top", "--once", "--interval", "5x"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
