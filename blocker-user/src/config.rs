@@ -31,6 +31,9 @@ pub struct Config {
     /// Log jails: bans from log files and the journal.
     #[serde(default)]
     pub jails: Vec<JailConfig>,
+    /// Block-list feeds fetched on a schedule.
+    #[serde(default)]
+    pub feeds: Vec<crate::feeds::FeedConfig>,
 }
 
 /// How often reject rules may answer: a token bucket per CPU. Out of tokens, or for a source
@@ -161,6 +164,7 @@ impl Config {
         }
         config.offenses.validate()?;
         crate::logs::config::validate_jails(&config.jails, &config.offenses)?;
+        crate::feeds::validate_feeds(&config.feeds)?;
         if config
             .daemon
             .listen

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use tracing::warn;
 
 use crate::{
-    listfile,
+    formats::{self, Format},
     lockout::Guard,
     pins::PinDir,
     state::{self, Capacity, ImportRow, Origin},
@@ -23,34 +23,60 @@ pub struct ImportReport {
     pub imported: usize,
     pub expired: usize,
     pub source: String,
+    /// The format read, and how it was told when detected.
+    pub format: Format,
+    pub detected: Option<String>,
+    /// Ban entries read (before merging).
+    pub entries: usize,
+    /// Entries whose host bits were cleared.
+    pub normalized: usize,
+    /// Entries of a prefix already listed above them.
+    pub duplicates: usize,
+    /// Prefixes imported inside a wider prefix of the same list.
+    pub covered: usize,
+    /// Allowlist entries the list holds (not imported here: see `blocker import --with-allow`).
+    pub allow_entries: usize,
 }
 
-/// Imports the list at `file` (`-` for stdin): each entry banned with its own `expires=` or
+/// Imports `list`: each entry banned with its own `expires=` or
 /// `default_expiry`, entries already expired skipped. Unless `force`, an entry that would
 /// lock the operator out refuses the whole list. `progress` is called once per line read.
+/// The list is read in its format ([`formats::stream`]); its allowlist entries are counted, not
+/// imported.
 pub fn import(
     pins: &PinDir,
     state_path: &Path,
-    file: &Path,
+    list: &formats::List,
     default_expiry: Option<Timestamp>,
     force: bool,
     mut progress: impl FnMut(),
 ) -> Result<ImportReport> {
-    let (entries, source) = listfile::stream(file)?;
+    let formats::Stream {
+        entries,
+        format,
+        detected,
+        source,
+    } = formats::stream(list.path, list.format, list.options)?;
     // An empty scope: the lock, the maps, the allowlist and a check that a missing database
     // is not hiding bans the maps hold.
     let mut store = Store::open_scoped(pins, state_path, &[])?;
     let guard = if force { None } else { Some(Guard::detect()?) };
     let origin = Origin::local("import");
     let now = store.now.wall;
-    let mut expired = 0;
+    let (mut expired, mut read, mut normalized, mut allow_entries) = (0, 0, 0, 0);
     let rows = entries.filter_map(|entry| {
         progress();
         let entry = match entry {
             Ok(entry) => entry,
             Err(err) => return Some(Err(err)),
         };
+        if entry.allow {
+            allow_entries += 1;
+            return None;
+        }
+        read += 1;
         if let Some(from) = &entry.normalized_from {
+            normalized += 1;
             warn!(
                 "{source}:{}: host bits set in {from}; using {}",
                 entry.line, entry.net
@@ -98,9 +124,17 @@ pub fn import(
     if let Err(err) = imported.checkpointed() {
         warn!("the import is stored, but copying it from the WAL failed: {err}");
     }
+    let covered = formats::covered_by_wider(&imported.nets);
     Ok(ImportReport {
         imported: count,
         expired,
         source,
+        format,
+        detected,
+        entries: read,
+        normalized,
+        duplicates: read.saturating_sub(expired + count),
+        covered,
+        allow_entries,
     })
 }

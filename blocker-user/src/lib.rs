@@ -8,6 +8,8 @@ pub mod daemon;
 pub mod dynamic;
 pub mod error;
 pub mod events;
+pub mod feeds;
+pub mod formats;
 pub mod history;
 pub mod import;
 pub mod listfile;

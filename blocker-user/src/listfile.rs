@@ -73,7 +73,7 @@ fn source_name(path: &Path) -> String {
 }
 
 /// Parses line number `line` of a list: `None` for a blank or comment-only line.
-fn parse_line(raw: &str, line: usize, source: &str) -> Result<Option<ListEntry>> {
+pub(crate) fn parse_line(raw: &str, line: usize, source: &str) -> Result<Option<ListEntry>> {
     let raw = raw.strip_suffix('\r').unwrap_or(raw);
     let bad_line = |message: String| Error::InvalidListLine {
         path: source.to_string(),

@@ -15,7 +15,7 @@ use blocker::{
     daemon::{record_offense, report_via_socket, Daemon, Listen, OffenseReport},
     dynamic,
     error::{is_broken_pipe, one_line},
-    events, listfile,
+    events,
     loader::{self, ModeChoice},
     lockout::{self, Guard},
     offense::{Level, Severity},
@@ -28,7 +28,6 @@ use blocker::{
     Error,
 };
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use ipnet::IpNet;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -162,20 +161,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Ban every address or range in a file (`-` for stdin): one per line, `# comment` = reason.
-    ///
-    /// Example: blocker import blocklist.txt --for 30d
-    Import {
-        file: PathBuf,
-        /// How long lines without their own `expires=` are banned for.
-        #[arg(long = "for", value_name = "DURATION")]
-        duration: Option<String>,
-        /// Import even lines that would lock you out (see `ban --force`).
-        #[arg(long)]
-        force: bool,
-    },
-    /// Print the bans in the format `import` reads.
-    Export,
+    Import(cli::import::ImportArgs),
+    /// Print the bans in the format `import` reads, or another tool's (`--format`).
+    Export(cli::export::ExportArgs),
+    Feeds(cli::feeds::FeedsArgs),
     /// Manage rate and burst rules; changes apply to the next packet.
     #[command(subcommand)]
     Rule(RuleCommand),
@@ -653,17 +642,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &socket,
             config,
         )?,
-        Command::Import {
-            file,
-            duration,
-            force,
-        } => import(&pins, state_path, &file, duration, force)?,
-        Command::Export => {
-            let state = State::load(state_path)?;
-            let now = Timestamp::now();
-            let live = state.bans.iter().filter(|(_, e)| !e.is_expired(now));
-            std::io::stdout().write_all(listfile::render(live).as_bytes())?;
-        }
+        Command::Import(args) => cli::import::run(&pins, state_path, args)?,
+        Command::Export(args) => cli::export::run(state_path, args)?,
+        Command::Feeds(args) => cli::feeds::run(&pins, state_path, args)?,
     }
     Ok(())
 }
@@ -1064,41 +1045,4 @@ fn follow_events(pins: &PinDir, state_path: &Path, json: bool) -> anyhow::Result
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })
-}
-
-fn import(
-    pins: &PinDir,
-    state_path: &Path,
-    file: &Path,
-    duration: Option<String>,
-    force: bool,
-) -> anyhow::Result<()> {
-    let duration = duration.as_deref().map(parse_duration).transpose()?;
-    require_root()?;
-    let default_expiry = expiry_after(Timestamp::now(), duration)?;
-    let progress = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {pos} lines ({per_sec})")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let report = blocker::import::import(pins, state_path, file, default_expiry, force, || {
-        progress.inc(1)
-    })?;
-    progress.finish_and_clear();
-    if report.expired > 0 {
-        warn!(
-            "{}: skipped {} entries whose expires= time has passed",
-            report.source, report.expired
-        );
-    }
-    info!(
-        "imported {} prefixes from {}",
-        report.imported, report.source
-    );
-    Ok(())
 }

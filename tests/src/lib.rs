@@ -710,6 +710,16 @@ impl TestNet {
             .expect("reading the state");
         rows.map(|row| row.expect("a prefix")).collect()
     }
+
+    /// The ban of `prefix` (like `203.0.113.7/32`) as `blocker list --json` shows it, if any.
+    pub fn ban_of(&self, prefix: &str) -> Option<Value> {
+        let list = self.blocker(&["list", "--json"]).ok().json();
+        list.as_array()
+            .expect("a list")
+            .iter()
+            .find(|row| row["addr"] == prefix)
+            .cloned()
+    }
 }
 
 impl Default for TestNet {

@@ -35,7 +35,7 @@ fn bad_input_exits_2_and_changes_nothing() {
         (vec!["allow", "--remove", "nope"], "\"nope\""),
         (
             vec!["import", &list_file],
-            ":2: invalid address or CIDR: \"10.0.0.300\"",
+            ":2: plain format: invalid address or CIDR: \"10.0.0.300\"",
         ),
         (
             vec!["import", "/nonexistent/list.txt"],

@@ -88,7 +88,8 @@ fn control_characters_in_reasons_are_escaped_and_reasons_are_bounded() {
     let run = net.blocker_with_stdin(&["import", "-"], &list);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
-        run.stderr.contains("stdin:1: reason too long"),
+        run.stderr
+            .contains("stdin:1: plain format: reason too long"),
         "{}",
         run.stderr
     );
@@ -200,7 +201,7 @@ fn export_then_import_keeps_temporary_bans_temporary() {
     let run = net.blocker_with_stdin(&["import", "-"], &list).ok();
     assert!(
         run.stderr
-            .contains("stdin: skipped 1 entries whose expires= time has passed"),
+            .contains("stdin: skipped 1 entries whose expiry time has passed"),
         "{}",
         run.stderr
     );

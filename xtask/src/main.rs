@@ -13,6 +13,7 @@ use blocker_tests::differential;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod package;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -74,6 +75,11 @@ enum Task {
         #[arg(long)]
         keep_going: bool,
     },
+    /// Build the Debian package target/package/blocker_VERSION_ARCH.deb (binary, systemd unit,
+    /// /etc/blocker/config.toml, man pages, completions).
+    Package,
+    /// Time `blocker import` of 100k lines in each list format (release build; needs root).
+    ImportBench,
     /// Build in release mode and run `blocker run` in the foreground.
     ///
     /// Example: cargo xtask run -- --iface eth0
@@ -201,6 +207,17 @@ fn main() -> Result<()> {
                 check_every,
                 keep_going,
             })?;
+        }
+        Task::Package => {
+            setup_build_chain()?;
+            package::build(&root)?;
+        }
+        Task::ImportBench => {
+            setup_build_chain()?;
+            setup_test_tools()?;
+            require_root("the import benchmark loads the XDP program")?;
+            run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
+            bench::formats::run(&root)?;
         }
         Task::Run { args } => {
             setup_build_chain()?;

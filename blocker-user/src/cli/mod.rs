@@ -3,6 +3,9 @@
 pub mod analyze;
 pub mod completions;
 pub mod doctor;
+pub mod export;
+pub mod feeds;
+pub mod import;
 pub mod man;
 pub mod nic;
 pub mod scan;

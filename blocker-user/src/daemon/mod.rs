@@ -12,6 +12,7 @@ mod auth;
 mod client;
 mod expiry;
 mod feed;
+mod feeds;
 mod jails;
 mod metrics;
 mod notify;
@@ -197,6 +198,11 @@ impl Daemon {
             limits,
         ));
         let watcher = self.watch_events(notify_tx.clone());
+        tokio::spawn(feeds::refresh_loop(
+            self.pins.clone(),
+            self.state_path.clone(),
+            self.config.clone(),
+        ));
         tokio::spawn(expiry::expire_loop(
             self.pins.clone(),
             self.state_path.clone(),

@@ -1,0 +1,245 @@
+//! Block-list feeds (`[[feeds]]`): each fetched every `every` with a conditional GET, its
+//! prefixes banned for `ban_for` (renewed at each refresh that still lists them, lifted when a
+//! refresh drops them). A failed fetch, a list that does not parse, one over `max_entries` or
+//! one the lock-out check refuses keeps the last good set, renewed. The daemon refreshes the
+//! feeds that are due; `blocker feeds --refresh` does it once.
+
+mod config;
+mod fetch;
+mod status;
+
+use std::{collections::HashSet, io::Write as _, path::Path, time::Duration};
+
+use ipnet::IpNet;
+use jiff::{SignedDuration, Timestamp};
+
+pub use config::{validate_feeds, FeedConfig};
+pub use status::{status_path, FeedStatus, Statuses};
+
+use crate::{
+    formats::{self, Format},
+    pins::PinDir,
+    state::State,
+    store::Store,
+    Result,
+};
+
+/// What one refresh of a feed did.
+#[derive(Debug)]
+pub struct Refreshed {
+    pub url: String,
+    /// Prefixes banned (renewed) by this refresh.
+    pub banned: usize,
+    /// Prefixes lifted because the list no longer has them.
+    pub lifted: usize,
+    pub not_modified: bool,
+    /// Why the new list was not used (the last good set was renewed instead).
+    pub error: Option<String>,
+}
+
+/// Whether `feed` is due at `now`.
+fn is_due(feed: &FeedConfig, status: Option<&FeedStatus>, now: Timestamp) -> bool {
+    let every = SignedDuration::try_from(feed.every).unwrap_or(SignedDuration::MAX);
+    status
+        .and_then(|status| status.last_attempt)
+        .is_none_or(|last| now.duration_since(last) >= every)
+}
+
+/// Refreshes the feeds that are due (all of them with `force`), saving each one's status.
+pub async fn refresh(
+    pins: &PinDir,
+    state_path: &Path,
+    feeds: &[FeedConfig],
+    force: bool,
+) -> Result<Vec<Refreshed>> {
+    let path = status_path(state_path);
+    let mut statuses = Statuses::load(&path)?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .user_agent(concat!("blocker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|err| io_error("building the HTTP client", err))?;
+    let mut done = Vec::new();
+    for feed in feeds {
+        let now = Timestamp::now();
+        if !force && !is_due(feed, statuses.0.get(&feed.url), now) {
+            continue;
+        }
+        let mut status = statuses.0.get(&feed.url).cloned().unwrap_or_default();
+        let fetched = fetch::fetch(&client, feed, &status).await;
+        let (pins, state_path, task_feed) = (pins.clone(), state_path.to_path_buf(), feed.clone());
+        let previous = status.clone();
+        let (status_after, refreshed) = tokio::task::spawn_blocking(move || {
+            apply(&pins, &state_path, &task_feed, fetched, previous, now)
+        })
+        .await
+        .map_err(|err| io_error("refreshing a feed", err))?;
+        status = status_after;
+        statuses.0.insert(feed.url.clone(), status);
+        statuses.save(&path)?;
+        done.push(refreshed);
+    }
+    Ok(done)
+}
+
+/// Bans what the fetch brought (or, failing that, the last good set) and lifts what the new
+/// list dropped; returns the feed's new status.
+fn apply(
+    pins: &PinDir,
+    state_path: &Path,
+    feed: &FeedConfig,
+    fetched: std::result::Result<fetch::Fetched, String>,
+    mut status: FeedStatus,
+    now: Timestamp,
+) -> (FeedStatus, Refreshed) {
+    let old = status.prefixes.clone();
+    let mut not_modified = false;
+    let listed = fetched.and_then(|fetched| match fetched {
+        fetch::Fetched::NotModified => {
+            not_modified = true;
+            Ok((old.clone(), None))
+        }
+        fetch::Fetched::Body {
+            file,
+            etag,
+            last_modified,
+        } => parse(file.path(), feed, now).map(|set| (set, Some((etag, last_modified)))),
+    });
+    let (set, validators, mut error) = match listed {
+        Ok((set, validators)) => (set, validators, None),
+        Err(err) => (old.clone(), None, Some(err)),
+    };
+    let mut banned = 0;
+    match ban(pins, state_path, feed, &set, now) {
+        Ok(count) => banned = count,
+        Err(err) => error = Some(err.to_string()),
+    }
+    let mut lifted = 0;
+    if error.is_none() {
+        let kept: HashSet<&IpNet> = set.iter().collect();
+        let dropped: Vec<IpNet> = old
+            .iter()
+            .filter(|net| !kept.contains(net))
+            .copied()
+            .collect();
+        match lift(pins, state_path, &dropped) {
+            Ok(()) => lifted = dropped.len(),
+            Err(err) => error = Some(format!("lifting dropped prefixes: {err}")),
+        }
+    }
+    status.last_attempt = Some(now);
+    if error.is_none() {
+        status.last_success = Some(now);
+        status.prefixes = set;
+        if let Some((etag, last_modified)) = validators {
+            status.etag = etag;
+            status.last_modified = last_modified;
+        }
+    }
+    status.error = error.clone();
+    if let Some(error) = &error {
+        tracing::warn!("feed {}: {error}; the last good list stays", feed.url);
+    }
+    let refreshed = Refreshed {
+        url: feed.url.clone(),
+        banned,
+        lifted,
+        not_modified,
+        error,
+    };
+    (status, refreshed)
+}
+
+/// The ban prefixes of the list in `path`, at most `max_entries`.
+fn parse(
+    path: &Path,
+    feed: &FeedConfig,
+    now: Timestamp,
+) -> std::result::Result<Vec<IpNet>, String> {
+    let options = formats::Options {
+        now,
+        temporary_for: SignedDuration::try_from(feed.ban_for).unwrap_or(SignedDuration::MAX),
+    };
+    let stream = formats::stream(path, feed.format, options).map_err(|err| err.to_string())?;
+    let mut seen = HashSet::new();
+    for entry in stream.entries {
+        let entry = entry.map_err(|err| err.to_string())?;
+        if !entry.allow && seen.insert(entry.net) && seen.len() > feed.max_entries {
+            return Err(format!(
+                "the list has more than max_entries = {}",
+                feed.max_entries
+            ));
+        }
+    }
+    let mut set: Vec<IpNet> = seen.into_iter().collect();
+    set.sort();
+    Ok(set)
+}
+
+/// Bans (or renews) `set` until `now + ban_for` through `blocker import`'s pipeline, with the
+/// lock-out check. A prefix banned permanently by other means stays permanent.
+fn ban(
+    pins: &PinDir,
+    state_path: &Path,
+    feed: &FeedConfig,
+    set: &[IpNet],
+    now: Timestamp,
+) -> Result<usize> {
+    let permanent: HashSet<IpNet> = State::read_scope(state_path, set)?
+        .map(|state| {
+            state
+                .bans
+                .iter()
+                .filter(|(_, entry)| entry.expires_at.is_none())
+                .map(|(net, _)| *net)
+                .collect()
+        })
+        .unwrap_or_default();
+    let reason = format!("feed {}", feed.url);
+    let reason = if crate::text::check_reason(&reason).is_ok() {
+        reason
+    } else {
+        "feed".into()
+    };
+    let write = || -> std::io::Result<tempfile::NamedTempFile> {
+        let mut list = tempfile::NamedTempFile::new()?;
+        let mut out = std::io::BufWriter::new(list.as_file_mut());
+        for net in set.iter().filter(|net| !permanent.contains(net)) {
+            writeln!(out, "{net} # {reason}")?;
+        }
+        out.flush()?;
+        drop(out);
+        Ok(list)
+    };
+    let list = write().map_err(|source| crate::Error::Io {
+        context: "writing the feed's list".into(),
+        source,
+    })?;
+    let expires_at = crate::clock::expiry_after(now, Some(feed.ban_for))?;
+    let list = formats::List {
+        path: list.path(),
+        format: Format::Plain,
+        options: formats::Options {
+            now,
+            temporary_for: SignedDuration::ZERO,
+        },
+    };
+    let report = crate::import::import(pins, state_path, &list, expires_at, false, || {})?;
+    Ok(report.imported)
+}
+
+fn lift(pins: &PinDir, state_path: &Path, dropped: &[IpNet]) -> Result<()> {
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    let mut store = Store::open_scoped(pins, state_path, dropped)?;
+    store.unban(dropped);
+    store.commit(|| {})
+}
+
+fn io_error(context: &str, err: impl std::error::Error + Send + Sync + 'static) -> crate::Error {
+    crate::Error::Io {
+        context: context.to_string(),
+        source: std::io::Error::other(err),
+    }
+}

@@ -1,0 +1,69 @@
+//! What blocker remembers of each feed between refreshes, in `feeds.json` beside the state
+//! database: the validators for a conditional GET, the last good set of prefixes (the bans it
+//! renews and the ones a later list may drop), and how the last refresh went.
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedStatus {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub last_attempt: Option<Timestamp>,
+    pub last_success: Option<Timestamp>,
+    /// Why the last refresh failed; `None` after a good one.
+    pub error: Option<String>,
+    /// The last good list's prefixes.
+    pub prefixes: Vec<IpNet>,
+}
+
+/// Every feed's status, by URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statuses(pub BTreeMap<String, FeedStatus>);
+
+/// Where the statuses of the feeds banning into `state_path` live.
+pub fn status_path(state_path: &Path) -> PathBuf {
+    state_path.with_file_name("feeds.json")
+}
+
+impl Statuses {
+    /// The statuses saved at `path`; none before the first refresh.
+    pub fn load(path: &Path) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|err| Error::UnreadableInput {
+                path: path.display().to_string(),
+                message: err.to_string(),
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(Error::Io {
+                context: format!("reading {}", path.display()),
+                source,
+            }),
+        }
+    }
+
+    /// Writes the statuses to `path` whole or not at all.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let write = || -> std::io::Result<()> {
+            let mut file = tempfile::NamedTempFile::new_in(dir)?;
+            let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+            file.write_all(&json)?;
+            file.persist(path).map_err(|err| err.error)?;
+            Ok(())
+        };
+        write().map_err(|source| Error::Io {
+            context: format!("writing {}", path.display()),
+            source,
+        })
+    }
+}
