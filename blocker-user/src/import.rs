@@ -38,7 +38,7 @@ pub struct ImportReport {
     pub allow_entries: usize,
 }
 
-/// Imports `list`: each entry banned with its own `expires=` or
+/// Imports `list` on behalf of `origin`: each entry banned with its own `expires=` or
 /// `default_expiry`, entries already expired skipped. Unless `force`, an entry that would
 /// lock the operator out refuses the whole list. `progress` is called once per line read.
 /// The list is read in its format ([`formats::stream`]); its allowlist entries are counted, not
@@ -47,6 +47,7 @@ pub fn import(
     pins: &PinDir,
     state_path: &Path,
     list: &formats::List,
+    origin: &Origin,
     default_expiry: Option<Timestamp>,
     force: bool,
     mut progress: impl FnMut(),
@@ -61,7 +62,6 @@ pub fn import(
     // is not hiding bans the maps hold.
     let mut store = Store::open_scoped(pins, state_path, &[])?;
     let guard = if force { None } else { Some(Guard::detect()?) };
-    let origin = Origin::local("import");
     let now = store.now.wall;
     let (mut expired, mut read, mut normalized, mut allow_entries) = (0, 0, 0, 0);
     let rows = entries.filter_map(|entry| {
@@ -106,12 +106,12 @@ pub fn import(
         v4: (MAP_BAN_V4, store.ban_capacity(true)),
         v6: (MAP_BAN_V6, store.ban_capacity(false)),
     };
-    let mut imported = state::import_bans(state_path, &origin, now, &capacity, rows)?;
+    let mut imported = state::import_bans(state_path, origin, now, &capacity, rows)?;
     // The database holds the import: the maps follow. If they refuse, the import is taken back
     // from both, so the command's failure leaves everything as it was.
     let count = imported.nets.len();
     if let Err(err) = store.sync_bans(&imported.nets, &[]) {
-        match state::undo_import(&mut imported, &origin) {
+        match state::undo_import(&mut imported, origin) {
             Ok(added) => {
                 if let Err(undo) = store.sync_bans(&imported.nets, &added) {
                     tracing::error!("taking the import back from the maps: {undo}");

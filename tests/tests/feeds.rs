@@ -92,9 +92,29 @@ fn a_feed_bans_what_it_lists_renews_it_and_lifts_what_it_drops() {
     require_root();
     let net = TestNet::new();
     net.load(&[]).ok();
-    let (first, second) = (net.client_v4(1, 2), net.client_v4(1, 3));
+    let (first, second, operators) = (
+        net.client_v4(1, 2),
+        net.client_v4(1, 3),
+        net.client_v4(2, 2),
+    );
+    // The operator's own temporary ban on an address the feed also lists: the feed must
+    // neither shorten it nor lift it.
+    net.blocker(&[
+        "ban",
+        &operators.to_string(),
+        "--for",
+        "30d",
+        "--reason",
+        "operator",
+    ])
+    .ok();
+    let operator_ban = net
+        .ban_of(&format!("{operators}/32"))
+        .expect("the operator's ban");
     let served = Arc::new(Mutex::new(Served {
-        body: Some(format!("# FireHOL netset\n{first}\n203.0.113.0/24\n")),
+        body: Some(format!(
+            "# FireHOL netset\n{first}\n{operators}\n203.0.113.0/24\n"
+        )),
         etag: "\"v1\"".into(),
         ..Served::default()
     }));
@@ -121,8 +141,13 @@ fn a_feed_bans_what_it_lists_renews_it_and_lifts_what_it_drops() {
     assert!(!net.reaches(first), "the feed's ban does not drop");
     assert!(net.reaches(second));
     let listed = feeds_json(&net, &config);
-    assert_eq!(listed[0]["entries"], 2, "{listed}");
+    assert_eq!(listed[0]["entries"], 3, "{listed}");
     assert_eq!(listed[0]["error"], Value::Null, "{listed}");
+    assert_eq!(
+        net.ban_of(&format!("{operators}/32")),
+        Some(operator_ban.clone()),
+        "the feed rewrote the operator's ban"
+    );
 
     // Unchanged: the conditional GET gets a 304, and the bans are renewed.
     thread::sleep(Duration::from_millis(1100));
@@ -151,6 +176,12 @@ fn a_feed_bans_what_it_lists_renews_it_and_lifts_what_it_drops() {
     );
     assert!(net.reaches(first));
     assert!(!net.reaches(second));
+    assert_eq!(
+        net.ban_of(&format!("{operators}/32")),
+        Some(operator_ban),
+        "dropped from the feed, the operator's ban went too"
+    );
+    assert!(!net.reaches(operators));
 
     // The server fails: the last good set stays, and `blocker feeds` says why.
     served.lock().expect("served").body = None;

@@ -11,6 +11,7 @@ use blocker::{
     clock::{expiry_after, parse_duration},
     formats::{self, Format},
     pins::{require_root, PinDir},
+    state::Origin,
     store::Store,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -69,6 +70,7 @@ pub fn run(pins: &PinDir, state_path: &Path, args: ImportArgs) -> anyhow::Result
             format: args.format,
             options,
         },
+        &Origin::local("import"),
         default_expiry,
         args.force,
         || progress.inc(1),

@@ -19,7 +19,7 @@ pub use status::{status_path, FeedStatus, Statuses};
 use crate::{
     formats::{self, Format},
     pins::PinDir,
-    state::State,
+    state::{Origin, State},
     store::Store,
     Result,
 };
@@ -122,8 +122,8 @@ fn apply(
             .filter(|net| !kept.contains(net))
             .copied()
             .collect();
-        match lift(pins, state_path, &dropped) {
-            Ok(()) => lifted = dropped.len(),
+        match lift(pins, state_path, feed, &dropped) {
+            Ok(count) => lifted = count,
             Err(err) => error = Some(format!("lifting dropped prefixes: {err}")),
         }
     }
@@ -176,8 +176,34 @@ fn parse(
     Ok(set)
 }
 
+/// The reason a feed's bans carry: how its own bans are told from everyone else's.
+fn feed_reason(feed: &FeedConfig) -> String {
+    let reason = format!("feed {}", feed.url);
+    if crate::text::check_reason(&reason).is_ok() {
+        reason
+    } else {
+        "feed".into()
+    }
+}
+
+/// Of `set`, the prefixes banned by something other than this feed (the operator, a rule, an
+/// offense, another feed): the feed neither renews nor lifts those, so it never shortens or
+/// takes away a ban it did not make.
+fn held_by_others(state_path: &Path, set: &[IpNet], reason: &str) -> Result<HashSet<IpNet>> {
+    Ok(State::read_scope(state_path, set)?
+        .map(|state| {
+            state
+                .bans
+                .iter()
+                .filter(|(_, entry)| entry.reason.as_deref() != Some(reason))
+                .map(|(net, _)| *net)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// Bans (or renews) `set` until `now + ban_for` through `blocker import`'s pipeline, with the
-/// lock-out check. A prefix banned permanently by other means stays permanent.
+/// lock-out check, as source `feed`. Prefixes banned by others are left as they are.
 fn ban(
     pins: &PinDir,
     state_path: &Path,
@@ -185,26 +211,12 @@ fn ban(
     set: &[IpNet],
     now: Timestamp,
 ) -> Result<usize> {
-    let permanent: HashSet<IpNet> = State::read_scope(state_path, set)?
-        .map(|state| {
-            state
-                .bans
-                .iter()
-                .filter(|(_, entry)| entry.expires_at.is_none())
-                .map(|(net, _)| *net)
-                .collect()
-        })
-        .unwrap_or_default();
-    let reason = format!("feed {}", feed.url);
-    let reason = if crate::text::check_reason(&reason).is_ok() {
-        reason
-    } else {
-        "feed".into()
-    };
+    let reason = feed_reason(feed);
+    let others = held_by_others(state_path, set, &reason)?;
     let write = || -> std::io::Result<tempfile::NamedTempFile> {
         let mut list = tempfile::NamedTempFile::new()?;
         let mut out = std::io::BufWriter::new(list.as_file_mut());
-        for net in set.iter().filter(|net| !permanent.contains(net)) {
+        for net in set.iter().filter(|net| !others.contains(net)) {
             writeln!(out, "{net} # {reason}")?;
         }
         out.flush()?;
@@ -224,17 +236,37 @@ fn ban(
             temporary_for: SignedDuration::ZERO,
         },
     };
-    let report = crate::import::import(pins, state_path, &list, expires_at, false, || {})?;
+    let origin = Origin::local("feed");
+    let report = crate::import::import(pins, state_path, &list, &origin, expires_at, false, || {})?;
     Ok(report.imported)
 }
 
-fn lift(pins: &PinDir, state_path: &Path, dropped: &[IpNet]) -> Result<()> {
+/// Lifts the bans this feed made on `dropped`; a prefix banned by others meanwhile stays.
+/// Told apart under the store's lock, so a ban made meanwhile is seen.
+fn lift(pins: &PinDir, state_path: &Path, feed: &FeedConfig, dropped: &[IpNet]) -> Result<usize> {
     if dropped.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
+    let reason = feed_reason(feed);
     let mut store = Store::open_scoped(pins, state_path, dropped)?;
-    store.unban(dropped);
-    store.commit(|| {})
+    let own: Vec<IpNet> = dropped
+        .iter()
+        .filter(|net| {
+            store
+                .state
+                .bans
+                .get(net)
+                .is_some_and(|entry| entry.reason.as_deref() == Some(reason.as_str()))
+        })
+        .copied()
+        .collect();
+    if own.is_empty() {
+        return Ok(0);
+    }
+    store.origin = Origin::local("feed");
+    store.unban(&own);
+    store.commit(|| {})?;
+    Ok(own.len())
 }
 
 fn io_error(context: &str, err: impl std::error::Error + Send + Sync + 'static) -> crate::Error {
