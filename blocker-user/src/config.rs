@@ -31,6 +31,9 @@ pub struct Config {
     /// Log jails: bans from log files and the journal.
     #[serde(default)]
     pub jails: Vec<JailConfig>,
+    /// Bans shared with other servers through NATS JetStream.
+    #[serde(default)]
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 /// How often reject rules may answer: a token bucket per CPU. Out of tokens, or for a source
@@ -172,6 +175,7 @@ impl Config {
                 config.daemon.listen
             ));
         }
+        config.fleet.validate()?;
         if let Some(url) = &config.notify.webhook {
             if !url.starts_with("http://") {
                 return Err(format!(

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dynamic;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod history;
 pub mod import;
 pub mod listfile;

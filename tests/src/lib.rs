@@ -22,6 +22,7 @@ pub mod authlog;
 pub mod bpf;
 pub mod daemon;
 pub mod differential;
+pub mod fleet;
 pub mod frames;
 pub mod logs;
 pub mod model;

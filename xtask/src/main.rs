@@ -104,6 +104,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
 /// Programs the integration tests run that are not on PATH, and their Debian packages.
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/sbin/sshd", "openssh-server"),
+    // The fleet tests' NATS servers (JetStream).
+    ("/usr/sbin/nats-server", "nats-server"),
     (
         "/usr/lib/systemd/systemd-journal-remote",
         "systemd-journal-remote",
