@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use blocker_tests::{
-    fleet::{wait_until, FleetNs, NatsServer, Node},
+    fleet::{wait_or_explain, wait_until, FleetNs, NatsServer, Node},
     require_root,
 };
 
@@ -223,10 +223,15 @@ fn bans_still_propagate_after_one_server_of_a_three_server_cluster_dies() {
     nats[0].kill();
     let second = format!("{}/32", nodes[2].net.client_v4(1, 3));
     nodes[1].net.blocker(&["ban", &second]).ok();
-    let slow = Duration::from_secs(30);
+    let slow = Duration::from_secs(60);
     for node in [&nodes[0], &nodes[2]] {
         let what = format!("{second} on {} with a server down", node.name);
-        wait_until(&what, slow, || node.has_ban(&second));
+        wait_or_explain(
+            &what,
+            slow,
+            || node.has_ban(&second),
+            || nodes.iter().map(Node::log).collect::<Vec<_>>().join("\n"),
+        );
     }
     assert!(!nodes[2].net.reaches(nodes[2].net.client_v4(1, 3)));
 }

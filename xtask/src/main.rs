@@ -52,6 +52,10 @@ enum Task {
         /// --quick).
         #[arg(long)]
         logs: bool,
+        /// Only the fleet: propagation, throughput and catch-up of bans shared through NATS
+        /// JetStream between four nodes (100 / 2,000 / 10,000 bans with --quick).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP
     /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
@@ -150,6 +154,7 @@ fn main() -> Result<()> {
             state,
             analyze,
             logs,
+            fleet,
         } => {
             setup_build_chain()?;
             setup_test_tools()?;
@@ -161,6 +166,8 @@ fn main() -> Result<()> {
                 bench::analyze::run_alone(&root, bench::Plan::new(quick))?;
             } else if logs {
                 bench::logs::run_alone(&root, bench::Plan::new(quick))?;
+            } else if fleet {
+                bench::fleet::run_alone(&root, bench::Plan::new(quick))?;
             } else {
                 bench::run(&root, bench::Plan::new(quick))?;
             }

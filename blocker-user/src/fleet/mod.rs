@@ -49,7 +49,8 @@ pub async fn run(
     })
     .await?;
     let cursor = cursor?;
-    let client = connect(&config, &link).await?;
+    let (connections, _) = tokio::sync::watch::channel(0u64);
+    let client = connect(&config, &link, connections.clone()).await?;
     let jetstream = jetstream::new(client);
     let bucket = open_bucket(&jetstream, &config).await;
     info!(
@@ -68,12 +69,17 @@ pub async fn run(
         state_path,
         guard: Guard::detect()?,
     };
-    follow(&bucket, &inbox, &config.accept, &node, &link).await;
+    follow(&bucket, &inbox, &config.accept, &node, &link, &connections).await;
     publishing.abort();
     Ok(())
 }
 
-async fn connect(config: &FleetConfig, link: &SharedLink) -> anyhow::Result<async_nats::Client> {
+/// A client that reconnects by itself; `connections` counts the connections made.
+async fn connect(
+    config: &FleetConfig,
+    link: &SharedLink,
+    connections: tokio::sync::watch::Sender<u64>,
+) -> anyhow::Result<async_nats::Client> {
     let events = link.clone();
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("blocker {}", config.node_name()))
@@ -84,12 +90,13 @@ async fn connect(config: &FleetConfig, link: &SharedLink) -> anyhow::Result<asyn
             Duration::from_millis(millis).min(MAX_BACKOFF)
         })
         .event_callback(move |event| {
-            let link = events.clone();
+            let (link, connections) = (events.clone(), connections.clone());
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         info!("fleet: connected");
                         link.set_connected(true);
+                        connections.send_modify(|count| *count += 1);
                     }
                     async_nats::Event::Disconnected => {
                         warn!(
@@ -170,18 +177,22 @@ async fn open_bucket(jetstream: &jetstream::Context, config: &FleetConfig) -> kv
     }
 }
 
-/// Applies what the watch delivers, watching again after an error; an entry already applied
-/// (by its sequence number) is not applied twice.
+/// Applies what the watch delivers, watching again after an error or a reconnection (the
+/// server that held the watch may be gone); an entry already applied (by its sequence
+/// number) is not applied twice.
 async fn follow(
     bucket: &kv::Store,
     inbox: &applier::Inbox,
     accept: &[String],
     node: &str,
     link: &SharedLink,
+    connections: &tokio::sync::watch::Sender<u64>,
 ) {
     let mut last_sequence = 0;
     let mut caught_up = false;
+    let mut reconnected = connections.subscribe();
     loop {
+        reconnected.borrow_and_update();
         // The current value of every key first, then the changes.
         let mut watch = match bucket.watch_with_history(">").await {
             Ok(watch) => watch,
@@ -191,7 +202,15 @@ async fn follow(
                 continue;
             }
         };
-        while let Some(first) = watch.next().await {
+        loop {
+            let first = tokio::select! {
+                entry = watch.next() => entry,
+                _ = reconnected.changed() => {
+                    info!("fleet: watching the bucket again after reconnecting");
+                    None
+                }
+            };
+            let Some(first) = first else { break };
             let mut entries = vec![first];
             while entries.len() < APPLY_BATCH {
                 match watch.next().now_or_never() {

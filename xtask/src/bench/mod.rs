@@ -5,6 +5,7 @@
 pub mod analyze;
 mod chart;
 mod daemon;
+pub mod fleet;
 pub mod logs;
 pub mod state;
 mod throughput;
