@@ -164,13 +164,13 @@ fn decide(store: &mut Store, guard: &Guard, change: &Change) -> Result<(), Strin
             );
         }
         Action::Unban => {
-            if !state.bans.get(&net).is_some_and(|e| e.created_at <= at) {
+            if state.bans.get(&net).is_none_or(|e| e.created_at > at) {
                 return Err("no older ban here".into());
             }
             state.bans.remove(&net);
         }
         Action::Disallow => {
-            if !state.allow.get(&net).is_some_and(|e| e.created_at <= at) {
+            if state.allow.get(&net).is_none_or(|e| e.created_at > at) {
                 return Err("no older allowlist entry here".into());
             }
             let mut rest = state.allow.clone();
