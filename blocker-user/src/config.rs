@@ -34,6 +34,9 @@ pub struct Config {
     /// Block-list feeds fetched on a schedule.
     #[serde(default)]
     pub feeds: Vec<crate::feeds::FeedConfig>,
+    /// Bans shared with other servers through NATS JetStream.
+    #[serde(default)]
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 /// How often reject rules may answer: a token bucket per CPU. Out of tokens, or for a source
@@ -176,6 +179,7 @@ impl Config {
                 config.daemon.listen
             ));
         }
+        config.fleet.validate()?;
         if let Some(url) = &config.notify.webhook {
             if !url.starts_with("http://") {
                 return Err(format!(

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod feeds;
 pub mod formats;
+pub mod fleet;
 pub mod history;
 pub mod import;
 pub mod listfile;

@@ -799,17 +799,21 @@ fn report_removed(nets: &[IpNet], missing: &[IpNet], what: &str) {
 fn print_status(pins: &PinDir, json: bool, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let status = status::read(pins)?;
     let socket = socket.unwrap_or_else(|| blocker::config::DaemonConfig::default().socket);
-    let jails = cli::status_jails::fetch(&socket).unwrap_or_default();
+    let (jails, fleet) = cli::status_jails::fetch(&socket).unwrap_or_default();
     let mut out = std::io::stdout().lock();
     if json {
         let mut value = serde_json::to_value(&status)?;
         if let Some(object) = value.as_object_mut() {
             object.insert("jails".into(), serde_json::to_value(&jails)?);
+            object.insert("fleet".into(), serde_json::to_value(&fleet)?);
         }
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         status::write_table(&status, &mut out)?;
         cli::status_jails::write_table(&jails, &mut out)?;
+        if let Some(fleet) = &fleet {
+            fleet.write_table(&mut out)?;
+        }
     }
     Ok(())
 }

@@ -68,13 +68,26 @@ impl DaemonGuard {
         socket: &str,
         extra: &[&str],
     ) -> Self {
+        Self::spawn_in(net, &net.server_ns, config, listen, socket, extra)
+    }
+
+    /// Like [`DaemonGuard::spawn_on`], in the network namespace `ns` (the daemon reaches the
+    /// test's maps through the pin directory from any namespace).
+    pub fn spawn_in(
+        net: &TestNet,
+        ns: &str,
+        config: &str,
+        listen: &str,
+        socket: &str,
+        extra: &[&str],
+    ) -> Self {
         let port = listen
             .rsplit_once(':')
             .and_then(|(_, port)| port.parse().ok())
             .expect("ADDR:PORT");
         let log = net.state_dir.path().join(format!("daemon-{port}.log"));
         let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", net.server_ns))
+            .arg(format!("--net=/run/netns/{ns}"))
             .arg(blocker_bin())
             .args(["daemon", "--config", config, "--listen", listen])
             .args(["--socket", socket])
@@ -97,7 +110,7 @@ impl DaemonGuard {
             child,
             port,
             socket: socket.to_string(),
-            ns: net.server_ns.clone(),
+            ns: ns.to_string(),
             log,
             token_file,
         }

@@ -23,6 +23,7 @@ pub mod bpf;
 pub mod chart;
 pub mod daemon;
 pub mod differential;
+pub mod fleet;
 pub mod frames;
 pub mod logs;
 pub mod model;

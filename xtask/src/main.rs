@@ -57,6 +57,10 @@ enum Task {
         /// throughput, into target/bench/packets.md.
         #[arg(long)]
         packets: bool,
+        /// Only the fleet: propagation, throughput and catch-up of bans shared through NATS
+        /// JetStream between four nodes (100 / 2,000 / 10,000 bans with --quick).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP
     /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
@@ -116,6 +120,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
 /// Programs the integration tests run that are not on PATH, and their Debian packages.
 const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("/usr/sbin/sshd", "openssh-server"),
+    // The fleet tests' NATS servers (JetStream).
+    ("/usr/sbin/nats-server", "nats-server"),
     (
         "/usr/lib/systemd/systemd-journal-remote",
         "systemd-journal-remote",
@@ -161,6 +167,7 @@ fn main() -> Result<()> {
             analyze,
             logs,
             packets,
+            fleet,
         } => {
             setup_build_chain()?;
             setup_test_tools()?;
@@ -189,6 +196,13 @@ fn main() -> Result<()> {
                 )?;
             } else if packets {
                 bench::run_packets(&root, bench::Plan::new(quick))?;
+            } else if fleet {
+                bench::section_alone(
+                    &root,
+                    bench::Plan::new(quick),
+                    "fleet",
+                    bench::fleet::run_alone,
+                )?;
             } else {
                 bench::run(&root, bench::Plan::new(quick))?;
             }

@@ -1,12 +1,12 @@
-//! The jails part of `blocker status`: asked from the running daemon over its Unix socket
-//! (the counts live in its memory); without a daemon there is nothing to show.
+//! The jails and fleet parts of `blocker status`: asked from the running daemon over its Unix
+//! socket (the counts live in its memory); without a daemon there is nothing to show.
 
 use std::path::Path;
 
-use blocker::{daemon::JailStatus, text::escape};
+use blocker::{daemon::JailStatus, fleet::LinkStatus, text::escape};
 
-/// Each jail's status, if a daemon answers on `socket`.
-pub fn fetch(socket: &Path) -> Option<Vec<JailStatus>> {
+/// Each jail's status and the fleet link, if a daemon answers on `socket`.
+pub fn fetch(socket: &Path) -> Option<(Vec<JailStatus>, Option<LinkStatus>)> {
     if !socket.exists() {
         return None;
     }
@@ -14,9 +14,14 @@ pub fn fetch(socket: &Path) -> Option<Vec<JailStatus>> {
         .enable_all()
         .build()
         .ok()?;
-    runtime
-        .block_on(blocker::daemon::jails_via_socket(socket))
-        .ok()
+    runtime.block_on(async {
+        let jails = blocker::daemon::jails_via_socket(socket).await.ok()?;
+        let fleet = blocker::daemon::fleet_via_socket(socket)
+            .await
+            .ok()
+            .flatten();
+        Some((jails, fleet))
+    })
 }
 
 pub fn write_table(jails: &[JailStatus], out: &mut impl std::io::Write) -> std::io::Result<()> {

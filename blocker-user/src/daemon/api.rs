@@ -275,12 +275,18 @@ async fn get_jails(AxumState(api): AxumState<Api>) -> Json<Vec<super::JailStatus
     Json(api.daemon.jail_status())
 }
 
+/// `GET /v1/fleet`: the fleet link, or `null` without a fleet.
+async fn get_fleet(AxumState(api): AxumState<Api>) -> Json<Option<crate::fleet::LinkStatus>> {
+    Json(api.daemon.fleet_status())
+}
+
 pub fn router(api: Api, guard: Option<Arc<auth::Guard>>) -> Router {
     let router = Router::new()
         .route("/v1/offenses", post(post_offense))
         .route("/v1/bans", get(get_bans))
         .route("/v1/bans.atom", get(feed::get_bans_atom))
         .route("/v1/jails", get(get_jails))
+        .route("/v1/fleet", get(get_fleet))
         .route("/metrics", get(metrics::get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(not_found)

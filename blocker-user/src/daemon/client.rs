@@ -28,18 +28,31 @@ pub async fn report_via_socket(
 
 /// Each jail's status from a running daemon, over its Unix socket.
 pub async fn jails_via_socket(socket: &Path) -> anyhow::Result<Vec<super::JailStatus>> {
+    get_via_socket(socket, "/v1/jails").await
+}
+
+/// The fleet link of a running daemon (`None` when it has no fleet), over its Unix socket.
+pub async fn fleet_via_socket(socket: &Path) -> anyhow::Result<Option<crate::fleet::LinkStatus>> {
+    get_via_socket(socket, "/v1/fleet").await
+}
+
+/// `GET path` on a running daemon's Unix socket, as JSON.
+async fn get_via_socket<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    path: &str,
+) -> anyhow::Result<T> {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::TokioIo;
     let stream = tokio::net::UnixStream::connect(socket).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = hyper::Request::get("/v1/jails")
+    let request = hyper::Request::get(path)
         .header(header::HOST, "localhost")
         .body(Empty::<bytes::Bytes>::new())?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
-    anyhow::ensure!(status.is_success(), "GET /v1/jails: {status}");
+    anyhow::ensure!(status.is_success(), "GET {path}: {status}");
     Ok(serde_json::from_slice(&body)?)
 }

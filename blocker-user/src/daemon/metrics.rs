@@ -34,14 +34,23 @@ pub(super) async fn get_metrics(
 ) -> Result<Response, ApiError> {
     let offenses = api.daemon.offense_counts();
     let jails = api.daemon.jail_status();
+    let fleet = api.daemon.fleet_status();
     let pins = api.daemon.pins.clone();
     let state_path = api.daemon.state_path.clone();
     let openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())
         .is_some_and(|accept| accept.contains("application/openmetrics-text"));
-    let text =
-        super::api::blocking(move || metrics_text(&pins, &state_path, &offenses, &jails)).await?;
+    let text = super::api::blocking(move || {
+        let mut text = metrics_text(&pins, &state_path, &offenses, &jails)?;
+        if let Some(fleet) = &fleet {
+            // Before the OpenMetrics end marker.
+            let end = text.rfind("# EOF").unwrap_or(text.len());
+            text.insert_str(end, &fleet_metrics(fleet)?);
+        }
+        Ok(text)
+    })
+    .await?;
     let (content_type, body) = if openmetrics {
         (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -188,7 +197,7 @@ pub fn metrics_text(
     );
 
     let issued = Family::<Labels, Counter>::default();
-    for source in ["cli", "import", "offense", "log"] {
+    for source in ["cli", "import", "offense", "log", "fleet"] {
         let count = state.issued.get(source).copied().unwrap_or(0);
         issued
             .get_or_create(&labels(&[("source", source)]))
@@ -237,6 +246,47 @@ pub fn metrics_text(
         source: std::io::Error::other(err.to_string()),
     })?;
     Ok(text)
+}
+
+/// The fleet link's metrics (OpenMetrics text without the end marker).
+pub fn fleet_metrics(fleet: &crate::fleet::LinkStatus) -> Result<String> {
+    let mut registry = Registry::with_prefix("blocker_fleet");
+    let counter = |value: u64| {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        counter
+    };
+    registry.register(
+        "published",
+        "Changes this node published to the fleet",
+        counter(fleet.published),
+    );
+    registry.register(
+        "applied",
+        "Changes received from the fleet that changed this node",
+        counter(fleet.applied),
+    );
+    registry.register(
+        "skipped",
+        "Changes received from the fleet and skipped (malformed, allowlisted, in force)",
+        counter(fleet.skipped),
+    );
+    let connected = Gauge::<i64>::default();
+    connected.set(i64::from(fleet.connected));
+    registry.register("connected", "1 while connected to NATS", connected);
+    let lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    lag.set(fleet.lag_seconds);
+    registry.register(
+        "lag_seconds",
+        "Seconds from publication to application of the last change applied",
+        lag,
+    );
+    let mut text = String::new();
+    encode(&mut text, &registry).map_err(|err| Error::Io {
+        context: "encoding metrics".into(),
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    Ok(text.replace("# EOF\n", ""))
 }
 
 #[cfg(test)]

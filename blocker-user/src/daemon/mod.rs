@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 pub use api::{OffenseAnswer, OffenseReport};
-pub use client::{jails_via_socket, report_via_socket};
+pub use client::{fleet_via_socket, jails_via_socket, report_via_socket};
 pub use jails::JailStatus;
 pub use offenses::record_offense;
 
@@ -47,6 +47,8 @@ pub struct Daemon {
     offenses: Arc<Mutex<BTreeMap<String, u64>>>,
     state_health: expiry::StateHealth,
     jails: Arc<Mutex<Option<jails::Jails>>>,
+    /// The fleet link, when the config names NATS servers.
+    fleet: Option<crate::fleet::SharedLink>,
 }
 
 /// Where the daemon listens.
@@ -66,7 +68,12 @@ impl Daemon {
             offenses: Arc::default(),
             state_health: expiry::StateHealth::default(),
             jails: Arc::default(),
+            fleet: None,
         }
+    }
+
+    fn fleet_status(&self) -> Option<crate::fleet::LinkStatus> {
+        self.fleet.as_ref().map(crate::fleet::SharedLink::status)
     }
 
     fn config(&self) -> Config {
@@ -124,7 +131,7 @@ impl Daemon {
 
     /// Serves until `stop` completes. `reload` yields a new config on SIGHUP.
     pub async fn serve(
-        self,
+        mut self,
         listen: Listen,
         mut reload: mpsc::Receiver<Config>,
         stop: impl std::future::Future<Output = ()>,
@@ -175,6 +182,20 @@ impl Daemon {
             Ok(Ok(())) => {}
             Ok(Err(err)) => error!("reconciling the maps with the state: {err}"),
             Err(err) => error!("reconciling the maps with the state: {err}"),
+        }
+        let fleet_config = self.config().fleet;
+        if fleet_config.enabled() {
+            let link = crate::fleet::SharedLink::new(
+                fleet_config.node_name(),
+                fleet_config.servers.clone(),
+            );
+            self.fleet = Some(link.clone());
+            let (pins, state_path) = (self.pins.clone(), self.state_path.clone());
+            tokio::spawn(async move {
+                if let Err(err) = crate::fleet::run(fleet_config, pins, state_path, link).await {
+                    error!("fleet: {err:#}; this node works alone");
+                }
+            });
         }
         let (notify_tx, notify_rx) = mpsc::channel::<EventRecord>(notify::NOTIFY_QUEUE);
         tokio::spawn(notify::notifier(self.config.clone(), notify_rx));

@@ -5,6 +5,7 @@
 pub mod analyze;
 mod chart;
 mod daemon;
+pub mod fleet;
 pub mod formats;
 pub mod logs;
 mod progsize;
