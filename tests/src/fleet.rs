@@ -6,6 +6,7 @@
 use std::{
     net::{SocketAddr, TcpStream},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -21,7 +22,10 @@ pub struct FleetNs {
 }
 
 impl FleetNs {
-    pub fn new(id: u32) -> Self {
+    /// A namespace of its own for each fleet, so the fleet tests run in parallel.
+    pub fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let id = std::process::id() % 10_000 * 10 + NEXT.fetch_add(1, Ordering::SeqCst);
         let name = format!("blk{id}f");
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         sh("ip", &["netns", "add", &name]);
