@@ -1,10 +1,14 @@
 //! Block-list feeds against a local HTTP server in the test's server namespace that serves a
 //! changing list: listed prefixes are banned and dropped at the driver, a 304 renews them, a
-//! refresh that drops a prefix lifts its ban, and a failed fetch keeps the last good set.
+//! refresh that drops a prefix lifts its ban, and a failed fetch keeps the last good set. An
+//! https list server (`openssl s_server`, certificate from a CA the test makes) is trusted
+//! through the feed's `ca_file` and refused without it.
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -213,4 +217,191 @@ fn a_feed_bans_what_it_lists_renews_it_and_lifts_what_it_drops() {
     );
     assert!(net.ban_of("198.51.100.0/32").is_none());
     assert!(!net.reaches(second));
+}
+
+/// Runs `openssl` with `args` in `dir`, failing the test with its stderr.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`ca.pem`) and a server certificate it signs for `addr` (`server.pem`, `server.key`).
+fn make_certificates(dir: &Path, addr: IpAddr) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=blocker test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign",
+            ],
+        ]
+        .concat(),
+    );
+    let server_subject = format!("/CN={addr}");
+    openssl(
+        dir,
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                &server_subject,
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        format!("subjectAltName=IP:{addr}\nextendedKeyUsage=serverAuth\n"),
+    )
+    .expect("writing server.ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            "server.pem",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+}
+
+/// `openssl s_server -WWW` serving the files of `dir` over TLS in the server namespace; killed
+/// when dropped.
+struct TlsListServer(Child);
+
+impl TlsListServer {
+    fn start(net: &TestNet, dir: &Path) -> (Self, SocketAddr) {
+        let addr = SocketAddr::new(net.server_v4(), 8443);
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", net.server_ns))
+            .args([
+                "openssl",
+                "s_server",
+                "-quiet",
+                "-WWW",
+                "-cert",
+                "server.pem",
+            ])
+            .args(["-key", "server.key", "-accept", &addr.to_string()])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting openssl s_server");
+        let server = Self(child);
+        let start = Instant::now();
+        while !in_netns(&net.server_ns, move || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        }) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "openssl s_server does not listen on {addr}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        (server, addr)
+    }
+}
+
+impl Drop for TlsListServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn an_https_feed_is_trusted_through_its_ca_file_and_refused_without_it() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let (listed, other) = (net.client_v4(1, 2), net.client_v4(1, 3));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    make_certificates(dir.path(), net.server_v4());
+    std::fs::write(dir.path().join("list.netset"), format!("{listed}\n")).expect("the list");
+    let (_server, addr) = TlsListServer::start(&net, dir.path());
+    let url = format!("https://{addr}/list.netset");
+    let feed = format!("[[feeds]]\nurl = \"{url}\"\nevery = \"1m\"\nban_for = \"1h\"\n");
+    let refresh = |config: &str| {
+        net.blocker_in_server(&["feeds", "--config", config, "--refresh", "--force"])
+            .ok();
+        feeds_json(&net, config)
+    };
+
+    // The system store does not know the test's CA: refused, nothing banned.
+    let untrusted = net.config("untrusted.toml", &feed);
+    let status = refresh(&untrusted);
+    let error = status[0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.contains("certificate") && error.contains("UnknownIssuer"),
+        "the error does not name the certificate problem: {status}"
+    );
+    assert!(net.ban_of(&format!("{listed}/32")).is_none());
+    assert!(net.reaches(listed), "an untrusted list banned");
+
+    // With the CA as ca_file: fetched over TLS, banned, dropped at the driver.
+    let ca = dir.path().join("ca.pem");
+    let trusted = net.config(
+        "trusted.toml",
+        &format!("{feed}ca_file = \"{}\"\n", ca.display()),
+    );
+    let status = refresh(&trusted);
+    assert_eq!(status[0]["error"], Value::Null, "{status}");
+    assert_eq!(status[0]["entries"], 1, "{status}");
+    let ban = net
+        .ban_of(&format!("{listed}/32"))
+        .expect("the listed address is banned");
+    assert_eq!(ban["reason"], format!("feed {url}"), "{ban}");
+    let drops = net.packets("manual_ban");
+    assert!(!net.reaches(listed), "the https feed's ban does not drop");
+    assert!(
+        net.packets("manual_ban") > drops,
+        "not dropped at the driver"
+    );
+    assert!(net.reaches(other));
 }

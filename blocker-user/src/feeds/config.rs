@@ -1,6 +1,6 @@
 //! `[[feeds]]` in the config file: public block lists fetched on a schedule.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -10,8 +10,12 @@ use crate::formats::Format;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
-    /// Where the list is: `http://` or `https://`.
+    /// Where the list is: `https://` (recommended) or `http://`.
     pub url: String,
+    /// A PEM file of CA certificates trusted for this feed besides the system's store (a
+    /// private feed server).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The list's format (`auto` tells it from the content).
     #[serde(default = "auto")]
     pub format: Format,
@@ -62,6 +66,15 @@ pub fn validate_feeds(feeds: &[FeedConfig]) -> Result<(), String> {
         };
         if !(feed.url.starts_with("http://") || feed.url.starts_with("https://")) {
             return bad("url must start with http:// or https://");
+        }
+        if feed.ca_file.is_some() {
+            if !feed.url.starts_with("https://") {
+                return bad("ca_file needs an https:// url");
+            }
+            // Building the client reads and checks the file now, not at the first refresh.
+            if let Err(err) = super::fetch::client(feed) {
+                return bad(&err);
+            }
         }
         if feed.format == Format::Fail2banDb {
             return bad("format fail2ban-db is a local database, not a feed");
@@ -121,6 +134,18 @@ mod tests {
             (
                 "[[feeds]]\nurl = \"http://x/l\"\n[[feeds]]\nurl = \"http://x/l\"\n",
                 "twice",
+            ),
+            (
+                "[[feeds]]\nurl = \"https://x/l\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                "ca_file /nonexistent/ca.pem: cannot read it",
+            ),
+            (
+                "[[feeds]]\nurl = \"https://x/l\"\nca_file = \"/etc/hostname\"\n",
+                "not a PEM certificate",
+            ),
+            (
+                "[[feeds]]\nurl = \"http://x/l\"\nca_file = \"/etc/hostname\"\n",
+                "needs an https:// url",
             ),
         ] {
             let err = Config::parse(text).unwrap_err();

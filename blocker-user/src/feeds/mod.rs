@@ -8,7 +8,7 @@ mod config;
 mod fetch;
 mod status;
 
-use std::{collections::HashSet, io::Write as _, path::Path, time::Duration};
+use std::{collections::HashSet, io::Write as _, path::Path};
 
 use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
@@ -54,11 +54,6 @@ pub async fn refresh(
 ) -> Result<Vec<Refreshed>> {
     let path = status_path(state_path);
     let mut statuses = Statuses::load(&path)?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .user_agent(concat!("blocker/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|err| io_error("building the HTTP client", err))?;
     let mut done = Vec::new();
     for feed in feeds {
         let now = Timestamp::now();
@@ -66,7 +61,10 @@ pub async fn refresh(
             continue;
         }
         let mut status = statuses.0.get(&feed.url).cloned().unwrap_or_default();
-        let fetched = fetch::fetch(&client, feed, &status).await;
+        let fetched = match fetch::client(feed) {
+            Ok(client) => fetch::fetch(&client, feed, &status).await,
+            Err(err) => Err(err),
+        };
         let (pins, state_path, task_feed) = (pins.clone(), state_path.to_path_buf(), feed.clone());
         let previous = status.clone();
         let (status_after, refreshed) = tokio::task::spawn_blocking(move || {
