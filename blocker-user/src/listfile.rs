@@ -10,12 +10,17 @@
 //! reason. Blank lines and lines that are only a comment are skipped, so the seed's files and
 //! older exports import unchanged.
 
-use std::{io::BufRead, path::Path};
+use std::path::Path;
 
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-use crate::{addr::parse_net, state::Entry, text, Error, Result};
+use crate::{
+    addr::parse_net,
+    formats::reader::{lines, source_name},
+    state::Entry,
+    text, Error, Result,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListEntry {
@@ -33,43 +38,12 @@ pub struct ListEntry {
 /// naming its number.
 pub fn stream(path: &Path) -> Result<(impl Iterator<Item = Result<ListEntry>>, String)> {
     let source = source_name(path);
-    let unreadable = {
-        let source = source.clone();
-        move |message: String| Error::UnreadableInput {
-            path: source.clone(),
-            message,
-        }
-    };
-    let reader: Box<dyn BufRead> = if path == Path::new("-") {
-        Box::new(std::io::stdin().lock())
-    } else {
-        let file = std::fs::File::open(path).map_err(|err| unreadable(err.to_string()))?;
-        Box::new(std::io::BufReader::with_capacity(1 << 16, file))
-    };
     let name = source.clone();
-    let entries = reader
-        .split(b'\n')
-        .enumerate()
-        .filter_map(move |(index, line)| {
-            let line_number = index + 1;
-            let parsed = line
-                .map_err(|err| unreadable(err.to_string()))
-                .and_then(|bytes| {
-                    String::from_utf8(bytes)
-                        .map_err(|_| unreadable(format!("line {line_number} is not UTF-8 text")))
-                })
-                .and_then(|text| parse_line(&text, line_number, &name));
-            parsed.transpose()
-        });
+    let entries = lines(path, &source)?.filter_map(move |line| {
+        line.and_then(|(number, text)| parse_line(&text, number, &name))
+            .transpose()
+    });
     Ok((entries, source))
-}
-
-fn source_name(path: &Path) -> String {
-    if path == Path::new("-") {
-        "stdin".to_string()
-    } else {
-        path.display().to_string()
-    }
 }
 
 /// Parses line number `line` of a list: `None` for a blank or comment-only line.

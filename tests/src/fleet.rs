@@ -23,7 +23,7 @@ pub struct FleetNs {
 
 impl FleetNs {
     /// A namespace of its own for each fleet, so the fleet tests run in parallel.
-    pub fn new() -> Self {
+    pub fn create() -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let id = std::process::id() % 10_000 * 10 + NEXT.fetch_add(1, Ordering::SeqCst);
         let name = format!("blk{id}f");

@@ -21,7 +21,7 @@ fn fleet(servers: u16) -> (FleetNs, Vec<NatsServer>, Vec<Node>) {
 
 /// Like [`fleet`], with `node2_extra` in node 2's `[fleet]` section.
 fn fleet_with(servers: u16, node2_extra: &str) -> (FleetNs, Vec<NatsServer>, Vec<Node>) {
-    let ns = FleetNs::new();
+    let ns = FleetNs::create();
     let nats: Vec<NatsServer> = (0..servers)
         .map(|index| NatsServer::start(&ns, index, servers))
         .collect();

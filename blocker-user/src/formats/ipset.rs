@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use jiff::SignedDuration;
 
 use super::{reason, words, Entry, LineFormat, Options};
-use crate::addr::parse_net;
 
 #[derive(Default)]
 pub struct Ipset {
@@ -53,11 +52,7 @@ impl LineFormat for Ipset {
 }
 
 fn entry(addr: &str, rest: &[String], options: &Options) -> std::result::Result<Entry, String> {
-    let parsed = parse_net(addr).map_err(|err| err.to_string())?;
-    let mut entry = Entry {
-        normalized_from: parsed.normalized_from,
-        ..Entry::ban(parsed.net)
-    };
+    let mut entry = Entry::parse_ban(addr)?;
     let mut rest = rest.iter();
     while let Some(option) = rest.next() {
         let mut value = || {

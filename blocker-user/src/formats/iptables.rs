@@ -3,7 +3,6 @@
 //! chain policies and negated sources (`! -s`) are skipped.
 
 use super::{reason, words, Entry, LineFormat, Options};
-use crate::addr::parse_net;
 
 pub struct Iptables;
 
@@ -55,11 +54,10 @@ impl LineFormat for Iptables {
             return Ok(());
         };
         for source in sources.split(',') {
-            let parsed = parse_net(source).map_err(|err| err.to_string())?;
+            let entry = Entry::parse_ban(source)?;
             out.push(Entry {
                 reason: comment.and_then(|c| reason(c)),
-                normalized_from: parsed.normalized_from,
-                ..Entry::ban(parsed.net)
+                ..entry
             });
         }
         Ok(())

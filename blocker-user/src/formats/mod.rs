@@ -21,7 +21,7 @@ mod nginx;
 mod octets;
 mod perl_hash;
 mod plain;
-mod reader;
+pub(crate) mod reader;
 mod spamhaus;
 
 use std::{collections::VecDeque, fmt, path::Path};
@@ -109,6 +109,15 @@ impl Entry {
             line: 0,
             normalized_from: None,
         }
+    }
+
+    /// A ban of the address or CIDR `text`, host bits cleared (and said so).
+    fn parse_ban(text: &str) -> std::result::Result<Self, String> {
+        let parsed = crate::addr::parse_net(text).map_err(|err| err.to_string())?;
+        Ok(Entry {
+            normalized_from: parsed.normalized_from,
+            ..Entry::ban(parsed.net)
+        })
     }
 }
 

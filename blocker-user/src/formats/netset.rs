@@ -1,7 +1,6 @@
 //! FireHOL netsets: one address or CIDR a line, `#` lines as comments, nothing else.
 
 use super::{Entry, LineFormat, Options};
-use crate::addr::parse_net;
 
 pub struct Netset;
 
@@ -16,11 +15,7 @@ impl LineFormat for Netset {
         if line.is_empty() || line.starts_with('#') {
             return Ok(());
         }
-        let parsed = parse_net(line).map_err(|err| err.to_string())?;
-        out.push(Entry {
-            normalized_from: parsed.normalized_from,
-            ..Entry::ban(parsed.net)
-        });
+        out.push(Entry::parse_ban(line)?);
         Ok(())
     }
 }

@@ -2,7 +2,6 @@
 //! one is the reason).
 
 use super::{reason, Entry, LineFormat, Options};
-use crate::addr::parse_net;
 
 pub struct Nginx;
 
@@ -42,12 +41,11 @@ impl LineFormat for Nginx {
                 }
                 return Err("\"deny all\" bans every address: not imported".to_string());
             }
-            let parsed = parse_net(addr).map_err(|err| err.to_string())?;
+            let entry = Entry::parse_ban(addr)?;
             out.push(Entry {
                 reason: reason(comment),
                 allow,
-                normalized_from: parsed.normalized_from,
-                ..Entry::ban(parsed.net)
+                ..entry
             });
         }
         Ok(())

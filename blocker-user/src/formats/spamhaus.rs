@@ -1,7 +1,6 @@
 //! Spamhaus DROP / EDROP lists: `CIDR ; SBL123`, with `;` comment lines.
 
 use super::{reason, Entry, LineFormat, Options};
-use crate::addr::parse_net;
 
 pub struct Spamhaus;
 
@@ -17,11 +16,10 @@ impl LineFormat for Spamhaus {
         if addr.is_empty() {
             return Ok(());
         }
-        let parsed = parse_net(addr).map_err(|err| err.to_string())?;
+        let entry = Entry::parse_ban(addr)?;
         out.push(Entry {
             reason: reason(comment),
-            normalized_from: parsed.normalized_from,
-            ..Entry::ban(parsed.net)
+            ..entry
         });
         Ok(())
     }

@@ -181,7 +181,7 @@ pub fn run(root: &std::path::Path, plan: Plan) -> Result<FleetFigures> {
     } else {
         (1_000, 10_000, 100_000)
     };
-    let ns = FleetNs::new();
+    let ns = FleetNs::create();
     let nats = NatsServer::start(&ns, 0, 1);
     let urls = [nats.url()];
     let mut nodes: Vec<Node> = (0..4)
