@@ -294,6 +294,12 @@ pub fn undo_import(imported: &mut Imported, origin: &Origin) -> Result<Vec<IpNet
         params![origin.source, imported.nets.len() as i64],
     )
     .map_err(db)?;
+    // A source's row is made by its first ban: the undo of that ban leaves no row behind.
+    tx.execute(
+        "DELETE FROM counters WHERE source = ?1 AND issued = 0",
+        [&origin.source],
+    )
+    .map_err(db)?;
     tx.commit().map_err(db)?;
     Ok(imported
         .nets
