@@ -69,6 +69,7 @@ pub(crate) fn fixed_view() -> View {
                 rule: Some("ssh".into()),
                 hits,
                 expires_at: Some("2026-12-02T03:00:00Z".parse().expect("time")),
+                ..Source::default()
             })
             .collect(),
         sources_title: "dynamic blacklist, most hits first".into(),
