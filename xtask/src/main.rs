@@ -177,6 +177,16 @@ fn main() -> Result<()> {
             setup_build_chain()?;
             setup_test_tools()?;
             require_root("the benchmarks load XDP programs and create namespaces")?;
+            // The sampling bench loads the object this xtask embeds: no release binary.
+            if sampling {
+                bench::section_alone(
+                    &root,
+                    bench::Plan::new(quick),
+                    "sampling",
+                    bench::sampling::run_alone,
+                )?;
+                return Ok(());
+            }
             run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
             if state {
                 bench::section_alone(
@@ -201,13 +211,6 @@ fn main() -> Result<()> {
                 )?;
             } else if packets {
                 bench::run_packets(&root, bench::Plan::new(quick))?;
-            } else if sampling {
-                bench::section_alone(
-                    &root,
-                    bench::Plan::new(quick),
-                    "sampling",
-                    bench::sampling::run_alone,
-                )?;
             } else if fleet {
                 bench::section_alone(
                     &root,

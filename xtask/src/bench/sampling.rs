@@ -2,9 +2,12 @@
 //! beside the same object loaded with its `SAMPLE_DROPS` switch off, which the verifier
 //! prunes as dead code; BPF_PROG_TEST_RUN, the two alternating round by round in one run.
 
-use std::path::Path;
+use std::{
+    os::fd::{AsRawFd, OwnedFd},
+    path::Path,
+};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use blocker_common::{BanValue, Settings, FAMILY_V4, FAMILY_V6, LIST_BAN_V4, LIST_BAN_V6};
 use blocker_tests::{
     bpf::{self, test_run},
@@ -16,7 +19,7 @@ use serde::Serialize;
 
 use super::{
     lab::{v4_frame, v6, v6_frame, BANNED_V4, UDP, UNMATCHED_V4},
-    median, verdict_name, Plan,
+    median, progsize, verdict_name, Plan,
 };
 
 /// One class, with sampling and without.
@@ -32,6 +35,8 @@ struct SampleCost {
 #[derive(Serialize)]
 struct SamplingBench {
     floor_ns: f64,
+    /// Translated instructions of the program with sampling on, and off.
+    insns: (u64, u64),
     repeat: u32,
     rounds: usize,
     classes: Vec<SampleCost>,
@@ -103,6 +108,10 @@ fn run(plan: Plan) -> Result<SamplingBench> {
     let floor = median(floor);
     Ok(SamplingBench {
         floor_ns: floor,
+        insns: (
+            progsize::xlated_insns(prog_id(on.program())?)?,
+            progsize::xlated_insns(prog_id(off.program())?)?,
+        ),
         repeat: plan.repeat,
         rounds,
         classes: measured
@@ -117,6 +126,17 @@ fn run(plan: Plan) -> Result<SamplingBench> {
     })
 }
 
+/// The id of the program behind `fd`, from the kernel's fdinfo.
+fn prog_id(fd: &OwnedFd) -> Result<u32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("prog_id:"))
+        .context("no prog_id in the program's fdinfo")?
+        .trim()
+        .parse()
+        .context("reading the program's id")
+}
+
 fn markdown(bench: &SamplingBench) -> String {
     let mut out = String::from("## Cost of the blocked-packet sample (`blocker top`)\n\n");
     out += &format!(
@@ -124,11 +144,14 @@ fn markdown(bench: &SamplingBench) -> String {
          repeating one frame {} times, {} rounds; the program as loaded (sampling on: one \
          blocked packet in {} per reason and CPU writes a 32-byte slot) beside the same \
          object loaded with the sampling switched off, alternating round by round in this \
-         run. The kernel reports whole ns per run.\n\n",
+         run. The kernel reports whole ns per run. Translated instructions: {} with sampling, \
+         {} without.\n\n",
         bench.floor_ns,
         bench.repeat,
         bench.rounds,
         blocker_common::SAMPLE_EVERY,
+        bench.insns.0,
+        bench.insns.1,
     );
     out += "| class | verdict | sampling on | sampling off | on − off | on ÷ off |\n";
     out += "| --- | --- | ---: | ---: | ---: | ---: |\n";
