@@ -4,7 +4,7 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    process::Stdio,
+    process::{Child, Command, Stdio},
     thread,
     time::Duration,
 };
@@ -18,6 +18,18 @@ fn find<'a>(rows: &'a Value, key: &str, value: &str) -> &'a Value {
         .iter()
         .find(|row| row[key] == value)
         .unwrap_or_else(|| panic!("no {key} = {value} in {rows}"))
+}
+
+/// `blocker top --once --json` measuring `interval`, started in the background.
+fn start_top_once(net: &TestNet, interval: &str) -> Child {
+    Command::new(blocker_bin())
+        .args(["top", "--once", "--json", "--interval", interval])
+        .env("BLOCKER_PIN_DIR", &net.pin_dir)
+        .env("BLOCKER_STATE", net.state_path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting blocker top")
 }
 
 #[test]
@@ -49,14 +61,7 @@ fn top_once_json_shows_the_traffic() {
     send(30);
 
     // While top measures a 5 s interval: a ban, a blacklisting, 20 more datagrams.
-    let child = std::process::Command::new(blocker_bin())
-        .args(["top", "--once", "--json", "--interval", "5s"])
-        .env("BLOCKER_PIN_DIR", &net.pin_dir)
-        .env("BLOCKER_STATE", net.state_path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting blocker top");
+    let child = start_top_once(&net, "5s");
     thread::sleep(Duration::from_millis(1_000));
     net.blocker(&[
         "ban",
@@ -155,14 +160,7 @@ fn top_once_json_ranks_the_sampled_sources_blocked_most() {
         net.blocker(&["ban", &source.to_string()]).ok();
     }
     let target = SocketAddr::new(net.server_for(heavy), 9);
-    let child = std::process::Command::new(blocker_bin())
-        .args(["top", "--once", "--json", "--interval", "4s"])
-        .env("BLOCKER_PIN_DIR", &net.pin_dir)
-        .env("BLOCKER_STATE", net.state_path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting blocker top");
+    let child = start_top_once(&net, "4s");
     thread::sleep(Duration::from_millis(500));
     in_netns(&net.client_ns, move || {
         let heavy = UdpSocket::bind(SocketAddr::new(heavy, 0)).expect("bind");
