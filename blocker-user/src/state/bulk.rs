@@ -225,7 +225,7 @@ fn stage(
     let db = |err: rusqlite::Error| invalid(path, err);
     let tx = conn.transaction().map_err(db)?;
     let insert = |rows: usize| {
-        let row = format!("({})", vec!["?"; STAGED_COLUMNS].join(", "));
+        let row = format!("({})", ["?"; STAGED_COLUMNS].join(", "));
         let values = vec![row; rows].join(", ");
         format!("INSERT INTO temp.listed VALUES {values}")
     };
