@@ -1356,6 +1356,7 @@ mod tests {
                 Ok(ImportRow {
                     net: net.parse().unwrap(),
                     reason: Some("list".into()),
+                    created_at: None,
                     expires_at: None,
                 })
             })
@@ -1436,6 +1437,62 @@ mod tests {
     }
 
     #[test]
+    fn an_import_creates_bans_at_the_lists_dates_and_keeps_the_date_of_bans_in_force() {
+        let (_dir, path) = saved_sample();
+        let now = Timestamp::from_second(1_700_000_100).unwrap();
+        let listed = Timestamp::from_second(1_110_844_800).unwrap();
+        let row = |net: &str, created_at| {
+            Ok(ImportRow {
+                net: net.parse().unwrap(),
+                reason: Some("list".into()),
+                created_at,
+                expires_at: None,
+            })
+        };
+        let rows = vec![
+            row("10.0.0.0/8", Some(listed)),
+            row("198.51.100.0/24", Some(listed)),
+            row("198.51.100.7/32", None),
+        ];
+        import_bans(
+            &path,
+            &Origin::local("import"),
+            now,
+            &ROOMY,
+            rows.into_iter(),
+        )
+        .unwrap();
+        let created =
+            |net: &str| State::load(&path).unwrap().bans[&net.parse().unwrap()].created_at;
+        assert_eq!(
+            created("10.0.0.0/8"),
+            Timestamp::from_second(1_700_000_000).unwrap(),
+            "a ban in force keeps its own date"
+        );
+        assert_eq!(created("198.51.100.0/24"), listed, "the list's date");
+        assert_eq!(
+            created("198.51.100.7/32"),
+            now,
+            "no date: the import's time"
+        );
+        let later = Timestamp::from_second(1_700_000_200).unwrap();
+        let again = vec![row("198.51.100.0/24", Some(now))];
+        import_bans(
+            &path,
+            &Origin::local("import"),
+            later,
+            &ROOMY,
+            again.into_iter(),
+        )
+        .unwrap();
+        assert_eq!(
+            created("198.51.100.0/24"),
+            listed,
+            "a re-import with another date keeps the first"
+        );
+    }
+
+    #[test]
     fn the_tries_fill_is_counted_from_a_migration_on_and_kept_by_every_writer() {
         let (_dir, path) = saved_sample();
         // A database of schema 2: the per-trie counts and their triggers did not exist.
@@ -1488,6 +1545,7 @@ mod tests {
             Ok(ImportRow {
                 net: net.parse().unwrap(),
                 reason: Some(reason.into()),
+                created_at: None,
                 expires_at,
             })
         };

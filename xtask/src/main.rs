@@ -120,6 +120,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("fail2ban-regex", "fail2ban"),
     // Another process on the state database, in the SQLite lock test.
     ("python3", "python3"),
+    // The https feed test's CA, certificate and list server (`s_server`).
+    ("openssl", "openssl"),
 ];
 /// Programs the integration tests run that are not on PATH, and their Debian packages.
 const TEST_PROGRAMS: &[(&str, &str)] = &[
