@@ -18,9 +18,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
 mod bulk;
+mod merge;
 mod pool;
 
 pub use bulk::{import_bans, undo_import, Capacity, ImportRow, Imported};
+pub use merge::{bans_of, merge_bans, Decided, Merged};
 pub use pool::{keep_connections, Pooled};
 
 use crate::{

@@ -170,7 +170,7 @@ pub fn import_bans(
 
 /// Drops the [`COUNT_TRIGGERS`] for the rest of transaction `tx`; returns their SQL, to be
 /// created again before it commits.
-fn drop_count_triggers(tx: &Transaction, path: &Path) -> Result<Vec<String>> {
+pub(super) fn drop_count_triggers(tx: &Transaction, path: &Path) -> Result<Vec<String>> {
     let db = |err: rusqlite::Error| invalid(path, err);
     let mut triggers = Vec::new();
     for name in COUNT_TRIGGERS {
@@ -193,7 +193,7 @@ fn drop_count_triggers(tx: &Transaction, path: &Path) -> Result<Vec<String>> {
 
 /// Sets the kept counts of the bans from what is stored, by index; a family with more bans
 /// than its map holds is [`Error::MapFull`].
-fn recount(tx: &Transaction, path: &Path, capacity: &Capacity) -> Result<()> {
+pub(super) fn recount(tx: &Transaction, path: &Path, capacity: &Capacity) -> Result<()> {
     let db = |err: rusqlite::Error| invalid(path, err);
     let count = |sql: &str| -> Result<i64> { tx.query_row(sql, [], |row| row.get(0)).map_err(db) };
     let v4 = count("SELECT count(*) FROM bans WHERE family = 4")?;
