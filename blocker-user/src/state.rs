@@ -19,6 +19,15 @@ use serde::{Deserialize, Serialize};
 
 mod bulk;
 mod merge;
+
+/// Stores one ban, replacing the row of its prefix: ?1 prefix, ?2 reason, ?3 created_at,
+/// ?4 expires_at, ?5 source, ?6 family, ?7 first, ?8 len ([`range_columns`]).
+const UPSERT_BAN: &str = "INSERT INTO bans \
+     (prefix, family, first, len, reason, created_at, expires_at, source) \
+     VALUES (?1, ?6, ?7, ?8, ?2, ?3, ?4, ?5) \
+     ON CONFLICT (prefix) DO UPDATE SET reason = excluded.reason, \
+     created_at = excluded.created_at, expires_at = excluded.expires_at, \
+     source = excluded.source";
 mod pool;
 
 pub use bulk::{import_bans, undo_import, Capacity, ImportRow, Imported};
@@ -1054,14 +1063,7 @@ fn write_diff(
             record(action, net, entry.reason.as_deref())?;
         }
     }
-    let mut upsert_ban = tx.prepare_cached(
-        "INSERT INTO bans \
-         (prefix, family, first, len, reason, created_at, expires_at, source) \
-         VALUES (?1, ?6, ?7, ?8, ?2, ?3, ?4, ?5) \
-         ON CONFLICT (prefix) DO UPDATE SET reason = excluded.reason, \
-         created_at = excluded.created_at, expires_at = excluded.expires_at, \
-         source = excluded.source",
-    )?;
+    let mut upsert_ban = tx.prepare_cached(UPSERT_BAN)?;
     for (net, entry) in &after.bans {
         if before.bans.get(net) != Some(entry) {
             let (family, first, len) = range_columns(net);

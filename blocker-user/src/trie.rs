@@ -59,9 +59,7 @@ impl<K: aya::Pod, V: aya::Pod> Trie<K, V> {
         let mut values = Vec::with_capacity(keys.capacity());
         for chunk in entries.chunks(UPDATE_BATCH) {
             if !self.batches {
-                for ((prefix_len, data), value) in chunk {
-                    self.insert((*prefix_len, *data), *value)?;
-                }
+                self.insert_each(chunk)?;
                 continue;
             }
             keys.clear();
@@ -75,9 +73,7 @@ impl<K: aya::Pod, V: aya::Pod> Trie<K, V> {
                 Err((0, err)) if err.raw_os_error() == Some(libc::ENOTSUP) => {
                     // ENOTSUPP (524) is the kernel's "no such operation for this map type".
                     self.batches = false;
-                    for ((prefix_len, data), value) in chunk {
-                        self.insert((*prefix_len, *data), *value)?;
-                    }
+                    self.insert_each(chunk)?;
                 }
                 Err((_, io_error)) => {
                     return Err(self.update_error(MapError::SyscallError(SyscallError {
@@ -88,6 +84,13 @@ impl<K: aya::Pod, V: aya::Pod> Trie<K, V> {
             }
         }
         Ok(())
+    }
+
+    /// Inserts `entries` one system call each.
+    fn insert_each(&mut self, entries: &[((u32, K), V)]) -> Result<()> {
+        entries
+            .iter()
+            .try_for_each(|(key, value)| self.insert(*key, *value))
     }
 
     /// `BPF_MAP_UPDATE_BATCH` of `keys[i] -> values[i]`. On failure, how many entries the

@@ -12,7 +12,7 @@ use rusqlite::params;
 
 use super::{
     bulk::{drop_count_triggers, recount},
-    expiry_seconds, invalid, open, range_columns, seconds, timestamp, Capacity, Entry,
+    expiry_seconds, invalid, open, range_columns, seconds, timestamp, Capacity, Entry, UPSERT_BAN,
 };
 use crate::Result;
 
@@ -76,16 +76,7 @@ pub fn merge_bans(
         .map_err(db)?;
     let triggers = drop_count_triggers(&tx, path)?;
     {
-        let mut upsert = tx
-            .prepare_cached(
-                "INSERT INTO bans \
-                 (prefix, family, first, len, reason, created_at, expires_at, source) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                 ON CONFLICT (prefix) DO UPDATE SET reason = excluded.reason, \
-                 created_at = excluded.created_at, expires_at = excluded.expires_at, \
-                 source = excluded.source",
-            )
-            .map_err(db)?;
+        let mut upsert = tx.prepare_cached(UPSERT_BAN).map_err(db)?;
         let mut delete = tx
             .prepare_cached("DELETE FROM bans WHERE prefix = ?1")
             .map_err(db)?;
@@ -103,13 +94,13 @@ pub fn merge_bans(
                     upsert
                         .execute(params![
                             prefix,
-                            family,
-                            first,
-                            len,
                             ban.reason,
                             seconds(ban.created_at),
                             ban.expires_at.map(expiry_seconds),
-                            source
+                            source,
+                            family,
+                            first,
+                            len
                         ])
                         .map_err(db)?;
                     ("ban", ban.reason.as_deref())
