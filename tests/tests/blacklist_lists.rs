@@ -6,9 +6,14 @@ use std::net::{IpAddr, SocketAddr};
 
 use blocker_tests::{require_root, TestNet};
 
-/// Loads a rule on `listener`'s port that blacklists the 4th connection for 10 minutes,
-/// blacklists `attacker` with it, and sends it through the fast path once more.
-fn blacklist(net: &TestNet, attacker: IpAddr, listener: SocketAddr) {
+/// A test network whose blocker has a rule that blacklists the 4th connection for 10
+/// minutes, and a source it blacklisted and sent through the fast path once more: the network,
+/// the source and the listener it connected to.
+fn blacklisted_source() -> (TestNet, IpAddr, SocketAddr) {
+    require_root();
+    let net = TestNet::new();
+    let listener = net.tcp_listener(net.server_v4());
+    let attacker = net.client_v4(1, 2);
     net.load_with_rules(&format!(
         "[[rules]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = {}\nhitcount = 3\n\
          seconds = 60\nblacklist_for = \"10m\"\n",
@@ -25,16 +30,13 @@ fn blacklist(net: &TestNet, attacker: IpAddr, listener: SocketAddr) {
         net.packets("blacklisted") > blacklisted,
         "counted as blacklisted"
     );
+    (net, attacker, listener)
 }
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
 fn a_blacklisted_source_banned_by_hand_counts_as_banned_at_once() {
-    require_root();
-    let net = TestNet::new();
-    let listener = net.tcp_listener(net.server_v4());
-    let attacker = net.client_v4(1, 2);
-    blacklist(&net, attacker, listener);
+    let (net, attacker, _) = blacklisted_source();
 
     net.blocker(&["ban", &attacker.to_string()]).ok();
     let (banned, blacklisted) = (net.packets("manual_ban"), net.packets("blacklisted"));
@@ -53,11 +55,7 @@ fn a_blacklisted_source_banned_by_hand_counts_as_banned_at_once() {
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
 fn a_blacklisted_source_allowed_by_hand_passes_at_once() {
-    require_root();
-    let net = TestNet::new();
-    let listener = net.tcp_listener(net.server_v4());
-    let attacker = net.client_v4(1, 2);
-    blacklist(&net, attacker, listener);
+    let (net, attacker, listener) = blacklisted_source();
 
     net.blocker(&["allow", &attacker.to_string()]).ok();
     let (allowed, blacklisted) = (net.packets("allowlisted"), net.packets("blacklisted"));
