@@ -124,7 +124,10 @@ pub struct Settings {
     pub reject_per_s: u32,
     /// Rejects: bucket size.
     pub reject_burst: u32,
-    pub _reserved: u32,
+    /// Bumped ([`next_lists_generation`]) by every writer of the allowlist and ban tries
+    /// after it changed them, under the pin directory lock; 0 = never, which turns the
+    /// blacklist's fast path off.
+    pub lists_generation: u32,
     /// Differential tests only: when non-zero, the time the program uses instead of its
     /// clocks: milliseconds for rule windows and the dynamic blacklist, and
     /// `clock_override_ms / 1000` as the CLOCK_BOOTTIME second for manual-ban expiry.
@@ -239,6 +242,12 @@ pub struct BlacklistEntry {
     /// A [`RuleAction`].
     pub action: u16,
     pub generation: u32,
+    /// The [`Settings::lists_generation`] read before the allowlist and ban checks this
+    /// source last passed (its creation, or a hit found by them); 0 = never checked (an entry
+    /// userspace wrote). While it equals the current generation no allow or ban entry has
+    /// been added since, so a hit on a host entry may skip those checks.
+    pub lists_stamp: u32,
+    pub _reserved: u32,
 }
 
 /// What the program tells userspace through the event ring buffer.
@@ -261,7 +270,7 @@ const _: () = {
     assert!(size_of::<SourceKey>() == 18);
     assert!(size_of::<HistoryKey>() == 24);
     assert!(size_of::<History>() == 4 * HISTORY_RING + 24);
-    assert!(size_of::<BlacklistEntry>() == 24);
+    assert!(size_of::<BlacklistEntry>() == 32);
     assert!(size_of::<Event>() == 32);
 };
 
@@ -407,9 +416,10 @@ pub fn rule_matches(rule: &Rule, proto: u8, dport: u16, opens_connection: bool) 
 }
 
 impl BlacklistEntry {
-    /// The entry the rule in `slot` puts a source on at `now_ms`, after `hits` events.
+    /// The entry the rule in `slot` puts a source on at `now_ms`, after `hits` events, once
+    /// the allowlist and ban checks of `lists_stamp` passed for it.
     #[inline(always)]
-    pub fn for_rule(rule: &Rule, slot: u16, hits: u32, now_ms: u64) -> Self {
+    pub fn for_rule(rule: &Rule, slot: u16, hits: u32, now_ms: u64, lists_stamp: u32) -> Self {
         Self {
             expires_at_ms: now_ms + u64::from(rule.blacklist_ms),
             refresh_ms: if rule.refresh != 0 {
@@ -421,7 +431,31 @@ impl BlacklistEntry {
             slot,
             action: u16::from(rule.action),
             generation: rule.generation,
+            lists_stamp,
+            _reserved: 0,
         }
+    }
+}
+
+/// Words of the blacklist hints: one bit per hashed host address, 65536 bits.
+pub const BLACKLIST_HINT_WORDS: u32 = 1024;
+
+/// Where a host address's bit sits in the blacklist hints: (word, bit). A set bit means the
+/// address may have a host entry in the blacklist; a clear one that it has none the program
+/// wrote. Only a hint: which path is taken, never what it decides.
+#[inline(always)]
+pub fn blacklist_hint(source: [u64; 2]) -> (u32, u64) {
+    // Fibonacci hashing of both words folded: the top 16 bits of the product.
+    let folded = source[0] ^ source[1].rotate_left(32);
+    let bit = (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32;
+    (bit / 64, 1 << (bit % 64))
+}
+
+/// The lists generation after `generation`; never 0, which means "never checked".
+pub const fn next_lists_generation(generation: u32) -> u32 {
+    match generation.wrapping_add(1) {
+        0 => 1,
+        next => next,
     }
 }
 
@@ -940,6 +974,26 @@ mod tests {
         assert!(blacklist_hit(&mut fixed, 100_000));
         assert_eq!(fixed.expires_at_ms, 120_000);
         assert!(!blacklist_hit(&mut fixed, 120_001));
+    }
+
+    #[test]
+    fn the_lists_generation_never_comes_back_to_never_checked() {
+        assert_eq!(next_lists_generation(0), 1);
+        assert_eq!(next_lists_generation(41), 42);
+        assert_eq!(next_lists_generation(u32::MAX), 1);
+    }
+
+    #[test]
+    fn neighbouring_hosts_get_their_own_hint_bits() {
+        let mut hints = [(0u32, 0u64); 256];
+        for (last, hint) in hints.iter_mut().enumerate() {
+            let addr = [198, 51, 100, last as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            *hint = blacklist_hint(addr_words(&addr));
+            assert!(hint.0 < BLACKLIST_HINT_WORDS && hint.1.count_ones() == 1);
+        }
+        hints.sort_unstable();
+        let distinct = 1 + hints.windows(2).filter(|pair| pair[0] != pair[1]).count();
+        assert!(distinct > 240, "{distinct} distinct bits for a /24");
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod program {
     };
     use aya_log_ebpf::error;
     use blocker_common::{
-        addr_bytes, addr_words, ban_is_active, blacklist_hit, evasive_is_dropped,
+        addr_bytes, addr_words, ban_is_active, blacklist_hint, blacklist_hit, evasive_is_dropped,
         is_ipv6_extension, mask_words, on_event, proto_bit,
         reject::{
             answerable, mac_is_unicast, port_unreachable_v4, port_unreachable_v6,
@@ -33,11 +33,12 @@ mod program {
         },
         rule_matches, sample_slot, tcp_opens_connection, Action, AllowValue, BanValue,
         BlacklistEntry, Counter, DropSample, DropSamples, Event, History, HistoryKey, Outcome,
-        Reason, Rule, RuleAction, RuleStats, Settings, SourceKey, DEFAULT_ALLOW_CAPACITY,
-        DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY, DEFAULT_BLACKLIST_CAPACITY,
-        DEFAULT_HISTORY_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6, IPPROTO_FRAGMENT,
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4, LIST_ALLOW_V6,
-        LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES, NO_RULE,
+        Reason, Rule, RuleAction, RuleStats, Settings, SourceKey, BLACKLIST_HINT_WORDS,
+        DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
+        DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
+        IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4,
+        LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES,
+        NO_RULE,
     };
     use network_types::{
         eth::EthHdr,
@@ -70,6 +71,11 @@ mod program {
         BlacklistEntry,
         { DEFAULT_BLACKLIST_CAPACITY as usize },
     > = LruHashMap::new();
+    /// [`blacklist_hint`] bits of hosts with a blacklist entry, so the lookup before the list
+    /// checks is paid only by sources that may be blacklisted. Never cleared: a stale bit costs
+    /// a lookup, nothing else. Not pinned: a reload starts it empty.
+    #[btf_map]
+    static BLACKLIST_HINTS: Array<u64, { BLACKLIST_HINT_WORDS as usize }> = Array::new();
     #[btf_map]
     static HISTORY: LruHashMap<HistoryKey, History, { DEFAULT_HISTORY_CAPACITY as usize }> =
         LruHashMap::new();
@@ -221,6 +227,16 @@ mod program {
     #[repr(C, align(8))]
     struct Aligned<T>(T);
 
+    /// The prefix length of one host of `family`.
+    #[inline(always)]
+    fn host_len(family: u8) -> u8 {
+        if family == FAMILY_V4 {
+            32
+        } else {
+            128
+        }
+    }
+
     /// Rule windows, the dynamic blacklist and reject tokens: CLOCK_MONOTONIC at tick
     /// resolution, which costs a memory read where a precise clock costs a clocksource read
     /// (dear in a VM). Read only where a decision needs it; no value is carried between
@@ -339,7 +355,36 @@ mod program {
         let Some(settings) = SETTINGS.get(0) else {
             return Reason::NoMatch;
         };
-        // The allowlist before anything that can drop, so it always wins whatever the
+        // Read before the list checks, so a stamp taken from it never claims checks older than
+        // itself. SAFETY: a map value, valid during this program run.
+        let generation = unsafe { core::ptr::read_volatile(&settings.lists_generation) };
+        let masks = if packet.family == FAMILY_V4 {
+            &settings.masks_v4
+        } else {
+            &settings.masks_v6
+        };
+        let host_len = host_len(packet.family);
+        let host_first = masks[0] == host_len;
+        // Fast path: a host entry whose source passed the allowlist and ban checks under the
+        // current generation, i.e. with no allow or ban entry added since, needs them no more.
+        // It decides as the full path would: it is the first mask's, the first looked at.
+        // `first` is its lookup, done once for both paths; `None` when not done yet.
+        let mut first = None;
+        if host_first && generation != 0 && hinted(packet.source) {
+            let found = BLACKLIST.get_ptr_mut(&packet.source_key(host_len).0);
+            first = Some(found);
+            if let Some(entry) = found {
+                // SAFETY: as in `check_blacklist`.
+                let entry = unsafe { &mut *entry };
+                if entry.lists_stamp == generation
+                    && blacklist_hit(entry, now_ms(settings.clock_override_ms))
+                {
+                    let (action, slot) = (entry.action, u32::from(entry.slot));
+                    return punish(packet, action, slot, Reason::Blacklisted);
+                }
+            }
+        }
+        // The allowlist before anything else that can drop, so it always wins whatever the
         // blacklist holds (an entry keyed by a rule's mask may cover an allowed host); an
         // empty list costs no lookup.
         let listed = if packet.family == FAMILY_V4 {
@@ -361,7 +406,12 @@ mod program {
         if let Some(reason) = listed {
             return reason;
         }
-        if let Some(reason) = check_blacklist(packet, settings) {
+        let first = Checked {
+            found: first,
+            host_first,
+            generation,
+        };
+        if let Some(reason) = check_blacklist(packet, settings, masks, first) {
             return reason;
         }
         match packet.l4 {
@@ -374,7 +424,7 @@ mod program {
             L4::FirstFragmentCut => Reason::Malformed,
             L4::ChainTooLong => Reason::Unparsed,
             L4::Present | L4::Fragment if settings.rule_protos & proto_bit(packet.proto) != 0 => {
-                run_rules(packet, settings)
+                run_rules(packet, settings, generation)
             }
             L4::Present | L4::Fragment => Reason::NoMatch,
         }
@@ -613,26 +663,70 @@ mod program {
         drop_reason
     }
 
-    /// The dynamic blacklist, looked up once per mask in use for the family.
+    /// What `decide` learnt about the first blacklist mask before the list checks.
+    struct Checked {
+        /// The first mask's lookup, when done.
+        found: Option<Option<*mut BlacklistEntry>>,
+        /// Whether the first mask is the family's host length.
+        host_first: bool,
+        /// The lists generation read before the list checks.
+        generation: u32,
+    }
+
+    /// Whether `source` may have a host entry in the blacklist ([`BLACKLIST_HINTS`]).
     #[inline(always)]
-    fn check_blacklist(packet: &mut Packet, settings: &Settings) -> Option<Reason> {
-        let masks = if packet.family == FAMILY_V4 {
-            &settings.masks_v4
-        } else {
-            &settings.masks_v6
-        };
-        for mask in masks.iter().take(MAX_MASKS) {
+    fn hinted(source: [u64; 2]) -> bool {
+        let (word, bit) = blacklist_hint(source);
+        BLACKLIST_HINTS
+            .get(word)
+            .is_some_and(|bits| bits & bit != 0)
+    }
+
+    /// Marks `source` as maybe blacklisted; written only when the bit is clear, so a hot
+    /// source's word is not written from every CPU. A lost race loses a hint, never a verdict.
+    #[inline(always)]
+    fn hint(source: [u64; 2]) {
+        let (word, bit) = blacklist_hint(source);
+        if let Some(bits) = BLACKLIST_HINTS.get_ptr_mut(word) {
+            // SAFETY: a map value, valid during this program run.
+            unsafe {
+                if *bits & bit == 0 {
+                    *bits |= bit;
+                }
+            }
+        }
+    }
+
+    /// The dynamic blacklist, looked up once per mask in use for the family (the first
+    /// mask's lookup may be done already). A hit is stamped with the generation: this source
+    /// just passed the allowlist and ban checks; a host hit is hinted for the fast path.
+    #[inline(always)]
+    fn check_blacklist(
+        packet: &mut Packet,
+        settings: &Settings,
+        masks: &[u8; MAX_MASKS],
+        first: Checked,
+    ) -> Option<Reason> {
+        for (index, mask) in masks.iter().enumerate().take(MAX_MASKS) {
             if *mask == 0 {
                 break;
             }
-            let key = packet.source_key(*mask);
-            let Some(entry) = BLACKLIST.get_ptr_mut(&key.0) else {
+            let found = match first.found {
+                Some(found) if index == 0 => found,
+                _ => BLACKLIST.get_ptr_mut(&packet.source_key(*mask).0),
+            };
+            let Some(entry) = found else {
                 continue;
             };
             // SAFETY: the entry stays valid during this program run; concurrent refreshes of
-            // the expiry race benignly (both write a time in the future).
+            // the expiry race benignly (both write a time in the future), and so do stamps
+            // (both are generations read before checks that passed).
             let entry = unsafe { &mut *entry };
             if blacklist_hit(entry, now_ms(settings.clock_override_ms)) {
+                entry.lists_stamp = first.generation;
+                if index == 0 && first.host_first {
+                    hint(packet.source);
+                }
                 let (action, slot) = (entry.action, u32::from(entry.slot));
                 return Some(punish(packet, action, slot, Reason::Blacklisted));
             }
@@ -644,17 +738,20 @@ mod program {
     struct RulesLoop<'a> {
         packet: &'a mut Packet,
         clock_override_ms: u64,
+        /// The lists generation read before this packet's allowlist and ban checks.
+        generation: u32,
         reason: Reason,
     }
 
     /// Rate and burst rules in slot order; the first that blacklists the source decides.
     /// `bpf_loop` has the verifier check one iteration instead of every unrolled path.
     #[inline(always)]
-    fn run_rules(packet: &mut Packet, settings: &Settings) -> Reason {
+    fn run_rules(packet: &mut Packet, settings: &Settings, generation: u32) -> Reason {
         let slots = settings.rule_slots.min(MAX_RULES as u32);
         let mut state = RulesLoop {
             packet,
             clock_override_ms: settings.clock_override_ms,
+            generation,
             reason: Reason::NoMatch,
         };
         // SAFETY: `rule_step` matches the callback signature and gets `state` back as its
@@ -675,7 +772,12 @@ mod program {
         // SAFETY: `run_rules` passes its `RulesLoop`.
         let state = unsafe { &mut *(state as *mut RulesLoop) };
         let slot = slot as u32;
-        match rule_event(slot, state.packet, state.clock_override_ms) {
+        match rule_event(
+            slot,
+            state.packet,
+            state.clock_override_ms,
+            state.generation,
+        ) {
             None => 0,
             Some(Reason::RuleEvent) => {
                 state.reason = Reason::RuleEvent;
@@ -691,7 +793,12 @@ mod program {
     /// The event, if any, this packet is for the rule in `slot`: `RuleEvent` when counted, a
     /// final verdict when it blacklists the source.
     #[inline(always)]
-    fn rule_event(slot: u32, packet: &mut Packet, clock_override_ms: u64) -> Option<Reason> {
+    fn rule_event(
+        slot: u32,
+        packet: &mut Packet,
+        clock_override_ms: u64,
+        generation: u32,
+    ) -> Option<Reason> {
         let rule = RULES.get(slot)?;
         let opens = tcp_opens_connection(packet.tcp_flags);
         if !rule_matches(rule, packet.proto, packet.dport, opens) {
@@ -746,8 +853,11 @@ mod program {
                     stats.events += 1;
                     stats.blacklisted += 1;
                 }
-                let entry = BlacklistEntry::for_rule(rule, slot as u16, hits, now_ms);
+                let entry = BlacklistEntry::for_rule(rule, slot as u16, hits, now_ms, generation);
                 let _ = BLACKLIST.insert(&key.source, &entry, 0);
+                if mask == host_len(packet.family) {
+                    hint(packet.source);
+                }
                 // A full ring buffer loses the event, never the packet's verdict.
                 if let Some(mut event) = EVENTS.reserve(0) {
                     event.write(Event {

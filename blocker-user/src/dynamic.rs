@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use blocker_common::{
-    proto_bit, BlacklistEntry, RuleKind, RuleStats, Settings, SourceKey, FAMILY_V4, MAP_BLACKLIST,
-    MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS, MAX_MASKS, MAX_RULES,
+    next_lists_generation, proto_bit, BlacklistEntry, RuleKind, RuleStats, Settings, SourceKey,
+    FAMILY_V4, MAP_BLACKLIST, MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS, MAX_MASKS, MAX_RULES,
 };
 use ipnet::IpNet;
 
@@ -64,6 +64,14 @@ fn update_settings(pins: &PinDir, change: impl FnOnce(&mut Settings)) -> Result<
     settings.set(0, value, 0).map_err(Error::map(context))
 }
 
+/// Tells the XDP program the allowlist or ban tries may have changed, so no blacklist entry
+/// skips their checks on an older stamp. For writers that stop before `write_settings`.
+pub fn bump_lists_generation(pins: &PinDir) -> Result<()> {
+    update_settings(pins, |value| {
+        value.lists_generation = next_lists_generation(value.lists_generation)
+    })
+}
+
 /// Writes how often reject rules may answer (per CPU); `load` does, from `[rejects]`.
 pub fn write_reject_limits(pins: &PinDir, rejects: &RejectConfig) -> Result<()> {
     update_settings(pins, |value| {
@@ -94,6 +102,9 @@ pub fn write_settings(
         Vec::new()
     };
     update_settings(pins, |value| {
+        // Every writer of the tries ends here (or in `bump_lists_generation`), under the pin
+        // directory lock: the read-modify-write loses no bump.
+        value.lists_generation = next_lists_generation(value.lists_generation);
         value.lists = lists;
         value.rule_slots = compiled.rule_slots;
         value.rule_protos = compiled

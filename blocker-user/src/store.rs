@@ -565,6 +565,15 @@ impl Store {
     /// bans, removes `removed` from them, and sets which tries the XDP program looks in. For
     /// writers that committed to the database directly (a bulk import).
     pub fn sync_bans(&mut self, changed: &[IpNet], removed: &[IpNet]) -> Result<()> {
+        let synced = self.write_synced_bans(changed, removed);
+        if synced.is_err() {
+            // Some bans may be in the tries already: no blacklist stamp may outlive them.
+            let _ = dynamic::bump_lists_generation(&self.pins);
+        }
+        synced
+    }
+
+    fn write_synced_bans(&mut self, changed: &[IpNet], removed: &[IpNet]) -> Result<()> {
         for net in removed {
             self.maps.set_ban(net, None)?;
         }

@@ -14,7 +14,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use blocker_common::{Action, History, Reason, RuleKind, Settings, HISTORY_RING, MAX_RULES};
+use blocker_common::{
+    next_lists_generation, Action, History, Reason, RuleKind, Settings, HISTORY_RING, MAX_RULES,
+};
 
 use crate::model::{self, addr_text, parse::parse, reply, Model, Verdict};
 use generate::{Config, Pool, Rng};
@@ -171,6 +173,12 @@ impl Harness {
     }
 
     pub fn set_clock(&mut self, clock_ms: u64) -> Result<()> {
+        if clock_ms < self.model.settings.clock_override_ms {
+            // Back in time an expired ban is in force again: as after a new ban, no
+            // blacklist stamp may skip the ban check.
+            self.model.settings.lists_generation =
+                next_lists_generation(self.model.settings.lists_generation);
+        }
         self.model.settings.clock_override_ms = clock_ms;
         self.kernel.set_settings(&self.model.settings)
     }
@@ -199,6 +207,9 @@ impl Harness {
             self.kernel.set_ban(prefix, Some(ban))?;
         }
         config.settings.clock_override_ms = self.clock_ms();
+        // The lists were written: as blocker's writers do, a new generation.
+        config.settings.lists_generation =
+            next_lists_generation(self.model.settings.lists_generation);
         self.kernel.set_settings(&config.settings)?;
         self.model.settings = config.settings;
         self.model.rules = config.rules;

@@ -165,6 +165,8 @@ impl Model {
                 continue;
             };
             if blacklist_hit(entry, now) {
+                // The source passed the list checks just above.
+                entry.lists_stamp = self.settings.lists_generation;
                 let (action, slot) = (entry.action, usize::from(entry.slot));
                 return self.punish(frame, &ip, action, slot, Reason::Blacklisted);
             }
@@ -224,7 +226,13 @@ impl Model {
                     let stats = &mut self.rule_stats[slot];
                     stats.events += 1;
                     stats.blacklisted += 1;
-                    let entry = BlacklistEntry::for_rule(&rule, slot as u16, hits, now);
+                    let entry = BlacklistEntry::for_rule(
+                        &rule,
+                        slot as u16,
+                        hits,
+                        now,
+                        self.settings.lists_generation,
+                    );
                     self.blacklist.insert(key.source, entry);
                     return self.punish(frame, ip, entry.action, slot, Reason::RuleTriggered);
                 }
