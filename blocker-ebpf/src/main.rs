@@ -30,12 +30,14 @@ mod program {
             source_is_unicast, tcp_reset_v4, tcp_reset_v6, TokenBucket, QUOTE_V4_MAX, QUOTE_V6_MAX,
             UNREACH_V4_LEN, UNREACH_V6_LEN,
         },
-        rule_matches, tcp_opens_connection, Action, AllowValue, BanValue, BlacklistEntry, Counter,
-        Event, History, HistoryKey, Outcome, Reason, Rule, RuleAction, RuleStats, Settings,
-        SourceKey, DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
-        DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
-        IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4,
-        LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES,
+        rule_matches, tcp_opens_connection, uses_short_history, Action, AllowValue, BanValue,
+        BlacklistEntry, Counter, Event, History, HistoryKey, Outcome, Reason, Rule, RuleAction,
+        RuleStats, Settings, ShortHistory, SourceKey, DEFAULT_ALLOW_CAPACITY,
+        DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY, DEFAULT_BLACKLIST_CAPACITY,
+        DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_LONG_CAPACITY, EVENTS_BYTES, FAMILY_V4,
+        FAMILY_V6, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS,
+        MAX_RULES,
     };
     use network_types::{
         eth::EthHdr,
@@ -69,8 +71,14 @@ mod program {
         { DEFAULT_BLACKLIST_CAPACITY as usize },
     > = LruHashMap::new();
     #[btf_map]
-    static HISTORY: LruHashMap<HistoryKey, History, { DEFAULT_HISTORY_CAPACITY as usize }> =
+    static HISTORY: LruHashMap<HistoryKey, ShortHistory, { DEFAULT_HISTORY_CAPACITY as usize }> =
         LruHashMap::new();
+    #[btf_map]
+    static HISTORY_LONG: LruHashMap<
+        HistoryKey,
+        History,
+        { DEFAULT_HISTORY_LONG_CAPACITY as usize },
+    > = LruHashMap::new();
     #[btf_map]
     static RULES: Array<Rule, MAX_RULES> = Array::new();
     #[btf_map]
@@ -659,29 +667,21 @@ mod program {
         });
         let key = &key.0;
         let now_ms = now_ms(clock_override_ms);
-        // A stale history is replaced like a missing one.
-        let known = HISTORY
-            .get_ptr_mut(key)
-            // SAFETY: a map value stays valid during this program run.
-            .filter(|history| !unsafe { &**history }.is_stale(now_ms));
-        let outcome = match known {
-            // Known source: update in place, no map update call.
-            Some(history) => on_event(rule, unsafe { &mut *history }, now_ms, packet.ttl),
-            None => {
-                let scratch = SCRATCH.get_ptr_mut(0)?;
-                // SAFETY: per-CPU scratch, only this program run uses it.
-                let history = unsafe { &mut (*scratch).history };
-                // History::new(ttl) without rewriting the ring, which is read only up to
-                // `recorded`.
-                history.recorded = 0;
-                history.bunch_len = 0;
-                history.ttl = u32::from(packet.ttl);
-                history.last_ms = 0;
-                let outcome = on_event(rule, history, now_ms, packet.ttl);
-                // A full LRU map evicts the least recently used history; nothing to handle.
-                let _ = HISTORY.insert(key, &*history, 0);
-                outcome
-            }
+        let outcome = if uses_short_history(rule) {
+            // Small enough to start on the stack.
+            let mut fresh = ShortHistory::new(packet.ttl);
+            history_event(&HISTORY, key, rule, &mut fresh, now_ms, packet.ttl)
+        } else {
+            let scratch = SCRATCH.get_ptr_mut(0)?;
+            // SAFETY: per-CPU scratch, only this program run uses it.
+            let fresh = unsafe { &mut (*scratch).history };
+            // History::new(ttl) without rewriting the ring, which is read only up to
+            // `recorded`.
+            fresh.recorded = 0;
+            fresh.bunch_len = 0;
+            fresh.ttl = packet.ttl;
+            fresh.last_ms = 0;
+            history_event(&HISTORY_LONG, key, rule, fresh, now_ms, packet.ttl)
         };
         let stats = rule_stats(slot);
         match outcome {
@@ -710,6 +710,34 @@ mod program {
                     event.submit(0);
                 }
                 Some(punish(packet, entry.action, slot, Reason::RuleTriggered))
+            }
+        }
+    }
+
+    /// One event in the history `map` keeps for `key`: a known source's history is updated in
+    /// place (no map update call); a new or stale one starts from `fresh` (a fresh history)
+    /// and is inserted.
+    #[inline(always)]
+    fn history_event<const RING: usize, const CAPACITY: usize>(
+        map: &LruHashMap<HistoryKey, History<RING>, CAPACITY>,
+        key: &HistoryKey,
+        rule: &Rule,
+        fresh: &mut History<RING>,
+        now_ms: u64,
+        ttl: u8,
+    ) -> Outcome {
+        let known = map
+            .get_ptr_mut(key)
+            // SAFETY: a map value stays valid during this program run.
+            .filter(|history| !unsafe { &**history }.is_stale(now_ms));
+        match known {
+            // SAFETY: as above.
+            Some(history) => on_event(rule, unsafe { &mut *history }, now_ms, ttl),
+            None => {
+                let outcome = on_event(rule, fresh, now_ms, ttl);
+                // A full LRU map evicts the least recently used history; nothing to handle.
+                let _ = map.insert(key, &*fresh, 0);
+                outcome
             }
         }
     }

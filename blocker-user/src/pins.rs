@@ -39,7 +39,7 @@ const LAYOUT_VERSION: u32 = 2;
 pub fn layout() -> String {
     use blocker_common::{
         AllowValue, BanValue, BlacklistEntry, Counter, Event, History, HistoryKey, Reason, Rule,
-        RuleStats, Settings, SourceKey, MAX_RULES,
+        RuleStats, Settings, ShortHistory, SourceKey, MAX_RULES,
     };
     use std::mem::size_of;
     let sizes = [
@@ -50,6 +50,7 @@ pub fn layout() -> String {
         size_of::<Settings>(),
         size_of::<HistoryKey>(),
         size_of::<History>(),
+        size_of::<ShortHistory>(),
         size_of::<SourceKey>(),
         size_of::<BlacklistEntry>(),
         size_of::<Event>(),
