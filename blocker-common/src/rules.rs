@@ -299,6 +299,17 @@ impl<const RING: usize> History<RING> {
         }
     }
 
+    /// Makes this history [`History::new`]`(ttl)` in place without rewriting the ring, which
+    /// is read only up to `recorded`: the XDP program starts new sources this way in per-CPU
+    /// scratch memory, where zeroing the ring would cost a byte loop per new source.
+    #[inline(always)]
+    pub fn restart(&mut self, ttl: u8) {
+        self.last_ms = 0;
+        self.bunch_len = 0;
+        self.recorded = 0;
+        self.ttl = ttl;
+    }
+
     /// Whether the newest event is older than any window, so nothing here can count again:
     /// the caller replaces a stale history with a fresh one before [`on_event`], and so the
     /// u32 ring times of a source idle for 49.7 days never alias into a window.
@@ -726,6 +737,28 @@ mod tests {
             hitcount: SHORT_RING as u32 + 1,
             ..ssh_rule()
         }));
+    }
+
+    #[test]
+    fn a_restarted_history_decides_like_a_new_one() {
+        let rule = ssh_rule();
+        let mut used = ShortHistory::new(50);
+        for t in [0, 1, 2, 3, 4, 5] {
+            on_event(&rule, &mut used, t, 50);
+        }
+        used.restart(64);
+        let mut new = ShortHistory::new(64);
+        for t in [100_000, 100_001, 100_002, 100_003] {
+            assert_eq!(
+                on_event(&rule, &mut used, t, 64),
+                on_event(&rule, &mut new, t, 64)
+            );
+            assert_eq!(used.kept(), new.kept());
+            assert_eq!(
+                (used.recorded, used.ttl, used.last_ms),
+                (new.recorded, new.ttl, new.last_ms)
+            );
+        }
     }
 
     #[test]

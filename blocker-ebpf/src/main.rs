@@ -94,6 +94,7 @@ mod program {
     #[repr(C)]
     struct Scratch {
         history: History,
+        short_history: ShortHistory,
         l2: [u8; MAX_L2_LEN],
         ip_v4: [u8; 20],
         ip_v6: [u8; 40],
@@ -667,20 +668,14 @@ mod program {
         });
         let key = &key.0;
         let now_ms = now_ms(clock_override_ms);
+        let scratch = SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: per-CPU scratch, only this program run uses it.
+        let scratch = unsafe { &mut *scratch };
         let outcome = if uses_short_history(rule) {
-            // Small enough to start on the stack.
-            let mut fresh = ShortHistory::new(packet.ttl);
-            history_event(&HISTORY, key, rule, &mut fresh, now_ms, packet.ttl)
+            let fresh = &mut scratch.short_history;
+            history_event(&HISTORY, key, rule, fresh, now_ms, packet.ttl)
         } else {
-            let scratch = SCRATCH.get_ptr_mut(0)?;
-            // SAFETY: per-CPU scratch, only this program run uses it.
-            let fresh = unsafe { &mut (*scratch).history };
-            // History::new(ttl) without rewriting the ring, which is read only up to
-            // `recorded`.
-            fresh.recorded = 0;
-            fresh.bunch_len = 0;
-            fresh.ttl = packet.ttl;
-            fresh.last_ms = 0;
+            let fresh = &mut scratch.history;
             history_event(&HISTORY_LONG, key, rule, fresh, now_ms, packet.ttl)
         };
         let stats = rule_stats(slot);
@@ -715,8 +710,8 @@ mod program {
     }
 
     /// One event in the history `map` keeps for `key`: a known source's history is updated in
-    /// place (no map update call); a new or stale one starts from `fresh` (a fresh history)
-    /// and is inserted.
+    /// place (no map update call); a new or stale one starts in `fresh` (scratch memory) and is
+    /// inserted.
     #[inline(always)]
     fn history_event<const RING: usize, const CAPACITY: usize>(
         map: &LruHashMap<HistoryKey, History<RING>, CAPACITY>,
@@ -734,6 +729,7 @@ mod program {
             // SAFETY: as above.
             Some(history) => on_event(rule, unsafe { &mut *history }, now_ms, ttl),
             None => {
+                fresh.restart(ttl);
                 let outcome = on_event(rule, fresh, now_ms, ttl);
                 // A full LRU map evicts the least recently used history; nothing to handle.
                 let _ = map.insert(key, &*fresh, 0);
