@@ -7,9 +7,11 @@ pub mod counters;
 pub mod maps;
 pub mod reject;
 pub mod rules;
+pub mod samples;
 pub mod verdict;
 
 pub use counters::{Action, Counter, Reason};
 pub use maps::*;
 pub use rules::*;
+pub use samples::*;
 pub use verdict::ban_is_active;

@@ -31,7 +31,7 @@ pub const MAP_BLACKLIST: &str = "BLACKLIST";
 pub const MAP_EVENTS: &str = "EVENTS";
 
 /// Every map the XDP program declares, in the order `blocker status` reports them.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     MAP_BAN_V4,
     MAP_BAN_V6,
     MAP_ALLOW_V4,
@@ -44,6 +44,7 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_RULE_STATS,
     MAP_COUNTERS,
     MAP_EVENTS,
+    crate::MAP_DROP_SAMPLES,
 ];
 
 /// The name of the XDP program in the object file.
@@ -99,4 +100,6 @@ mod pod {
     unsafe impl aya::Pod for crate::ShortHistory {}
     unsafe impl aya::Pod for crate::BlacklistEntry {}
     unsafe impl aya::Pod for crate::Event {}
+    unsafe impl aya::Pod for crate::DropSample {}
+    unsafe impl aya::Pod for crate::DropSamples {}
 }

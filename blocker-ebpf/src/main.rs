@@ -20,6 +20,7 @@ mod program {
         macros::{btf_map, xdp},
         maps::lpm_trie::Key,
         programs::XdpContext,
+        Global,
     };
     use aya_log_ebpf::error;
     use blocker_common::{
@@ -30,14 +31,14 @@ mod program {
             source_is_unicast, tcp_reset_v4, tcp_reset_v6, TokenBucket, QUOTE_V4_MAX, QUOTE_V6_MAX,
             UNREACH_V4_LEN, UNREACH_V6_LEN,
         },
-        rule_matches, tcp_opens_connection, uses_short_history, Action, AllowValue, BanValue,
-        BlacklistEntry, Counter, Event, History, HistoryKey, Outcome, Reason, Rule, RuleAction,
-        RuleStats, Settings, ShortHistory, SourceKey, DEFAULT_ALLOW_CAPACITY,
-        DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY, DEFAULT_BLACKLIST_CAPACITY,
-        DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_LONG_CAPACITY, EVENTS_BYTES, FAMILY_V4,
-        FAMILY_V6, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-        LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS,
-        MAX_RULES,
+        rule_matches, sample_slot, tcp_opens_connection, uses_short_history, Action, AllowValue,
+        BanValue, BlacklistEntry, Counter, DropSample, DropSamples, Event, History, HistoryKey,
+        Outcome, Reason, Rule, RuleAction, RuleStats, Settings, ShortHistory, SourceKey,
+        DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
+        DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_LONG_CAPACITY,
+        EVENTS_BYTES, FAMILY_V4, FAMILY_V6, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6,
+        MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES, NO_RULE,
     };
     use network_types::{
         eth::EthHdr,
@@ -89,6 +90,12 @@ mod program {
     static COUNTERS: PerCpuArray<Counter, { Reason::COUNT as usize }> = PerCpuArray::new();
     #[btf_map]
     static EVENTS: RingBuf<Event, { EVENTS_BYTES as usize }> = RingBuf::new();
+    #[btf_map]
+    static DROP_SAMPLES: PerCpuArray<DropSamples, 1> = PerCpuArray::new();
+    /// Whether blocked packets are sampled: the loader leaves it on; the sampling-cost bench
+    /// loads a copy with it off, which the verifier then prunes as dead code.
+    #[unsafe(no_mangle)]
+    static SAMPLE_DROPS: Global<u8> = Global::new(1);
 
     /// Per-CPU working memory for values too large for the 512-byte BPF stack.
     #[repr(C)]
@@ -276,19 +283,60 @@ mod program {
                 reason = packet.drop_reason;
             }
         }
-        match COUNTERS.get_ptr_mut(reason as u32) {
+        // The packets counted before this one: what decides whether it is sampled.
+        let seen = match COUNTERS.get_ptr_mut(reason as u32) {
             // SAFETY: a per-CPU slot is only ever touched by this CPU.
             Some(counter) => unsafe {
-                (*counter).packets += 1;
+                let seen = (*counter).packets;
+                (*counter).packets = seen + 1;
                 (*counter).bytes += frame_len;
+                seen
             },
-            None => error!(&ctx, "counters map has no slot {}", reason as u32),
+            None => {
+                error!(&ctx, "counters map has no slot {}", reason as u32);
+                1
+            }
+        };
+        if SAMPLE_DROPS.load() != 0 {
+            if let Some(slot) = sample_slot(reason, seen) {
+                // SAFETY: only blocking reasons are sampled, and they come from `decide`,
+                // after the parse wrote the packet.
+                let packet = unsafe { packet.assume_init_ref() };
+                sample(packet, reason, seen, slot, frame_len as u32);
+            }
         }
         match reason.action() {
             Action::Pass => xdp_action::XDP_PASS,
             Action::Drop => xdp_action::XDP_DROP,
             Action::Tx => xdp_action::XDP_TX,
         }
+    }
+
+    /// Writes a blocked packet's sample into this CPU's ring. Out of line: one packet in
+    /// [`blocker_common::SAMPLE_EVERY`] gets here, and the others' path stays as short as it was.
+    #[inline(never)]
+    fn sample(packet: &Packet, reason: Reason, seen: u64, slot: usize, frame_len: u32) {
+        let Some(ring) = DROP_SAMPLES.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: a per-CPU slot is only ever touched by this CPU; a reader may see it torn.
+        let Some(out) = (unsafe { (*ring).slots.get_mut(slot) }) else {
+            return;
+        };
+        let rule = match reason {
+            Reason::Blacklisted | Reason::RuleTriggered | Reason::Rejected => {
+                packet.punished_by as u16
+            }
+            _ => NO_RULE,
+        };
+        *out = DropSample {
+            seen,
+            source: packet.source,
+            family: packet.family,
+            reason: reason as u8,
+            slot: rule,
+            frame_len,
+        };
     }
 
     /// Decides on a parsed packet. `Reason::Rejected` means "answer if possible", with
@@ -561,8 +609,9 @@ mod program {
     /// `blocker`, which counts it for the rule) or `drop_reason`, counted here.
     #[inline(always)]
     fn punish(packet: &mut Packet, action: u16, slot: u32, drop_reason: Reason) -> Reason {
+        // Named in the drop sample, and in the rule's stats of an answered reject.
+        packet.punished_by = slot;
         if action == RuleAction::Reject as u16 {
-            packet.punished_by = slot;
             packet.drop_reason = drop_reason;
             return Reason::Rejected;
         }

@@ -36,10 +36,17 @@ pub struct ImportReport {
     pub covered: usize,
     /// Allowlist entries the list holds (not imported here: see `blocker import --with-allow`).
     pub allow_entries: usize,
+    /// Entries whose date could not be their creation date (in the future, or no calendar
+    /// day): created at the import's time instead.
+    pub undated: usize,
 }
 
+/// How many entries with an unusable date are warned about one by one; the rest are counted.
+const UNDATED_WARNINGS: usize = 10;
+
 /// Imports `list` on behalf of `origin`: each entry banned with its own `expires=` or
-/// `default_expiry`, entries already expired skipped. Unless `force`, an entry that would
+/// `default_expiry`, entries already expired skipped, each created at the list's date for it
+/// or at the import's time ([`formats::creation_date`]). Unless `force`, an entry that would
 /// lock the operator out refuses the whole list. `progress` is called once per line read.
 /// The list is read in its format ([`formats::stream`]); its allowlist entries are counted, not
 /// imported.
@@ -64,6 +71,7 @@ pub fn import(
     let guard = if force { None } else { Some(Guard::detect()?) };
     let now = store.now.wall;
     let (mut expired, mut read, mut normalized, mut allow_entries) = (0, 0, 0, 0);
+    let mut undated = 0;
     let rows = entries.filter_map(|entry| {
         progress();
         let entry = match entry {
@@ -96,9 +104,23 @@ pub fn import(
                 }));
             }
         }
+        let created_at = match formats::creation_date(&entry, now) {
+            Ok(created_at) => created_at,
+            Err(why) => {
+                undated += 1;
+                if undated <= UNDATED_WARNINGS {
+                    warn!(
+                        "{source}:{}: {why}: created at the import's time instead",
+                        entry.line
+                    );
+                }
+                None
+            }
+        };
         Some(Ok(ImportRow {
             net: entry.net,
             reason: entry.reason,
+            created_at,
             expires_at,
         }))
     });
@@ -136,5 +158,6 @@ pub fn import(
         duplicates: read.saturating_sub(expired + count),
         covered,
         allow_entries,
+        undated,
     })
 }

@@ -25,6 +25,7 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod text;
+mod trie;
 
 pub use error::{Error, Result};
 

@@ -38,8 +38,8 @@ const LAYOUT_VERSION: u32 = 2;
 /// pins left by a build that lays them out differently are never reused.
 pub fn layout() -> String {
     use blocker_common::{
-        AllowValue, BanValue, BlacklistEntry, Counter, Event, History, HistoryKey, Reason, Rule,
-        RuleStats, Settings, ShortHistory, SourceKey, MAX_RULES,
+        AllowValue, BanValue, BlacklistEntry, Counter, DropSamples, Event, History, HistoryKey,
+        Reason, Rule, RuleStats, Settings, ShortHistory, SourceKey, MAX_RULES,
     };
     use std::mem::size_of;
     let sizes = [
@@ -55,6 +55,7 @@ pub fn layout() -> String {
         size_of::<BlacklistEntry>(),
         size_of::<Event>(),
         size_of::<Counter>(),
+        size_of::<DropSamples>(),
         MAX_RULES,
         Reason::COUNT as usize,
         ALL_MAPS.len(),

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, MapError};
+use aya::maps::{Array, Map, MapError};
 use blocker_common::{
     AllowValue, BanValue, Rule, RuleKind, ALLOW_PRESENT, BAN_PERMANENT, LIST_ALLOW_V4,
     LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6,
@@ -26,6 +26,7 @@ use crate::{
     pins::{DirLock, PinDir},
     rules::{RuleSpec, RuleTable},
     state::{last_good_path, Bans, Entry, Origin, State},
+    trie::Trie,
     Error, Result,
 };
 
@@ -111,87 +112,6 @@ const WRITE_BATCH: usize = 4096;
 /// (the writer's error is the one reported).
 fn writer_stopped() -> Error {
     Error::io("handing bans to the map writer")(std::io::Error::other("the writer stopped"))
-}
-
-/// One pinned LPM trie with what error messages need to say about it.
-struct Trie<K, V> {
-    map: LpmTrie<MapData, K, V>,
-    name: &'static str,
-    capacity: u32,
-}
-
-impl<K: aya::Pod, V: aya::Pod> Trie<K, V> {
-    fn open(pins: &PinDir, name: &'static str) -> Result<Self> {
-        let context = format!("opening map {name}");
-        let data = pins.open_map(name)?;
-        let capacity = data
-            .info()
-            .map_err(Error::map(context.clone()))?
-            .max_entries();
-        let map = LpmTrie::try_from(Map::LpmTrie(data)).map_err(Error::map(context))?;
-        Ok(Self {
-            map,
-            name,
-            capacity,
-        })
-    }
-
-    /// Inserts or replaces one entry; a refusal because the map is full says so.
-    fn insert(&mut self, (prefix_len, data): (u32, K), value: V) -> Result<()> {
-        self.map
-            .insert(&Key::new(prefix_len, data), value, 0)
-            .map_err(|err| match &err {
-                MapError::SyscallError(syscall)
-                    if matches!(
-                        syscall.io_error.raw_os_error(),
-                        Some(nix::libc::ENOSPC | nix::libc::E2BIG)
-                    ) =>
-                {
-                    Error::MapFull {
-                        map: self.name,
-                        capacity: self.capacity,
-                    }
-                }
-                _ => Error::Map {
-                    context: format!("updating map {}", self.name),
-                    source: err,
-                },
-            })
-    }
-
-    /// Every entry in the map.
-    fn entries(&self) -> Result<Vec<(u8, K, V)>> {
-        self.map
-            .iter()
-            .map(|entry| {
-                let (key, value) =
-                    entry.map_err(Error::map(format!("reading map {}", self.name)))?;
-                // LPM prefix lengths are at most 128.
-                Ok((key.prefix_len() as u8, key.data(), value))
-            })
-            .collect()
-    }
-
-    /// Looks `key` up by longest prefix.
-    fn lookup(&self, (prefix_len, data): (u32, K)) -> std::result::Result<(), MapError> {
-        self.map.get(&Key::new(prefix_len, data), 0).map(drop)
-    }
-
-    /// Removes one entry; one that is already gone is fine.
-    fn remove(&mut self, (prefix_len, data): (u32, K)) -> Result<()> {
-        match self.map.remove(&Key::new(prefix_len, data)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(syscall))
-                if syscall.io_error.raw_os_error() == Some(nix::libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(err) => Err(Error::Map {
-                context: format!("removing from map {}", self.name),
-                source: err,
-            }),
-        }
-    }
 }
 
 impl KernelImage {
@@ -331,6 +251,21 @@ impl Maps {
         }
     }
 
+    /// Sets the kernel expiries of many bans, with one batch update per family and
+    /// [`crate::trie::UPDATE_BATCH`] entries.
+    fn set_bans(&mut self, bans: &[(IpNet, u32)]) -> Result<()> {
+        let value = |expires_at_s| BanValue { expires_at_s };
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for (net, expiry) in bans {
+            match net {
+                IpNet::V4(net) => v4.push((v4_key(net), value(*expiry))),
+                IpNet::V6(net) => v6.push((v6_key(net), value(*expiry))),
+            }
+        }
+        self.ban_v4.insert_all(&v4)?;
+        self.ban_v6.insert_all(&v6)
+    }
+
     fn set_allow(&mut self, net: &IpNet, present: bool) -> Result<()> {
         match (net, present) {
             (IpNet::V4(v4), true) => self.allow_v4.insert(v4_key(v4), ALLOW_PRESENT),
@@ -385,8 +320,7 @@ impl Maps {
             // Ends when the reader is done; a refused write drops `to_write`, which stops it.
             let written = to_write
                 .into_iter()
-                .flatten()
-                .try_for_each(|(net, expiry)| self.set_ban(&net, Some(expiry)));
+                .try_for_each(|batch| self.set_bans(&batch));
             let read = reader
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));

@@ -4,6 +4,7 @@
 //! joins the fleet. Everything is stopped and deleted on drop.
 
 use std::{
+    io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -121,6 +122,98 @@ impl Drop for NatsServer {
     }
 }
 
+/// A bare NATS client speaking the text protocol, for what the daemons would never send:
+/// values put straight into the bucket's stream, and a bucket made by hand.
+pub struct RawNats {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl RawNats {
+    /// Connects to `server` from inside the fleet namespace.
+    pub fn connect(ns: &FleetNs, server: &NatsServer) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+        let stream = in_netns(&ns.name, move || TcpStream::connect(addr)).expect("reaching NATS");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let mut client = Self {
+            reader: BufReader::new(stream.try_clone().expect("cloning the socket")),
+            writer: stream,
+        };
+        let info = client.line();
+        assert!(info.starts_with("INFO "), "NATS greets with INFO: {info}");
+        client.send(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB _INBOX.raw 1\r\n");
+        client
+    }
+
+    /// Publishes `payload` on `subject` and returns the reply (JetStream's answer).
+    pub fn request(&mut self, subject: &str, payload: &[u8]) -> String {
+        let mut frame = format!("PUB {subject} _INBOX.raw {}\r\n", payload.len()).into_bytes();
+        frame.extend_from_slice(payload);
+        frame.extend_from_slice(b"\r\n");
+        self.send(&frame);
+        loop {
+            let line = self.line();
+            if line == "PING" {
+                self.send(b"PONG\r\n");
+                continue;
+            }
+            assert!(!line.starts_with("-ERR"), "NATS refused {subject}: {line}");
+            let Some(header) = line.strip_prefix("MSG ") else {
+                continue;
+            };
+            let size: usize = header
+                .rsplit(' ')
+                .next()
+                .and_then(|size| size.parse().ok())
+                .unwrap_or_else(|| panic!("a MSG line ends with its size: {line}"));
+            let mut body = vec![0; size + 2];
+            std::io::Read::read_exact(&mut self.reader, &mut body).expect("reading a reply");
+            body.truncate(size);
+            return String::from_utf8_lossy(&body).into_owned();
+        }
+    }
+
+    /// Creates the key-value bucket `bucket` as the daemons do, but taking values up to
+    /// `max_value` bytes.
+    pub fn create_bucket(&mut self, bucket: &str, max_value: usize) {
+        let config = serde_json::json!({
+            "name": format!("KV_{bucket}"),
+            "subjects": [format!("$KV.{bucket}.>")],
+            "max_msgs_per_subject": 1,
+            "max_msg_size": max_value,
+            "storage": "file",
+            "num_replicas": 1,
+            "allow_rollup_hdrs": true,
+            "deny_delete": true,
+            "allow_direct": true,
+            "discard": "new",
+        });
+        let reply = self.request(
+            &format!("$JS.API.STREAM.CREATE.KV_{bucket}"),
+            config.to_string().as_bytes(),
+        );
+        assert!(!reply.contains("\"error\""), "creating {bucket}: {reply}");
+    }
+
+    /// Puts `value` under `key` of `bucket`; panics unless JetStream stored it.
+    pub fn put(&mut self, bucket: &str, key: &str, value: &[u8]) {
+        let reply = self.request(&format!("$KV.{bucket}.{key}"), value);
+        assert!(reply.contains("\"seq\""), "putting {key}: {reply}");
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("writing to NATS");
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("reading from NATS");
+        line.trim_end().to_string()
+    }
+}
+
 /// One blocker node of the fleet.
 pub struct Node {
     pub net: TestNet,
@@ -135,13 +228,25 @@ impl Node {
     /// Loads blocker (no rules) on a new [`TestNet`] and starts its daemon, joined to
     /// `servers` with `fleet_extra` (TOML lines) in its `[fleet]` section.
     pub fn start(ns: &FleetNs, index: u16, servers: &[String], fleet_extra: &str) -> Self {
+        Self::start_with_rules(ns, index, servers, "rules = []", fleet_extra)
+    }
+
+    /// Like [`Node::start`], with `rules` (TOML: `rules = []` or `[[rules]]` tables) as the
+    /// node's rules.
+    pub fn start_with_rules(
+        ns: &FleetNs,
+        index: u16,
+        servers: &[String],
+        rules: &str,
+        fleet_extra: &str,
+    ) -> Self {
         let net = TestNet::new();
         let name = format!("node-{index}");
         let servers: Vec<String> = servers.iter().map(|url| format!("{url:?}")).collect();
         let config = net.config(
             "fleet.toml",
             &format!(
-                "rules = []\n[fleet]\nservers = [{}]\nnode = \"{name}\"\n{fleet_extra}\n",
+                "{rules}\n[fleet]\nservers = [{}]\nnode = \"{name}\"\n{fleet_extra}\n",
                 servers.join(", ")
             ),
         );
@@ -156,6 +261,37 @@ impl Node {
         };
         node.start_daemon();
         node
+    }
+
+    /// Lets this node's client send from `addr` (another node's client address) to this
+    /// node's server: a source that reaches two nodes of the fleet.
+    pub fn lend_source(&self, addr: std::net::IpAddr) {
+        let net = &self.net;
+        let host = format!("{addr}/32");
+        sh(
+            "ip",
+            &[
+                "-n",
+                &net.client_ns,
+                "addr",
+                "add",
+                &host,
+                "dev",
+                &net.client_if,
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &net.server_ns,
+                "route",
+                "add",
+                &host,
+                "dev",
+                &net.server_if,
+            ],
+        );
     }
 
     /// Starts the daemon and waits until its fleet link is up.

@@ -147,3 +147,60 @@ fn a_ban_refused_by_a_full_map_leaves_the_other_bans_enforced() {
     );
     assert!(net.reaches(net.client_v4(1, 2)), "others still pass");
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn an_import_refused_part_way_through_a_batch_is_taken_back_from_the_map() {
+    require_root();
+    let net = TestNet::new();
+    let config = net.state_dir.path().join("small.toml");
+    std::fs::write(&config, "[maps]\nban_v4 = 8\n").expect("write config");
+    net.load(&["--config", &config.to_string_lossy()]).ok();
+    // Six entries the store does not know fill the kernel map further than the store's
+    // capacity check can see, so the batch update of the import is refused after two entries.
+    let map = net.pin_dir.join("BAN_V4");
+    for host in 1..=6u8 {
+        let key = format!("20 00 00 00 c6 33 64 {host:02x}");
+        let mut args = vec!["map", "update", "pinned", map.to_str().expect("utf-8 pin")];
+        args.extend(["key", "hex"]);
+        args.extend(key.split(' '));
+        args.extend(["value", "hex", "00", "00", "00", "00"]);
+        let out = std::process::Command::new("bpftool")
+            .args(&args)
+            .output()
+            .expect("running bpftool (cargo xtask setup installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let state_before = net.state_text();
+    let list = net.state_dir.path().join("list.txt");
+    std::fs::write(
+        &list,
+        "203.0.113.1\n203.0.113.2\n203.0.113.3\n203.0.113.4\n",
+    )
+    .expect("write list");
+    let run = net.blocker(&["import", &list.to_string_lossy()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("BAN_V4 is full (8 entries)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(net.state_text(), state_before, "the import is taken back");
+    let dumped = blocker_tests::testrun::bpftool_json(&[
+        "map",
+        "dump",
+        "pinned",
+        map.to_str().expect("utf-8 pin"),
+    ]);
+    let keys: Vec<String> = dumped
+        .as_array()
+        .expect("a dump is an array")
+        .iter()
+        .map(|entry| entry["key"].to_string())
+        .collect();
+    assert_eq!(keys.len(), 6, "only the foreign entries are left: {keys:?}");
+}

@@ -1,13 +1,15 @@
 //! The fleet: three blocker nodes, each with its own XDP program, pin directory and state,
 //! share bans through real NATS servers with JetStream. A ban on one drops real packets at
 //! every node, an unban anywhere lets them through everywhere, a node that was down catches up,
-//! the allowlist of a node wins there, nothing is published twice (no loops), and losing one
-//! server of a 3-server cluster does not stop the bans.
+//! the allowlist of a node wins there, nothing is published twice (no loops), losing one
+//! server of a 3-server cluster does not stop the bans, a source a rate rule blacklists on one
+//! node is dropped by the others, and a malformed or oversized value in the bucket is skipped
+//! without stopping what comes after it.
 
 use std::time::Duration;
 
 use blocker_tests::{
-    fleet::{wait_or_explain, wait_until, FleetNs, NatsServer, Node},
+    fleet::{wait_or_explain, wait_until, FleetNs, NatsServer, Node, RawNats},
     require_root,
 };
 
@@ -234,4 +236,207 @@ fn bans_still_propagate_after_one_server_of_a_three_server_cluster_dies() {
         );
     }
     assert!(!nodes[2].net.reaches(nodes[2].net.client_v4(1, 3)));
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_malformed_or_oversized_value_in_the_bucket_is_logged_and_skipped() {
+    require_root();
+    let ns = FleetNs::create();
+    let nats = NatsServer::start(&ns, 0, 1);
+    // The bucket made beforehand, taking larger values than the daemons' own would: the
+    // oversized value reaches the nodes, which must refuse it themselves.
+    let mut raw = RawNats::connect(&ns, &nats);
+    raw.create_bucket("blocker_bans", 64 * 1024);
+    let urls = [nats.url()];
+    let nodes: Vec<Node> = (0..2)
+        .map(|index| Node::start(&ns, index, &urls, ""))
+        .collect();
+    let receiver = &nodes[1];
+    let (malformed, oversized, valid) = (
+        receiver.net.client_v4(1, 3),
+        receiver.net.client_v4(2, 2),
+        receiver.net.client_v4(1, 2),
+    );
+    let key = |addr: std::net::IpAddr| format!("ban.{}.32", addr.to_string().replace('.', "-"));
+    raw.put(
+        "blocker_bans",
+        &key(malformed),
+        br#"{"action":"ban","source":"cli","node":"node-9","at":"soon"}"#,
+    );
+    let huge = serde_json::json!({
+        "action": "ban",
+        "reason": "x".repeat(4000),
+        "source": "cli",
+        "node": "node-9",
+        "at": 1_800_000_000,
+    });
+    raw.put("blocker_bans", &key(oversized), huge.to_string().as_bytes());
+    nodes[0].net.blocker(&["ban", &format!("{valid}/32")]).ok();
+
+    receiver.wait_for_ban(&format!("{valid}/32"), true, &all(&nodes));
+    assert!(
+        !receiver.net.reaches(valid),
+        "the valid ban after them drops at the driver"
+    );
+    assert!(
+        receiver.net.reaches(malformed) && receiver.net.reaches(oversized),
+        "neither bad value banned anything"
+    );
+    assert_eq!(
+        receiver.net.stored_bans(),
+        [format!("{valid}/32")],
+        "only the valid ban is stored"
+    );
+    let log = receiver.log();
+    for why in ["not a change", "more than the 2048 allowed"] {
+        assert!(
+            log.contains("skipped a malformed change") && log.contains(why),
+            "the log says why ({why}):\n{log}"
+        );
+    }
+    assert!(receiver.count("skipped") >= 2, "{}", receiver.link());
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_source_a_rule_blacklists_on_one_node_is_dropped_at_the_others_until_it_ends() {
+    require_root();
+    let ns = FleetNs::create();
+    let nats = NatsServer::start(&ns, 0, 1);
+    let urls = [nats.url()];
+    let ssh = "[[rules]]\nname = \"ssh\"\nproto = \"tcp\"\ndport = 2222\nhitcount = 3\n\
+               seconds = 60\nblacklist_for = \"10m\"\n";
+    let nodes = [
+        Node::start_with_rules(&ns, 0, &urls, ssh, ""),
+        Node::start(&ns, 1, &urls, ""),
+    ];
+    let attacker = nodes[0].net.client_v4(1, 2);
+    nodes[1].lend_source(attacker);
+    let other_server = nodes[1].net.server_v4();
+    assert!(
+        nodes[1].net.udp_delivered(attacker, other_server),
+        "the source reaches node-1 before"
+    );
+
+    // Four SYNs to node 0's port 2222: the fourth trips the rule there. More knocks keep
+    // the entry fresh, which is not a new blacklisting.
+    let port = std::net::SocketAddr::new(nodes[0].net.server_v4(), 2222);
+    for _ in 0..6 {
+        let _ = nodes[0].net.tcp_connect(attacker, port);
+    }
+    let listed = nodes[0]
+        .net
+        .blocker(&["list", "blacklist", "--json"])
+        .ok()
+        .json();
+    assert_eq!(listed[0]["addr"], format!("{attacker}/32"), "{listed}");
+
+    let prefix = format!("{attacker}/32");
+    nodes[1].wait_for_ban(&prefix, true, &all(&nodes));
+    assert!(
+        !nodes[1].net.udp_delivered(attacker, other_server),
+        "node-1 drops it at its driver"
+    );
+    let ban = nodes[1].net.ban_of(&prefix).expect("the shared ban");
+    assert!(
+        ban["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("rule ssh")),
+        "{ban}"
+    );
+    let (ends, now) = (
+        ban["expires_at"]
+            .as_str()
+            .expect("a temporary ban")
+            .to_string(),
+        jiff::Timestamp::now(),
+    );
+    let ends: jiff::Timestamp = ends.parse().expect("an expiry");
+    let left = ends.duration_since(now).as_secs();
+    assert!(
+        (500..=600).contains(&left),
+        "ends with the rule's 10 min: {left}s left"
+    );
+    let history = nodes[1].net.blocker(&["history", &prefix]).ok().stdout;
+    assert!(
+        history.contains("fleet") && history.contains("node-0"),
+        "{history}"
+    );
+    assert!(
+        !nodes[0].has_ban(&prefix),
+        "node-0 keeps its own dynamic entry"
+    );
+    thread_settle();
+    assert_eq!(nodes[0].count("published"), 1, "published once");
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_burst_of_bans_is_applied_in_bulk_where_the_allowlist_still_wins_and_unbans_lift() {
+    require_root();
+    // Node 2 keeps its CLI changes (its allowlist) to itself.
+    let (ns, _nats, nodes) = fleet_with(1, "share = [\"offense\", \"log\"]");
+    let guarded = nodes[2].net.client_v4(1, 2);
+    nodes[2]
+        .net
+        .blocker(&["allow", &guarded.to_string(), "--reason", "office"])
+        .ok();
+    // 600 bans: both clients, and addresses of node 1's range that send nothing.
+    let clients = [client_prefix(&nodes[1]), client_prefix(&nodes[2])];
+    let std::net::IpAddr::V4(base) = nodes[1].net.client_v4(1, 2) else {
+        unreachable!("an IPv4 client")
+    };
+    let [a, b, ..] = base.octets();
+    let mut listed: Vec<String> = clients.to_vec();
+    listed.extend((0..598).map(|i| format!("{a}.{b}.{}.{}/32", 100 + i / 200, 1 + i % 200)));
+    let list = ns.dir.path().join("burst.list");
+    std::fs::write(&list, listed.join("\n") + "\n").expect("writing the list");
+    nodes[0]
+        .net
+        .blocker(&["import", &list.to_string_lossy()])
+        .ok();
+
+    let settled = |node: &Node, seen: u64| {
+        wait_or_explain(
+            &format!("{} to take the burst", node.name),
+            PROPAGATION,
+            || node.count("applied") + node.count("skipped") >= seen,
+            || node.log(),
+        );
+    };
+    settled(&nodes[1], 600);
+    settled(&nodes[2], 600);
+    assert!(
+        !nodes[1].net.reaches(nodes[1].net.client_v4(1, 2)),
+        "dropped at node-1"
+    );
+    assert_eq!(nodes[1].net.stored_bans().len(), 600);
+    assert!(!nodes[2].has_ban(&clients[1]), "allowlisted on node-2");
+    assert!(nodes[2].net.reaches(guarded), "and not dropped there");
+    assert_eq!(nodes[2].net.stored_bans().len(), 599);
+    for node in &nodes[1..] {
+        assert!(node.log().contains("in bulk"), "{}", node.log());
+    }
+    let history = nodes[1].net.blocker(&["history", &clients[0]]).ok().stdout;
+    assert!(
+        history.contains("fleet") && history.contains("node-0"),
+        "{history}"
+    );
+
+    // Node 0 lifts them all at once: lifted everywhere.
+    let mut args = vec!["unban"];
+    args.extend(listed.iter().map(String::as_str));
+    nodes[0].net.blocker(&args).ok();
+    nodes[1].wait_for_ban(&clients[0], false, &all(&nodes));
+    wait_until("node-1 to lift the burst", PROPAGATION, || {
+        nodes[1].net.stored_bans().is_empty()
+    });
+    assert!(
+        nodes[1].net.reaches(nodes[1].net.client_v4(1, 2)),
+        "passes again"
+    );
+    wait_until("node-2 to lift the burst", PROPAGATION, || {
+        nodes[2].net.stored_bans().is_empty()
+    });
 }

@@ -2,7 +2,7 @@
 //! seeds' own examples among them): each is detected, imported, and a packet from an address
 //! it bans is dropped at the driver. A bad line anywhere stores nothing.
 
-use std::{net::IpAddr, path::Path, process::Command};
+use std::{collections::HashMap, net::IpAddr, path::Path, process::Command};
 
 use blocker_tests::{require_root, TestNet};
 
@@ -138,6 +138,120 @@ fn fail2bans_database_is_imported_with_its_bantime() {
             .as_str()
             .is_some_and(|r| r.starts_with("fail2ban jail sshd")),
         "{row}"
+    );
+    let created = row["created_at"].as_str().expect("a creation time");
+    assert!(
+        row["reason"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(&format!("banned {created}"))),
+        "created at fail2ban's time of the ban: {row}"
+    );
+}
+
+/// The creation time of each ban, as `blocker list --json` shows it.
+fn created_dates(net: &TestNet) -> HashMap<String, String> {
+    let list = net.blocker(&["list", "--json"]).ok().json();
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|row| {
+            let created = row["created_at"].as_str().expect("a creation time");
+            (
+                row["addr"].as_str().expect("an address").to_string(),
+                created.to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn imported_bans_are_created_at_their_lists_dates() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let client = net.client_v4(1, 2);
+    let htaccess = net.state_dir.path().join(".htaccess");
+    let future_line = fixture("valid.htaccess").lines().count() + 2;
+    std::fs::write(
+        &htaccess,
+        format!(
+            "{}<Limit GET>\n deny from {client} \"# zombie 2999-01-01 \"\n \
+             deny from 198.51.100. \"# typo 2008-02-30 \"\n</Limit>\n",
+            fixture("valid.htaccess")
+        ),
+    )
+    .expect("writing the list");
+    let perl = fixtures().join("seed-003.pl");
+    let before = jiff::Timestamp::now().as_second();
+    let run = net.blocker(&["import", &htaccess.to_string_lossy()]).ok();
+    net.blocker(&["import", &perl.to_string_lossy()]).ok();
+    let after = jiff::Timestamp::now().as_second();
+    assert!(
+        run.stderr.contains(&format!(
+            "{}:{future_line}: its date 2999-01-01T00:00:00Z is in the future: created at the \
+             import's time instead",
+            htaccess.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("\"2008-02-30\" is no calendar day: created at the import's time instead"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("2 entries have a date that cannot be their creation date"),
+        "{}",
+        run.stderr
+    );
+    assert!(!net.reaches(client), "the list's ban is not dropped");
+    let created = created_dates(&net);
+    for (prefix, date) in [
+        ("123.123.0.0/16", "2005-03-15T00:00:00Z"),
+        ("75.126.85.215/32", "2008-01-21T00:00:00Z"),
+        ("87.248.163.54/32", "2008-04-25T00:00:00Z"),
+        ("78.45.213.180/32", "2012-02-18T00:00:00Z"),
+        ("174.157.101.0/24", "2009-11-02T00:00:00Z"),
+    ] {
+        assert_eq!(created[prefix], date, "{prefix}");
+    }
+    for prefix in [format!("{client}/32"), "198.51.100.0/24".to_string()] {
+        let at: jiff::Timestamp = created[&prefix].parse().expect("a time");
+        assert!(
+            (before..=after).contains(&at.as_second()),
+            "{prefix}: {at} is not the import's time"
+        );
+    }
+    let recent = net
+        .blocker(&["list", "--json", "--since", "1d"])
+        .ok()
+        .json();
+    let recent: Vec<&str> = recent
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|row| row["addr"].as_str())
+        .collect();
+    assert_eq!(
+        recent,
+        [format!("{client}/32").as_str(), "198.51.100.0/24"],
+        "--since filters by the list's dates"
+    );
+    // The same list with other dates: the bans in force keep the dates they have.
+    let redated = std::fs::read_to_string(&htaccess)
+        .expect("the list")
+        .replace("2005-03-15", "2010-06-01")
+        .replace("2999-01-01", "2009-01-01");
+    std::fs::write(&htaccess, redated).expect("writing the list");
+    net.blocker(&["import", &htaccess.to_string_lossy()]).ok();
+    assert_eq!(
+        created_dates(&net),
+        created,
+        "a re-import changed a creation date"
     );
 }
 

@@ -61,6 +61,10 @@ enum Task {
         /// JetStream between four nodes (100 / 2,000 / 10,000 bans with --quick).
         #[arg(long)]
         fleet: bool,
+        /// Only the per-packet cost of the blocked-packet sample `blocker top` reads:
+        /// sampling on against off, into target/bench/sampling.md.
+        #[arg(long)]
+        sampling: bool,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP
     /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
@@ -116,6 +120,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("fail2ban-regex", "fail2ban"),
     // Another process on the state database, in the SQLite lock test.
     ("python3", "python3"),
+    // The https feed test's CA, certificate and list server (`s_server`).
+    ("openssl", "openssl"),
 ];
 /// Programs the integration tests run that are not on PATH, and their Debian packages.
 const TEST_PROGRAMS: &[(&str, &str)] = &[
@@ -168,10 +174,21 @@ fn main() -> Result<()> {
             logs,
             packets,
             fleet,
+            sampling,
         } => {
             setup_build_chain()?;
             setup_test_tools()?;
             require_root("the benchmarks load XDP programs and create namespaces")?;
+            // The sampling bench loads the object this xtask embeds: no release binary.
+            if sampling {
+                bench::section_alone(
+                    &root,
+                    bench::Plan::new(quick),
+                    "sampling",
+                    bench::sampling::run_alone,
+                )?;
+                return Ok(());
+            }
             run(Command::new(cargo()).args(["build", "--release", "--package", "blocker-user"]))?;
             if state {
                 bench::section_alone(

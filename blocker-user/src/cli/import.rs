@@ -97,6 +97,13 @@ pub fn run(pins: &PinDir, state_path: &Path, args: ImportArgs) -> anyhow::Result
             report.source, report.expired
         );
     }
+    if report.undated > 0 {
+        warn!(
+            "{}: {} entries have a date that cannot be their creation date (in the future, or \
+             no calendar day): created at the import's time, the date kept in the reason",
+            report.source, report.undated
+        );
+    }
     if report.allow_entries > 0 && !args.with_allow {
         warn!(
             "{}: skipped {} allow entries: --with-allow puts them on the allowlist",

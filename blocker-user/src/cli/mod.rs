@@ -13,4 +13,5 @@ pub mod status_jails;
 pub mod top;
 pub mod top_data;
 pub mod top_events;
+pub mod top_samples;
 pub mod top_view;

@@ -12,7 +12,10 @@ use blocker::{
 };
 use serde::Serialize;
 
-use super::top_events::{blacklist_changes, read_history, Event, HistoryRead};
+use super::{
+    top_events::{blacklist_changes, read_history, Event, HistoryRead},
+    top_samples::{blocked_sources, Blocked, SampleReading},
+};
 
 /// Sources kept in a snapshot: more than any screen shows.
 const MAX_SOURCES: usize = 50;
@@ -29,10 +32,12 @@ pub struct Reading {
     history: Option<HistoryRead>,
     /// Where the next reading's history starts: kept across an unavailable state.
     history_cursor: Option<i64>,
+    samples: SampleReading,
 }
 
 struct RuleTotals {
     name: String,
+    slot: u32,
     events: u64,
     blacklisted: u64,
     dropped: u64,
@@ -61,6 +66,7 @@ impl Reading {
                 let counts = stats.get(placed.slot as usize).copied().unwrap_or_default();
                 RuleTotals {
                     name: placed.spec.name.clone(),
+                    slot: placed.slot,
                     events: counts.events,
                     blacklisted: counts.blacklisted,
                     dropped: counts.dropped,
@@ -68,6 +74,7 @@ impl Reading {
                 }
             })
             .collect();
+        let samples = SampleReading::take(pins)?;
         let now = Now::read();
         let blacklist = dynamic::blacklist(pins, summary.rules.as_ref(), &now)?;
         Ok(Self {
@@ -75,6 +82,7 @@ impl Reading {
             wall: now.wall,
             history_cursor: history.as_ref().map(|read| read.last_id).or(cursor),
             history,
+            samples,
             counters: status.counters,
             rules,
             blacklist,
@@ -101,7 +109,8 @@ pub struct Snapshot {
     /// Every reason that ever counted a packet.
     pub reasons: Vec<Traffic>,
     pub rules: Vec<RuleRates>,
-    /// The dynamic blacklist, most hits first.
+    /// The sources blocked in the interval (from the kernel's sample) and the dynamic
+    /// blacklist, most blocked first.
     pub sources: Vec<Source>,
     pub maps: Vec<MapFill>,
     /// Bans, unbans, expiries and allowlist changes from the state's history, and the dynamic
@@ -147,6 +156,15 @@ pub struct Source {
     /// Events the rule had counted from the source when it blacklisted it.
     pub hits: u32,
     pub expires_at: Option<jiff::Timestamp>,
+    /// Why its packets were blocked in the interval (the most blocked reason); empty if none
+    /// was sampled.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub reason: &'static str,
+    /// The packets blocked in the interval, estimated from the kernel's sample.
+    pub blocked_in_interval: u64,
+    pub blocked_per_sec: f64,
+    /// The sampled packets the estimate stands on.
+    pub samples: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -178,8 +196,10 @@ pub struct SourceFilter {
 /// The order of the source list.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SortBy {
-    /// Most hits first.
+    /// Most packets blocked in the interval first.
     #[default]
+    Blocked,
+    /// Most hits first.
     Hits,
     /// Soonest expiry first.
     Expiry,
@@ -191,14 +211,16 @@ impl SortBy {
     /// The next order, for the `s` key.
     pub fn next(self) -> Self {
         match self {
+            SortBy::Blocked => SortBy::Hits,
             SortBy::Hits => SortBy::Expiry,
             SortBy::Expiry => SortBy::Addr,
-            SortBy::Addr => SortBy::Hits,
+            SortBy::Addr => SortBy::Blocked,
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
+            SortBy::Blocked => "most blocked first",
             SortBy::Hits => "most hits first",
             SortBy::Expiry => "soonest expiry first",
             SortBy::Addr => "by address",
@@ -218,7 +240,7 @@ impl SourceFilter {
 
     /// What the source list's title says about the filter and the order.
     pub fn describe(&self) -> String {
-        let mut text = format!("dynamic blacklist, {}", self.sort.name());
+        let mut text = format!("blocked sources, {}", self.sort.name());
         if let Some(family) = self.family {
             text.push_str(&format!(", IPv{family} only"));
         }
@@ -228,7 +250,7 @@ impl SourceFilter {
         text
     }
 
-    fn keeps(&self, source: &Listed) -> bool {
+    fn keeps(&self, source: &Source) -> bool {
         let family_ok = match self.family {
             Some(4) => !source.addr.contains(':'),
             Some(6) => source.addr.contains(':'),
@@ -310,18 +332,22 @@ impl Snapshot {
                 }
             })
             .collect();
-        let mut sources: Vec<Source> = after
-            .blacklist
-            .iter()
-            .filter(|listed| filter.keeps(listed))
-            .map(|listed| Source {
-                addr: listed.addr.clone(),
-                rule: listed.rule.clone(),
-                hits: listed.hits.unwrap_or(0),
-                expires_at: listed.expires_at,
-            })
-            .collect();
+        let blacklist = after.blacklist.iter().map(|listed| Source {
+            addr: listed.addr.clone(),
+            rule: listed.rule.clone(),
+            hits: listed.hits.unwrap_or(0),
+            expires_at: listed.expires_at,
+            ..Source::default()
+        });
+        let blocked = blocked_sources(&before.samples, &after.samples);
+        let mut sources = merge_blocked(blacklist.collect(), &blocked, &after.rules, secs);
+        sources.retain(|source| filter.keeps(source));
         match filter.sort {
+            SortBy::Blocked => sources.sort_by(|a, b| {
+                (b.blocked_in_interval, b.hits)
+                    .cmp(&(a.blocked_in_interval, a.hits))
+                    .then_with(|| a.addr.cmp(&b.addr))
+            }),
             SortBy::Hits => {
                 sources.sort_by(|a, b| b.hits.cmp(&a.hits).then_with(|| a.addr.cmp(&b.addr)))
             }
@@ -360,9 +386,55 @@ impl Snapshot {
     }
 }
 
+/// Adds the sampled sources to the blacklist's: into the entry that covers the address for
+/// the same rule, else as a source of their own (a manual ban's, or one whose entry expired).
+fn merge_blocked(
+    mut sources: Vec<Source>,
+    blocked: &[Blocked],
+    rules: &[RuleTotals],
+    secs: f64,
+) -> Vec<Source> {
+    for found in blocked {
+        let rule = found.slot.and_then(|slot| {
+            let placed = rules.iter().find(|rule| rule.slot == u32::from(slot));
+            placed.map(|rule| rule.name.clone())
+        });
+        let covers = |source: &Source| {
+            source.rule.is_some()
+                && source.rule == rule
+                && source
+                    .addr
+                    .parse::<ipnet::IpNet>()
+                    .is_ok_and(|net| net.contains(&found.addr))
+        };
+        let index = match sources.iter().position(covers) {
+            Some(index) => index,
+            None => {
+                sources.push(Source {
+                    addr: ipnet::IpNet::from(found.addr).to_string(),
+                    rule,
+                    ..Source::default()
+                });
+                sources.len() - 1
+            }
+        };
+        let source = &mut sources[index];
+        // Blocked `blacklisted` here and `rule_triggered` there: the larger share names it.
+        if found.packets > source.blocked_in_interval {
+            source.reason = found.reason.name();
+        }
+        source.blocked_in_interval += found.packets;
+        source.samples += found.samples;
+        source.blocked_per_sec = source.blocked_in_interval as f64 / secs;
+    }
+    sources
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::time::Duration;
+
+    use blocker_common::Reason;
 
     use super::*;
 
@@ -394,7 +466,66 @@ pub(crate) mod tests {
             wall: jiff::Timestamp::UNIX_EPOCH,
             history: None,
             history_cursor: None,
+            samples: SampleReading::default(),
         }
+    }
+
+    #[test]
+    fn sampled_sources_join_the_blacklist_entry_that_covers_them_or_stand_alone() {
+        let blacklist = vec![
+            Source {
+                addr: "198.51.100.0/24".into(),
+                rule: Some("web".into()),
+                hits: 9,
+                ..Source::default()
+            },
+            Source {
+                addr: "192.0.2.9/32".into(),
+                rule: Some("ssh".into()),
+                hits: 4,
+                ..Source::default()
+            },
+        ];
+        let rules = [("ssh", 0), ("web", 1)].map(|(name, slot)| RuleTotals {
+            name: name.into(),
+            slot,
+            events: 0,
+            blacklisted: 0,
+            dropped: 0,
+            rejected: 0,
+        });
+        let blocked = |addr: &str, reason, slot, packets| Blocked {
+            addr: addr.parse().expect("address"),
+            reason,
+            slot,
+            samples: 1,
+            packets,
+            bytes: 0,
+        };
+        let found = [
+            blocked("198.51.100.7", Reason::Blacklisted, Some(1), 300),
+            blocked("198.51.100.8", Reason::RuleTriggered, Some(1), 20),
+            blocked("2001:db8::1", Reason::ManualBan, None, 100),
+            // Covered by the /24, but blacklisted by another rule whose entry is gone.
+            blocked("198.51.100.9", Reason::Blacklisted, Some(0), 10),
+        ];
+        let merged = merge_blocked(blacklist, &found, &rules, 2.0);
+        let row = |addr: &str| merged.iter().find(|s| s.addr == addr).expect(addr);
+        let web = row("198.51.100.0/24");
+        assert_eq!(
+            (web.blocked_in_interval, web.samples, web.hits),
+            (320, 2, 9)
+        );
+        assert_eq!((web.reason, web.blocked_per_sec), ("blacklisted", 160.0));
+        let banned = row("2001:db8::1/128");
+        assert_eq!(
+            (banned.reason, banned.rule.as_deref()),
+            ("manual_ban", None)
+        );
+        assert_eq!(banned.blocked_in_interval, 100);
+        assert_eq!(row("198.51.100.9/32").rule.as_deref(), Some("ssh"));
+        assert_eq!(row("192.0.2.9/32").blocked_in_interval, 0);
+        assert_eq!(merged.len(), 4);
     }
 
     fn addrs(snapshot: &Snapshot) -> Vec<&str> {
@@ -429,7 +560,7 @@ pub(crate) mod tests {
             addrs(&snapshot),
             ["2001:db8::/64", "192.0.2.77/32", "198.51.100.9/32"]
         );
-        filter.sort = filter.sort.next();
+        filter.sort = SortBy::Expiry;
         let by_expiry = Snapshot::between(&before, &after, &filter);
         assert_eq!(
             addrs(&by_expiry),
@@ -439,7 +570,7 @@ pub(crate) mod tests {
         filter.next_family();
         let v4 = Snapshot::between(&before, &after, &filter);
         assert_eq!(addrs(&v4), ["192.0.2.77/32", "198.51.100.9/32"]);
-        assert_eq!(v4.sources_title, "dynamic blacklist, by address, IPv4 only");
+        assert_eq!(v4.sources_title, "blocked sources, by address, IPv4 only");
         filter.next_family();
         filter.rule = Some("ssh".into());
         assert!(Snapshot::between(&before, &after, &filter)

@@ -219,13 +219,15 @@ fn draw_sources(frame: &mut Frame, area: Rect, view: &View) {
     let rows = view.snapshot.sources.iter().map(|source| {
         Row::new([
             Cell::from(source.addr.clone()),
+            // A manual ban's source has no rule: its reason says why it is blocked.
             Cell::from(
                 source
                     .rule
                     .as_deref()
                     .map(|rule| blocker::text::escape(rule).into_owned())
-                    .unwrap_or_default(),
+                    .unwrap_or_else(|| source.reason.to_string()),
             ),
+            Cell::from(format!("{:.0}", source.blocked_per_sec)),
             Cell::from(source.hits.to_string()),
             Cell::from(
                 source
@@ -240,12 +242,13 @@ fn draw_sources(frame: &mut Frame, area: Rect, view: &View) {
         [
             Constraint::Length(26),
             Constraint::Length(14),
+            Constraint::Length(7),
             Constraint::Length(6),
             Constraint::Length(20),
         ],
     )
     .flex(Flex::Start)
-    .header(header(&["source", "rule", "hits", "until"]))
+    .header(header(&["source", "rule", "blk/s", "hits", "until"]))
     .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
     .block(
         Block::new()

@@ -184,6 +184,7 @@ impl Daemon {
             Err(err) => error!("reconciling the maps with the state: {err}"),
         }
         let fleet_config = self.config().fleet;
+        let mut blacklistings = None;
         if fleet_config.enabled() {
             let link = crate::fleet::SharedLink::new(
                 fleet_config.node_name(),
@@ -191,8 +192,18 @@ impl Daemon {
             );
             self.fleet = Some(link.clone());
             let (pins, state_path) = (self.pins.clone(), self.state_path.clone());
+            let shared = fleet_config
+                .share
+                .iter()
+                .any(|source| source == crate::fleet::blacklist::SOURCE);
+            let queued = shared.then(|| {
+                let (offer, queued) = crate::fleet::blacklist::queue();
+                blacklistings = Some(offer);
+                queued
+            });
             tokio::spawn(async move {
-                if let Err(err) = crate::fleet::run(fleet_config, pins, state_path, link).await {
+                let run = crate::fleet::run(fleet_config, pins, state_path, link, queued);
+                if let Err(err) = run.await {
                     error!("fleet: {err:#}; this node works alone");
                 }
             });
@@ -218,7 +229,7 @@ impl Daemon {
             api::router(api, None),
             limits,
         ));
-        let watcher = self.watch_events(notify_tx.clone());
+        let watcher = self.watch_events(notify_tx.clone(), blacklistings);
         tokio::spawn(feeds::refresh_loop(
             self.pins.clone(),
             self.state_path.clone(),
@@ -281,6 +292,7 @@ impl Daemon {
     fn watch_events(
         &self,
         notify: mpsc::Sender<EventRecord>,
+        fleet: Option<crate::fleet::blacklist::Blacklistings>,
     ) -> impl std::future::Future<Output = anyhow::Result<()>> {
         let (pins, state_path) = (self.pins.clone(), self.state_path.clone());
         let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -302,6 +314,9 @@ impl Daemon {
                     let followed =
                         runtime.block_on(events::follow(&pins, &state_path, true, |event| {
                             info!("{event}");
+                            if let Some(fleet) = &fleet {
+                                fleet.offer(event);
+                            }
                             if notify.try_send(event.clone()).is_err() {
                                 warn!(
                                     "notification queue full: dropped the event for {}",

@@ -4,19 +4,38 @@
 //! front of the reason. The local allowlist wins: a ban touching an allowlisted prefix is not
 //! applied, nor one the lock-out guard refuses. A removal only lifts an entry older than
 //! itself, so a tombstone replayed after a restart never lifts a newer local ban.
+//!
+//! A long run of bans and unbans (a burst, a catch-up) is decided the same way but written
+//! in bulk: the rows of its prefixes read by index, the decided rows written in one
+//! transaction, and the maps brought to the database in one ordered pass over the stored
+//! bans. The pass costs as much as writing one change through a store session does per
+//! [`STORED_BANS_PER_CHANGE`] stored bans, so a run goes in bulk only when it is long
+//! enough for the pass to pay.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
 
+use blocker_common::{MAP_BAN_V4, MAP_BAN_V6};
 use ipnet::IpNet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::codec::{Action, Change};
+use super::codec::{Action, Change, List};
 use crate::{
     lockout::Guard,
     pins::PinDir,
-    state::{Entry, Origin},
+    state::{self, Capacity, Decided, Entry, Merged, Origin},
     store::Store,
 };
+
+/// Stored bans the bulk path's pass over the maps costs as much time for as one change
+/// written through a scoped session (measured: see `cargo xtask bench --fleet`).
+const STORED_BANS_PER_CHANGE: u64 = 64;
+/// Runs shorter than this are never written in bulk.
+const BULK_MIN: usize = 256;
+/// Changes made in one store session at most: it holds the pin directory lock.
+const SESSION_MAX: usize = 4096;
 
 /// What one batch did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -34,16 +53,150 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    /// Applies `changes`, in order, in one store session per run of changes from one node.
+    /// Applies `changes`, in order: a long run of changes to the bans in bulk, the others in
+    /// one store session per run of changes from one node.
     pub fn apply(&self, changes: &[Change]) -> Applied {
         let mut total = Applied::default();
-        for run in changes.chunk_by(|a, b| a.message.node == b.message.node) {
-            let done = apply_run(&self.pins, &self.state_path, &self.guard, run);
+        let mut count = |done: Applied| {
             total.applied += done.applied;
             total.skipped += done.skipped;
+        };
+        for same_list in changes.chunk_by(|a, b| a.message.action.list() == b.message.action.list())
+        {
+            let bans = same_list[0].message.action.list() == List::Bans;
+            if bans && self.bulk_pays(same_list.len()) {
+                count(apply_bulk(
+                    &self.pins,
+                    &self.state_path,
+                    &self.guard,
+                    same_list,
+                ));
+                continue;
+            }
+            let runs = same_list.chunk_by(|a, b| a.message.node == b.message.node);
+            for run in runs.flat_map(|run| run.chunks(SESSION_MAX)) {
+                count(apply_run(&self.pins, &self.state_path, &self.guard, run));
+            }
         }
         total
     }
+
+    /// Whether `changes` changes of the bans are cheaper written in bulk.
+    fn bulk_pays(&self, changes: usize) -> bool {
+        if changes < BULK_MIN {
+            return false;
+        }
+        let stored = state::summary(&self.state_path).map(|summary| {
+            ["BAN_V4", "BAN_V6"]
+                .iter()
+                .filter_map(|kind| summary.entries.get(*kind))
+                .sum::<u64>()
+        });
+        stored.is_ok_and(|stored| changes as u64 * STORED_BANS_PER_CHANGE >= stored)
+    }
+}
+
+/// Applies `run`, changes of the bans only, in bulk ([`state::merge_bans`], then one pass
+/// over the maps).
+fn apply_bulk(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) -> Applied {
+    let not_applied = |err: &dyn std::fmt::Display| {
+        warn!("fleet: {} changes not applied: {err}", run.len());
+        Applied {
+            applied: 0,
+            skipped: run.len() as u64,
+        }
+    };
+    // An empty scope: the lock, the maps, the allowlist and the rules.
+    let mut store = match Store::open_scoped(pins, state_path, &[]) {
+        Ok(store) => store,
+        Err(err) => return not_applied(&err),
+    };
+    let nets: Vec<IpNet> = run.iter().map(|change| change.net).collect();
+    let stored = match state::bans_of(state_path, &nets) {
+        Ok(stored) => stored,
+        Err(err) => return not_applied(&err),
+    };
+    store.state.bans = stored.clone();
+    let (mut done, mut issued) = (Applied::default(), 0);
+    // Of each prefix changed, the last change made to it (its place in the run, its node).
+    let mut last_change: HashMap<IpNet, (usize, &str)> = HashMap::new();
+    for (place, change) in run.iter().enumerate() {
+        match decide(&mut store, guard, change) {
+            Ok(()) => {
+                done.applied += 1;
+                issued += u64::from(change.message.action == Action::Ban);
+                last_change.insert(change.net, (place, &change.message.node));
+            }
+            Err(why) => {
+                debug!(
+                    "fleet: {} from {} skipped: {why}",
+                    change.net, change.message.node
+                );
+                done.skipped += 1;
+            }
+        }
+    }
+    let merged = decided_rows(&stored, &store.state.bans, &last_change);
+    if merged.is_empty() {
+        return done;
+    }
+    let capacity = Capacity {
+        v4: (MAP_BAN_V4, store.ban_capacity(true)),
+        v6: (MAP_BAN_V6, store.ban_capacity(false)),
+    };
+    let now = store.now.wall;
+    if let Err(err) = state::merge_bans(state_path, "fleet", now, &capacity, &merged, issued) {
+        return not_applied(&err);
+    }
+    // The database holds the changes: the maps follow it.
+    let (mut banned, mut lifted) = (Vec::new(), Vec::new());
+    for row in &merged {
+        match row.change {
+            Decided::Ban(_) => banned.push(row.net),
+            Decided::Lift(_) => lifted.push(row.net),
+        }
+    }
+    banned.sort_unstable();
+    if let Err(err) = store.sync_bans(&banned, &lifted) {
+        error!("fleet: {} changes are stored but the maps refused them ({err}); reconciling every entry", merged.len());
+        drop(store);
+        let reconciled = Store::open(pins, state_path).and_then(|mut store| {
+            store.origin = Origin::local("daemon");
+            store.commit(|| {})
+        });
+        if let Err(err) = reconciled {
+            error!("fleet: reconciling the maps with the state: {err}");
+        }
+    }
+    info!("fleet: applied {} changes in bulk", done.applied);
+    done
+}
+
+/// The rows that differ between the bans `stored` and `decided` (both holding only the
+/// prefixes of the run), in the order of the run's `last_change` to each, with its node.
+fn decided_rows(
+    stored: &BTreeMap<IpNet, Entry>,
+    decided: &BTreeMap<IpNet, Entry>,
+    last_change: &HashMap<IpNet, (usize, &str)>,
+) -> Vec<Merged> {
+    let mut rows: Vec<(usize, Merged)> = last_change
+        .iter()
+        .filter_map(|(net, (place, node))| {
+            let change = match (stored.get(net), decided.get(net)) {
+                (old, Some(new)) if old != Some(new) => Decided::Ban(new.clone()),
+                (Some(old), None) => Decided::Lift(old.clone()),
+                _ => return None,
+            };
+            let row = Merged {
+                net: *net,
+                change,
+                actor: node.to_string(),
+            };
+            Some((*place, row))
+        })
+        .collect();
+    rows.sort_unstable_by_key(|(place, _)| *place);
+    rows.into_iter().map(|(_, row)| row).collect()
 }
 
 fn apply_run(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) -> Applied {

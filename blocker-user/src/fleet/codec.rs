@@ -9,7 +9,10 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::config::{valid_node, SOURCES};
+use super::{
+    blacklist,
+    config::{valid_node, SOURCES},
+};
 use crate::text::MAX_REASON_BYTES;
 
 /// Largest message accepted (and the bucket's value limit): a change is a few hundred bytes.
@@ -170,6 +173,15 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Change, Malformed> {
         (Action::Ban, Some(expiry)) if Timestamp::from_second(expiry).is_err() || expiry <= 0 => {
             Err(Malformed::Invalid("expiry out of range"))
         }
+        // A rule's blacklisting is shared as a temporary ban and nothing else.
+        (action, expiry)
+            if message.source == blacklist::SOURCE
+                && (action != Action::Ban || expiry.is_none()) =>
+        {
+            Err(Malformed::Invalid(
+                "a rule's blacklisting is a temporary ban",
+            ))
+        }
         (Action::Ban, _) | (_, None) => Ok(Change { net, message }),
         (_, Some(_)) => Err(Malformed::Invalid("only a ban has an expiry")),
     }
@@ -280,6 +292,10 @@ mod tests {
         assert!(with(|m| m.reason = Some("x".repeat(MAX_REASON_BYTES))).is_err());
         assert!(with(|m| m.expires_at = Some(i64::MAX)).is_err());
         assert!(with(|m| m.at = i64::MIN).is_err());
+        assert!(
+            with(|m| m.source = "rule".into()).is_err(),
+            "a rule's ban ends"
+        );
         let mut unban = message(Action::Unban);
         unban.expires_at = Some(1_800_000_600);
         assert!(decode("ban.10-1-2-3.32", &serde_json::to_vec(&unban).unwrap()).is_err());

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// The sources of local changes a node can share, as the history records them.
-pub const SOURCES: &[&str] = &["cli", "import", "offense", "log"];
+/// The sources of local changes a node can share: as the history records them, and `rule`
+/// for the rate rules' blacklistings ([`super::blacklist`]).
+pub const SOURCES: &[&str] = &["cli", "import", "offense", "log", "rule"];
 
 /// The JetStream key-value bucket holding the shared set.
 pub const DEFAULT_BUCKET: &str = "blocker_bans";

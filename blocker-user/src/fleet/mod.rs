@@ -2,15 +2,18 @@
 //!
 //! Each key names a prefix on a list (`ban.10-0-0-7.32`) and holds the last change made to it
 //! anywhere ([`codec`]). A node publishes the changes its own writers record in the state
-//! history ([`publisher`]), and applies what the bucket's watch delivers, the current value of
-//! every key first, then each change as it comes ([`applier`]): a node that starts, restarts
-//! or reconnects catches up from the bucket itself. If NATS is unreachable nothing local
+//! history ([`publisher`]) and the rules' blacklistings ([`blacklist`]), and applies what the
+//! bucket's watch delivers, the current value of every key first, then each change as it
+//! comes ([`follow`], [`applier`]): a node that starts, restarts or reconnects catches up
+//! from the bucket itself. If NATS is unreachable nothing local
 //! waits on it: the client reconnects with backoff and both halves go on from where they
 //! were. [`link`] keeps what `blocker status` and `/metrics` show.
 
 pub mod applier;
+pub mod blacklist;
 pub mod codec;
 pub mod config;
+mod follow;
 pub mod link;
 pub mod publisher;
 
@@ -18,7 +21,6 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv};
-use futures_util::{FutureExt as _, StreamExt as _};
 use tracing::{info, warn};
 
 pub use config::FleetConfig;
@@ -26,18 +28,18 @@ pub use link::{LinkStatus, SharedLink};
 
 use crate::{lockout::Guard, pins::PinDir};
 
-/// Changes applied in one store session at most.
-const APPLY_BATCH: usize = 4096;
 /// The longest pause between two attempts to reach the bucket.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Joins the fleet `config` describes and runs until dropped. Returns only on a setting that
-/// cannot work (an unreadable credentials file); everything else is retried.
+/// Joins the fleet `config` describes and runs until dropped, publishing the rules'
+/// blacklistings `blacklistings` delivers too. Returns only on a setting that cannot work (an
+/// unreadable credentials file); everything else is retried.
 pub async fn run(
     config: FleetConfig,
     pins: PinDir,
     state_path: PathBuf,
     link: SharedLink,
+    blacklistings: Option<blacklist::Queued>,
 ) -> anyhow::Result<()> {
     let node = config.node_name();
     // Where publishing starts is fixed before anything waits on NATS: a change made from now
@@ -64,13 +66,24 @@ pub async fn run(
         bucket.clone(),
         link.clone(),
     ));
+    let sharing = blacklistings.map(|queued| {
+        tokio::spawn(blacklist::publish(
+            queued,
+            node.clone(),
+            bucket.clone(),
+            link.clone(),
+        ))
+    });
     let inbox = applier::Inbox {
         pins,
         state_path,
         guard: Guard::detect()?,
     };
-    follow(&bucket, &inbox, &config.accept, &node, &link, &connections).await;
+    follow::follow(&bucket, &inbox, &config.accept, &node, &link, &connections).await;
     publishing.abort();
+    if let Some(sharing) = sharing {
+        sharing.abort();
+    }
     Ok(())
 }
 
@@ -174,115 +187,5 @@ async fn open_bucket(jetstream: &jetstream::Context, config: &FleetConfig) -> kv
                 pause = (pause * 2).min(MAX_BACKOFF);
             }
         }
-    }
-}
-
-/// Applies what the watch delivers, watching again after an error or a reconnection (the
-/// server that held the watch may be gone); an entry already applied (by its sequence
-/// number) is not applied twice.
-async fn follow(
-    bucket: &kv::Store,
-    inbox: &applier::Inbox,
-    accept: &[String],
-    node: &str,
-    link: &SharedLink,
-    connections: &tokio::sync::watch::Sender<u64>,
-) {
-    let mut last_sequence = 0;
-    let mut caught_up = false;
-    let mut reconnected = connections.subscribe();
-    loop {
-        reconnected.borrow_and_update();
-        // The current value of every key first, then the changes.
-        let mut watch = match bucket.watch_with_history(">").await {
-            Ok(watch) => watch,
-            Err(err) => {
-                warn!("fleet: watching the bucket: {err}; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            let first = tokio::select! {
-                entry = watch.next() => entry,
-                _ = reconnected.changed() => {
-                    info!("fleet: watching the bucket again after reconnecting");
-                    None
-                }
-            };
-            let Some(first) = first else { break };
-            let mut entries = vec![first];
-            while entries.len() < APPLY_BATCH {
-                match watch.next().now_or_never() {
-                    Some(Some(entry)) => entries.push(entry),
-                    _ => break,
-                }
-            }
-            let mut changes = Vec::with_capacity(entries.len());
-            let (mut skipped, mut failed) = (0, false);
-            let mut newest = None;
-            for entry in entries {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(err) => {
-                        warn!("fleet: the watch failed: {err}; watching again");
-                        failed = true;
-                        break;
-                    }
-                };
-                if entry.revision <= last_sequence {
-                    continue;
-                }
-                last_sequence = entry.revision;
-                newest = Some((
-                    entry.revision,
-                    entry.delta,
-                    entry.created.unix_timestamp_nanos(),
-                ));
-                if entry.seen_current && !caught_up {
-                    caught_up = true;
-                    info!(
-                        "fleet: caught up with the bucket at sequence {}",
-                        entry.revision
-                    );
-                }
-                if entry.operation != kv::Operation::Put {
-                    skipped += 1;
-                    continue;
-                }
-                match codec::decode(&entry.key, &entry.value) {
-                    Ok(change) if change.message.node == node => {}
-                    Ok(change) if !accept.contains(&change.message.source) => skipped += 1,
-                    Ok(change) => changes.push(change),
-                    Err(err) => {
-                        warn!(
-                            "fleet: skipped a malformed change under {}: {err}",
-                            crate::text::escape(&entry.key)
-                        );
-                        skipped += 1;
-                    }
-                }
-            }
-            link.count_skipped(skipped);
-            if !changes.is_empty() {
-                let inbox = inbox.clone();
-                match tokio::task::spawn_blocking(move || inbox.apply(&changes)).await {
-                    Ok(applied) => {
-                        link.count_applied(applied.applied);
-                        link.count_skipped(applied.skipped);
-                    }
-                    Err(err) => warn!("fleet: applying changes: {err}"),
-                }
-            }
-            if let Some((sequence, pending, published_ns)) = newest {
-                let now_ns = jiff::Timestamp::now().as_nanosecond();
-                let lag_ms = (now_ns - published_ns) / 1_000_000;
-                link.reached(sequence, pending, i64::try_from(lag_ms).unwrap_or(i64::MAX));
-            }
-            if failed {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -166,23 +166,7 @@ pub async fn publish(outbox: Outbox, mut cursor: i64, bucket: kv::Store, link: S
             continue;
         }
         let count = changes.len();
-        let mut puts = futures_util::stream::iter(changes)
-            .map(|(key, message)| {
-                let bucket = &bucket;
-                async move {
-                    let value = serde_json::to_vec(&message)?;
-                    bucket.put(key, value.into()).await?;
-                    anyhow::Ok(())
-                }
-            })
-            .buffer_unordered(IN_FLIGHT);
-        let (mut sent, mut failed) = (0u64, None);
-        while let Some(put) = puts.next().await {
-            match put {
-                Ok(()) => sent += 1,
-                Err(err) => failed = Some(err),
-            }
-        }
+        let (sent, failed) = put_all(&bucket, changes).await;
         link.count_published(sent);
         if let Some(err) = failed {
             warn!("fleet: publishing {count} changes: {err:#}; trying again in a second");
@@ -202,4 +186,27 @@ pub async fn publish(outbox: Outbox, mut cursor: i64, bucket: kv::Store, link: S
             Err(err) => warn!("fleet: saving the publish cursor: {err}"),
         }
     }
+}
+
+/// Puts `changes` (each key once) into `bucket`, [`IN_FLIGHT`] at a time; returns how many
+/// the bucket took, and an error if any put failed.
+pub async fn put_all(
+    bucket: &kv::Store,
+    changes: Vec<(String, Message)>,
+) -> (u64, Option<anyhow::Error>) {
+    let mut puts = futures_util::stream::iter(changes)
+        .map(|(key, message)| async move {
+            let value = serde_json::to_vec(&message)?;
+            bucket.put(key, value.into()).await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(IN_FLIGHT);
+    let (mut sent, mut failed) = (0u64, None);
+    while let Some(put) = puts.next().await {
+        match put {
+            Ok(()) => sent += 1,
+            Err(err) => failed = Some(err),
+        }
+    }
+    (sent, failed)
 }

@@ -67,6 +67,7 @@ pub fn read(path: &Path, source: &str, options: &Options) -> Result<Vec<Entry>> 
             net: parsed.net,
             reason: Some(format!("fail2ban jail {jail}, banned {banned_at}")),
             created_at: Some(banned_at),
+            undated_because: None,
             expires_at,
             allow: false,
             line: usize::try_from(rowid).unwrap_or(0),

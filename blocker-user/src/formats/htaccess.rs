@@ -4,7 +4,7 @@
 //! entries under it temporary ([`Options::temporary_for`]), `# PERMANENT ...` permanent again.
 //! `<Limit>` blocks, `order`, `allow from all` and directives that hold no address are skipped.
 
-use super::{dates::find_date, octets::parse_partial, reason, Entry, LineFormat, Options};
+use super::{dates::dated_by_reason, octets::parse_partial, reason, Entry, LineFormat, Options};
 
 #[derive(Default)]
 pub struct Htaccess {
@@ -46,7 +46,6 @@ impl LineFormat for Htaccess {
         let (addrs, comment) = split_comment(rest);
         let reason =
             reason(comment.trim_matches(|c: char| c == '"' || c == '#' || c.is_whitespace()));
-        let created_at = reason.as_deref().and_then(find_date);
         let expires_at = (self.temporary && !allow)
             .then(|| options.now.checked_add(options.temporary_for).ok())
             .flatten();
@@ -63,14 +62,13 @@ impl LineFormat for Htaccess {
                 return Err(format!("{addr:?} is a request condition, not an address"));
             }
             let parsed = parse_partial(addr)?;
-            out.push(Entry {
+            out.push(dated_by_reason(Entry {
                 reason: reason.clone(),
-                created_at,
                 expires_at,
                 allow,
                 normalized_from: parsed.normalized_from,
                 ..Entry::ban(parsed.net)
-            });
+            }));
         }
         if !any {
             return Err("no address after the directive".to_string());

@@ -31,6 +31,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{Error, Result};
 
+pub use dates::creation_date;
 pub use merge::covered_by_wider;
 
 /// The formats `blocker import --format` reads.
@@ -88,6 +89,8 @@ pub struct Entry {
     pub reason: Option<String>,
     /// When the list says the entry was made (a date in its comment).
     pub created_at: Option<Timestamp>,
+    /// Why a word of the comment written as a date is not taken as the creation date.
+    pub undated_because: Option<String>,
     pub expires_at: Option<Timestamp>,
     /// An allowlist entry (`allow from`, `allow ADDR;`), not a ban.
     pub allow: bool,
@@ -104,6 +107,7 @@ impl Entry {
             net,
             reason: None,
             created_at: None,
+            undated_because: None,
             expires_at: None,
             allow: false,
             line: 0,

@@ -2,7 +2,7 @@
 //! with partial octets (`"174.157.101"` is a /24), the value as reason and its date as the
 //! creation date. `#` comments and blank lines are skipped.
 
-use super::{dates::find_date, octets::parse_partial, reason, Entry, LineFormat, Options};
+use super::{dates::dated_by_reason, octets::parse_partial, reason, Entry, LineFormat, Options};
 
 pub struct PerlHash;
 
@@ -36,13 +36,11 @@ impl LineFormat for PerlHash {
         let value =
             perl_string(value).ok_or_else(|| format!("{value:?} is not a string: {SHAPE}"))?;
         let parsed = parse_partial(key)?;
-        let reason = reason(value);
-        out.push(Entry {
-            created_at: reason.as_deref().and_then(find_date),
-            reason,
+        out.push(dated_by_reason(Entry {
+            reason: reason(value),
             normalized_from: parsed.normalized_from,
             ..Entry::ban(parsed.net)
-        });
+        }));
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ pub fn entry(parsed: listfile::ListEntry) -> Entry {
         net: parsed.net,
         reason: parsed.reason,
         created_at: None,
+        undated_because: None,
         expires_at: parsed.expires_at,
         allow: false,
         line: parsed.line,

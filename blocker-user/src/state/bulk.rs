@@ -21,6 +21,9 @@ const BULK_CACHE_KIB: i64 = -64 * 1024;
 /// values it binds.
 const STAGED_PER_INSERT: usize = 64;
 
+/// The columns of `temp.listed`, bound for each row.
+const STAGED_COLUMNS: usize = 7;
+
 /// The triggers keeping `kept_counts` for the bans: an import drops them for its transaction
 /// (two updates per row were half its cost) and counts once, before it commits.
 const COUNT_TRIGGERS: [&str; 5] = [
@@ -35,6 +38,8 @@ const COUNT_TRIGGERS: [&str; 5] = [
 pub struct ImportRow {
     pub net: IpNet,
     pub reason: Option<String>,
+    /// When the list says the ban was made; `None` is the time of the import.
+    pub created_at: Option<Timestamp>,
     pub expires_at: Option<Timestamp>,
 }
 
@@ -68,8 +73,8 @@ pub struct Capacity {
     pub v6: (&'static str, u32),
 }
 
-/// Writes `rows` as bans in one transaction (an existing ban is replaced, keeping its creation
-/// time while it is in force) and counts them as issued by `origin.source`. The first error
+/// Writes `rows` as bans in one transaction, each created at its own time or `now` (an
+/// existing ban is replaced, keeping its creation time while it is in force) and counts them as issued by `origin.source`. The first error
 /// of `rows`, or a result that would not fit the maps, stores nothing.
 pub fn import_bans(
     path: &Path,
@@ -93,7 +98,7 @@ pub fn import_bans(
          DELETE FROM temp.replaced;
          CREATE TEMP TABLE IF NOT EXISTS listed (
              prefix TEXT NOT NULL, family INTEGER NOT NULL, first BLOB NOT NULL,
-             len INTEGER NOT NULL, reason TEXT, expires_at INTEGER);
+             len INTEGER NOT NULL, reason TEXT, created_at INTEGER, expires_at INTEGER);
          DELETE FROM temp.listed;",
     )
     .map_err(db)?;
@@ -120,7 +125,7 @@ pub fn import_bans(
     // SELECT needs a WHERE clause to parse).
     tx.execute(
         "INSERT INTO bans (prefix, family, first, len, reason, created_at, expires_at, source) \
-         SELECT prefix, family, first, len, reason, ?1, expires_at, ?2 \
+         SELECT prefix, family, first, len, reason, coalesce(created_at, ?1), expires_at, ?2 \
          FROM temp.listed WHERE true ORDER BY rowid \
          ON CONFLICT (prefix) DO UPDATE SET reason = excluded.reason, \
          expires_at = excluded.expires_at, source = excluded.source, \
@@ -165,7 +170,7 @@ pub fn import_bans(
 
 /// Drops the [`COUNT_TRIGGERS`] for the rest of transaction `tx`; returns their SQL, to be
 /// created again before it commits.
-fn drop_count_triggers(tx: &Transaction, path: &Path) -> Result<Vec<String>> {
+pub(super) fn drop_count_triggers(tx: &Transaction, path: &Path) -> Result<Vec<String>> {
     let db = |err: rusqlite::Error| invalid(path, err);
     let mut triggers = Vec::new();
     for name in COUNT_TRIGGERS {
@@ -188,7 +193,7 @@ fn drop_count_triggers(tx: &Transaction, path: &Path) -> Result<Vec<String>> {
 
 /// Sets the kept counts of the bans from what is stored, by index; a family with more bans
 /// than its map holds is [`Error::MapFull`].
-fn recount(tx: &Transaction, path: &Path, capacity: &Capacity) -> Result<()> {
+pub(super) fn recount(tx: &Transaction, path: &Path, capacity: &Capacity) -> Result<()> {
     let db = |err: rusqlite::Error| invalid(path, err);
     let count = |sql: &str| -> Result<i64> { tx.query_row(sql, [], |row| row.get(0)).map_err(db) };
     let v4 = count("SELECT count(*) FROM bans WHERE family = 4")?;
@@ -220,13 +225,14 @@ fn stage(
     let db = |err: rusqlite::Error| invalid(path, err);
     let tx = conn.transaction().map_err(db)?;
     let insert = |rows: usize| {
-        let values = vec!["(?, ?, ?, ?, ?, ?)"; rows].join(", ");
+        let row = format!("({})", ["?"; STAGED_COLUMNS].join(", "));
+        let values = vec![row; rows].join(", ");
         format!("INSERT INTO temp.listed VALUES {values}")
     };
     let mut nets = Vec::new();
     {
         let mut insert_full = tx.prepare(&insert(STAGED_PER_INSERT)).map_err(db)?;
-        let mut values = Vec::with_capacity(STAGED_PER_INSERT * 6);
+        let mut values = Vec::with_capacity(STAGED_PER_INSERT * STAGED_COLUMNS);
         for row in rows {
             let row = row?;
             let (family, first, len) = range_columns(&row.net);
@@ -236,18 +242,20 @@ fn stage(
                 Value::Blob(first),
                 Value::Integer(len.into()),
                 row.reason.map_or(Value::Null, Value::Text),
+                row.created_at
+                    .map_or(Value::Null, |at| Value::Integer(seconds(at))),
                 row.expires_at
                     .map_or(Value::Null, |at| Value::Integer(expiry_seconds(at))),
             ]);
             nets.push(row.net);
-            if values.len() == STAGED_PER_INSERT * 6 {
+            if values.len() == STAGED_PER_INSERT * STAGED_COLUMNS {
                 insert_full
                     .execute(params_from_iter(values.drain(..)))
                     .map_err(db)?;
             }
         }
         if !values.is_empty() {
-            tx.prepare(&insert(values.len() / 6))
+            tx.prepare(&insert(values.len() / STAGED_COLUMNS))
                 .and_then(|mut rest| rest.execute(params_from_iter(values)))
                 .map_err(db)?;
         }
@@ -292,6 +300,12 @@ pub fn undo_import(imported: &mut Imported, origin: &Origin) -> Result<Vec<IpNet
     tx.execute(
         "UPDATE counters SET issued = max(issued - ?2, 0) WHERE source = ?1",
         params![origin.source, imported.nets.len() as i64],
+    )
+    .map_err(db)?;
+    // A source's row is made by its first ban: the undo of that ban leaves no row behind.
+    tx.execute(
+        "DELETE FROM counters WHERE source = ?1 AND issued = 0",
+        [&origin.source],
     )
     .map_err(db)?;
     tx.commit().map_err(db)?;

@@ -32,9 +32,16 @@ static KEPT_CONNECTIONS: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
 
 static KEEPING: AtomicBool = AtomicBool::new(false);
 
-/// From now on, connections are kept for reuse (the daemon).
+/// What all SQLite connections of a process that keeps them may hold together, in bytes:
+/// their page caches give pages back beyond it, so the daemon's footprint stays bounded
+/// however many connections its blocking pool opens.
+const HEAP_LIMIT: i64 = 48 << 20;
+
+/// From now on, connections are kept for reuse (the daemon), and their memory is capped.
 pub fn keep_connections() {
     KEEPING.store(true, Ordering::Relaxed);
+    // SAFETY: sets a process-wide advisory limit; callable at any time, from any thread.
+    unsafe { rusqlite::ffi::sqlite3_soft_heap_limit64(HEAP_LIMIT) };
 }
 
 /// A connection that goes back to the kept ones when dropped.

@@ -26,6 +26,8 @@ use crate::{
 /// then the time of the last refill), private to the program, read only to resynchronise the
 /// model after a divergence.
 const MAP_REJECT_TOKENS: &str = "REJECT_TOKENS";
+/// The program's global switch of the blocked-packet sample.
+const SAMPLE_DROPS: &str = "SAMPLE_DROPS";
 
 /// Capacities of the LRU maps: far above what one stretch of the run fills (the harness
 /// clears them regularly), so the kernel never evicts what the model keeps.
@@ -65,7 +67,14 @@ fn v4_bytes(addr: [u8; 16]) -> [u8; 4] {
 
 impl Kernel {
     pub fn load() -> Result<Self> {
+        Self::load_sampling(true)
+    }
+
+    /// Loads the program with the sample of blocked packets on or off (the sampling-cost
+    /// bench measures both).
+    pub fn load_sampling(sample_drops: bool) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
+            .override_global(SAMPLE_DROPS, &u8::from(sample_drops), true)
             .map_max_entries(MAP_BLACKLIST, LRU_CAPACITY)
             .map_max_entries(MAP_HISTORY, LRU_CAPACITY)
             .map_max_entries(MAP_HISTORY_LONG, LRU_CAPACITY)
@@ -93,6 +102,11 @@ impl Kernel {
             reject_tokens: take(&mut ebpf, MAP_REJECT_TOKENS)?,
             _ebpf: ebpf,
         })
+    }
+
+    /// The loaded program, for BPF_PROG_TEST_RUN.
+    pub fn program(&self) -> &OwnedFd {
+        &self.program
     }
 
     /// Runs one frame; returns the XDP action and the frame as the program left it.

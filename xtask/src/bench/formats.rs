@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{timed, Lab};
+use super::{median, timed, Lab};
 
 const LINES: u32 = 100_000;
 
@@ -74,44 +74,75 @@ fn fail2ban_db(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The formats measured, plain first: the others are compared with it.
+const FORMATS: [&str; 9] = [
+    "plain",
+    "htaccess",
+    "nginx",
+    "ipset",
+    "iptables",
+    "spamhaus",
+    "netset",
+    "perl-hash",
+    "fail2ban-db",
+];
+
+/// Rounds over all formats, the order reversed every other round: one import per format is
+/// too noisy on a shared machine, so the medians are reported.
+const ROUNDS: usize = 5;
+
 pub fn run(root: &Path) -> Result<()> {
     let lab = Lab::new(root)?;
     let config = lab.config()?;
-    let mut rows = Vec::new();
-    for format in [
-        "plain",
-        "htaccess",
-        "nginx",
-        "ipset",
-        "iptables",
-        "spamhaus",
-        "netset",
-        "perl-hash",
-        "fail2ban-db",
-    ] {
+    for format in FORMATS {
         let path = lab.dir.path().join(format!("list-{format}"));
         if format == "fail2ban-db" {
             fail2ban_db(&path)?;
         } else {
             std::fs::write(&path, list(format))?;
         }
-        lab.blocker(&["load", "--iface", "bb0", "--config", &config])?;
-        let mut command = lab.blocker_command();
-        command.args(["import", &path.to_string_lossy(), "--format", format]);
-        let (elapsed, rss) = timed(command)?;
-        lab.blocker(&["unload"])?;
-        std::fs::remove_file(&lab.state).ok();
-        let seconds = elapsed.as_secs_f64();
-        println!(
-            "bench: import of {LINES} lines as {format}: {seconds:.2} s ({:.0} lines/s, {rss:.0} MiB)",
-            f64::from(LINES) / seconds
-        );
-        rows.push((format, seconds));
     }
-    let plain = rows[0].1;
-    println!("\n| format | 100k lines | vs plain |\n|---|---|---|");
-    for (format, seconds) in rows {
-        println!("| {format} | {seconds:.2} s | {:.2}x |", seconds / plain);
+    // Per format: the seconds of each round, and the ratio to plain's of the same round.
+    let mut seconds = vec![Vec::new(); FORMATS.len()];
+    let mut ratios = vec![Vec::new(); FORMATS.len()];
+    for round in 0..ROUNDS {
+        let mut order: Vec<usize> = (0..FORMATS.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut this_round = vec![0.0; FORMATS.len()];
+        for index in order {
+            let format = FORMATS[index];
+            let path = lab.dir.path().join(format!("list-{format}"));
+            lab.blocker(&["load", "--iface", "bb0", "--config", &config])?;
+            let mut command = lab.blocker_command();
+            command.args(["import", &path.to_string_lossy(), "--format", format]);
+            let (elapsed, rss) = timed(command)?;
+            lab.blocker(&["unload"])?;
+            std::fs::remove_file(&lab.state).ok();
+            let elapsed = elapsed.as_secs_f64();
+            println!(
+                "bench: round {round}: import of {LINES} lines as {format}: {elapsed:.2} s \
+                 ({:.0} lines/s, {rss:.0} MiB)",
+                f64::from(LINES) / elapsed
+            );
+            this_round[index] = elapsed;
+        }
+        for (index, elapsed) in this_round.iter().enumerate() {
+            seconds[index].push(*elapsed);
+            ratios[index].push(elapsed / this_round[0]);
+        }
+    }
+    println!(
+        "\n| format | 100k lines (median of {ROUNDS}) | lines/s | vs plain (median same-round ratio) |\n|---|---|---|---|"
+    );
+    for ((format, seconds), ratios) in FORMATS.iter().zip(seconds).zip(ratios) {
+        let elapsed = median(seconds);
+        println!(
+            "| {format} | {elapsed:.2} s | {:.0}k | {:.2}x |",
+            f64::from(LINES) / elapsed / 1000.0,
+            median(ratios)
+        );
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod formats;
 pub mod logs;
 mod progsize;
+pub mod sampling;
 pub mod state;
 mod throughput;
 

@@ -61,17 +61,28 @@ pub(crate) fn fixed_view() -> View {
                 ..RuleRates::default()
             },
         ],
-        sources: ["203.0.113.7/32", "198.51.100.0/24", "2001:db8:bad::/64"]
-            .iter()
-            .zip([57, 12, 4])
-            .map(|(addr, hits)| Source {
-                addr: addr.to_string(),
-                rule: Some("ssh".into()),
-                hits,
-                expires_at: Some("2026-12-02T03:00:00Z".parse().expect("time")),
-            })
-            .collect(),
-        sources_title: "dynamic blacklist, most hits first".into(),
+        sources: std::iter::once(Source {
+            addr: "192.0.2.66/32".into(),
+            reason: "manual_ban",
+            blocked_per_sec: 40960.0,
+            ..Source::default()
+        })
+        .chain(
+            ["198.51.100.0/24", "203.0.113.7/32", "2001:db8:bad::/64"]
+                .iter()
+                .zip([(12, 6912.0), (57, 640.0), (4, 0.0)])
+                .map(|(addr, (hits, blocked_per_sec))| Source {
+                    addr: addr.to_string(),
+                    rule: Some("ssh".into()),
+                    hits,
+                    expires_at: Some("2026-12-02T03:00:00Z".parse().expect("time")),
+                    reason: "blacklisted",
+                    blocked_per_sec,
+                    ..Source::default()
+                }),
+        )
+        .collect(),
+        sources_title: "blocked sources, most blocked first".into(),
         events: vec![
             event(
                 "2026-12-02T02:59:58Z",
@@ -158,6 +169,10 @@ fn fits_80x24_with_every_panel() {
         "41.0k",
         "ssh",
         "203.0.113.7/32",
+        "blocked sources, most blocked first",
+        "source                     rule           blk/s   hits   until",
+        "192.0.2.66/32              manual_ban     40960  ",
+        "198.51.100.0/24            ssh            6912    12",
         "BAN_V4 95%",
         "BLACKLIST 80%",
         "recent events (UTC)",
