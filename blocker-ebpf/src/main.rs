@@ -717,15 +717,12 @@ mod program {
         });
         let key = &key.0;
         let now_ms = now_ms(clock_override_ms);
-        let scratch = SCRATCH.get_ptr_mut(0)?;
-        // SAFETY: per-CPU scratch, only this program run uses it.
-        let scratch = unsafe { &mut *scratch };
         let outcome = if uses_short_history(rule) {
-            let fresh = &mut scratch.short_history;
-            history_event(&HISTORY, key, rule, fresh, now_ms, packet.ttl)
+            let fresh = |scratch: &'static mut Scratch| &mut scratch.short_history;
+            history_event(&HISTORY, key, rule, fresh, now_ms, packet.ttl)?
         } else {
-            let fresh = &mut scratch.history;
-            history_event(&HISTORY_LONG, key, rule, fresh, now_ms, packet.ttl)
+            let fresh = |scratch: &'static mut Scratch| &mut scratch.history;
+            history_event(&HISTORY_LONG, key, rule, fresh, now_ms, packet.ttl)?
         };
         let stats = rule_stats(slot);
         match outcome {
@@ -759,32 +756,33 @@ mod program {
     }
 
     /// One event in the history `map` keeps for `key`: a known source's history is updated in
-    /// place (no map update call); a new or stale one starts in `fresh` (scratch memory) and is
-    /// inserted.
+    /// place (no map update call); a new or stale one starts in its class's history of the
+    /// per-CPU scratch memory (`fresh` picks it; looked up only then, so a known source's
+    /// event costs no scratch lookup) and is inserted.
     #[inline(always)]
     fn history_event<const RING: usize, const CAPACITY: usize>(
         map: &LruHashMap<HistoryKey, History<RING>, CAPACITY>,
         key: &HistoryKey,
         rule: &Rule,
-        fresh: &mut History<RING>,
+        fresh: impl FnOnce(&'static mut Scratch) -> &'static mut History<RING>,
         now_ms: u64,
         ttl: u8,
-    ) -> Outcome {
+    ) -> Option<Outcome> {
         let known = map
             .get_ptr_mut(key)
             // SAFETY: a map value stays valid during this program run.
             .filter(|history| !unsafe { &**history }.is_stale(now_ms));
-        match known {
+        if let Some(history) = known {
             // SAFETY: as above.
-            Some(history) => on_event(rule, unsafe { &mut *history }, now_ms, ttl),
-            None => {
-                fresh.restart(ttl);
-                let outcome = on_event(rule, fresh, now_ms, ttl);
-                // A full LRU map evicts the least recently used history; nothing to handle.
-                let _ = map.insert(key, &*fresh, 0);
-                outcome
-            }
+            return Some(on_event(rule, unsafe { &mut *history }, now_ms, ttl));
         }
+        // SAFETY: per-CPU scratch, only this program run uses it.
+        let fresh = fresh(unsafe { &mut *SCRATCH.get_ptr_mut(0)? });
+        fresh.restart(ttl);
+        let outcome = on_event(rule, fresh, now_ms, ttl);
+        // A full LRU map evicts the least recently used history; nothing to handle.
+        let _ = map.insert(key, &*fresh, 0);
+        Some(outcome)
     }
 
     /// Rewrites the packet into a TCP RST or ICMP port unreachable back to its source.
