@@ -19,13 +19,14 @@ use crate::{
 
 /// Maps that fill up as entries come: the others are arrays (always full) or the ring buffer
 /// (its capacity is bytes).
-pub const FILLING_MAPS: [&str; 6] = [
+pub const FILLING_MAPS: [&str; 7] = [
     MAP_BAN_V4,
     MAP_BAN_V6,
     MAP_ALLOW_V4,
     MAP_ALLOW_V6,
     MAP_BLACKLIST,
     MAP_HISTORY,
+    MAP_HISTORY_LONG,
 ];
 
 #[derive(Debug, Serialize)]
