@@ -1954,6 +1954,10 @@ mod tests {
         let scoped = State::read_scope(&path, &host).unwrap().unwrap();
         let read: Vec<String> = scoped.bans.keys().map(|net| net.to_string()).collect();
         assert_eq!(read, ["10.0.0.0/8", "10.2.0.1/32"]);
+        let v6_host: Vec<IpNet> = vec!["2001:db8::5/128".parse().unwrap()];
+        let scoped = State::read_scope(&path, &v6_host).unwrap().unwrap();
+        let read: Vec<String> = scoped.bans.keys().map(|net| net.to_string()).collect();
+        assert_eq!(read, ["2001:db8::/32"], "covers of all 129 lengths, one query");
         let counts = summary(&path).unwrap().entries;
         assert_eq!(counts["permanent"], 7);
         assert_eq!(counts["allow"], 1);
