@@ -19,21 +19,26 @@ pub const MAP_RULES: &str = "RULES";
 pub const MAP_RULE_STATS: &str = "RULE_STATS";
 /// One [`crate::Settings`].
 pub const MAP_SETTINGS: &str = "SETTINGS";
-/// LRU hash of [`crate::HistoryKey`] to [`crate::History`]: per-source event history per rule.
+/// LRU hash of [`crate::HistoryKey`] to [`crate::ShortHistory`]: per-source event history of
+/// the rules that fit it ([`crate::uses_short_history`]).
 pub const MAP_HISTORY: &str = "HISTORY";
+/// LRU hash of [`crate::HistoryKey`] to [`crate::History`]: per-source event history of the
+/// rules with longer hitcounts.
+pub const MAP_HISTORY_LONG: &str = "HISTORY_LONG";
 /// LRU hash of [`crate::SourceKey`] to [`crate::BlacklistEntry`]: the dynamic blacklist.
 pub const MAP_BLACKLIST: &str = "BLACKLIST";
 /// Ring buffer of [`crate::Event`]s: sources blacklisted.
 pub const MAP_EVENTS: &str = "EVENTS";
 
 /// Every map the XDP program declares, in the order `blocker status` reports them.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     MAP_BAN_V4,
     MAP_BAN_V6,
     MAP_ALLOW_V4,
     MAP_ALLOW_V6,
     MAP_BLACKLIST,
     MAP_HISTORY,
+    MAP_HISTORY_LONG,
     MAP_RULES,
     MAP_SETTINGS,
     MAP_RULE_STATS,
@@ -49,13 +54,17 @@ pub const PROGRAM_NAME: &str = "blocker";
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
 /// Default capacities; `blocker load --config` may override them. The LRU maps (blacklist,
-/// history) are preallocated in full: about 112 and 368 bytes of kernel memory per entry, so
-/// the defaults take about 15 + 24 MB, which fits a 1 GB VPS. The tries allocate per entry.
+/// short and long history) are preallocated in full: about 112, 120 and 360 bytes of kernel
+/// memory per entry, so the defaults take about 15 + 8 + 6 MB, which fits a 1 GB VPS. The
+/// tries allocate per entry.
 pub const DEFAULT_BAN_V4_CAPACITY: u32 = 1 << 20;
 pub const DEFAULT_BAN_V6_CAPACITY: u32 = 1 << 18;
 pub const DEFAULT_ALLOW_CAPACITY: u32 = 1 << 16;
 pub const DEFAULT_BLACKLIST_CAPACITY: u32 = 1 << 17;
 pub const DEFAULT_HISTORY_CAPACITY: u32 = 1 << 16;
+/// Fewer than the short class: rules with hitcounts past [`crate::SHORT_RING`] are the rarer
+/// (burst rules) and their sources cost three times as much each.
+pub const DEFAULT_HISTORY_LONG_CAPACITY: u32 = 1 << 14;
 /// Bytes of the event ring buffer (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 18;
 
@@ -88,6 +97,7 @@ mod pod {
     unsafe impl aya::Pod for crate::SourceKey {}
     unsafe impl aya::Pod for crate::HistoryKey {}
     unsafe impl aya::Pod for crate::History {}
+    unsafe impl aya::Pod for crate::ShortHistory {}
     unsafe impl aya::Pod for crate::BlacklistEntry {}
     unsafe impl aya::Pod for crate::Event {}
     unsafe impl aya::Pod for crate::DropSample {}

@@ -211,22 +211,40 @@ pub struct HistoryKey {
     pub generation: u32,
 }
 
+/// The history of one source under one rule, with a ring of `RING` times: a rule whose
+/// hitcount fits [`SHORT_RING`] keeps its sources in the short class ([`ShortHistory`], 32 B),
+/// every other rule in the long one ([`History`] with [`HISTORY_RING`] times), each class in
+/// its own map, so the common rules do not pay for the longest ring.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct History {
-    /// Rate rules: event times. Burst rules: times bunches reached `min_bunch`.
-    pub ring: [u32; HISTORY_RING],
-    /// Entries written to `ring` since the history was (last) fresh; the newest is at
-    /// `(recorded - 1) % HISTORY_RING`.
-    pub recorded: u32,
-    /// Burst rules: the length of the current bunch.
-    pub bunch_len: u32,
-    /// TTL / hop limit of the last recorded event, for `ttl_match`.
-    pub ttl: u32,
-    pub _reserved: u32,
+pub struct History<const RING: usize = HISTORY_RING> {
     /// The full time of the newest recorded event (for burst rules: of the newest event);
     /// 0 for a fresh history.
     pub last_ms: u64,
+    /// Burst rules: the length of the current bunch.
+    pub bunch_len: u32,
+    /// Entries written to `ring` since the history was (last) fresh, kept below `2 * RING`
+    /// once the ring is full (a multiple of `RING` less), which changes neither the newest
+    /// entry's index, `(recorded - 1) % RING`, nor whether `count <= RING` times are held.
+    pub recorded: u8,
+    /// TTL / hop limit of the last recorded event, for `ttl_match`.
+    pub ttl: u8,
+    pub _reserved: u16,
+    /// Rate rules: event times. Burst rules: times bunches reached `min_bunch`.
+    pub ring: [u32; RING],
+}
+
+/// Times kept per source by rules in the short history class: hitcounts up to this.
+pub const SHORT_RING: usize = 4;
+
+/// A history of the short class.
+pub type ShortHistory = History<SHORT_RING>;
+
+/// Whether a rule's sources keep a [`ShortHistory`]: its hitcount (bunch count for burst
+/// rules) is all the ring must hold.
+#[inline(always)]
+pub fn uses_short_history(rule: &Rule) -> bool {
+    rule.hitcount as usize <= SHORT_RING
 }
 
 /// A dynamically blacklisted source.
@@ -269,22 +287,36 @@ const _: () = {
     assert!(size_of::<Settings>() == 40);
     assert!(size_of::<SourceKey>() == 18);
     assert!(size_of::<HistoryKey>() == 24);
-    assert!(size_of::<History>() == 4 * HISTORY_RING + 24);
+    assert!(size_of::<History>() == 4 * HISTORY_RING + 16);
+    assert!(size_of::<ShortHistory>() == 32);
+    // `recorded` stays below 2 * RING.
+    assert!(2 * HISTORY_RING <= u8::MAX as usize);
     assert!(size_of::<BlacklistEntry>() == 32);
     assert!(size_of::<Event>() == 32);
 };
 
-impl History {
+impl<const RING: usize> History<RING> {
     /// A fresh history, for a source's first event with TTL / hop limit `ttl`.
     pub const fn new(ttl: u8) -> Self {
         Self {
-            ring: [0; HISTORY_RING],
-            recorded: 0,
-            bunch_len: 0,
-            ttl: ttl as u32,
-            _reserved: 0,
             last_ms: 0,
+            bunch_len: 0,
+            recorded: 0,
+            ttl,
+            _reserved: 0,
+            ring: [0; RING],
         }
+    }
+
+    /// Makes this history [`History::new`]`(ttl)` in place without rewriting the ring, which
+    /// is read only up to `recorded`: the XDP program starts new sources this way in per-CPU
+    /// scratch memory, where zeroing the ring would cost a byte loop per new source.
+    #[inline(always)]
+    pub fn restart(&mut self, ttl: u8) {
+        self.last_ms = 0;
+        self.bunch_len = 0;
+        self.recorded = 0;
+        self.ttl = ttl;
     }
 
     /// Whether the newest event is older than any window, so nothing here can count again:
@@ -297,28 +329,42 @@ impl History {
 
     #[inline(always)]
     fn record(&mut self, now_ms: u64) {
-        self.ring[self.recorded as usize % HISTORY_RING] = now_ms as u32;
-        self.recorded = self.recorded.wrapping_add(1);
+        self.ring[self.recorded as usize % RING] = now_ms as u32;
+        let recorded = self.recorded as usize + 1;
+        self.recorded = if recorded >= 2 * RING {
+            recorded - RING
+        } else {
+            recorded
+        } as u8;
         self.last_ms = now_ms;
+    }
+
+    /// Times held: those recorded since the history was fresh, at most the ring's.
+    #[inline(always)]
+    pub fn kept(&self) -> u32 {
+        (self.recorded as usize).min(RING) as u32
+    }
+
+    /// The `back`-th newest time held (1 = the newest), `back` from 1 to [`History::kept`].
+    #[inline(always)]
+    pub fn newest(&self, back: u32) -> u32 {
+        self.ring[(self.recorded as usize + RING - back as usize) % RING]
     }
 
     /// Whether at least `count` recorded times lie within `window_ms` of `now_ms` (inclusive,
     /// like `recent`). Times are recorded in order, so that is the `count`-th newest one: O(1).
     #[inline(always)]
     pub fn has_within(&self, count: u32, window_ms: u32, now_ms: u64) -> bool {
-        if count == 0 || count as usize > HISTORY_RING || self.recorded < count {
+        if count == 0 || count > self.kept() {
             return false;
         }
-        let oldest_needed = self.ring[(self.recorded - count) as usize % HISTORY_RING];
-        (now_ms as u32).wrapping_sub(oldest_needed) <= window_ms
+        (now_ms as u32).wrapping_sub(self.newest(count)) <= window_ms
     }
 
     /// Events recorded within the window, counted for event reports (bounded by the ring).
     pub fn hits_within(&self, window_ms: u32, now_ms: u64) -> u32 {
         let mut hits = 0;
-        while hits < self.recorded.min(HISTORY_RING as u32)
-            && self.has_within(hits + 1, window_ms, now_ms)
-        {
+        while hits < self.kept() && self.has_within(hits + 1, window_ms, now_ms) {
             hits += 1;
         }
         hits
@@ -341,17 +387,22 @@ pub enum Outcome {
 /// (The XDP program checks staleness at lookup, where a fresh history is made anyway, which
 /// keeps this function's paths few for the verifier.)
 #[inline(always)]
-pub fn on_event(rule: &Rule, history: &mut History, now_ms: u64, ttl: u8) -> Outcome {
+pub fn on_event<const RING: usize>(
+    rule: &Rule,
+    history: &mut History<RING>,
+    now_ms: u64,
+    ttl: u8,
+) -> Outcome {
     // `--rttl`: the lookup fails on another TTL than the last recorded one, but `--set`
     // still records the packet and its TTL. An unchecked event meets no threshold: written
     // as thresholds rather than a flag tested on every path, which the verifier prefers.
-    let checked = rule.ttl_match == 0 || history.ttl == u32::from(ttl);
+    let checked = rule.ttl_match == 0 || history.ttl == ttl;
     let (hitcount, bunch_size) = if checked {
         (rule.hitcount, rule.bunch_size)
     } else {
         (0, u32::MAX)
     };
-    history.ttl = u32::from(ttl);
+    history.ttl = ttl;
     if rule.kind == RuleKind::Burst as u8 {
         return on_burst_event(rule, history, now_ms, hitcount, bunch_size);
     }
@@ -369,9 +420,9 @@ pub fn on_event(rule: &Rule, history: &mut History, now_ms: u64, ttl: u8) -> Out
 /// A burst rule's event; every event extends or starts a bunch ([`bunch_step`]). `hitcount` and `bunch_size`
 /// are the rule's, or out of reach for an unchecked event.
 #[inline(always)]
-fn on_burst_event(
+fn on_burst_event<const RING: usize>(
     rule: &Rule,
-    history: &mut History,
+    history: &mut History<RING>,
     now_ms: u64,
     hitcount: u32,
     bunch_size: u32,
@@ -583,7 +634,7 @@ mod tests {
     #[test]
     fn the_seed_gives_exactly_three_tries() {
         let rule = ssh_rule();
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         for t in [0, 1_000, 2_000] {
             assert_eq!(on_event(&rule, &mut history, t, 64), Outcome::Counted);
         }
@@ -596,7 +647,7 @@ mod tests {
     #[test]
     fn hits_outside_the_window_do_not_count() {
         let rule = ssh_rule();
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         for t in [0, 10_000, 20_000, 30_001, 40_002, 50_003] {
             assert_eq!(
                 on_event(&rule, &mut history, t, 64),
@@ -614,7 +665,7 @@ mod tests {
     #[test]
     fn the_window_edge_is_inclusive_like_recent() {
         let rule = ssh_rule();
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         for t in [0, 1, 2] {
             on_event(&rule, &mut history, t, 64);
         }
@@ -622,7 +673,7 @@ mod tests {
             on_event(&rule, &mut history, 30_000, 64),
             Outcome::Blacklist { .. }
         ));
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         for t in [0, 1, 2] {
             on_event(&rule, &mut history, t, 64);
         }
@@ -632,7 +683,7 @@ mod tests {
     #[test]
     fn window_checks_survive_clock_wrap() {
         let rule = ssh_rule();
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         let start = u64::from(u32::MAX) - 1_000;
         for i in 0..3 {
             on_event(&rule, &mut history, start + i * 1_000, 64);
@@ -649,7 +700,7 @@ mod tests {
             hitcount: HISTORY_RING as u32,
             ..ssh_rule()
         };
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         for i in 0..HISTORY_RING as u64 {
             assert_eq!(on_event(&rule, &mut history, i, 64), Outcome::Counted);
         }
@@ -660,6 +711,104 @@ mod tests {
         assert_eq!(history.hits_within(30_000, 100), HISTORY_RING as u32);
     }
 
+    /// Event times for the class tests: bursts, pauses, a gap past the longest window.
+    fn event_times() -> impl Iterator<Item = u64> {
+        let mut t = 0u64;
+        (0u64..2_000).map(move |i| {
+            t += match i % 11 {
+                0 => 31_000,
+                5 => u64::from(MAX_RULE_MS) + 1,
+                _ => (i * 7_919) % 12_000,
+            };
+            t
+        })
+    }
+
+    #[test]
+    fn a_short_history_decides_like_the_long_one_for_rules_that_fit_it() {
+        for rule in (1..=SHORT_RING as u32).flat_map(|hitcount| {
+            [
+                Rule {
+                    hitcount,
+                    ..ssh_rule()
+                },
+                Rule {
+                    hitcount,
+                    ..burst_rule()
+                },
+                Rule {
+                    hitcount,
+                    ttl_match: 1,
+                    ..ssh_rule()
+                },
+            ]
+        }) {
+            let rule = &rule;
+            assert!(uses_short_history(rule));
+            let mut long: History = History::new(64);
+            let mut short = ShortHistory::new(64);
+            for (n, t) in event_times().enumerate() {
+                let ttl = 60 + (n % 3) as u8;
+                if long.is_stale(t) {
+                    long = History::new(ttl);
+                }
+                if short.is_stale(t) {
+                    short = ShortHistory::new(ttl);
+                }
+                assert_eq!(
+                    on_event(rule, &mut short, t, ttl),
+                    on_event(rule, &mut long, t, ttl),
+                    "{rule:?} at {t}"
+                );
+                assert_eq!(short.kept(), long.kept().min(SHORT_RING as u32));
+                for back in 1..=short.kept() {
+                    assert_eq!(short.newest(back), long.newest(back));
+                }
+                assert!(usize::from(short.recorded) < 2 * SHORT_RING);
+            }
+        }
+        assert!(!uses_short_history(&Rule {
+            hitcount: SHORT_RING as u32 + 1,
+            ..ssh_rule()
+        }));
+    }
+
+    #[test]
+    fn a_restarted_history_decides_like_a_new_one() {
+        let rule = ssh_rule();
+        let mut used = ShortHistory::new(50);
+        for t in [0, 1, 2, 3, 4, 5] {
+            on_event(&rule, &mut used, t, 50);
+        }
+        used.restart(64);
+        let mut new = ShortHistory::new(64);
+        for t in [100_000, 100_001, 100_002, 100_003] {
+            assert_eq!(
+                on_event(&rule, &mut used, t, 64),
+                on_event(&rule, &mut new, t, 64)
+            );
+            assert_eq!(used.kept(), new.kept());
+            assert_eq!(
+                (used.recorded, used.ttl, used.last_ms),
+                (new.recorded, new.ttl, new.last_ms)
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_ring_keeps_its_newest_times_in_order() {
+        let mut history = ShortHistory::new(64);
+        for t in 1..=50u64 {
+            history.record(t);
+            assert_eq!(history.kept(), t.min(SHORT_RING as u64) as u32);
+            assert_eq!(history.newest(1), t as u32);
+            assert_eq!(
+                history.newest(history.kept()),
+                (t + 1).saturating_sub(history.kept().into()) as u32
+            );
+        }
+    }
+
     #[test]
     fn ttl_match_compares_with_the_last_recorded_ttl_and_records_mismatches() {
         let rule = Rule {
@@ -668,7 +817,7 @@ mod tests {
         };
         // A spoofed first packet with another TTL does not disable counting: it is recorded,
         // and the next packet's TTL becomes the one compared with (like xt_recent --rttl).
-        let mut history = History::new(50);
+        let mut history: History = History::new(50);
         assert_eq!(on_event(&rule, &mut history, 0, 50), Outcome::Counted);
         assert_eq!(on_event(&rule, &mut history, 1, 64), Outcome::Counted);
         assert_eq!(history.ttl, 64);
@@ -679,7 +828,7 @@ mod tests {
             Outcome::Blacklist { hits: 4 }
         );
         // A mismatching packet is never checked against the threshold...
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         for t in 0..3 {
             on_event(&rule, &mut history, t, 64);
         }
@@ -690,7 +839,7 @@ mod tests {
             Outcome::Blacklist { .. }
         ));
         // A route change (a new TTL for good) keeps the count going.
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         on_event(&rule, &mut history, 0, 64);
         on_event(&rule, &mut history, 1, 64);
         assert_eq!(on_event(&rule, &mut history, 2, 60), Outcome::Counted);
@@ -703,7 +852,7 @@ mod tests {
     #[test]
     fn without_ttl_match_the_ttl_does_not_matter() {
         let rule = ssh_rule();
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         for (t, ttl) in [(0, 64), (1, 30), (2, 200)] {
             assert_eq!(on_event(&rule, &mut history, t, ttl), Outcome::Counted);
         }
@@ -719,7 +868,7 @@ mod tests {
             window_ms: MAX_RULE_MS,
             ..ssh_rule()
         };
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         let start = 5_000_u64;
         for t in 0..3 {
             event(&rule, &mut history, start + t, 64);
@@ -730,7 +879,7 @@ mod tests {
         assert_eq!(history.recorded, 1, "the old events are gone");
         assert_eq!(history.last_ms, later);
         // Right at the limit nothing is cleared.
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         for t in 0..3 {
             event(&rule, &mut history, t, 64);
         }
@@ -747,7 +896,7 @@ mod tests {
             ttl_match: 1,
             ..ssh_rule()
         };
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         event(&rule, &mut history, 1_000, 64);
         let later = 1_000 + u64::from(MAX_RULE_MS) + 1;
         for t in 0..3 {
@@ -763,7 +912,7 @@ mod tests {
     #[test]
     fn a_bunch_of_ten_blacklists_nine_do_not() {
         let rule = burst_rule();
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         for i in 0..9 {
             assert_eq!(
                 on_event(&rule, &mut history, i * 1_500, 64),
@@ -776,7 +925,7 @@ mod tests {
             Outcome::Blacklist { hits: 10 }
         );
         // Slow events never form a bunch.
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         for i in 0..100 {
             assert_eq!(
                 on_event(&rule, &mut history, i * 2_001, 64),
@@ -788,7 +937,7 @@ mod tests {
     #[test]
     fn many_small_bunches_within_the_window_blacklist() {
         let rule = burst_rule();
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         let mut t = 0;
         for bunch in 0..10 {
             for event in 0..4 {
@@ -803,7 +952,7 @@ mod tests {
             t += 60_000;
         }
         // Bunches of three never count.
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         let mut t = 0;
         for _ in 0..50 {
             for _ in 0..3 {
@@ -817,7 +966,7 @@ mod tests {
     #[test]
     fn burst_rules_continue_a_bunch_at_exactly_the_gap_and_count_only_within_the_window() {
         let rule = burst_rule();
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         for i in 0..9 {
             assert_eq!(
                 on_event(&rule, &mut history, i * 2_000, 64),
@@ -830,7 +979,7 @@ mod tests {
         );
         // Ten bunches of 4, but the first reached its 4th event (at 3 s) a millisecond before
         // the window of the tenth's 4th: nine count.
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         let bunch_at = |bunch: u64| match bunch {
             0 => 0,
             _ => u64::from(rule.window_ms) + 1 - (9 - bunch) * 60_000,
@@ -858,7 +1007,7 @@ mod tests {
     #[test]
     fn a_burst_survives_a_clock_past_u32_milliseconds() {
         let rule = burst_rule();
-        let mut history = History::new(64);
+        let mut history: History = History::new(64);
         let start = u64::from(u32::MAX) - 5_000;
         for i in 0..9 {
             assert_eq!(

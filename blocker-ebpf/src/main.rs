@@ -31,14 +31,14 @@ mod program {
             source_is_unicast, tcp_reset_v4, tcp_reset_v6, TokenBucket, QUOTE_V4_MAX, QUOTE_V6_MAX,
             UNREACH_V4_LEN, UNREACH_V6_LEN,
         },
-        rule_matches, sample_slot, tcp_opens_connection, Action, AllowValue, BanValue,
-        BlacklistEntry, Counter, DropSample, DropSamples, Event, History, HistoryKey, Outcome,
-        Reason, Rule, RuleAction, RuleStats, Settings, SourceKey, BLACKLIST_HINT_WORDS,
-        DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
-        DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6,
-        IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4,
-        LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES,
-        NO_RULE,
+        rule_matches, sample_slot, tcp_opens_connection, uses_short_history, Action, AllowValue,
+        BanValue, BlacklistEntry, Counter, DropSample, DropSamples, Event, History, HistoryKey,
+        Outcome, Reason, Rule, RuleAction, RuleStats, Settings, ShortHistory, SourceKey,
+        BLACKLIST_HINT_WORDS, DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY,
+        DEFAULT_BAN_V6_CAPACITY, DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY,
+        DEFAULT_HISTORY_LONG_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6, IPPROTO_FRAGMENT,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4, LIST_ALLOW_V6,
+        LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES, NO_RULE,
     };
     use network_types::{
         eth::EthHdr,
@@ -77,8 +77,14 @@ mod program {
     #[btf_map]
     static BLACKLIST_HINTS: Array<u64, { BLACKLIST_HINT_WORDS as usize }> = Array::new();
     #[btf_map]
-    static HISTORY: LruHashMap<HistoryKey, History, { DEFAULT_HISTORY_CAPACITY as usize }> =
+    static HISTORY: LruHashMap<HistoryKey, ShortHistory, { DEFAULT_HISTORY_CAPACITY as usize }> =
         LruHashMap::new();
+    #[btf_map]
+    static HISTORY_LONG: LruHashMap<
+        HistoryKey,
+        History,
+        { DEFAULT_HISTORY_LONG_CAPACITY as usize },
+    > = LruHashMap::new();
     #[btf_map]
     static RULES: Array<Rule, MAX_RULES> = Array::new();
     #[btf_map]
@@ -100,6 +106,7 @@ mod program {
     #[repr(C)]
     struct Scratch {
         history: History,
+        short_history: ShortHistory,
         l2: [u8; MAX_L2_LEN],
         ip_v4: [u8; 20],
         ip_v6: [u8; 40],
@@ -816,29 +823,12 @@ mod program {
         });
         let key = &key.0;
         let now_ms = now_ms(clock_override_ms);
-        // A stale history is replaced like a missing one.
-        let known = HISTORY
-            .get_ptr_mut(key)
-            // SAFETY: a map value stays valid during this program run.
-            .filter(|history| !unsafe { &**history }.is_stale(now_ms));
-        let outcome = match known {
-            // Known source: update in place, no map update call.
-            Some(history) => on_event(rule, unsafe { &mut *history }, now_ms, packet.ttl),
-            None => {
-                let scratch = SCRATCH.get_ptr_mut(0)?;
-                // SAFETY: per-CPU scratch, only this program run uses it.
-                let history = unsafe { &mut (*scratch).history };
-                // History::new(ttl) without rewriting the ring, which is read only up to
-                // `recorded`.
-                history.recorded = 0;
-                history.bunch_len = 0;
-                history.ttl = u32::from(packet.ttl);
-                history.last_ms = 0;
-                let outcome = on_event(rule, history, now_ms, packet.ttl);
-                // A full LRU map evicts the least recently used history; nothing to handle.
-                let _ = HISTORY.insert(key, &*history, 0);
-                outcome
-            }
+        let outcome = if uses_short_history(rule) {
+            let fresh = |scratch: &'static mut Scratch| &mut scratch.short_history;
+            history_event(&HISTORY, key, rule, fresh, now_ms, packet.ttl)?
+        } else {
+            let fresh = |scratch: &'static mut Scratch| &mut scratch.history;
+            history_event(&HISTORY_LONG, key, rule, fresh, now_ms, packet.ttl)?
         };
         let stats = rule_stats(slot);
         match outcome {
@@ -872,6 +862,36 @@ mod program {
                 Some(punish(packet, entry.action, slot, Reason::RuleTriggered))
             }
         }
+    }
+
+    /// One event in the history `map` keeps for `key`: a known source's history is updated in
+    /// place (no map update call); a new or stale one starts in its class's history of the
+    /// per-CPU scratch memory (`fresh` picks it; looked up only then, so a known source's
+    /// event costs no scratch lookup) and is inserted.
+    #[inline(always)]
+    fn history_event<const RING: usize, const CAPACITY: usize>(
+        map: &LruHashMap<HistoryKey, History<RING>, CAPACITY>,
+        key: &HistoryKey,
+        rule: &Rule,
+        fresh: impl FnOnce(&'static mut Scratch) -> &'static mut History<RING>,
+        now_ms: u64,
+        ttl: u8,
+    ) -> Option<Outcome> {
+        let known = map
+            .get_ptr_mut(key)
+            // SAFETY: a map value stays valid during this program run.
+            .filter(|history| !unsafe { &**history }.is_stale(now_ms));
+        if let Some(history) = known {
+            // SAFETY: as above.
+            return Some(on_event(rule, unsafe { &mut *history }, now_ms, ttl));
+        }
+        // SAFETY: per-CPU scratch, only this program run uses it.
+        let fresh = fresh(unsafe { &mut *SCRATCH.get_ptr_mut(0)? });
+        fresh.restart(ttl);
+        let outcome = on_event(rule, fresh, now_ms, ttl);
+        // A full LRU map evicts the least recently used history; nothing to handle.
+        let _ = map.insert(key, &*fresh, 0);
+        Some(outcome)
     }
 
     /// Rewrites the packet into a TCP RST or ICMP port unreachable back to its source.

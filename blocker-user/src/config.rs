@@ -5,8 +5,8 @@ use std::path::Path;
 
 use blocker_common::{
     DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
-    DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, DEFAULT_REJECT_BURST,
-    DEFAULT_REJECT_PER_S,
+    DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_LONG_CAPACITY,
+    DEFAULT_REJECT_BURST, DEFAULT_REJECT_PER_S,
 };
 use serde::Deserialize;
 
@@ -99,8 +99,10 @@ pub struct MapCapacities {
     pub allow: u32,
     /// Dynamic blacklist entries (LRU: a flood evicts the oldest, never a manual ban).
     pub blacklist: u32,
-    /// Tracked sources per rule history (LRU).
+    /// Tracked sources of the rules with hitcounts up to 4 (LRU).
     pub history: u32,
+    /// Tracked sources of the rules with longer hitcounts (LRU).
+    pub history_long: u32,
 }
 
 impl Default for MapCapacities {
@@ -111,6 +113,7 @@ impl Default for MapCapacities {
             allow: DEFAULT_ALLOW_CAPACITY,
             blacklist: DEFAULT_BLACKLIST_CAPACITY,
             history: DEFAULT_HISTORY_CAPACITY,
+            history_long: DEFAULT_HISTORY_LONG_CAPACITY,
         }
     }
 }
@@ -152,6 +155,7 @@ impl Config {
             ("allow", maps.allow),
             ("blacklist", maps.blacklist),
             ("history", maps.history),
+            ("history_long", maps.history_long),
         ] {
             if value == 0 {
                 return Err(format!("[maps] {key} must be at least 1"));

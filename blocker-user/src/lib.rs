@@ -55,4 +55,29 @@ mod tests {
             object.programs.keys().collect::<Vec<_>>()
         );
     }
+
+    /// `doctor` and `top` report the fill of the maps that take entries as they come (hash
+    /// maps and tries): a map left out of `FILLING_MAPS` would fill up unseen.
+    #[test]
+    fn every_map_that_fills_is_checked_for_fill() {
+        use aya_obj::generated::bpf_map_type::{
+            BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_LRU_HASH,
+        };
+        let object =
+            aya_obj::Object::parse(super::EBPF_OBJECT).expect("the embedded object parses");
+        let filling = [
+            BPF_MAP_TYPE_HASH,
+            BPF_MAP_TYPE_LRU_HASH,
+            BPF_MAP_TYPE_LPM_TRIE,
+        ];
+        for name in ALL_MAPS {
+            let map_type = object.maps[name].map_type();
+            let fills = filling.iter().any(|kind| *kind as u32 == map_type);
+            assert_eq!(
+                crate::status::FILLING_MAPS.contains(&name),
+                fills,
+                "map {name} (type {map_type}) and FILLING_MAPS disagree"
+            );
+        }
+    }
 }

@@ -9,7 +9,7 @@ use aya::{
 };
 use blocker_common::{
     ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_HISTORY,
-    PROGRAM_NAME,
+    MAP_HISTORY_LONG, PROGRAM_NAME,
 };
 use tracing::warn;
 
@@ -122,7 +122,8 @@ fn load_restore_attach(
         .map_max_entries(MAP_ALLOW_V4, capacities.allow)
         .map_max_entries(MAP_ALLOW_V6, capacities.allow)
         .map_max_entries(MAP_BLACKLIST, capacities.blacklist)
-        .map_max_entries(MAP_HISTORY, capacities.history);
+        .map_max_entries(MAP_HISTORY, capacities.history)
+        .map_max_entries(MAP_HISTORY_LONG, capacities.history_long);
     if EBPF_OBJECT.is_empty() {
         return Err(Error::Unsupported(
             "this blocker was built without its XDP program (bpf-linker was missing): run `cargo xtask setup`, then build again".into(),

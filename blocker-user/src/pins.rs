@@ -38,8 +38,8 @@ const LAYOUT_VERSION: u32 = 2;
 /// pins left by a build that lays them out differently are never reused.
 pub fn layout() -> String {
     use blocker_common::{
-        AllowValue, BanValue, BlacklistEntry, Counter, Event, History, HistoryKey, Reason, Rule,
-        RuleStats, Settings, SourceKey, MAX_RULES,
+        AllowValue, BanValue, BlacklistEntry, Counter, DropSamples, Event, History, HistoryKey,
+        Reason, Rule, RuleStats, Settings, ShortHistory, SourceKey, MAX_RULES,
     };
     use std::mem::size_of;
     let sizes = [
@@ -50,10 +50,12 @@ pub fn layout() -> String {
         size_of::<Settings>(),
         size_of::<HistoryKey>(),
         size_of::<History>(),
+        size_of::<ShortHistory>(),
         size_of::<SourceKey>(),
         size_of::<BlacklistEntry>(),
         size_of::<Event>(),
         size_of::<Counter>(),
+        size_of::<DropSamples>(),
         MAX_RULES,
         Reason::COUNT as usize,
         ALL_MAPS.len(),

@@ -5,9 +5,9 @@ use aya::{
     Pod,
 };
 use blocker_common::{
-    AllowValue, BanValue, BlacklistEntry, Counter, History, HistoryKey, Reason, SourceKey,
-    ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_COUNTERS,
-    MAP_HISTORY,
+    AllowValue, BanValue, BlacklistEntry, Counter, History, HistoryKey, Reason, ShortHistory,
+    SourceKey, ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST,
+    MAP_COUNTERS, MAP_HISTORY, MAP_HISTORY_LONG,
 };
 use serde::Serialize;
 
@@ -19,13 +19,14 @@ use crate::{
 
 /// Maps that fill up as entries come: the others are arrays (always full) or the ring buffer
 /// (its capacity is bytes).
-pub const FILLING_MAPS: [&str; 6] = [
+pub const FILLING_MAPS: [&str; 7] = [
     MAP_BAN_V4,
     MAP_BAN_V6,
     MAP_ALLOW_V4,
     MAP_ALLOW_V6,
     MAP_BLACKLIST,
     MAP_HISTORY,
+    MAP_HISTORY_LONG,
 ];
 
 #[derive(Debug, Serialize)]
@@ -82,7 +83,8 @@ fn usage(pins: &PinDir, name: &'static str, counted: Option<TrieCounts>) -> Resu
         (MAP_ALLOW_V4, None) => count_keys::<[u8; 4], AllowValue>(data),
         (MAP_ALLOW_V6, None) => count_keys::<[u8; 16], AllowValue>(data),
         (MAP_BLACKLIST, _) => count_hash_keys::<SourceKey, BlacklistEntry>(data),
-        (MAP_HISTORY, _) => count_hash_keys::<HistoryKey, History>(data),
+        (MAP_HISTORY, _) => count_hash_keys::<HistoryKey, ShortHistory>(data),
+        (MAP_HISTORY_LONG, _) => count_hash_keys::<HistoryKey, History>(data),
         // Arrays are always full; the ring buffer's capacity is in bytes.
         _ => Ok(u64::from(capacity)),
     }

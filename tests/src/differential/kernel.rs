@@ -12,12 +12,15 @@ use aya::{
 };
 use blocker_common::{
     reject::TokenBucket, AllowValue, BanValue, BlacklistEntry, Counter, History, HistoryKey,
-    Reason, Rule, RuleStats, Settings, SourceKey, FAMILY_V4, MAP_ALLOW_V4, MAP_ALLOW_V6,
-    MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_COUNTERS, MAP_HISTORY, MAP_RULES, MAP_RULE_STATS,
-    MAP_SETTINGS, MAX_RULES, PROGRAM_NAME,
+    Reason, Rule, RuleStats, Settings, ShortHistory, SourceKey, FAMILY_V4, MAP_ALLOW_V4,
+    MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_COUNTERS, MAP_HISTORY,
+    MAP_HISTORY_LONG, MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS, MAX_RULES, PROGRAM_NAME,
 };
 
-use crate::{bpf, model::Prefix};
+use crate::{
+    bpf,
+    model::{histories::Histories, Prefix},
+};
 
 /// The program's per-CPU reject token buckets (`reject::TokenBucket`: thousandths of a token,
 /// then the time of the last refill), private to the program, read only to resynchronise the
@@ -41,7 +44,8 @@ pub struct Kernel {
     ban_v4: LpmTrie<MapData, [u8; 4], BanValue>,
     ban_v6: LpmTrie<MapData, [u8; 16], BanValue>,
     pub blacklist: HashMap<MapData, SourceKey, BlacklistEntry>,
-    pub history: HashMap<MapData, HistoryKey, History>,
+    history: HashMap<MapData, HistoryKey, ShortHistory>,
+    history_long: HashMap<MapData, HistoryKey, History>,
     counters: PerCpuArray<MapData, Counter>,
     rule_stats: PerCpuArray<MapData, RuleStats>,
     reject_tokens: PerCpuArray<MapData, [u64; 2]>,
@@ -73,6 +77,7 @@ impl Kernel {
             .override_global(SAMPLE_DROPS, &u8::from(sample_drops), true)
             .map_max_entries(MAP_BLACKLIST, LRU_CAPACITY)
             .map_max_entries(MAP_HISTORY, LRU_CAPACITY)
+            .map_max_entries(MAP_HISTORY_LONG, LRU_CAPACITY)
             .load(blocker::EBPF_OBJECT)
             .context("loading the XDP object")?;
         let program: &mut Xdp = ebpf
@@ -91,6 +96,7 @@ impl Kernel {
             ban_v6: take(&mut ebpf, MAP_BAN_V6)?,
             blacklist: take(&mut ebpf, MAP_BLACKLIST)?,
             history: take(&mut ebpf, MAP_HISTORY)?,
+            history_long: take(&mut ebpf, MAP_HISTORY_LONG)?,
             counters: take(&mut ebpf, MAP_COUNTERS)?,
             rule_stats: take(&mut ebpf, MAP_RULE_STATS)?,
             reject_tokens: take(&mut ebpf, MAP_REJECT_TOKENS)?,
@@ -156,6 +162,10 @@ impl Kernel {
         for key in keys {
             self.history.remove(&key)?;
         }
+        let keys: Vec<HistoryKey> = self.history_long.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            self.history_long.remove(&key)?;
+        }
         Ok(())
     }
 
@@ -201,8 +211,11 @@ impl Kernel {
         })
     }
 
-    pub fn histories(&self) -> Result<Vec<(HistoryKey, History)>> {
-        Ok(self.history.iter().collect::<Result<_, _>>()?)
+    pub fn histories(&self) -> Result<Histories> {
+        Ok(Histories {
+            short: self.history.iter().collect::<Result<_, _>>()?,
+            long: self.history_long.iter().collect::<Result<_, _>>()?,
+        })
     }
 
     pub fn blacklist_entries(&self) -> Result<Vec<(SourceKey, BlacklistEntry)>> {

@@ -14,9 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use blocker_common::{
-    next_lists_generation, Action, History, Reason, RuleKind, Settings, HISTORY_RING, MAX_RULES,
-};
+use blocker_common::{next_lists_generation, Action, Reason, RuleKind, Settings, MAX_RULES};
 
 use crate::model::{self, addr_text, parse::parse, reply, Model, Verdict};
 use generate::{Config, Pool, Rng};
@@ -304,7 +302,7 @@ impl Harness {
             self.model.rule_stats[slot] = stats;
         }
         self.model.blacklist = self.kernel.blacklist_entries()?.into_iter().collect();
-        self.model.history = self.kernel.histories()?.into_iter().collect();
+        self.model.history = self.kernel.histories()?;
         self.model.bucket = self.kernel.reject_tokens(self.cpu)?;
         Ok(())
     }
@@ -359,26 +357,28 @@ impl Harness {
                 }
             }
         }
-        let histories = self.kernel.histories()?;
-        for (key, history) in &histories {
-            let modelled = self.model.history.get(key);
-            if modelled.map(history_view) != Some(history_view(history)) {
+        let histories = self.kernel.histories()?.views();
+        let modelled_histories = self.model.history.views();
+        for ((short, key), view) in &histories {
+            let modelled = modelled_histories.get(&(*short, *key));
+            if modelled != Some(view) {
                 problems.push(format!(
-                    "history slot {} gen {} {}/{}: program {:?}, model {:?}",
+                    "history{} slot {} gen {} {}/{}: program {:?}, model {:?}",
+                    if *short { "" } else { " (long)" },
                     key.slot,
                     key.generation,
                     addr_text(key.source.family, key.source.addr),
                     key.source.prefix_len,
-                    history_view(history),
-                    modelled.map(history_view)
+                    view,
+                    modelled
                 ));
             }
         }
-        if histories.len() != self.model.history.len() {
+        if histories.len() != modelled_histories.len() {
             problems.push(format!(
                 "histories: program {}, model {}",
                 histories.len(),
-                self.model.history.len()
+                modelled_histories.len()
             ));
         }
         if problems.is_empty() {
@@ -452,25 +452,20 @@ impl Harness {
                     key.prefix_len
                 );
             }
-            for (key, history) in self
+            for ((_, key), (ring, recorded, bunch_len, ttl, last_ms)) in self
                 .model
                 .history
-                .iter()
-                .filter(|(k, _)| related(&k.source))
+                .views()
+                .into_iter()
+                .filter(|((_, k), _)| related(&k.source))
             {
-                let kept = history.recorded.min(HISTORY_RING as u32) as usize;
                 let _ = writeln!(
                     text,
-                    "  model history slot {} gen {} {}/{}: recorded {} ttl {} bunch {} last {} ring {:?}",
+                    "  model history slot {} gen {} {}/{}: recorded {recorded} ttl {ttl} bunch {bunch_len} last {last_ms} ring newest first {ring:?}",
                     key.slot,
                     key.generation,
                     addr_text(key.source.family, key.source.addr),
                     key.source.prefix_len,
-                    history.recorded,
-                    history.ttl,
-                    history.bunch_len,
-                    history.last_ms,
-                    &history.ring[..kept]
                 );
             }
             let _ = writeln!(text, "earlier frames from the same source:");
@@ -496,22 +491,6 @@ impl Harness {
         }
         text
     }
-}
-
-/// What of a history means something: the ring's times newest first as far as they were
-/// recorded (the rest is whatever the memory held), the counts, the TTL and the last time.
-fn history_view(history: &History) -> (Vec<u32>, u32, u32, u32, u64) {
-    let kept = history.recorded.min(HISTORY_RING as u32);
-    let ring = (1..=kept)
-        .map(|back| history.ring[(history.recorded - back) as usize % HISTORY_RING])
-        .collect();
-    (
-        ring,
-        history.recorded,
-        history.bunch_len,
-        history.ttl,
-        history.last_ms,
-    )
 }
 
 /// What kind of divergence a report describes: its problem lines without numbers, and what

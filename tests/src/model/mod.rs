@@ -2,20 +2,21 @@
 //! its own frame parser, the maps as plain collections (no eviction), and the decision built
 //! from blocker-common's pure functions, in the order the specification gives.
 
+pub mod histories;
 pub mod parse;
 pub mod reply;
 
 use std::collections::{BTreeMap, HashMap};
 
 use blocker_common::{
-    ban_is_active, blacklist_hit, mask_addr, on_event, proto_bit,
+    ban_is_active, blacklist_hit, mask_addr, proto_bit,
     reject::{mac_is_unicast, source_is_unicast, TokenBucket},
-    rule_matches, AllowValue, BanValue, BlacklistEntry, Counter, History, HistoryKey, Outcome,
-    Reason, Rule, RuleAction, RuleStats, Settings, SourceKey, FAMILY_V4, LIST_ALLOW_V4,
-    LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_MASKS, MAX_RULES, TCP_ACK, TCP_FIN, TCP_RST,
-    TCP_SYN,
+    rule_matches, AllowValue, BanValue, BlacklistEntry, Counter, HistoryKey, Outcome, Reason, Rule,
+    RuleAction, RuleStats, Settings, SourceKey, FAMILY_V4, LIST_ALLOW_V4, LIST_ALLOW_V6,
+    LIST_BAN_V4, LIST_BAN_V6, MAX_MASKS, MAX_RULES, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
+use histories::Histories;
 use parse::{parse, Early, Ip, L4, PROTO_ICMP, PROTO_ICMPV6};
 
 /// An address prefix; IPv4 addresses use the first 4 bytes.
@@ -88,7 +89,7 @@ pub struct Model {
     pub allow: Lpm<AllowValue>,
     pub bans: Lpm<BanValue>,
     pub blacklist: HashMap<SourceKey, BlacklistEntry>,
-    pub history: HashMap<HistoryKey, History>,
+    pub history: Histories,
     pub counters: [Counter; Reason::COUNT as usize],
     pub rule_stats: [RuleStats; MAX_RULES],
     /// The reject token bucket of the one CPU the test runs on.
@@ -103,7 +104,7 @@ impl Default for Model {
             allow: Lpm::default(),
             bans: Lpm::default(),
             blacklist: HashMap::new(),
-            history: HashMap::new(),
+            history: Histories::default(),
             counters: [Counter::default(); Reason::COUNT as usize],
             rule_stats: [RuleStats::default(); MAX_RULES],
             bucket: TokenBucket::default(),
@@ -209,15 +210,7 @@ impl Model {
                 slot: slot as u16,
                 generation: rule.generation,
             };
-            let history = self
-                .history
-                .entry(key)
-                .or_insert_with(|| History::new(ip.ttl));
-            // Idle longer than any window: nothing in it can count again.
-            if history.is_stale(now) {
-                *history = History::new(ip.ttl);
-            }
-            match on_event(&rule, history, now, ip.ttl) {
+            match self.history.event(&rule, key, now, ip.ttl) {
                 Outcome::Counted => {
                     self.rule_stats[slot].events += 1;
                     reason = Reason::RuleEvent;

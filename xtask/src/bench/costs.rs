@@ -161,10 +161,25 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
     let burst_sources = sources(plan.sources, 80);
     cost_per_call(blocker, &burst_sources)?;
     let (ns_burst, verdict_burst) = cost_per_call(blocker, &burst_sources)?;
+    // The rule event's path without its history, in the same single runs: what the history
+    // adds (known source minus no rule matched) and what the rule loop adds (no rule matched
+    // minus a protocol no rule covers) are then measured, not guessed.
+    let (ns_no_rule, verdict_no_rule) =
+        cost_per_call(blocker, &sources(2 * plan.sources, NO_RULE_PORT))?;
+    let uncovered: Vec<Vec<u8>> = (0..plan.sources)
+        .map(|n| v4_frame(nth_source(3 * plan.sources + n), dns(), UDP))
+        .collect();
+    let (ns_uncovered, verdict_uncovered) = cost_per_call(blocker, &uncovered)?;
     for (class, ns, retval) in [
         ("rule event, known source", ns_known, verdict_known),
         ("rule event, new source", ns_new, verdict_new),
         ("burst rule event", ns_burst, verdict_burst),
+        (
+            "rule protocol, no rule matches",
+            ns_no_rule,
+            verdict_no_rule,
+        ),
+        ("protocol no rule covers", ns_uncovered, verdict_uncovered),
     ] {
         costs.push(Cost {
             class: class.to_string(),
@@ -202,6 +217,9 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
         tracked_source_bytes: bytes_per_entry(&lab.pin_dir.join(MAP_HISTORY))?,
     })
 }
+
+/// A TCP port no rule of the bench config matches (its rules watch 22 and 80).
+const NO_RULE_PORT: u16 = 23;
 
 /// Where xdp-filter pins its maps (one global directory: one bench at a time).
 const XDP_FILTER_PINS: &str = "/sys/fs/bpf/xdp-filter";
@@ -302,7 +320,9 @@ pub(super) fn costs_markdown(floor_ns: f64, costs: &[Cost]) -> String {
          xdp-filter is loaded with only the features the traffic needs (`-p allow -f ipv4`, or \
          `-f ipv6`), the same banned address and its list filled; its closest class is \
          compared (no ratio where xdp-filter is under 1 ns above the floor: the kernel \
-         reports whole ns). Rule classes are single runs, one per source, against single-run floors.\n\n",
+         reports whole ns). Rule classes are single runs, one per source, against single-run floors; the last two \
+         are the rule event's path without its history (a TCP port no rule matches) and \
+         without the rule loop (UDP, which no rule covers), measured the same way.\n\n",
         floor_ns
     );
     out += "Insns: translated instructions (`bpftool prog show`, `bytes_xlated` / 8) of blocker's \
