@@ -1957,7 +1957,11 @@ mod tests {
         let v6_host: Vec<IpNet> = vec!["2001:db8::5/128".parse().unwrap()];
         let scoped = State::read_scope(&path, &v6_host).unwrap().unwrap();
         let read: Vec<String> = scoped.bans.keys().map(|net| net.to_string()).collect();
-        assert_eq!(read, ["2001:db8::/32"], "covers of all 129 lengths, one query");
+        assert_eq!(
+            read,
+            ["2001:db8::/32"],
+            "covers of all 129 lengths, one query"
+        );
         let counts = summary(&path).unwrap().entries;
         assert_eq!(counts["permanent"], 7);
         assert_eq!(counts["allow"], 1);
