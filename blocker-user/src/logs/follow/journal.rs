@@ -72,7 +72,7 @@ impl JournalFollower {
         command.args(["--follow", "--output=json", "--no-pager", "--all"]);
         match &self.cursor {
             Some(cursor) => command.arg(format!("--after-cursor={cursor}")),
-            None => command.arg(format!("--since=@{}", self.since.as_second())),
+            None => command.arg(since_arg(self.since)),
         };
         command.arg("--lines=all").args(&self.matches);
         command
@@ -194,6 +194,12 @@ fn field_text(value: &Value) -> Option<String> {
     }
 }
 
+/// `journalctl`'s `--since` for entries from `at` on, to the microsecond: whole seconds would
+/// take in up to a second of entries written before the follower started.
+fn since_arg(at: Timestamp) -> String {
+    format!("--since=@{}.{:06}", at.as_second(), at.subsec_microsecond())
+}
+
 /// One line of `journalctl --output=json`.
 fn parse_entry(line: &[u8]) -> Option<Entry> {
     let value: Value = serde_json::from_slice(line).ok()?;
@@ -267,7 +273,12 @@ mod tests {
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        let since = format!("--since=@{}", fresh.since.as_second());
-        assert!(args.contains(&since), "{args:?}");
+        assert!(args.contains(&since_arg(fresh.since)), "{args:?}");
+    }
+
+    #[test]
+    fn a_fresh_follower_starts_at_the_microsecond_not_the_second() {
+        let at = Timestamp::from_microsecond(1_700_000_000_250_000).unwrap();
+        assert_eq!(since_arg(at), "--since=@1700000000.250000");
     }
 }
