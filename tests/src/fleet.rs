@@ -332,6 +332,18 @@ impl Node {
         serde_json::from_str(&body).unwrap_or(Value::Null)
     }
 
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) the daemon: what arrives meanwhile waits for it.
+    pub fn pause_daemon(&self, paused: bool) {
+        let daemon = self.daemon.as_ref().expect("a running daemon");
+        let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+        let signal = if paused {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        nix::sys::signal::kill(pid, signal).expect("signalling the daemon");
+    }
+
     /// A counter of the fleet link (`published`, `applied`, `skipped`).
     pub fn count(&self, what: &str) -> u64 {
         self.link()[what].as_u64().unwrap_or(0)

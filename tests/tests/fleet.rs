@@ -392,10 +392,25 @@ fn a_burst_of_bans_is_applied_in_bulk_where_the_allowlist_still_wins_and_unbans_
     listed.extend((0..598).map(|i| format!("{a}.{b}.{}.{}/32", 100 + i / 200, 1 + i % 200)));
     let list = ns.dir.path().join("burst.list");
     std::fs::write(&list, listed.join("\n") + "\n").expect("writing the list");
+    // The receivers are paused until the burst is published, so each takes it as one burst
+    // however busy the machine is (running, a loaded one handed it over in runs too short
+    // for the bulk path).
+    for node in &nodes[1..] {
+        node.pause_daemon(true);
+    }
     nodes[0]
         .net
         .blocker(&["import", &list.to_string_lossy()])
         .ok();
+    wait_or_explain(
+        "node-0 to publish the burst",
+        PROPAGATION,
+        || nodes[0].count("published") >= 600,
+        || nodes[0].log(),
+    );
+    for node in &nodes[1..] {
+        node.pause_daemon(false);
+    }
 
     let settled = |node: &Node, seen: u64| {
         wait_or_explain(
