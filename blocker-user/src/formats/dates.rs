@@ -1,18 +1,25 @@
 //! Dates written in list comments: `2005-03-15` (.htaccess) and `2/18/2012` (US order, as the
 //! Perl hashes write them), read as the day's start in UTC.
 
-use jiff::{civil::Date, tz::TimeZone, Timestamp};
+use jiff::{civil::Date, tz::TimeZone, SignedDuration, Timestamp};
 
 use super::Entry;
 
+/// How far ahead of `now` a creation date may be and still be the list's own: a writer that
+/// rounds its time to the nearest second (fail2ban's `timeofban`) dates a ban made a moment
+/// ago up to half a second ahead.
+const ROUNDING_SLACK: SignedDuration = SignedDuration::from_secs(1);
+
 /// The creation date `entry`'s list gives it (`None`: the list gives none), or why its date
-/// cannot be one: no calendar day, or later than `now`.
+/// cannot be one: no calendar day, or later than `now` (beyond [`ROUNDING_SLACK`]).
 pub fn creation_date(entry: &Entry, now: Timestamp) -> Result<Option<Timestamp>, String> {
     if let Some(why) = &entry.undated_because {
         return Err(why.clone());
     }
     match entry.created_at {
-        Some(at) if at > now => Err(format!("its date {at} is in the future")),
+        Some(at) if at.duration_since(now) > ROUNDING_SLACK => {
+            Err(format!("its date {at} is in the future"))
+        }
         created_at => Ok(created_at),
     }
 }
@@ -130,6 +137,24 @@ mod tests {
             Err("\"2008-02-30\" is no calendar day".into())
         );
         assert_eq!(creation_date(&dated("zombie"), now), Ok(None));
+    }
+
+    #[test]
+    fn a_time_rounded_up_to_the_next_second_is_still_the_lists_own() {
+        let now: Timestamp = "2026-12-02T11:31:10.6Z".parse().expect("a time");
+        let at = |time: &str| Entry {
+            created_at: Some(time.parse().expect("a time")),
+            ..Entry::ban("192.0.2.1/32".parse().expect("a prefix"))
+        };
+        assert_eq!(
+            creation_date(&at("2026-12-02T11:31:11Z"), now),
+            Ok(Some("2026-12-02T11:31:11Z".parse().expect("a time"))),
+            "fail2ban wrote round(11:31:10.6)"
+        );
+        assert_eq!(
+            creation_date(&at("2026-12-02T11:31:12Z"), now),
+            Err("its date 2026-12-02T11:31:12Z is in the future".into())
+        );
     }
 
     #[test]
