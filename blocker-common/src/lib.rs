@@ -3,6 +3,7 @@
 #![no_std]
 
 pub mod bunch;
+pub mod clock;
 pub mod counters;
 pub mod maps;
 pub mod reject;
@@ -10,6 +11,7 @@ pub mod rules;
 pub mod samples;
 pub mod verdict;
 
+pub use clock::{tick_clock_ms, TickClock};
 pub use counters::{Action, Counter, Reason};
 pub use maps::*;
 pub use rules::*;

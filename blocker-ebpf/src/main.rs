@@ -14,8 +14,8 @@ mod program {
         bindings::xdp_action,
         btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
         helpers::{
-            bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_loop, bpf_xdp_adjust_head,
-            bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+            bpf_jiffies64, bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_loop,
+            bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
         },
         macros::{btf_map, xdp},
         maps::lpm_trie::Key,
@@ -31,14 +31,15 @@ mod program {
             source_is_unicast, tcp_reset_v4, tcp_reset_v6, TokenBucket, QUOTE_V4_MAX, QUOTE_V6_MAX,
             UNREACH_V4_LEN, UNREACH_V6_LEN,
         },
-        rule_matches, sample_slot, tcp_opens_connection, uses_short_history, Action, AllowValue,
-        BanValue, BlacklistEntry, Counter, DropSample, DropSamples, Event, History, HistoryKey,
-        Outcome, Reason, Rule, RuleAction, RuleStats, Settings, ShortHistory, SourceKey,
-        BLACKLIST_HINT_WORDS, DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY,
-        DEFAULT_BAN_V6_CAPACITY, DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY,
-        DEFAULT_HISTORY_LONG_CAPACITY, EVENTS_BYTES, FAMILY_V4, FAMILY_V6, IPPROTO_FRAGMENT,
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4, LIST_ALLOW_V6,
-        LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES, NO_RULE,
+        rule_matches, sample_slot, tcp_opens_connection, tick_clock_ms, uses_short_history, Action,
+        AllowValue, BanValue, BlacklistEntry, Counter, DropSample, DropSamples, Event, History,
+        HistoryKey, Outcome, Reason, Rule, RuleAction, RuleStats, Settings, ShortHistory,
+        SourceKey, TickClock, BLACKLIST_HINT_WORDS, DEFAULT_ALLOW_CAPACITY,
+        DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY, DEFAULT_BLACKLIST_CAPACITY,
+        DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_LONG_CAPACITY, EVENTS_BYTES, FAMILY_V4,
+        FAMILY_V6, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS,
+        MAX_RULES, NO_RULE,
     };
     use network_types::{
         eth::EthHdr,
@@ -131,6 +132,9 @@ mod program {
     }
     #[btf_map]
     static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+    /// This CPU's coarse clock reading of the current tick ([`now_ms`]). Not pinned.
+    #[btf_map]
+    static TICK_CLOCK: PerCpuArray<TickClock, 1> = PerCpuArray::new();
     /// Each CPU's allowance of reject answers. Not pinned: a reload starts it empty.
     #[btf_map]
     static REJECT_TOKENS: PerCpuArray<TokenBucket, 1> = PerCpuArray::new();
@@ -245,17 +249,23 @@ mod program {
     }
 
     /// Rule windows, the dynamic blacklist and reject tokens: CLOCK_MONOTONIC at tick
-    /// resolution, which costs a memory read where a precise clock costs a clocksource read
-    /// (dear in a VM). Read only where a decision needs it; no value is carried between
-    /// checks, which keeps the verifier's state count down. `clock_override_ms` (differential
-    /// tests only) replaces it when non-zero.
+    /// resolution, read once per tick per CPU ([`tick_clock_ms`]): a packet of a tick already
+    /// read costs an inlined jiffies load and a per-CPU lookup instead of a helper call. Read
+    /// only where a decision needs it; no value is carried between checks, which keeps the
+    /// verifier's state count down. `clock_override_ms` (differential tests only) replaces it
+    /// when non-zero.
     #[inline(always)]
     fn now_ms(clock_override_ms: u64) -> u64 {
         if clock_override_ms != 0 {
             return clock_override_ms;
         }
-        // SAFETY: the helper has no preconditions.
-        unsafe { bpf_ktime_get_coarse_ns() / 1_000_000 }
+        // SAFETY: the helpers have no preconditions.
+        let read_ms = || unsafe { bpf_ktime_get_coarse_ns() / 1_000_000 };
+        match TICK_CLOCK.get_ptr_mut(0) {
+            // SAFETY: a per-CPU slot is only ever touched by this CPU.
+            Some(memo) => tick_clock_ms(unsafe { &mut *memo }, unsafe { bpf_jiffies64() }, read_ms),
+            None => read_ms(),
+        }
     }
 
     /// Temporary manual bans: CLOCK_BOOTTIME, which keeps counting through suspend like the
