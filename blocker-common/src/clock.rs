@@ -33,50 +33,34 @@ pub fn tick_clock_ms(memo: &mut TickClock, jiffies: u64, read_ms: impl FnOnce() 
 mod tests {
     use super::*;
 
+    /// The time at `jiffies` with the coarse clock at `clock_ms`, and whether it was read.
+    fn at(memo: &mut TickClock, jiffies: u64, clock_ms: u64) -> (u64, bool) {
+        let mut read = false;
+        let now_ms = tick_clock_ms(memo, jiffies, || {
+            read = true;
+            clock_ms
+        });
+        (now_ms, read)
+    }
+
     #[test]
     fn the_clock_is_read_once_per_tick() {
         let mut memo = TickClock::default();
-        let mut reads = 0;
-        let mut at = |memo: &mut TickClock, jiffies: u64, clock_ms: u64| {
-            tick_clock_ms(memo, jiffies, || {
-                reads += 1;
-                clock_ms
-            })
-        };
-        assert_eq!(at(&mut memo, 1000, 4_000), 4_000, "the first packet reads");
-        assert_eq!(at(&mut memo, 1000, 4_000), 4_000);
-        assert_eq!(at(&mut memo, 1000, 4_000), 4_000);
-        assert_eq!(at(&mut memo, 1001, 4_004), 4_004, "a new tick reads again");
-        assert_eq!(at(&mut memo, 1001, 4_004), 4_004);
-        assert_eq!(
-            at(&mut memo, 1005, 4_020),
-            4_020,
-            "an idle gap of ticks too"
-        );
-        drop(at);
-        assert_eq!(reads, 3);
+        assert_eq!(at(&mut memo, 1000, 4_000), (4_000, true), "the first packet");
+        assert_eq!(at(&mut memo, 1000, 4_000), (4_000, false));
+        assert_eq!(at(&mut memo, 1000, 4_000), (4_000, false));
+        assert_eq!(at(&mut memo, 1001, 4_004), (4_004, true), "a new tick");
+        assert_eq!(at(&mut memo, 1001, 4_004), (4_004, false));
+        assert_eq!(at(&mut memo, 1005, 4_020), (4_020, true), "an idle gap of ticks");
     }
 
     #[test]
     fn a_reading_older_than_its_tick_is_not_remembered_for_it() {
         let mut memo = TickClock::default();
-        let mut reads = 0;
-        let mut at = |memo: &mut TickClock, jiffies: u64, clock_ms: u64| {
-            tick_clock_ms(memo, jiffies, || {
-                reads += 1;
-                clock_ms
-            })
-        };
-        assert_eq!(at(&mut memo, 1000, 4_000), 4_000);
+        assert_eq!(at(&mut memo, 1000, 4_000), (4_000, true));
         // Jiffies moved on, the timekeeper not yet: the old time, and read again next time.
-        assert_eq!(at(&mut memo, 1001, 4_000), 4_000);
-        assert_eq!(
-            at(&mut memo, 1001, 4_004),
-            4_004,
-            "the timekeeper caught up"
-        );
-        assert_eq!(at(&mut memo, 1001, 4_004), 4_004);
-        drop(at);
-        assert_eq!(reads, 3);
+        assert_eq!(at(&mut memo, 1001, 4_000), (4_000, true));
+        assert_eq!(at(&mut memo, 1001, 4_004), (4_004, true), "caught up");
+        assert_eq!(at(&mut memo, 1001, 4_004), (4_004, false));
     }
 }
