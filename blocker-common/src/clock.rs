@@ -1,9 +1,11 @@
 //! The program's clock for rule windows, the dynamic blacklist and reject tokens:
 //! CLOCK_MONOTONIC at tick resolution (`bpf_ktime_get_coarse_ns`), remembered per CPU for the
-//! current tick. The coarse clock only moves when a tick advances jiffies (the kernel updates
-//! both in `tick_do_update_jiffies64`), and jiffies cost one inlined load where the coarse
-//! clock costs a helper call (about 14 ns in this VM, a sixth of a blacklist hit). So a
-//! reading is reused while jiffies stay where they were when it was taken.
+//! current tick. The coarse clock moves when a tick advances jiffies (the kernel updates both
+//! in `tick_do_update_jiffies64`, jiffies first), and jiffies cost one inlined load where the
+//! coarse clock costs a helper call (about 14 ns in this VM, a sixth of a blacklist hit). So a
+//! reading is reused while jiffies stay where they were when it was taken. The one other
+//! mover, an adjustment of the clock (settimeofday, adjtimex) between two ticks, is seen at
+//! the next tick: late by less than a tick, the resolution the clock has anyway.
 
 /// This CPU's last coarse reading and the jiffies it was taken at; zero before the first.
 #[repr(C)]
