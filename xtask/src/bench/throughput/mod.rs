@@ -4,6 +4,7 @@
 //! (the order reversed every other round) and the median round is reported, with ratios to
 //! the drop-only program and to xdp-filter from the same run.
 
+pub mod rule_events;
 mod wire;
 
 use std::{
