@@ -239,6 +239,16 @@ pub fn in_target(program: &str, args: &[&str]) -> Result<String> {
     sh("nsenter", &full)
 }
 
+/// The packet counter of the first rule of `chain` in iptables' `table`, in the target.
+pub fn first_rule_packets(table: &str, chain: &str) -> Result<u64> {
+    let listing = in_target("iptables", &["-t", table, "-L", chain, "-v", "-x", "-n"])?;
+    listing
+        .lines()
+        .nth(2)
+        .and_then(|line| line.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {table}-table counter in:\n{listing}"))
+}
+
 /// Frame counts of one measurement.
 #[derive(Default, Clone, Copy)]
 pub struct Counts {
@@ -330,15 +340,7 @@ impl Wire {
             .filter(|(name, _)| name.starts_with("rx_queue_") && name.ends_with("_xdp_packets"))
             .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
             .sum();
-        let table = in_target(
-            "iptables",
-            &["-t", "security", "-L", "INPUT", "-v", "-x", "-n"],
-        )?;
-        let passed = table
-            .lines()
-            .nth(2)
-            .and_then(|line| line.split_whitespace().next()?.parse().ok())
-            .with_context(|| format!("no security-table counter in:\n{table}"))?;
+        let passed = first_rule_packets("security", "INPUT")?;
         Ok(Counts { seen, passed })
     }
 
