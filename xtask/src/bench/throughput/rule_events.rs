@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{
     super::{bpf, costs, median, Plan},
-    attach, attached_id,
+    attach, attached_id, raw_drop,
     wire::{
         first_rule_packets, in_target, sequential_generator, Probe, Wire, FLOOD_SOURCES, SSH_PORT,
         TARGET_IFACE,
@@ -229,19 +229,7 @@ pub fn run(root: &std::path::Path, plan: Plan) -> Result<Vec<Row>> {
     // The stack drops what the target's program passes at its first hook, and counts it
     // there: its answers (a TCP reset to each SYN, an ICMP error and a peer entry per UDP
     // source) would fill the caches between frames, and differently per pass.
-    in_target(
-        "iptables",
-        &[
-            "-t",
-            "raw",
-            "-A",
-            "PREROUTING",
-            "-s",
-            FLOOD_SOURCES,
-            "-j",
-            "DROP",
-        ],
-    )?;
+    raw_drop(FLOOD_SOURCES)?;
     // Only while this is held: the rest of the bench runs with the statistics off.
     let _stats = enable_stats(Stats::RunTime).context("enabling bpf_stats (BPF_ENABLE_STATS)")?;
     let mut blocker_rounds = Vec::new();
