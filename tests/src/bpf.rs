@@ -1,6 +1,6 @@
 //! The few bpf(2) commands the benchmark and the differential test need and aya does not wrap:
-//! loading a hand-assembled program, BPF_PROG_TEST_RUN, and getting a program by id or a
-//! pinned object.
+//! loading a hand-assembled program (and creating the array map one may use),
+//! BPF_PROG_TEST_RUN, and getting a program by id or a pinned object.
 
 use std::{
     ffi::CString,
@@ -9,12 +9,16 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+const BPF_MAP_CREATE: u32 = 0;
 const BPF_PROG_LOAD: u32 = 5;
 const BPF_OBJ_PIN: u32 = 6;
 const BPF_OBJ_GET: u32 = 7;
 const BPF_PROG_TEST_RUN: u32 = 10;
 const BPF_PROG_GET_FD_BY_ID: u32 = 13;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// The source register of a 64-bit immediate load that names a map by its descriptor.
+const BPF_PSEUDO_MAP_FD: u8 = 1;
 /// Run XDP test packets as live frames: XDP_TX really transmits them.
 pub const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
@@ -99,6 +103,10 @@ impl Insn {
     pub const fn load_u32(dst: u8, src: u8, off: i16) -> Self {
         Self::new(0x61, dst, src, off, 0)
     }
+    /// *(u32 *)(dst + off) = src
+    pub const fn store_u32(dst: u8, src: u8, off: i16) -> Self {
+        Self::new(0x63, dst, src, off, 0)
+    }
     /// *(u16 *)(dst + off) = src
     pub const fn store_u16(dst: u8, src: u8, off: i16) -> Self {
         Self::new(0x6b, dst, src, off, 0)
@@ -123,6 +131,17 @@ impl Insn {
     pub const fn jne_imm(dst: u8, imm: i32, off: i16) -> Self {
         Self::new(0x55, dst, 0, off, imm)
     }
+    /// if dst == imm goto +off
+    pub const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Self {
+        Self::new(0x15, dst, 0, off, imm)
+    }
+    /// dst = the map `map` (a 64-bit immediate load: two instruction slots).
+    pub fn load_map(dst: u8, map: &OwnedFd) -> [Self; 2] {
+        [
+            Self::new(0x18, dst, BPF_PSEUDO_MAP_FD, 0, map.as_raw_fd()),
+            Self::new(0, 0, 0, 0, 0),
+        ]
+    }
     pub const fn call(helper: i32) -> Self {
         Self::new(0x85, 0, 0, 0, helper)
     }
@@ -131,6 +150,8 @@ impl Insn {
     }
 }
 
+/// Helper number of bpf_map_lookup_elem.
+pub const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
 /// Helper number of bpf_get_prandom_u32.
 pub const HELPER_PRANDOM_U32: i32 = 7;
 
@@ -156,6 +177,18 @@ pub fn load_xdp(insns: &[Insn]) -> Result<OwnedFd> {
             )
         }
     }
+}
+
+/// Creates an array map of `entries` zeroed values of `value_size` bytes (u32 keys).
+pub fn array_map(value_size: u32, entries: u32) -> Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.u32(0, BPF_MAP_TYPE_ARRAY)
+        .u32(4, 4)
+        .u32(8, value_size)
+        .u32(12, entries);
+    bpf(BPF_MAP_CREATE, &mut attr)
+        .map(fd)
+        .context("creating an array map")
 }
 
 pub fn prog_by_id(id: u32) -> Result<OwnedFd> {

@@ -171,15 +171,11 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
         .collect();
     let (ns_uncovered, verdict_uncovered) = cost_per_call(blocker, &uncovered)?;
     for (class, ns, retval) in [
-        ("rule event, known source", ns_known, verdict_known),
-        ("rule event, new source", ns_new, verdict_new),
-        ("burst rule event", ns_burst, verdict_burst),
-        (
-            "rule protocol, no rule matches",
-            ns_no_rule,
-            verdict_no_rule,
-        ),
-        ("protocol no rule covers", ns_uncovered, verdict_uncovered),
+        (KNOWN_SOURCE_SINGLE, ns_known, verdict_known),
+        (NEW_SOURCE_SINGLE, ns_new, verdict_new),
+        ("burst rule event (single runs)", ns_burst, verdict_burst),
+        (NO_RULE_SINGLE, ns_no_rule, verdict_no_rule),
+        (UNCOVERED_SINGLE, ns_uncovered, verdict_uncovered),
     ] {
         costs.push(Cost {
             class: class.to_string(),
@@ -218,8 +214,14 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
     })
 }
 
+/// The single-run rule rows that the live measure (`throughput::rule_events`) repeats.
+pub(super) const KNOWN_SOURCE_SINGLE: &str = "rule event, known source (single runs)";
+pub(super) const NEW_SOURCE_SINGLE: &str = "rule event, new source (single runs)";
+pub(super) const NO_RULE_SINGLE: &str = "rule protocol, no rule matches (single runs)";
+pub(super) const UNCOVERED_SINGLE: &str = "protocol no rule covers (single runs)";
+
 /// A TCP port no rule of the bench config matches (its rules watch 22 and 80).
-const NO_RULE_PORT: u16 = 23;
+pub(super) const NO_RULE_PORT: u16 = 23;
 
 /// Where xdp-filter pins its maps (one global directory: one bench at a time).
 const XDP_FILTER_PINS: &str = "/sys/fs/bpf/xdp-filter";
@@ -320,7 +322,8 @@ pub(super) fn costs_markdown(floor_ns: f64, costs: &[Cost]) -> String {
          xdp-filter is loaded with only the features the traffic needs (`-p allow -f ipv4`, or \
          `-f ipv6`), the same banned address and its list filled; its closest class is \
          compared (no ratio where xdp-filter is under 1 ns above the floor: the kernel \
-         reports whole ns). Rule classes are single runs, one per source, against single-run floors; the last two \
+         reports whole ns). Rule classes are single runs, one per source, against single-run floors (a cold path \
+         each: the next section measures them in a stream of live frames); the last two \
          are the rule event's path without its history (a TCP port no rule matches) and \
          without the rule loop (UDP, which no rule covers), measured the same way.\n\n",
         floor_ns

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::{
     costs::PacketCosts,
     lab::{GOAL_ALLOWS, GOAL_BANS},
-    throughput::{self, BlockerRuleRatios},
+    throughput::{self, rule_events, BlockerRuleRatios},
 };
 
 /// One goal of issue 11 and this run's figure for it.
@@ -48,8 +48,13 @@ fn goal_row(
     }
 }
 
-/// The goals from the cost table (and the live throughput, when the run measured it).
-pub(super) fn goals(packets: &PacketCosts, live: Option<&[throughput::Row]>) -> Vec<Goal> {
+/// The goals from the cost table, the live rule events and the live throughput (each when
+/// the run measured it).
+pub(super) fn goals(
+    packets: &PacketCosts,
+    rule_event_rows: Option<&[rule_events::Row]>,
+    live: Option<&[throughput::Row]>,
+) -> Vec<Goal> {
     let cost = |class: &str| packets.costs.iter().find(|c| c.class == class);
     let mut goals = Vec::new();
     let ratio = |class: &str| cost(class).and_then(|c| c.ratio_to_xdp_filter);
@@ -97,21 +102,23 @@ pub(super) fn goals(packets: &PacketCosts, live: Option<&[throughput::Row]>) -> 
         });
     }
     let ns = |v: f64| format!("{v:.0} ns");
-    for (class, cost_class, goal, limit) in [
+    for (class, live_class, goal, limit) in [
         (
             "rule event, known source (ssh rule)",
-            "rule event, known source",
+            rule_events::KNOWN_SOURCE,
             "≤ 200 ns",
             200.0,
         ),
         (
             "rule event, new source (LRU insert)",
-            "rule event, new source",
+            rule_events::NEW_SOURCE,
             "≤ 400 ns",
             400.0,
         ),
     ] {
-        let value = cost(cost_class).map(|c| c.above_floor);
+        let value = rule_event_rows
+            .and_then(|rows| rows.iter().find(|row| row.class == live_class))
+            .map(|row| row.above_floor);
         goals.push(goal_row(class, goal, value, Bound::AtMost(limit), &ns));
     }
     goals.push(goal_row(
@@ -161,7 +168,9 @@ pub(super) fn markdown(goals: &[Goal], xdp_filter_entries: usize) -> String {
          measured in the same run). blocker is loaded with {GOAL_BANS} manual bans (80% IPv4 \
          hosts, 10% IPv4 ranges /20 to /28, the rest IPv6 hosts and /64s), {GOAL_ALLOWS} \
          allowlist entries and its ssh and burst rules, all through `blocker import` / \
-         `blocker allow`, for every class. xdp-filter's source list holds {xdp_filter_entries} \
+         `blocker allow`, for every class of the cost table. The rule-event goals read the live rows of the \
+         rule-event section (blocker with its ssh rule alone, a stream of distinct sources). \
+         xdp-filter's source list holds {xdp_filter_entries} \
          entries (its capacity is 10,000 per list, so it cannot hold 100k); it has no rules, \
          so the rule-event and memory rows have no peer. Memory per tracked source: the rule \
          history map's memlock divided by its capacity.\n\n\

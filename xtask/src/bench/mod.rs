@@ -73,6 +73,8 @@ struct Report {
     quick: bool,
     floor_ns: f64,
     costs: Vec<Cost>,
+    /// Rule events in a stream of live frames, timed by bpf_stats.
+    rule_events: Vec<throughput::rule_events::Row>,
     goals: Vec<goals::Goal>,
     /// Entries in each of xdp-filter's source lists while it was measured.
     xdp_filter_entries: usize,
@@ -181,6 +183,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     let control_plane = control_plane(&lab)?;
     drop(blocker);
     drop(lab);
+    let rule_events = throughput::rule_events::run(root, plan)?;
     let throughput = throughput::run(root, plan)?;
     let daemon = daemon::run(root, plan)?;
     let state = state::run(root, plan)?;
@@ -188,13 +191,14 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     let logs = logs::run(root, plan)?;
 
     let report = Report {
-        goals: goals::goals(&packets, Some(&throughput)),
+        goals: goals::goals(&packets, Some(&rule_events), Some(&throughput)),
         xdp_filter_entries: packets.xdp_filter_entries,
         machine: machine(),
         kernel: sh("uname", &["-r"])?.trim().to_string(),
         quick: plan.quick,
         floor_ns: floor,
         costs: packets.costs,
+        rule_events,
         scaling,
         control_plane,
         throughput,
@@ -213,16 +217,21 @@ fn loaded_packet_costs(root: &Path, plan: Plan) -> Result<PacketCosts> {
     packet_costs(&lab, &blocker, plan)
 }
 
-/// `cargo xtask bench --packets`: the packet path alone (cost per class, then live
-/// throughput), into target/bench/packets.md and packets.json.
+/// `cargo xtask bench --packets`: the packet path alone (cost per class, live rule events,
+/// then live throughput), into target/bench/packets.md and packets.json.
 pub fn run_packets(root: &Path, plan: Plan) -> Result<()> {
     install_peers()?;
     let _stats = StatsOff::new()?;
     let packets = loaded_packet_costs(root, plan)?;
+    let rule_events = throughput::rule_events::run(root, plan)?;
     let throughput = throughput::run(root, plan)?;
-    let goals = goals::goals(&packets, Some(&throughput));
+    let goals = goals::goals(&packets, Some(&rule_events), Some(&throughput));
     let sections = [
         ("costs", costs_markdown(packets.floor, &packets.costs)),
+        (
+            "rule-events",
+            throughput::rule_events::markdown(&rule_events, &packets.costs),
+        ),
         ("goals", goals::markdown(&goals, packets.xdp_filter_entries)),
         ("throughput", throughput::markdown(&throughput)),
     ];
@@ -232,6 +241,7 @@ pub fn run_packets(root: &Path, plan: Plan) -> Result<()> {
     let json = serde_json::json!({
         "floor_ns": packets.floor,
         "costs": packets.costs,
+        "rule_events": rule_events,
         "goals": goals,
         "throughput": throughput,
     });

@@ -60,6 +60,10 @@ fn sections(report: &Report) -> Vec<(&'static str, String)> {
     vec![
         ("costs", costs_markdown(report.floor_ns, &report.costs)),
         (
+            "rule-events",
+            throughput::rule_events::markdown(&report.rule_events, &report.costs),
+        ),
+        (
             "goals",
             goals::markdown(&report.goals, report.xdp_filter_entries),
         ),

@@ -4,6 +4,7 @@
 //! (the order reversed every other round) and the median round is reported, with ratios to
 //! the drop-only program and to xdp-filter from the same run.
 
+pub mod rule_events;
 mod wire;
 
 use std::{
@@ -168,20 +169,7 @@ impl Target {
             }
             Candidate::IptablesRaw => {
                 attach(&self.pass)?;
-                in_target(
-                    "iptables",
-                    &[
-                        "-t",
-                        "raw",
-                        "-A",
-                        "PREROUTING",
-                        "-s",
-                        &offender,
-                        "-j",
-                        "DROP",
-                    ],
-                )
-                .map(drop)
+                raw_drop(&offender)
             }
             Candidate::IptablesRecent => {
                 attach(&self.pass)?;
@@ -259,6 +247,12 @@ impl Drop for Target {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pins);
     }
+}
+
+/// Drops frames from `sources` at the target stack's first hook (iptables' raw PREROUTING).
+fn raw_drop(sources: &str) -> Result<()> {
+    let rule = ["-t", "raw", "-A", "PREROUTING", "-s", sources, "-j", "DROP"];
+    in_target("iptables", &rule).map(drop)
 }
 
 /// The id of the XDP program on the target interface.
