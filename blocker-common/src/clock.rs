@@ -48,12 +48,20 @@ mod tests {
     #[test]
     fn the_clock_is_read_once_per_tick() {
         let mut memo = TickClock::default();
-        assert_eq!(at(&mut memo, 1000, 4_000), (4_000, true), "the first packet");
+        assert_eq!(
+            at(&mut memo, 1000, 4_000),
+            (4_000, true),
+            "the first packet"
+        );
         assert_eq!(at(&mut memo, 1000, 4_000), (4_000, false));
         assert_eq!(at(&mut memo, 1000, 4_000), (4_000, false));
         assert_eq!(at(&mut memo, 1001, 4_004), (4_004, true), "a new tick");
         assert_eq!(at(&mut memo, 1001, 4_004), (4_004, false));
-        assert_eq!(at(&mut memo, 1005, 4_020), (4_020, true), "an idle gap of ticks");
+        assert_eq!(
+            at(&mut memo, 1005, 4_020),
+            (4_020, true),
+            "an idle gap of ticks"
+        );
     }
 
     #[test]

@@ -27,16 +27,21 @@ pub const MAP_HISTORY: &str = "HISTORY";
 pub const MAP_HISTORY_LONG: &str = "HISTORY_LONG";
 /// LRU hash of [`crate::SourceKey`] to [`crate::BlacklistEntry`]: the dynamic blacklist.
 pub const MAP_BLACKLIST: &str = "BLACKLIST";
+/// Array of [`crate::BLACKLIST_FILTER_LINES`] lines of bytes: the blacklist keys the program
+/// may have inserted ([`crate::blacklist_filter_slot`]). Pinned with the blacklist, as the
+/// two must agree.
+pub const MAP_BLACKLIST_FILTER: &str = "BLACKLIST_FILTER";
 /// Ring buffer of [`crate::Event`]s: sources blacklisted.
 pub const MAP_EVENTS: &str = "EVENTS";
 
 /// Every map the XDP program declares, in the order `blocker status` reports them.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_BAN_V4,
     MAP_BAN_V6,
     MAP_ALLOW_V4,
     MAP_ALLOW_V6,
     MAP_BLACKLIST,
+    MAP_BLACKLIST_FILTER,
     MAP_HISTORY,
     MAP_HISTORY_LONG,
     MAP_RULES,

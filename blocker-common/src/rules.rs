@@ -488,18 +488,27 @@ impl BlacklistEntry {
     }
 }
 
-/// Words of the blacklist hints: one bit per hashed host address, 65536 bits.
-pub const BLACKLIST_HINT_WORDS: u32 = 1024;
+/// Lines of the blacklist filter ([`blacklist_filter_slot`]): 2,048 lines of 64 one-byte
+/// slots, 131,072 slots in 128 KiB. A slot is a byte, not a bit, so that setting it is a plain
+/// store that no concurrent setter of a neighbour can undo.
+pub const BLACKLIST_FILTER_LINES: u32 = 2048;
+/// Slots per line of the blacklist filter.
+pub const BLACKLIST_FILTER_LINE: usize = 64;
 
-/// Where a host address's bit sits in the blacklist hints: (word, bit). A set bit means the
-/// address may have a host entry in the blacklist; a clear one that it has none the program
-/// wrote. Only a hint: which path is taken, never what it decides.
+/// Where the blacklist key of `masked` (a source masked to `prefix_len`, [`mask_words`]) has
+/// its byte in the blacklist filter: (line, byte). The program sets the byte before it
+/// inserts the key and nothing clears it, so a clear byte proves the key is not in the
+/// blacklist and its lookup can be skipped (a cold lookup is the dearest part of a packet from
+/// a source not seen for a while); a set byte says only that it may be.
 #[inline(always)]
-pub fn blacklist_hint(source: [u64; 2]) -> (u32, u64) {
-    // Fibonacci hashing of both words folded: the top 16 bits of the product.
-    let folded = source[0] ^ source[1].rotate_left(32);
-    let bit = (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32;
-    (bit / 64, 1 << (bit % 64))
+pub fn blacklist_filter_slot(masked: [u64; 2], prefix_len: u8) -> (u32, usize) {
+    // Fibonacci hashing of both words and the length folded: the top 17 bits of the product.
+    let folded = masked[0] ^ masked[1].rotate_left(32) ^ (u64::from(prefix_len) << 40);
+    let slot = (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 47) as u32;
+    (
+        slot / BLACKLIST_FILTER_LINE as u32,
+        slot as usize % BLACKLIST_FILTER_LINE,
+    )
 }
 
 /// The lists generation after `generation`; never 0, which means "never checked".
@@ -1133,16 +1142,25 @@ mod tests {
     }
 
     #[test]
-    fn neighbouring_hosts_get_their_own_hint_bits() {
-        let mut hints = [(0u32, 0u64); 256];
-        for (last, hint) in hints.iter_mut().enumerate() {
+    fn neighbouring_keys_get_their_own_filter_slots() {
+        let mut slots = [(0u32, 0usize); 256];
+        for (last, slot) in slots.iter_mut().enumerate() {
             let addr = [198, 51, 100, last as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-            *hint = blacklist_hint(addr_words(&addr));
-            assert!(hint.0 < BLACKLIST_HINT_WORDS && hint.1.count_ones() == 1);
+            *slot = blacklist_filter_slot(addr_words(&addr), 32);
+            assert!(slot.0 < BLACKLIST_FILTER_LINES && slot.1 < BLACKLIST_FILTER_LINE);
         }
-        hints.sort_unstable();
-        let distinct = 1 + hints.windows(2).filter(|pair| pair[0] != pair[1]).count();
-        assert!(distinct > 240, "{distinct} distinct bits for a /24");
+        slots.sort_unstable();
+        let distinct = 1 + slots.windows(2).filter(|pair| pair[0] != pair[1]).count();
+        assert!(distinct > 250, "{distinct} distinct slots for a /24");
+        // One address under the lengths a rule may key it by: a slot each.
+        let addr = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut by_length: [(u32, usize); 4] = [48u8, 56, 64, 128]
+            .map(|len| blacklist_filter_slot(mask_words(addr_words(&addr), len), len));
+        by_length.sort_unstable();
+        assert!(
+            by_length.windows(2).all(|pair| pair[0] != pair[1]),
+            "{by_length:?}"
+        );
     }
 
     #[test]

@@ -24,8 +24,8 @@ mod program {
     };
     use aya_log_ebpf::error;
     use blocker_common::{
-        addr_bytes, addr_words, ban_is_active, blacklist_hint, blacklist_hit, evasive_is_dropped,
-        is_ipv6_extension, mask_words, on_event, proto_bit,
+        addr_bytes, addr_words, ban_is_active, blacklist_filter_slot, blacklist_hit,
+        evasive_is_dropped, is_ipv6_extension, mask_words, on_event, proto_bit,
         reject::{
             answerable, mac_is_unicast, port_unreachable_v4, port_unreachable_v6,
             source_is_unicast, tcp_reset_v4, tcp_reset_v6, TokenBucket, QUOTE_V4_MAX, QUOTE_V6_MAX,
@@ -34,12 +34,12 @@ mod program {
         rule_matches, sample_slot, tcp_opens_connection, tick_clock_ms, uses_short_history, Action,
         AllowValue, BanValue, BlacklistEntry, Counter, DropSample, DropSamples, Event, History,
         HistoryKey, Outcome, Reason, Rule, RuleAction, RuleStats, Settings, ShortHistory,
-        SourceKey, TickClock, BLACKLIST_HINT_WORDS, DEFAULT_ALLOW_CAPACITY,
-        DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY, DEFAULT_BLACKLIST_CAPACITY,
-        DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_LONG_CAPACITY, EVENTS_BYTES, FAMILY_V4,
-        FAMILY_V6, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-        LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS,
-        MAX_RULES, NO_RULE,
+        SourceKey, TickClock, BLACKLIST_FILTER_LINE, BLACKLIST_FILTER_LINES,
+        DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
+        DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_LONG_CAPACITY,
+        EVENTS_BYTES, FAMILY_V4, FAMILY_V6, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6,
+        MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES, NO_RULE,
     };
     use network_types::{
         eth::EthHdr,
@@ -72,11 +72,14 @@ mod program {
         BlacklistEntry,
         { DEFAULT_BLACKLIST_CAPACITY as usize },
     > = LruHashMap::new();
-    /// [`blacklist_hint`] bits of hosts with a blacklist entry, so the lookup before the list
-    /// checks is paid only by sources that may be blacklisted. Never cleared: a stale bit costs
-    /// a lookup, nothing else. Not pinned: a reload starts it empty.
+    /// [`blacklist_filter_slot`] bytes of every key the program inserted in the blacklist:
+    /// a key whose byte is clear is looked up in none of it. Never cleared (a stale byte costs a
+    /// lookup, nothing else); pinned, so it outlives a reload with the blacklist it describes.
     #[btf_map]
-    static BLACKLIST_HINTS: Array<u64, { BLACKLIST_HINT_WORDS as usize }> = Array::new();
+    static BLACKLIST_FILTER: Array<
+        [u8; BLACKLIST_FILTER_LINE],
+        { BLACKLIST_FILTER_LINES as usize },
+    > = Array::new();
     #[btf_map]
     static HISTORY: LruHashMap<HistoryKey, ShortHistory, { DEFAULT_HISTORY_CAPACITY as usize }> =
         LruHashMap::new();
@@ -230,6 +233,15 @@ mod program {
                     .write(mask_words(self.source, prefix_len));
             }
             key
+        }
+    }
+
+    impl Aligned<SourceKey> {
+        /// The key's address as the two words [`Packet::source_key`] wrote.
+        #[inline(always)]
+        fn words(&self) -> [u64; 2] {
+            // SAFETY: as in `source_key`: `addr` starts the 8-aligned key, 16 bytes long.
+            unsafe { (self.0.addr.as_ptr() as *const [u64; 2]).read() }
         }
     }
 
@@ -387,8 +399,8 @@ mod program {
         // It decides as the full path would: it is the first mask's, the first looked at.
         // `first` is its lookup, done once for both paths; `None` when not done yet.
         let mut first = None;
-        if host_first && generation != 0 && hinted(packet.source) {
-            let found = BLACKLIST.get_ptr_mut(&packet.source_key(host_len).0);
+        if host_first && generation != 0 {
+            let found = blacklist_entry(packet, host_len);
             first = Some(found);
             if let Some(entry) = found {
                 // SAFETY: as in `check_blacklist`.
@@ -425,7 +437,6 @@ mod program {
         }
         let first = Checked {
             found: first,
-            host_first,
             generation,
         };
         if let Some(reason) = check_blacklist(packet, settings, masks, first) {
@@ -684,31 +695,38 @@ mod program {
     struct Checked {
         /// The first mask's lookup, when done.
         found: Option<Option<*mut BlacklistEntry>>,
-        /// Whether the first mask is the family's host length.
-        host_first: bool,
         /// The lists generation read before the list checks.
         generation: u32,
     }
 
-    /// Whether `source` may have a host entry in the blacklist ([`BLACKLIST_HINTS`]).
+    /// The blacklist entry of `packet`'s source under `mask`, looked up only if the filter
+    /// says there may be one.
     #[inline(always)]
-    fn hinted(source: [u64; 2]) -> bool {
-        let (word, bit) = blacklist_hint(source);
-        BLACKLIST_HINTS
-            .get(word)
-            .is_some_and(|bits| bits & bit != 0)
+    fn blacklist_entry(packet: &Packet, mask: u8) -> Option<*mut BlacklistEntry> {
+        let key = packet.source_key(mask);
+        let (line, byte) = blacklist_filter_slot(key.words(), mask);
+        // A missing line (never, in an array) counts as "may be": the lookup decides.
+        let filtered_out = BLACKLIST_FILTER
+            .get(line)
+            .and_then(|bytes| bytes.get(byte))
+            .is_some_and(|set| *set == 0);
+        if filtered_out {
+            return None;
+        }
+        BLACKLIST.get_ptr_mut(&key.0)
     }
 
-    /// Marks `source` as maybe blacklisted; written only when the bit is clear, so a hot
-    /// source's word is not written from every CPU. A lost race loses a hint, never a verdict.
+    /// Sets the filter byte of `key`; called before the key is inserted in the blacklist, so
+    /// no packet finds the entry's byte clear. Written only when clear, so a hot line is not
+    /// written from every CPU.
     #[inline(always)]
-    fn hint(source: [u64; 2]) {
-        let (word, bit) = blacklist_hint(source);
-        if let Some(bits) = BLACKLIST_HINTS.get_ptr_mut(word) {
-            // SAFETY: a map value, valid during this program run.
-            unsafe {
-                if *bits & bit == 0 {
-                    *bits |= bit;
+    fn mark_blacklisted(key: &Aligned<SourceKey>) {
+        let (line, byte) = blacklist_filter_slot(key.words(), key.0.prefix_len);
+        if let Some(bytes) = BLACKLIST_FILTER.get_ptr_mut(line) {
+            // SAFETY: a map value, valid during this program run; one byte, stored whole.
+            if let Some(set) = unsafe { (*bytes).get_mut(byte) } {
+                if *set == 0 {
+                    *set = 1;
                 }
             }
         }
@@ -716,7 +734,7 @@ mod program {
 
     /// The dynamic blacklist, looked up once per mask in use for the family (the first
     /// mask's lookup may be done already). A hit is stamped with the generation: this source
-    /// just passed the allowlist and ban checks; a host hit is hinted for the fast path.
+    /// just passed the allowlist and ban checks.
     #[inline(always)]
     fn check_blacklist(
         packet: &mut Packet,
@@ -730,7 +748,7 @@ mod program {
             }
             let found = match first.found {
                 Some(found) if index == 0 => found,
-                _ => BLACKLIST.get_ptr_mut(&packet.source_key(*mask).0),
+                _ => blacklist_entry(packet, *mask),
             };
             let Some(entry) = found else {
                 continue;
@@ -741,9 +759,6 @@ mod program {
             let entry = unsafe { &mut *entry };
             if blacklist_hit(entry, now_ms(settings.clock_override_ms)) {
                 entry.lists_stamp = first.generation;
-                if index == 0 && first.host_first {
-                    hint(packet.source);
-                }
                 let (action, slot) = (entry.action, u32::from(entry.slot));
                 return Some(punish(packet, action, slot, Reason::Blacklisted));
             }
@@ -854,10 +869,8 @@ mod program {
                     stats.blacklisted += 1;
                 }
                 let entry = BlacklistEntry::for_rule(rule, slot as u16, hits, now_ms, generation);
+                mark_blacklisted(&packet.source_key(mask));
                 let _ = BLACKLIST.insert(&key.source, &entry, 0);
-                if mask == host_len(packet.family) {
-                    hint(packet.source);
-                }
                 // A full ring buffer loses the event, never the packet's verdict.
                 if let Some(mut event) = EVENTS.reserve(0) {
                     event.write(Event {

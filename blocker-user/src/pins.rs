@@ -39,7 +39,8 @@ const LAYOUT_VERSION: u32 = 2;
 pub fn layout() -> String {
     use blocker_common::{
         AllowValue, BanValue, BlacklistEntry, Counter, DropSamples, Event, History, HistoryKey,
-        Reason, Rule, RuleStats, Settings, ShortHistory, SourceKey, MAX_RULES,
+        Reason, Rule, RuleStats, Settings, ShortHistory, SourceKey, BLACKLIST_FILTER_LINE,
+        BLACKLIST_FILTER_LINES, MAX_RULES,
     };
     use std::mem::size_of;
     let sizes = [
@@ -59,6 +60,7 @@ pub fn layout() -> String {
         MAX_RULES,
         Reason::COUNT as usize,
         ALL_MAPS.len(),
+        BLACKLIST_FILTER_LINES as usize * BLACKLIST_FILTER_LINE,
     ];
     let sizes: Vec<String> = sizes.iter().map(usize::to_string).collect();
     format!("v{LAYOUT_VERSION}-{}", sizes.join("."))

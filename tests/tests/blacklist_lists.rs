@@ -1,10 +1,17 @@
 //! A source on the dynamic blacklist that is then banned or allowlisted by hand: the new
 //! list entry decides its very next packet, though the blacklist's fast path skips the list
 //! checks for sources that passed them before (it may only while no entry was added since).
+//! And the filter that lets other sources skip the blacklist lookup is shared like the
+//! blacklist: a second interface's program finds the source blacklisted on the first.
 
 use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
 
-use blocker_tests::{require_root, TestNet};
+use blocker_tests::{
+    bpf::{prog_by_id, run_once, XDP_DROP},
+    frames::{frame, ipv4, tcp_syn, IPV4},
+    require_root, TestNet,
+};
 
 /// A test network whose blocker has a rule that blacklists the 4th connection for 10
 /// minutes, and a source it blacklisted and sent through the fast path once more: the network,
@@ -66,4 +73,55 @@ fn a_blacklisted_source_allowed_by_hand_passes_at_once() {
         "counted as allowlisted"
     );
     assert_eq!(net.packets("blacklisted"), blacklisted);
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_second_interfaces_program_finds_the_source_blacklisted_on_the_first() {
+    let (net, attacker, listener) = blacklisted_source();
+    let IpAddr::V4(attacker) = attacker else {
+        panic!("an IPv4 client")
+    };
+    // A second interface in the server's namespace: `load` gives it a program of its own over
+    // the pinned maps.
+    let second = format!("bs{}", net.id);
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["-n", &net.server_ns])
+            .args(args)
+            .output()
+            .expect("running ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        out.stdout
+    };
+    ip(&[
+        "link",
+        "add",
+        &second,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{second}p"),
+    ]);
+    ip(&["link", "set", &second, "up"]);
+    net.blocker_in_server(&["load", "--iface", &second]).ok();
+    let links: serde_json::Value =
+        serde_json::from_slice(&ip(&["-j", "link", "show", &second])).expect("ip -j output");
+    let id = links[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no XDP program on {second}: {links}"));
+    let program = prog_by_id(id as u32).expect("the second program");
+
+    let frame = frame(
+        &[IPV4],
+        &ipv4(attacker.octets(), 0, 6, &tcp_syn(listener.port())),
+    );
+    let blacklisted = net.packets("blacklisted");
+    let (verdict, _) = run_once(&program, &frame, &mut [0u8; 256]).expect("a test run");
+    assert_eq!(
+        verdict, XDP_DROP,
+        "the blacklisted source passes the second interface"
+    );
+    assert_eq!(net.packets("blacklisted"), blacklisted + 1);
 }
