@@ -72,9 +72,10 @@ mod program {
         BlacklistEntry,
         { DEFAULT_BLACKLIST_CAPACITY as usize },
     > = LruHashMap::new();
-    /// [`blacklist_filter_slot`] bytes of every key the program inserted in the blacklist:
-    /// a key whose byte is clear is looked up in none of it. Never cleared (a stale byte costs a
-    /// lookup, nothing else); pinned, so it outlives a reload with the blacklist it describes.
+    /// [`blacklist_filter_slot`] bytes of every key the program inserted in the blacklist: a
+    /// key whose byte is clear has no entry and is not looked up. Never cleared (a stale byte
+    /// costs a lookup, nothing else); pinned, so every program over the pinned blacklist (one
+    /// per interface, or a reload) shares it.
     #[btf_map]
     static BLACKLIST_FILTER: Array<
         [u8; BLACKLIST_FILTER_LINE],
