@@ -191,6 +191,25 @@ pub fn array_map(value_size: u32, entries: u32) -> Result<OwnedFd> {
         .context("creating an array map")
 }
 
+/// The id of the XDP program attached to `iface` in the network namespace `ns`.
+pub fn xdp_prog_id(ns: &str, iface: &str) -> Result<u32> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show", iface])
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip -n {ns} link show {iface}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j output")?;
+    let id = links[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .with_context(|| format!("no XDP program on {iface} in {ns}"))?;
+    u32::try_from(id).context("a program id beyond u32")
+}
+
 pub fn prog_by_id(id: u32) -> Result<OwnedFd> {
     let mut attr = Attr::new();
     attr.u32(0, id);

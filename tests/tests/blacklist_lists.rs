@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 
 use blocker_tests::{
-    bpf::{prog_by_id, run_once, XDP_DROP},
+    bpf::{prog_by_id, run_once, xdp_prog_id, XDP_DROP},
     frames::{frame, ipv4, tcp_syn, IPV4},
     require_root, TestNet,
 };
@@ -92,7 +92,6 @@ fn a_second_interfaces_program_finds_the_source_blacklisted_on_the_first() {
             .output()
             .expect("running ip");
         assert!(out.status.success(), "ip {args:?}: {out:?}");
-        out.stdout
     };
     ip(&[
         "link",
@@ -106,12 +105,8 @@ fn a_second_interfaces_program_finds_the_source_blacklisted_on_the_first() {
     ]);
     ip(&["link", "set", &second, "up"]);
     net.blocker_in_server(&["load", "--iface", &second]).ok();
-    let links: serde_json::Value =
-        serde_json::from_slice(&ip(&["-j", "link", "show", &second])).expect("ip -j output");
-    let id = links[0]["xdp"]["prog"]["id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no XDP program on {second}: {links}"));
-    let program = prog_by_id(id as u32).expect("the second program");
+    let id = xdp_prog_id(&net.server_ns, &second).expect("the second interface's program");
+    let program = prog_by_id(id).expect("the second program");
 
     let frame = frame(
         &[IPV4],

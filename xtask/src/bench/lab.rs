@@ -105,12 +105,7 @@ impl Lab {
 
     /// The id of the XDP program attached to `iface`.
     pub(super) fn xdp_prog_id(&self, iface: &str) -> Result<u32> {
-        let out = self.ip(&["-j", "link", "show", iface])?;
-        let links: serde_json::Value = serde_json::from_str(&out)?;
-        let id = links[0]["xdp"]["prog"]["id"]
-            .as_u64()
-            .with_context(|| format!("no XDP program on {iface}"))?;
-        Ok(id as u32)
+        bpf::xdp_prog_id(&self.ns, iface)
     }
 
     /// The XDP program attached to `iface`.

@@ -13,12 +13,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use blocker_tests::recent_ruleset;
 use serde::Serialize;
 
 use super::{bpf, median, progsize, Plan};
-use wire::{in_target, ip, Traffic, Wire, OFFENDER, SSH_PORT, TARGET_IFACE};
+use wire::{in_target, Traffic, Wire, OFFENDER, SSH_PORT, TARGET_IFACE};
 
 #[derive(Serialize, Clone)]
 pub struct Row {
@@ -257,12 +257,7 @@ fn raw_drop(sources: &str) -> Result<()> {
 
 /// The id of the XDP program on the target interface.
 fn attached_id() -> Result<u32> {
-    let out = ip(&wire::target_ns(), &["-j", "link", "show", TARGET_IFACE])?;
-    let links: serde_json::Value = serde_json::from_str(&out)?;
-    let id = links[0]["xdp"]["prog"]["id"]
-        .as_u64()
-        .context("no XDP program on the target")?;
-    Ok(id as u32)
+    bpf::xdp_prog_id(&wire::target_ns(), TARGET_IFACE)
 }
 
 /// Attaches `program` to the target interface in driver mode, through a temporary pin.
