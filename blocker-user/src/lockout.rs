@@ -78,6 +78,9 @@ fn unmapped(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// How long [`Guard::recent`] reuses a detection.
+pub const GUARD_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a ban must not cut off: the SSH session's source and this host's addresses.
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
@@ -112,6 +115,26 @@ impl Guard {
             }
         };
         Ok(Self { ssh, host_addrs })
+    }
+
+    /// [`Guard::detect`], taken again when the last detection in this process is older than
+    /// [`GUARD_REFRESH`]: the daemon checks every batch of offenses, and listing the
+    /// interfaces cost about a tenth of a batch. An address added since is guarded at most
+    /// that much later.
+    pub fn recent() -> Result<Self> {
+        static RECENT: std::sync::Mutex<Option<(std::time::Instant, Guard)>> =
+            std::sync::Mutex::new(None);
+        let mut recent = RECENT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((at, guard)) = recent.as_ref() {
+            if at.elapsed() < GUARD_REFRESH {
+                return Ok(guard.clone());
+            }
+        }
+        let guard = Self::detect()?;
+        *recent = Some((std::time::Instant::now(), guard.clone()));
+        Ok(guard)
     }
 
     /// Refuses `net` if it would lock the operator out (see the module documentation).

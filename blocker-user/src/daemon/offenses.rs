@@ -146,7 +146,7 @@ pub fn record_batch(
     store.origin = Origin::local("offense");
     // The lock-out check `blocker ban` runs: no report bans this host or the operator's SSH
     // source (unless allowlisted, which wins anyway).
-    let guard = Guard::detect()?;
+    let guard = Guard::recent()?;
     let answers = offenses
         .iter()
         .map(|offense| {
