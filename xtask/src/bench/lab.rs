@@ -48,7 +48,9 @@ impl Lab {
             ns: format!("blkbench{id}"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/blocker-bench-{id}")),
             state: dir.path().join("state.db"),
-            blocker: root.join("target/release/blocker"),
+            // `BENCH_BLOCKER` names another build (an older commit's) for a same-run A/B.
+            blocker: std::env::var_os("BENCH_BLOCKER")
+                .map_or_else(|| root.join("target/release/blocker"), PathBuf::from),
             dir,
         };
         sh("ip", &["netns", "add", &lab.ns])?;
