@@ -79,7 +79,7 @@ fn unmapped(addr: IpAddr) -> IpAddr {
 }
 
 /// How long [`Guard::recent`] reuses a detection.
-pub const GUARD_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+const GUARD_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a ban must not cut off: the SSH session's source and this host's addresses.
 #[derive(Debug, Clone, Default)]
