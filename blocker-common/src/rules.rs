@@ -133,6 +133,39 @@ pub struct Settings {
     /// `clock_override_ms / 1000` as the CLOCK_BOOTTIME second for manual-ban expiry.
     /// 0 (always in production) = the real clocks.
     pub clock_override_ms: u64,
+    /// [`ports_without_rules`]: destination ports, folded to `port % 256`, that no rule
+    /// matches, so their packets skip the rule loop. All clear (the default) skips nothing.
+    pub ports_without_rules: [u64; PORT_FOLDS / 64],
+}
+
+/// Destination ports are folded to this many bits in [`Settings::ports_without_rules`].
+pub const PORT_FOLDS: usize = 256;
+
+/// The [`Settings::ports_without_rules`] of `rules`: the bit of `fold` is set when no rule in
+/// force matches a destination port `p` with `p % 256 == fold`. A packet without ports (ICMP,
+/// a later fragment) has port 0 for the rules and for this filter alike.
+pub fn ports_without_rules(rules: &[Rule]) -> [u64; PORT_FOLDS / 64] {
+    let mut matched = [0u64; PORT_FOLDS / 64];
+    for rule in rules
+        .iter()
+        .filter(|rule| rule.kind != RuleKind::Empty as u8)
+    {
+        let (min, max) = (usize::from(rule.dport_min), usize::from(rule.dport_max));
+        // A range of PORT_FOLDS ports or more covers every fold.
+        let last = max.min(min + PORT_FOLDS - 1);
+        for port in min..=last {
+            let fold = port % PORT_FOLDS;
+            matched[fold / 64] |= 1 << (fold % 64);
+        }
+    }
+    matched.map(|bits| !bits)
+}
+
+/// Whether some rule may match destination port `dport` ([`ports_without_rules`]).
+#[inline(always)]
+pub fn port_has_rules(ports_without_rules: &[u64; PORT_FOLDS / 64], dport: u16) -> bool {
+    let fold = usize::from(dport) % PORT_FOLDS;
+    ports_without_rules[fold / 64] >> (fold % 64) & 1 == 0
 }
 
 /// Reject answers per second per CPU by default, like the kernel's `icmp_msgs_per_sec`.
@@ -284,7 +317,7 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<Rule>() == 40);
     assert!(size_of::<RuleStats>() == 32);
-    assert!(size_of::<Settings>() == 40);
+    assert!(size_of::<Settings>() == 72);
     assert!(size_of::<SourceKey>() == 18);
     assert!(size_of::<HistoryKey>() == 24);
     assert!(size_of::<History>() == 4 * HISTORY_RING + 16);
@@ -1188,6 +1221,56 @@ mod tests {
                 masked
             });
             assert_eq!(mask_addr(v6, len), by_bit, "/{len}");
+        }
+    }
+
+    #[test]
+    fn ports_no_rule_matches_skip_the_rules() {
+        let ssh = ssh_rule();
+        let filter = ports_without_rules(&[ssh, Rule::default()]);
+        assert!(port_has_rules(&filter, 22));
+        assert!(!port_has_rules(&filter, 23));
+        assert!(!port_has_rules(&filter, 443));
+        assert!(!port_has_rules(&filter, 0), "ICMP and later fragments");
+        // Folded: 278 shares 22's bit and goes through the rules, which do not match it.
+        assert!(port_has_rules(&filter, 278));
+        let any_port = Rule {
+            dport_min: 0,
+            dport_max: u16::MAX,
+            ..ssh
+        };
+        let filter = ports_without_rules(&[ssh, any_port]);
+        assert!((0..=u16::MAX).all(|port| port_has_rules(&filter, port)));
+        assert_eq!(ports_without_rules(&[]), [u64::MAX; PORT_FOLDS / 64]);
+        let settings = Settings::default();
+        assert!(
+            port_has_rules(&settings.ports_without_rules, 443),
+            "cleared settings skip nothing"
+        );
+    }
+
+    #[test]
+    fn a_port_some_rule_matches_is_never_skipped() {
+        let ranges = [
+            (22, 22),
+            (80, 80),
+            (250, 260),
+            (1000, 1255),
+            (1000, 1256),
+            (60_000, 65_535),
+        ];
+        for (min, max) in ranges {
+            let rule = Rule {
+                dport_min: min,
+                dport_max: max,
+                ..ssh_rule()
+            };
+            let filter = ports_without_rules(&[rule]);
+            for port in 0..=u16::MAX {
+                if rule_matches(&rule, IPPROTO_TCP, port, true) {
+                    assert!(port_has_rules(&filter, port), "{min}..={max}: {port}");
+                }
+            }
         }
     }
 }

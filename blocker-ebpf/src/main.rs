@@ -25,7 +25,7 @@ mod program {
     use aya_log_ebpf::error;
     use blocker_common::{
         addr_bytes, addr_words, ban_is_active, blacklist_filter_slot, blacklist_hit,
-        evasive_is_dropped, is_ipv6_extension, mask_words, on_event, proto_bit,
+        evasive_is_dropped, is_ipv6_extension, mask_words, on_event, port_has_rules, proto_bit,
         reject::{
             answerable, mac_is_unicast, port_unreachable_v4, port_unreachable_v6,
             source_is_unicast, tcp_reset_v4, tcp_reset_v6, TokenBucket, QUOTE_V4_MAX, QUOTE_V6_MAX,
@@ -456,7 +456,10 @@ mod program {
             }
             L4::FirstFragmentCut => Reason::Malformed,
             L4::ChainTooLong => Reason::Unparsed,
-            L4::Present | L4::Fragment if settings.rule_protos & proto_bit(packet.proto) != 0 => {
+            L4::Present | L4::Fragment
+                if settings.rule_protos & proto_bit(packet.proto) != 0
+                    && port_has_rules(&settings.ports_without_rules, packet.dport) =>
+            {
                 run_rules(packet, settings, generation)
             }
             L4::Present | L4::Fragment => Reason::NoMatch,

@@ -4,8 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use blocker_common::{
-    next_lists_generation, proto_bit, BlacklistEntry, RuleKind, RuleStats, Settings, SourceKey,
-    FAMILY_V4, MAP_BLACKLIST, MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS, MAX_MASKS, MAX_RULES,
+    next_lists_generation, ports_without_rules, proto_bit, BlacklistEntry, RuleKind, RuleStats,
+    Settings, SourceKey, FAMILY_V4, MAP_BLACKLIST, MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS,
+    MAX_MASKS, MAX_RULES,
 };
 use ipnet::IpNet;
 
@@ -112,6 +113,7 @@ pub fn write_settings(
             .iter()
             .filter(|rule| rule.kind != RuleKind::Empty as u8)
             .fold(0, |bits, rule| bits | proto_bit(rule.proto));
+        value.ports_without_rules = ports_without_rules(&compiled.slots);
         if rules_changed {
             let mut masks_v4: Vec<u8> = compiled
                 .masks_v4

@@ -1,9 +1,9 @@
 //! Seeded random configurations, clock steps and frames for the differential test.
 
 use blocker_common::{
-    proto_bit, BanValue, Rule, RuleAction, RuleKind, Settings, BAN_PERMANENT, FAMILY_V4, FAMILY_V6,
-    LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_MASKS, MAX_RULES, MAX_RULE_MS,
-    PROTO_ANY,
+    ports_without_rules, proto_bit, BanValue, Rule, RuleAction, RuleKind, Settings, BAN_PERMANENT,
+    FAMILY_V4, FAMILY_V6, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_MASKS,
+    MAX_RULES, MAX_RULE_MS, PROTO_ANY,
 };
 
 use crate::model::{Lpm, Prefix};
@@ -237,6 +237,7 @@ pub fn config(rng: &mut Rng, pool: &Pool, previous: &Config, now_ms: u64) -> Con
             masks_v6: masks(|r| r.mask_v6),
             reject_per_s,
             reject_burst,
+            ports_without_rules: ports_without_rules(&rules),
             ..Settings::default()
         },
         rules,

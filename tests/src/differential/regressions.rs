@@ -5,8 +5,8 @@
 
 use anyhow::{bail, Context, Result};
 use blocker_common::{
-    proto_bit, BanValue, Reason, Rule, RuleAction, RuleKind, Settings, FAMILY_V4, LIST_ALLOW_V4,
-    LIST_BAN_V4, MAX_MASKS, MAX_RULES,
+    ports_without_rules, proto_bit, BanValue, Reason, Rule, RuleAction, RuleKind, Settings,
+    FAMILY_V4, LIST_ALLOW_V4, LIST_BAN_V4, MAX_MASKS, MAX_RULES,
 };
 
 use super::{generate::Config, unhex, Harness};
@@ -52,6 +52,7 @@ fn with_rules(rules: &[Rule]) -> Config {
             masks_v6,
             reject_per_s: 1000,
             reject_burst: 50,
+            ports_without_rules: ports_without_rules(&all),
             ..Settings::default()
         },
         rules: all,
