@@ -161,9 +161,10 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
     let burst_sources = sources(plan.sources, 80);
     cost_per_call(blocker, &burst_sources)?;
     let (ns_burst, verdict_burst) = cost_per_call(blocker, &burst_sources)?;
-    // The rule event's path without its history, in the same single runs: what the history
-    // adds (known source minus no rule matched) and what the rule loop adds (no rule matched
-    // minus a protocol no rule covers) are then measured, not guessed.
+    // The rule event's path without its history, in the same single runs: what the rule loop
+    // and the history add (known source minus no rule matched) is then measured, not guessed.
+    // A port no rule watches skips the loop as a protocol no rule covers does: the two rows
+    // show the port filter at work.
     let (ns_no_rule, verdict_no_rule) =
         cost_per_call(blocker, &sources(2 * plan.sources, NO_RULE_PORT))?;
     let uncovered: Vec<Vec<u8>> = (0..plan.sources)
@@ -324,8 +325,8 @@ pub(super) fn costs_markdown(floor_ns: f64, costs: &[Cost]) -> String {
          compared (no ratio where xdp-filter is under 1 ns above the floor: the kernel \
          reports whole ns). Rule classes are single runs, one per source, against single-run floors (a cold path \
          each: the next section measures them in a stream of live frames); the last two \
-         are the rule event's path without its history (a TCP port no rule matches) and \
-         without the rule loop (UDP, which no rule covers), measured the same way.\n\n",
+         are a TCP port no rule matches and UDP, which no rule covers, measured the same way: \
+         both skip the rule loop (the port filter, and the protocol bits).\n\n",
         floor_ns
     );
     out += "Insns: translated instructions (`bpftool prog show`, `bytes_xlated` / 8) of blocker's \
