@@ -138,6 +138,15 @@ pub struct Settings {
     pub ports_without_rules: [u64; PORT_FOLDS / 64],
 }
 
+/// The [`Settings::rule_protos`] of `rules`: the [`proto_bit`]s of the protocols the rules in
+/// force match.
+pub fn rule_protos(rules: &[Rule]) -> u32 {
+    rules
+        .iter()
+        .filter(|rule| rule.kind != RuleKind::Empty as u8)
+        .fold(0, |bits, rule| bits | proto_bit(rule.proto))
+}
+
 /// Destination ports are folded to this many bits in [`Settings::ports_without_rules`].
 pub const PORT_FOLDS: usize = 256;
 

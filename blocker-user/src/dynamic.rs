@@ -4,9 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use blocker_common::{
-    next_lists_generation, ports_without_rules, proto_bit, BlacklistEntry, RuleKind, RuleStats,
-    Settings, SourceKey, FAMILY_V4, MAP_BLACKLIST, MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS,
-    MAX_MASKS, MAX_RULES,
+    next_lists_generation, ports_without_rules, rule_protos, BlacklistEntry, RuleStats, Settings,
+    SourceKey, FAMILY_V4, MAP_BLACKLIST, MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS, MAX_MASKS,
+    MAX_RULES,
 };
 use ipnet::IpNet;
 
@@ -108,11 +108,7 @@ pub fn write_settings(
         value.lists_generation = next_lists_generation(value.lists_generation);
         value.lists = lists;
         value.rule_slots = compiled.rule_slots;
-        value.rule_protos = compiled
-            .slots
-            .iter()
-            .filter(|rule| rule.kind != RuleKind::Empty as u8)
-            .fold(0, |bits, rule| bits | proto_bit(rule.proto));
+        value.rule_protos = rule_protos(&compiled.slots);
         value.ports_without_rules = ports_without_rules(&compiled.slots);
         if rules_changed {
             let mut masks_v4: Vec<u8> = compiled

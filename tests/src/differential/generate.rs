@@ -1,9 +1,9 @@
 //! Seeded random configurations, clock steps and frames for the differential test.
 
 use blocker_common::{
-    ports_without_rules, proto_bit, BanValue, Rule, RuleAction, RuleKind, Settings, BAN_PERMANENT,
-    FAMILY_V4, FAMILY_V6, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6, MAX_MASKS,
-    MAX_RULES, MAX_RULE_MS, PROTO_ANY,
+    ports_without_rules, rule_protos, BanValue, Rule, RuleAction, RuleKind, Settings,
+    BAN_PERMANENT, FAMILY_V4, FAMILY_V6, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6,
+    MAX_MASKS, MAX_RULES, MAX_RULE_MS, PROTO_ANY,
 };
 
 use crate::model::{Lpm, Prefix};
@@ -181,7 +181,6 @@ pub fn config(rng: &mut Rng, pool: &Pool, previous: &Config, now_ms: u64) -> Con
         .rposition(|r| r.kind != RuleKind::Empty as u8)
         .map_or(0, |last| last as u32 + 1);
     let in_use = || rules.iter().filter(|r| r.kind != RuleKind::Empty as u8);
-    let rule_protos = in_use().fold(0, |bits, r| bits | proto_bit(r.proto));
     let masks = |of: fn(&Rule) -> u8| {
         let mut masks = [0u8; MAX_MASKS];
         let mut count = 0;
@@ -232,7 +231,7 @@ pub fn config(rng: &mut Rng, pool: &Pool, previous: &Config, now_ms: u64) -> Con
         settings: Settings {
             rule_slots,
             lists,
-            rule_protos,
+            rule_protos: rule_protos(&rules),
             masks_v4: masks(|r| r.mask_v4),
             masks_v6: masks(|r| r.mask_v6),
             reject_per_s,

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use blocker_common::{
-    ports_without_rules, proto_bit, BanValue, Reason, Rule, RuleAction, RuleKind, Settings,
+    ports_without_rules, rule_protos, BanValue, Reason, Rule, RuleAction, RuleKind, Settings,
     FAMILY_V4, LIST_ALLOW_V4, LIST_BAN_V4, MAX_MASKS, MAX_RULES,
 };
 
@@ -47,7 +47,7 @@ fn with_rules(rules: &[Rule]) -> Config {
         settings: Settings {
             rule_slots: rules.len() as u32,
             lists: 0,
-            rule_protos: rules.iter().fold(0, |bits, r| bits | proto_bit(r.proto)),
+            rule_protos: rule_protos(&all),
             masks_v4,
             masks_v6,
             reject_per_s: 1000,
