@@ -30,6 +30,13 @@ pub(super) fn nth_source(n: u32) -> [u8; 4] {
     [100, 64 + (b & 0x3f), c, d]
 }
 
+/// The blocker build every section measures: `target/release/blocker`, or the build
+/// `BENCH_BLOCKER` names (an older commit's) for a same-run A/B.
+pub(super) fn blocker_binary(root: &Path) -> PathBuf {
+    std::env::var_os("BENCH_BLOCKER")
+        .map_or_else(|| root.join("target/release/blocker"), PathBuf::from)
+}
+
 /// A namespace with a veth pair for the candidates, and blocker's own pin dir and state.
 pub(super) struct Lab {
     pub(super) ns: String,
@@ -48,9 +55,7 @@ impl Lab {
             ns: format!("blkbench{id}"),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/blocker-bench-{id}")),
             state: dir.path().join("state.db"),
-            // `BENCH_BLOCKER` names another build (an older commit's) for a same-run A/B.
-            blocker: std::env::var_os("BENCH_BLOCKER")
-                .map_or_else(|| root.join("target/release/blocker"), PathBuf::from),
+            blocker: blocker_binary(root),
             dir,
         };
         sh("ip", &["netns", "add", &lab.ns])?;

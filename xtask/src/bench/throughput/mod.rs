@@ -112,7 +112,7 @@ impl Target {
     fn new(root: &Path) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         Ok(Self {
-            blocker: root.join("target/release/blocker"),
+            blocker: super::lab::blocker_binary(root),
             pins: PathBuf::from(format!("/sys/fs/bpf/blocker-tput-{}", std::process::id())),
             state: dir.path().join("state.db"),
             pass: bpf::empty_program()?,
