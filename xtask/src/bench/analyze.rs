@@ -44,7 +44,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<AnalyzeBench> {
     let lines = generate(&path, target_bytes)?;
     let bytes = std::fs::metadata(&path)?.len();
     let mib = bytes as f64 / f64::from(1 << 20);
-    let blocker = root.join("target/release/blocker");
+    let blocker = super::lab::blocker_binary(root);
     let log = path.to_string_lossy().into_owned();
 
     let output = Command::new(&blocker)

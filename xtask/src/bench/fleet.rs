@@ -175,7 +175,7 @@ fn wait_applied(node: &Node, count: u64, timeout: Duration) -> Result<Instant> {
 
 pub fn run(root: &std::path::Path, plan: Plan) -> Result<FleetFigures> {
     // SAFETY: set before any thread of this process reads the environment.
-    unsafe { std::env::set_var("BLOCKER_BIN", root.join("target/release/blocker")) };
+    unsafe { std::env::set_var("BLOCKER_BIN", super::lab::blocker_binary(root)) };
     let (bans, throughput_bans, catch_up_bans) = if plan.quick {
         (100, 2_000, 10_000)
     } else {

@@ -45,7 +45,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<LogScan> {
     let prefix = dir.path().join("auth-prefix.log");
     authlog::write(&log, lines, SOURCES, 0xb10c)?;
     authlog::write(&prefix, fail2ban_lines, SOURCES, 0xb10c)?;
-    let blocker = root.join("target/release/blocker");
+    let blocker = super::lab::blocker_binary(root);
     let scan = |filter: &str, log: &Path| -> Result<(Seconds, Vec<u64>, Vec<authlog::Failure>)> {
         let mut times = Vec::new();
         let mut found = None;
