@@ -1,6 +1,7 @@
 //! The few bpf(2) commands the benchmark and the differential test need and aya does not wrap:
 //! loading a hand-assembled program (and creating the array map one may use),
-//! BPF_PROG_TEST_RUN, and getting a program by id or a pinned object.
+//! BPF_PROG_TEST_RUN, getting a program by id or a pinned object, and a program's run-time
+//! statistics.
 
 use std::{
     ffi::CString,
@@ -15,6 +16,7 @@ const BPF_OBJ_PIN: u32 = 6;
 const BPF_OBJ_GET: u32 = 7;
 const BPF_PROG_TEST_RUN: u32 = 10;
 const BPF_PROG_GET_FD_BY_ID: u32 = 13;
+const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 /// The source register of a 64-bit immediate load that names a map by its descriptor.
@@ -216,6 +218,20 @@ pub fn prog_by_id(id: u32) -> Result<OwnedFd> {
     bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)
         .map(fd)
         .with_context(|| format!("opening program {id}"))
+}
+
+/// A program's run-time statistics (counted while `kernel.bpf_stats_enabled` is on): the
+/// total ns it ran and how many runs. One syscall on a descriptor already open, so that it
+/// can be read between a few thousand runs without disturbing much of what they measure.
+pub fn run_stats(prog: &OwnedFd) -> Result<(u64, u64)> {
+    // struct bpf_prog_info up to `run_cnt`: `run_time_ns` at byte 192, `run_cnt` at 200.
+    let mut info = [0u64; 26];
+    let mut attr = Attr::new();
+    attr.u32(0, prog.as_raw_fd() as u32)
+        .u32(4, std::mem::size_of_val(&info) as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
+    Ok((info[24], info[25]))
 }
 
 /// Opens a pinned map or program.

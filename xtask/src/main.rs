@@ -65,6 +65,11 @@ enum Task {
         /// sampling on against off, into target/bench/sampling.md.
         #[arg(long)]
         sampling: bool,
+        /// Only the live sections (rule events, the dynamic blacklist's throughput), this
+        /// build and the blocker binary at BUILD taking turns in the same rounds: a same-run
+        /// A/B, into target/bench/compare.md (docs/benchmarks.md untouched).
+        #[arg(long, value_name = "BUILD")]
+        compare_with: Option<PathBuf>,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP
     /// program (BPF_PROG_TEST_RUN) and the reference model; stops at the first divergence.
@@ -175,6 +180,7 @@ fn main() -> Result<()> {
             packets,
             fleet,
             sampling,
+            compare_with,
         } => {
             setup_build_chain()?;
             setup_test_tools()?;
@@ -211,6 +217,8 @@ fn main() -> Result<()> {
                     "logs",
                     bench::logs::run_alone,
                 )?;
+            } else if let Some(other) = compare_with {
+                bench::run_compare(&root, bench::Plan::new(quick), &other)?;
             } else if packets {
                 bench::run_packets(&root, bench::Plan::new(quick))?;
             } else if fleet {

@@ -183,8 +183,8 @@ pub fn run(root: &Path, plan: Plan) -> Result<()> {
     let control_plane = control_plane(&lab)?;
     drop(blocker);
     drop(lab);
-    let rule_events = throughput::rule_events::run(root, plan)?;
-    let throughput = throughput::run(root, plan)?;
+    let rule_events = throughput::rule_events::run(root, plan, None)?.rows;
+    let throughput = throughput::run(root, plan, None)?;
     let daemon = daemon::run(root, plan)?;
     let state = state::run(root, plan)?;
     let analyze = analyze::run(root, plan)?;
@@ -223,8 +223,8 @@ pub fn run_packets(root: &Path, plan: Plan) -> Result<()> {
     install_peers()?;
     let _stats = StatsOff::new()?;
     let packets = loaded_packet_costs(root, plan)?;
-    let rule_events = throughput::rule_events::run(root, plan)?;
-    let throughput = throughput::run(root, plan)?;
+    let rule_events = throughput::rule_events::run(root, plan, None)?.rows;
+    let throughput = throughput::run(root, plan, None)?;
     let goals = goals::goals(&packets, Some(&rule_events), Some(&throughput));
     let sections = [
         ("costs", costs_markdown(packets.floor, &packets.costs)),
@@ -254,6 +254,42 @@ pub fn run_packets(root: &Path, plan: Plan) -> Result<()> {
     if !plan.quick {
         docs::update(root, "cargo xtask bench --packets", &sections)?;
     }
+    Ok(())
+}
+
+/// `cargo xtask bench --compare-with BUILD`: the live sections only (rule events, and the
+/// dynamic blacklist's throughput), this build and `other` in the same rounds, into
+/// target/bench/compare.md; docs/benchmarks.md is left alone (it reports one build).
+pub fn run_compare(root: &Path, plan: Plan, other: &Path) -> Result<()> {
+    if !other.is_file() {
+        bail!("no build to compare with at {}", other.display());
+    }
+    install_peers()?;
+    let _stats = StatsOff::new()?;
+    let rule_events = throughput::rule_events::run(root, plan, Some(other))?;
+    let throughput = throughput::run(root, plan, Some(other))?;
+    let mut markdown = format!(
+        "\n# This build ({}) against {}\n",
+        lab::blocker_binary(root).display(),
+        other.display()
+    );
+    if let Some(theirs) = &rule_events.other {
+        markdown += &throughput::rule_events::compare_markdown(&rule_events.rows, theirs);
+    }
+    markdown += &throughput::compare_markdown(&throughput);
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let json = serde_json::json!({
+        "rule_events": rule_events.rows,
+        "compared_rule_events": rule_events.other,
+        "throughput": throughput,
+    });
+    std::fs::write(
+        dir.join("compare.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    std::fs::write(dir.join("compare.md"), &markdown)?;
+    println!("{markdown}");
     Ok(())
 }
 

@@ -46,6 +46,8 @@ enum Candidate {
     XdpFilter,
     /// The built-in ssh rule; the warm-up gets the sources blacklisted.
     BlockerRule,
+    /// The same, with the build `cargo xtask bench --compare-with` names.
+    OtherBlockerRule,
     /// A manual ban of the one source.
     BlockerBan,
     IptablesRaw,
@@ -59,6 +61,7 @@ impl Candidate {
             Candidate::DropOnly => "drop-only XDP (ceiling)",
             Candidate::XdpFilter => "xdp-filter (source listed)",
             Candidate::BlockerRule => "blocker, ssh rule (dynamic blacklist)",
+            Candidate::OtherBlockerRule => "compared build, ssh rule (dynamic blacklist)",
             Candidate::BlockerBan => "blocker, manual ban",
             Candidate::IptablesRaw => "iptables -t raw DROP",
             Candidate::IptablesRecent => "iptables -m recent (seed ruleset)",
@@ -74,9 +77,21 @@ fn class_name(traffic: Traffic) -> &'static str {
     }
 }
 
-/// Every measurement of a round, in order.
-fn measurements(plan: Plan) -> Vec<(Candidate, Traffic)> {
+/// Every measurement of a round, in order: with a compared build, the dynamic blacklist's
+/// classes of both builds and the peers they are read against.
+fn measurements(plan: Plan, compared: bool) -> Vec<(Candidate, Traffic)> {
     use Candidate::*;
+    if compared {
+        return vec![
+            (DropOnly, Traffic::OneSource),
+            (XdpFilter, Traffic::OneSource),
+            (BlockerRule, Traffic::OneSource),
+            (OtherBlockerRule, Traffic::OneSource),
+            (DropOnly, Traffic::SynFlood),
+            (BlockerRule, Traffic::SynFlood),
+            (OtherBlockerRule, Traffic::SynFlood),
+        ];
+    }
     let mut runs = vec![
         (DropOnly, Traffic::OneSource),
         (XdpFilter, Traffic::OneSource),
@@ -100,6 +115,8 @@ fn measurements(plan: Plan) -> Vec<(Candidate, Traffic)> {
 /// The target namespace's candidates: blocker's files and the two trivial programs.
 struct Target {
     blocker: PathBuf,
+    /// The build compared with `blocker`, if any.
+    other: Option<PathBuf>,
     pins: PathBuf,
     state: PathBuf,
     pass: std::os::fd::OwnedFd,
@@ -109,10 +126,11 @@ struct Target {
 }
 
 impl Target {
-    fn new(root: &Path) -> Result<Self> {
+    fn new(root: &Path, other: Option<&Path>) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         Ok(Self {
             blocker: super::lab::blocker_binary(root),
+            other: other.map(Path::to_path_buf),
             pins: PathBuf::from(format!("/sys/fs/bpf/blocker-tput-{}", std::process::id())),
             state: dir.path().join("state.db"),
             pass: bpf::empty_program()?,
@@ -122,9 +140,13 @@ impl Target {
     }
 
     fn blocker(&self, args: &[&str]) -> Result<()> {
+        self.run_build(&self.blocker, args)
+    }
+
+    fn run_build(&self, build: &Path, args: &[&str]) -> Result<()> {
         let out = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", wire::target_ns()))
-            .arg(&self.blocker)
+            .arg(build)
             .args(args)
             .env("BLOCKER_PIN_DIR", &self.pins)
             .env("BLOCKER_STATE", &self.state)
@@ -163,6 +185,10 @@ impl Target {
             }
             // No config: the built-in ssh rule (3 new connections in 30 s).
             Candidate::BlockerRule => self.blocker(&["load", "--iface", TARGET_IFACE]),
+            Candidate::OtherBlockerRule => match &self.other {
+                Some(other) => self.run_build(other, &["load", "--iface", TARGET_IFACE]),
+                None => bail!("no build to compare with"),
+            },
             Candidate::BlockerBan => {
                 self.blocker(&["load", "--iface", TARGET_IFACE])?;
                 self.blocker(&["ban", &offender])
@@ -206,8 +232,12 @@ impl Target {
             Candidate::XdpFilter => {
                 in_target("xdp-filter", &["unload", TARGET_IFACE])?;
             }
-            Candidate::BlockerRule | Candidate::BlockerBan => {
-                self.blocker(&["unload"])?;
+            Candidate::BlockerRule | Candidate::BlockerBan | Candidate::OtherBlockerRule => {
+                let build = match (candidate, &self.other) {
+                    (Candidate::OtherBlockerRule, Some(other)) => other,
+                    _ => &self.blocker,
+                };
+                self.run_build(build, &["unload"])?;
                 for suffix in ["", "-wal", "-shm", ".last-good"] {
                     let mut path = self.state.clone().into_os_string();
                     path.push(suffix);
@@ -235,9 +265,10 @@ impl Target {
     fn insns(&self, candidate: Candidate) -> Result<Option<u64>> {
         Ok(match candidate {
             Candidate::XdpFilter => Some(progsize::xdp_filter_insns()?),
-            Candidate::DropOnly | Candidate::BlockerRule | Candidate::BlockerBan => {
-                Some(progsize::xlated_insns(attached_id()?)?)
-            }
+            Candidate::DropOnly
+            | Candidate::BlockerRule
+            | Candidate::OtherBlockerRule
+            | Candidate::BlockerBan => Some(progsize::xlated_insns(attached_id()?)?),
             _ => None,
         })
     }
@@ -298,15 +329,15 @@ struct Sample {
     dropped: f64,
 }
 
-pub fn run(root: &Path, plan: Plan) -> Result<Vec<Row>> {
+pub fn run(root: &Path, plan: Plan, other: Option<&Path>) -> Result<Vec<Row>> {
     let wire = Wire::new()?;
-    let target = Target::new(root)?;
+    let target = Target::new(root, other)?;
     let (duration, rounds) = if plan.quick {
         (Duration::from_millis(250), 2)
     } else {
         (Duration::from_secs(1), 5)
     };
-    let runs = measurements(plan);
+    let runs = measurements(plan, other.is_some());
     let mut samples: Vec<Vec<Sample>> = runs.iter().map(|_| Vec::new()).collect();
     let mut insns = vec![None; runs.len()];
     for round in 0..rounds {
@@ -452,6 +483,48 @@ pub fn markdown(rows: &[Row]) -> String {
             "\nThe target saw fewer frames than were sent for: {} (the rate counts only what \
              it saw).\n",
             short.join(", ")
+        );
+    }
+    out
+}
+
+/// The compared build's throughput beside this build's, round by round.
+pub fn compare_markdown(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "\n## Throughput on a veth: this build against the compared one\n\n\
+         Mpps of the median round; \"compared ÷ this\" is the median of the same-round \
+         ratios, and the rounds in which the compared build was the faster are counted.\n\n\
+         | class | this build | of drop-only | compared build | of drop-only | compared ÷ this | rounds compared faster |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let find = |candidate: Candidate, class: &str| {
+        rows.iter()
+            .find(|row| row.candidate == candidate.name() && row.class == class)
+    };
+    for traffic in [Traffic::OneSource, Traffic::SynFlood] {
+        let class = class_name(traffic);
+        let (Some(own), Some(theirs)) = (
+            find(Candidate::BlockerRule, class),
+            find(Candidate::OtherBlockerRule, class),
+        ) else {
+            continue;
+        };
+        let ratios: Vec<f64> = theirs
+            .rounds
+            .iter()
+            .zip(&own.rounds)
+            .map(|(t, o)| t / o)
+            .collect();
+        let faster = ratios.iter().filter(|r| **r > 1.0).count();
+        let of = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
+        out += &format!(
+            "| {class} | {:.2} | {} | {:.2} | {} | {:.3} | {faster} of {} |\n",
+            own.mpps,
+            of(own.of_drop_only),
+            theirs.mpps,
+            of(theirs.of_drop_only),
+            median(ratios.clone()),
+            ratios.len()
         );
     }
     out

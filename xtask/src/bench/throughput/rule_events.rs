@@ -7,11 +7,8 @@
 
 use std::os::fd::OwnedFd;
 
-use anyhow::{Context, Result};
-use aya::{
-    programs::loaded_programs,
-    sys::{enable_stats, Stats},
-};
+use anyhow::{bail, Context, Result};
+use aya::sys::{enable_stats, Stats};
 use serde::Serialize;
 
 use super::{
@@ -106,17 +103,10 @@ fn ns_per_run(before: RunStats, after: RunStats) -> Option<f64> {
     Some(ns as f64 / runs as f64)
 }
 
-/// The statistics of the program with `id`.
-fn run_stats(id: u32) -> Result<RunStats> {
-    // Other programs may come and go meanwhile: a failed entry is one of them.
-    loaded_programs()
-        .filter_map(Result::ok)
-        .find(|info| info.id() == id)
-        .map(|info| RunStats {
-            ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
-            runs: info.run_count(),
-        })
-        .with_context(|| format!("program {id} is no longer loaded"))
+/// The statistics of `program` now.
+fn run_stats(program: &OwnedFd) -> Result<RunStats> {
+    let (ns, runs) = bpf::run_stats(program)?;
+    Ok(RunStats { ns, runs })
 }
 
 /// Frames from the sources that reached the target's stack (the raw-table drop of [`run`]).
@@ -126,6 +116,7 @@ fn arrived_at_stack() -> Result<u64> {
 
 /// What one pass measured.
 struct PassSample {
+    /// ns per frame: the median over the pass's readings, one per call of the wire.
     ns: f64,
     /// Of the frames sent, the share the target's program ran on.
     delivered: f64,
@@ -159,20 +150,35 @@ impl Stream {
     /// Every pass once, through the program with `id` on the target, after one unmeasured
     /// pass of the last (which touches no per-source state) to warm the path up.
     fn measure(&self, wire: &Wire, id: u32) -> Result<Vec<PassSample>> {
+        let program = bpf::prog_by_id(id)?;
         if let Some((generator, frame)) = self.passes.last() {
             wire.send_frames(generator, frame, self.sources)?;
         }
         self.passes
             .iter()
             .map(|(generator, frame)| {
-                let (stats, arrived) = (run_stats(id)?, arrived_at_stack()?);
-                wire.send_frames(generator, frame, self.sources)?;
-                let (stats_after, arrived_after) = (run_stats(id)?, arrived_at_stack()?);
-                let ns = ns_per_run(stats, stats_after)
-                    .context("the target's program ran on none of the frames")?;
+                let arrived = arrived_at_stack()?;
+                let mut readings = vec![run_stats(&program)?];
+                // Read after every call of the wire: the median reading leaves out a burst of
+                // the host's other work that one reading over the whole pass would take in
+                // (this VM's rounds moved by 2x that way). Smaller calls would give more
+                // readings but measure colder frames: 2,048 a call took 60 ns more a frame.
+                wire.send_frames_observed(generator, frame, self.sources, || {
+                    readings.push(run_stats(&program)?);
+                    Ok(())
+                })?;
+                let arrived_after = arrived_at_stack()?;
+                let per_reading: Vec<f64> = readings
+                    .windows(2)
+                    .filter_map(|pair| ns_per_run(pair[0], pair[1]))
+                    .collect();
+                if per_reading.is_empty() {
+                    bail!("the target's program ran on none of the frames");
+                }
+                let (stats, stats_after) = (readings[0], readings[readings.len() - 1]);
                 let runs = (stats_after.runs - stats.runs) as f64;
                 Ok(PassSample {
-                    ns,
+                    ns: median(per_reading),
                     delivered: runs / f64::from(self.sources),
                     passed: (arrived_after - arrived) as f64 / runs,
                 })
@@ -219,12 +225,23 @@ fn sources(plan: Plan) -> u32 {
     }
 }
 
-/// The live rule-event rows: blocker (loaded fresh each round, its built-in ssh rule alone)
-/// and the empty program take turns on the target, the order reversed every other round.
-pub fn run(root: &std::path::Path, plan: Plan) -> Result<Vec<Row>> {
+/// The live rule-event rows of blocker and, when given, of a second build: each loaded fresh
+/// each round (its built-in ssh rule alone), each right after the empty program on the
+/// target; two builds take turns in the order reversed every other round.
+pub struct RuleEvents {
+    pub rows: Vec<Row>,
+    /// The second build's rows (`cargo xtask bench --compare-with`), from the same rounds.
+    pub other: Option<Vec<Row>>,
+}
+
+pub fn run(
+    root: &std::path::Path,
+    plan: Plan,
+    other: Option<&std::path::Path>,
+) -> Result<RuleEvents> {
     let started = std::time::Instant::now();
     let wire = Wire::new()?;
-    let target = Target::new(root)?;
+    let target = Target::new(root, other)?;
     let stream = Stream::new(&wire, sources(plan))?;
     // The stack drops what the target's program passes at its first hook, and counts it
     // there: its answers (a TCP reset to each SYN, an ICMP error and a peer entry per UDP
@@ -232,75 +249,136 @@ pub fn run(root: &std::path::Path, plan: Plan) -> Result<Vec<Row>> {
     raw_drop(FLOOD_SOURCES)?;
     // Only while this is held: the rest of the bench runs with the statistics off.
     let _stats = enable_stats(Stats::RunTime).context("enabling bpf_stats (BPF_ENABLE_STATS)")?;
-    let mut blocker_rounds = Vec::new();
-    let mut floor_rounds = Vec::new();
+    let mut builds = vec![Candidate::BlockerRule];
+    if other.is_some() {
+        builds.push(Candidate::OtherBlockerRule);
+    }
+    // Per build, each round's samples and those of the empty program measured just before:
+    // every build follows the empty program, never another build (whose freed maps the next
+    // load's allocations may find warm: in an A/A run the build that always followed the
+    // other took 20 ns less per new source in 11 of 14 rounds).
+    let mut own_rounds: Vec<Vec<Vec<PassSample>>> = builds.iter().map(|_| Vec::new()).collect();
+    let mut floor_rounds: Vec<Vec<Vec<PassSample>>> = builds.iter().map(|_| Vec::new()).collect();
     for round in 0..plan.rounds {
-        let mut blocker_first = [true, false];
+        let mut order: Vec<usize> = (0..builds.len()).collect();
         if round % 2 == 1 {
-            blocker_first.reverse();
+            order.reverse();
         }
-        for blocker in blocker_first {
-            let measured = if blocker {
-                target.set_up(Candidate::BlockerRule)?;
-                let measured = attached_id().and_then(|id| stream.measure(&wire, id));
-                target.tear_down(Candidate::BlockerRule)?;
-                measured?
-            } else {
-                attach(&target.pass)?;
-                let measured = attached_id().and_then(|id| stream.measure(&wire, id));
-                in_target("ip", &["link", "set", "dev", TARGET_IFACE, "xdpdrv", "off"])?;
-                measured?
-            };
-            let rounds = if blocker {
-                &mut blocker_rounds
-            } else {
-                &mut floor_rounds
-            };
-            rounds.push(measured);
+        for build in order {
+            attach(&target.pass)?;
+            let floor = attached_id().and_then(|id| stream.measure(&wire, id));
+            in_target("ip", &["link", "set", "dev", TARGET_IFACE, "xdpdrv", "off"])?;
+            floor_rounds[build].push(floor?);
+            target.set_up(builds[build])?;
+            let measured = attached_id().and_then(|id| stream.measure(&wire, id));
+            target.tear_down(builds[build])?;
+            own_rounds[build].push(measured?);
         }
-        let line: Vec<String> = PASSES
+        for (build, candidate) in builds.iter().enumerate() {
+            let line: Vec<String> = PASSES
+                .iter()
+                .enumerate()
+                .map(|(at, pass)| {
+                    let own = &own_rounds[build][round][at];
+                    let floor = &floor_rounds[build][round][at];
+                    format!("{} {:.1} ns", pass.class(), own.ns - floor.ns)
+                })
+                .collect();
+            let build = match candidate {
+                Candidate::OtherBlockerRule => " (the compared build)",
+                _ => "",
+            };
+            println!(
+                "bench: live rule events, round {}{build}, above the empty program: {}",
+                round + 1,
+                line.join(", ")
+            );
+        }
+    }
+    let rows = |build: usize| -> Vec<Row> {
+        PASSES
             .iter()
             .enumerate()
             .map(|(at, pass)| {
-                let (own, floor) = (&blocker_rounds[round][at], &floor_rounds[round][at]);
-                format!("{} {:.1} ns", pass.class(), own.ns - floor.ns)
+                pass_row(
+                    *pass,
+                    at,
+                    &own_rounds[build],
+                    &floor_rounds[build],
+                    stream.sources,
+                )
             })
-            .collect();
-        println!(
-            "bench: live rule events, round {}, above the empty program: {}",
-            round + 1,
-            line.join(", ")
-        );
-    }
-    let rows = PASSES
-        .iter()
-        .enumerate()
-        .map(|(at, pass)| {
-            let own: Vec<&PassSample> = blocker_rounds.iter().map(|r| &r[at]).collect();
-            let floor: Vec<&PassSample> = floor_rounds.iter().map(|r| &r[at]).collect();
-            let differences: Vec<f64> = own.iter().zip(&floor).map(|(o, f)| o.ns - f.ns).collect();
-            Row {
-                class: pass.class(),
-                single_run_class: pass.single_run_class(),
-                verdict: verdict(median(own.iter().map(|s| s.passed).collect())),
-                ns: median(own.iter().map(|s| s.ns).collect()),
-                floor_ns: median(floor.iter().map(|s| s.ns).collect()),
-                above_floor: median(differences.clone()),
-                rounds_above_floor: differences,
-                delivered: own
-                    .iter()
-                    .chain(&floor)
-                    .map(|s| s.delivered)
-                    .fold(f64::INFINITY, f64::min),
-                sources: pass.sources(stream.sources),
-            }
-        })
-        .collect();
+            .collect()
+    };
+    let result = RuleEvents {
+        rows: rows(0),
+        other: (builds.len() > 1).then(|| rows(1)),
+    };
     println!(
         "bench: live rule events took {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(rows)
+    Ok(result)
+}
+
+/// The row of `pass` (at index `at` of [`PASSES`]) from a build's rounds and the floor's.
+fn pass_row(
+    pass: Pass,
+    at: usize,
+    own: &[Vec<PassSample>],
+    floor: &[Vec<PassSample>],
+    sources: u32,
+) -> Row {
+    let own: Vec<&PassSample> = own.iter().map(|r| &r[at]).collect();
+    let floor: Vec<&PassSample> = floor.iter().map(|r| &r[at]).collect();
+    let differences: Vec<f64> = own.iter().zip(&floor).map(|(o, f)| o.ns - f.ns).collect();
+    Row {
+        class: pass.class(),
+        single_run_class: pass.single_run_class(),
+        verdict: verdict(median(own.iter().map(|s| s.passed).collect())),
+        ns: median(own.iter().map(|s| s.ns).collect()),
+        floor_ns: median(floor.iter().map(|s| s.ns).collect()),
+        above_floor: median(differences.clone()),
+        rounds_above_floor: differences,
+        delivered: own
+            .iter()
+            .chain(&floor)
+            .map(|s| s.delivered)
+            .fold(f64::INFINITY, f64::min),
+        sources: pass.sources(sources),
+    }
+}
+
+/// This build's rows beside the compared build's, round by round: the difference of two
+/// builds measured in the same round shares that round's machine, which a busy VM moves
+/// by more than most changes measured.
+pub fn compare_markdown(rows: &[Row], other: &[Row]) -> String {
+    let mut out = String::from(
+        "\n## Rule events in a stream of live frames: this build against the compared one\n\n\
+         ns above the empty program (medians over the rounds); \"compared − this\" is the \
+         median of the same-round differences, and the rounds in which the compared build \
+         was the faster are counted.\n\n\
+         | class | this build | compared build | compared − this | rounds compared faster |\n\
+         | --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for (own, theirs) in rows.iter().zip(other) {
+        let differences: Vec<f64> = theirs
+            .rounds_above_floor
+            .iter()
+            .zip(&own.rounds_above_floor)
+            .map(|(t, o)| t - o)
+            .collect();
+        let faster = differences.iter().filter(|d| **d < 0.0).count();
+        out += &format!(
+            "| {} | {:.1} | {:.1} | {:+.1} | {faster} of {} |\n",
+            own.class,
+            own.above_floor,
+            theirs.above_floor,
+            median(differences.clone()),
+            differences.len()
+        );
+    }
+    out
 }
 
 /// The live rule-event section, beside the single-run rows of `costs` from the same run.
@@ -314,11 +392,12 @@ pub fn markdown(rows: &[Row], costs: &[costs::Cost]) -> String {
          rule's hitcount of 3), then a TCP port no rule watches, UDP, which no rule \
          covers, and the same UDP frames from one source (the share of the UDP row that \
          distinct sources cost: cold per-source lookups). The kernel's run-time statistics (BPF_ENABLE_STATS, held only for this \
-         measure) time the target's XDP program alone: ns per frame = run time / runs over \
-         the pass. blocker is loaded fresh each round with its built-in ssh rule and nothing \
+         measure) time the target's XDP program alone: ns per frame = run time / runs, read \
+         after every call of the generator (8,192 frames), the median reading of the pass \
+         taken (a burst of the host's other work then moves one reading, not the pass). blocker is loaded fresh each round with its built-in ssh rule and nothing \
          else; what it passes the target's stack drops at its first hook (an iptables raw \
          PREROUTING rule, whose counter gives the verdict), so no reply work fills the caches \
-         between frames; the floor is the empty program attached in its place, fed the same frames; \
+         between frames; the floor is the empty program attached in its place just before, fed the same frames; \
          \"above floor\" is the median of the same-round differences. \"Single runs\" is the \
          cost table's row for the same path (one BPF_PROG_TEST_RUN call per source, above \
          the single-run floor), from the same run. The issue 11 rule-event goals read the \
@@ -376,6 +455,33 @@ mod tests {
         assert_eq!(verdict(0.995), "pass");
         assert_eq!(verdict(0.0), "drop");
         assert_eq!(verdict(0.5), "mixed");
+    }
+
+    fn row(rounds_above_floor: Vec<f64>) -> Row {
+        Row {
+            class: KNOWN_SOURCE,
+            single_run_class: None,
+            verdict: "pass",
+            ns: 0.0,
+            floor_ns: 0.0,
+            above_floor: median(rounds_above_floor.clone()),
+            rounds_above_floor,
+            delivered: 1.0,
+            sources: 1,
+        }
+    }
+
+    #[test]
+    fn two_builds_are_compared_round_by_round() {
+        // The medians alone (300 against 310) would hide that the compared build was the
+        // faster in two of three rounds.
+        let this = row(vec![300.0, 400.0, 200.0]);
+        let compared = row(vec![310.0, 380.0, 190.0]);
+        let table = compare_markdown(&[this], &[compared]);
+        assert!(
+            table.contains(&format!("| {KNOWN_SOURCE} | 300.0 | 310.0 | -10.0 | 2 of 3 |")),
+            "{table}"
+        );
     }
 
     #[test]

@@ -394,11 +394,24 @@ impl Wire {
     /// Sends exactly `frames` frames of `data` with `generator`, in calls of at most
     /// [`FRAMES_PER_CALL`].
     pub fn send_frames(&self, generator: &OwnedFd, data: &[u8], frames: u32) -> Result<()> {
+        self.send_frames_observed(generator, data, frames, || Ok(()))
+    }
+
+    /// [`Wire::send_frames`], calling `after_call` after each call (between calls, so that
+    /// its own time is in none of them).
+    pub fn send_frames_observed(
+        &self,
+        generator: &OwnedFd,
+        data: &[u8],
+        frames: u32,
+        mut after_call: impl FnMut() -> Result<()> + Send,
+    ) -> Result<()> {
         self.in_generator(|ifindex| {
             let mut left = frames;
             while left > 0 {
                 let call = left.min(FRAMES_PER_CALL);
                 bpf::test_run(generator, data, call, Some(ifindex))?;
+                after_call()?;
                 left -= call;
             }
             Ok(())
