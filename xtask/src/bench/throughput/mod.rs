@@ -143,6 +143,15 @@ impl Target {
         self.run_build(&self.blocker, args)
     }
 
+    /// The blocker build that sets `candidate` up and tears it down.
+    fn build_for(&self, candidate: Candidate) -> Result<&Path> {
+        match (candidate, &self.other) {
+            (Candidate::OtherBlockerRule, Some(other)) => Ok(other),
+            (Candidate::OtherBlockerRule, None) => bail!("no build to compare with"),
+            _ => Ok(&self.blocker),
+        }
+    }
+
     fn run_build(&self, build: &Path, args: &[&str]) -> Result<()> {
         let out = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", wire::target_ns()))
@@ -184,11 +193,10 @@ impl Target {
                 in_target("xdp-filter", &["ip", &offender, "-m", "src"]).map(drop)
             }
             // No config: the built-in ssh rule (3 new connections in 30 s).
-            Candidate::BlockerRule => self.blocker(&["load", "--iface", TARGET_IFACE]),
-            Candidate::OtherBlockerRule => match &self.other {
-                Some(other) => self.run_build(other, &["load", "--iface", TARGET_IFACE]),
-                None => bail!("no build to compare with"),
-            },
+            Candidate::BlockerRule | Candidate::OtherBlockerRule => self.run_build(
+                self.build_for(candidate)?,
+                &["load", "--iface", TARGET_IFACE],
+            ),
             Candidate::BlockerBan => {
                 self.blocker(&["load", "--iface", TARGET_IFACE])?;
                 self.blocker(&["ban", &offender])
@@ -233,11 +241,7 @@ impl Target {
                 in_target("xdp-filter", &["unload", TARGET_IFACE])?;
             }
             Candidate::BlockerRule | Candidate::BlockerBan | Candidate::OtherBlockerRule => {
-                let build = match (candidate, &self.other) {
-                    (Candidate::OtherBlockerRule, Some(other)) => other,
-                    _ => &self.blocker,
-                };
-                self.run_build(build, &["unload"])?;
+                self.run_build(self.build_for(candidate)?, &["unload"])?;
                 for suffix in ["", "-wal", "-shm", ".last-good"] {
                     let mut path = self.state.clone().into_os_string();
                     path.push(suffix);

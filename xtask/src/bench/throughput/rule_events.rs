@@ -479,7 +479,9 @@ mod tests {
         let compared = row(vec![310.0, 380.0, 190.0]);
         let table = compare_markdown(&[this], &[compared]);
         assert!(
-            table.contains(&format!("| {KNOWN_SOURCE} | 300.0 | 310.0 | -10.0 | 2 of 3 |")),
+            table.contains(&format!(
+                "| {KNOWN_SOURCE} | 300.0 | 310.0 | -10.0 | 2 of 3 |"
+            )),
             "{table}"
         );
     }
