@@ -67,7 +67,8 @@ enum Task {
         sampling: bool,
         /// Only the live sections (rule events, the dynamic blacklist's throughput), this
         /// build and the blocker binary at BUILD taking turns in the same rounds: a same-run
-        /// A/B, into target/bench/compare.md (docs/benchmarks.md untouched).
+        /// A/B, into target/bench/compare.md (docs/benchmarks.md untouched). Without
+        /// --quick: its single reading per pass and three rounds cannot separate two builds.
         #[arg(long, value_name = "BUILD")]
         compare_with: Option<PathBuf>,
     },
