@@ -105,15 +105,7 @@ pub fn run(root: &Path, plan: Plan) -> Result<AnalyzeBench> {
 pub fn run_alone(root: &Path, plan: Plan) -> Result<()> {
     let report = run(root, plan)?;
     let markdown = markdown(&report);
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("analyze.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    std::fs::write(dir.join("analyze.md"), &markdown)?;
-    println!("{markdown}");
-    Ok(())
+    super::report::write_files(root, "analyze", &report, &markdown)
 }
 
 pub fn markdown(report: &AnalyzeBench) -> String {

@@ -283,13 +283,5 @@ pub fn markdown(figures: &FleetFigures) -> String {
 pub fn run_alone(root: &std::path::Path, plan: Plan) -> Result<()> {
     let figures = run(root, plan)?;
     let markdown = markdown(&figures);
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("fleet.json"),
-        serde_json::to_string_pretty(&figures)?,
-    )?;
-    std::fs::write(dir.join("fleet.md"), &markdown)?;
-    println!("{markdown}");
-    Ok(())
+    super::report::write_files(root, "fleet", &figures, &markdown)
 }

@@ -236,8 +236,6 @@ pub fn run_packets(root: &Path, plan: Plan) -> Result<()> {
         ("throughput", throughput::markdown(&throughput)),
     ];
     let markdown: String = sections.iter().map(|(_, text)| text.as_str()).collect();
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
     let json = serde_json::json!({
         "floor_ns": packets.floor,
         "costs": packets.costs,
@@ -245,12 +243,7 @@ pub fn run_packets(root: &Path, plan: Plan) -> Result<()> {
         "goals": goals,
         "throughput": throughput,
     });
-    std::fs::write(
-        dir.join("packets.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    std::fs::write(dir.join("packets.md"), &markdown)?;
-    println!("{markdown}");
+    report::write_files(root, "packets", &json, &markdown)?;
     if !plan.quick {
         docs::update(root, "cargo xtask bench --packets", &sections)?;
     }
@@ -277,20 +270,12 @@ pub fn run_compare(root: &Path, plan: Plan, other: &Path) -> Result<()> {
         markdown += &throughput::rule_events::compare_markdown(&rule_events.rows, theirs);
     }
     markdown += &throughput::compare_markdown(&throughput);
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
     let json = serde_json::json!({
         "rule_events": rule_events.rows,
         "compared_rule_events": rule_events.other,
         "throughput": throughput,
     });
-    std::fs::write(
-        dir.join("compare.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    std::fs::write(dir.join("compare.md"), &markdown)?;
-    println!("{markdown}");
-    Ok(())
+    report::write_files(root, "compare", &json, &markdown)
 }
 
 /// `cargo xtask bench --state` (or `--analyze`, `--logs`): `run_alone` measures its section

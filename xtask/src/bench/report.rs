@@ -3,24 +3,38 @@
 use std::path::Path;
 
 use anyhow::Result;
+use serde::Serialize;
 
 use super::{
     analyze, chart, control::ControlPlane, costs::costs_markdown, daemon, docs, goals, logs, state,
     throughput, Report,
 };
-pub(super) fn write_report(root: &Path, report: &Report) -> Result<()> {
+/// Writes a bench's figures to target/bench/NAME.json and its page to NAME.md, and prints
+/// the page.
+pub(super) fn write_files(
+    root: &Path,
+    name: &str,
+    figures: &impl Serialize,
+    markdown: &str,
+) -> Result<()> {
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
-        dir.join("report.json"),
-        serde_json::to_string_pretty(report)?,
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(figures)?,
     )?;
+    std::fs::write(dir.join(format!("{name}.md")), markdown)?;
+    println!("{markdown}");
+    Ok(())
+}
+
+pub(super) fn write_report(root: &Path, report: &Report) -> Result<()> {
     let sections = sections(report);
     let markdown = markdown(report, &sections);
-    std::fs::write(dir.join("report.md"), &markdown)?;
+    write_files(root, "report", report, &markdown)?;
+    let dir = root.join("target/bench");
     let svg = chart::scaling_svg(&report.scaling)?;
     std::fs::write(dir.join("scaling.svg"), &svg)?;
-    println!("{markdown}");
     if !report.quick {
         docs::update(root, "cargo xtask bench", &sections)?;
         std::fs::write(root.join("docs/benchmarks-scaling.svg"), &svg)?;

@@ -178,13 +178,5 @@ fn markdown(bench: &SamplingBench) -> String {
 pub fn run_alone(root: &Path, plan: Plan) -> Result<()> {
     let bench = run(plan)?;
     let markdown = markdown(&bench);
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("sampling.json"),
-        serde_json::to_string_pretty(&bench)?,
-    )?;
-    std::fs::write(dir.join("sampling.md"), &markdown)?;
-    println!("{markdown}");
-    Ok(())
+    super::report::write_files(root, "sampling", &bench, &markdown)
 }

@@ -229,13 +229,5 @@ pub fn markdown(scale: &StateScale) -> String {
 pub fn run_alone(root: &std::path::Path, plan: Plan) -> Result<()> {
     let scale = run(root, plan)?;
     let markdown = markdown(&scale);
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("state.json"),
-        serde_json::to_string_pretty(&scale)?,
-    )?;
-    std::fs::write(dir.join("state.md"), &markdown)?;
-    println!("{markdown}");
-    Ok(())
+    super::report::write_files(root, "state", &scale, &markdown)
 }
