@@ -225,15 +225,16 @@ fn sources(plan: Plan) -> u32 {
     }
 }
 
-/// The live rule-event rows of blocker and, when given, of a second build: each loaded fresh
-/// each round (its built-in ssh rule alone), each right after the empty program on the
-/// target; two builds take turns in the order reversed every other round.
+/// The live rule-event rows of blocker and, when given, of a second build.
 pub struct RuleEvents {
     pub rows: Vec<Row>,
     /// The second build's rows (`cargo xtask bench --compare-with`), from the same rounds.
     pub other: Option<Vec<Row>>,
 }
 
+/// Each build is loaded fresh each round (its built-in ssh rule alone) and measured right
+/// after the empty program on the target; two builds take turns, the order reversed every
+/// other round.
 pub fn run(
     root: &std::path::Path,
     plan: Plan,
@@ -284,12 +285,12 @@ pub fn run(
                     format!("{} {:.1} ns", pass.class(), own.ns - floor.ns)
                 })
                 .collect();
-            let build = match candidate {
+            let label = match candidate {
                 Candidate::OtherBlockerRule => " (the compared build)",
                 _ => "",
             };
             println!(
-                "bench: live rule events, round {}{build}, above the empty program: {}",
+                "bench: live rule events, round {}{label}, above the empty program: {}",
                 round + 1,
                 line.join(", ")
             );
