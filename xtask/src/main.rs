@@ -69,7 +69,11 @@ enum Task {
         /// build and the blocker binary at BUILD taking turns in the same rounds: a same-run
         /// A/B, into target/bench/compare.md (docs/benchmarks.md untouched). Without
         /// --quick: its single reading per pass and three rounds cannot separate two builds.
-        #[arg(long, value_name = "BUILD")]
+        #[arg(
+            long,
+            value_name = "BUILD",
+            conflicts_with_all = ["state", "analyze", "logs", "packets", "fleet", "sampling"]
+        )]
         compare_with: Option<PathBuf>,
     },
     /// Differential fuzzing: seeded random configurations and frames through the real XDP

@@ -172,10 +172,12 @@ impl Stream {
                     .windows(2)
                     .filter_map(|pair| ns_per_run(pair[0], pair[1]))
                     .collect();
+                let (Some(&stats), Some(&stats_after)) = (readings.first(), readings.last()) else {
+                    bail!("no reading of the target's program");
+                };
                 if per_reading.is_empty() {
                     bail!("the target's program ran on none of the frames");
                 }
-                let (stats, stats_after) = (readings[0], readings[readings.len() - 1]);
                 let runs = (stats_after.runs - stats.runs) as f64;
                 Ok(PassSample {
                     ns: median(per_reading),
