@@ -40,14 +40,29 @@ pub(super) struct Cost {
 
 /// Median ns per packet of `prog` on `data` over the plan's rounds.
 pub(super) fn cost(prog: &OwnedFd, data: &[u8], plan: Plan) -> Result<(f64, u32)> {
-    let mut samples = Vec::new();
-    let mut retval = 0;
-    for _ in 0..plan.rounds {
-        let run = test_run(prog, data, plan.repeat, None)?;
-        retval = run.retval;
-        samples.push(f64::from(run.duration_ns));
-    }
+    let mut turns = in_turns(&[(prog, data)], plan)?;
+    let (samples, retval) = turns.pop().context("no program measured")?;
     Ok((median(samples), retval))
+}
+
+/// One sample per round (ns per packet over the plan's repeat) of each program on its
+/// frame, the programs taking turns (the order reversed every other round), with each
+/// program's last return value.
+fn in_turns(runs: &[(&OwnedFd, &[u8])], plan: Plan) -> Result<Vec<(Vec<f64>, u32)>> {
+    let mut turns: Vec<(Vec<f64>, u32)> = runs.iter().map(|_| (Vec::new(), 0)).collect();
+    for round in 0..plan.rounds {
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for at in order {
+            let (prog, data) = runs[at];
+            let run = test_run(prog, data, plan.repeat, None)?;
+            turns[at].0.push(f64::from(run.duration_ns));
+            turns[at].1 = run.retval;
+        }
+    }
+    Ok(turns)
 }
 
 /// Median ns of single runs over many frames (each source seen once per call).
@@ -88,66 +103,85 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
     };
     println!("bench: floor (empty XDP program) {floor:.1} ns, single runs {per_call_floor:.1} ns");
 
-    // Classes measured with one frame repeated.
+    // Classes measured with one frame repeated, each with xdp-filter's closest class (the
+    // xdp-filter features it needs, and the frame it is fed).
     let mut malformed = ethernet(&[IPV4]);
     malformed.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6]);
-    let repeated: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+    let non_ip = || frame(&[ARP], &[0u8; 28]);
+    let unmatched_v4 = || v4_frame(UNMATCHED_V4, dns(), UDP);
+    let unmatched_v6 = || v6_frame(v6("2001:db8:1::1"), dns(), UDP);
+    let banned_v4 = || v4_frame(BANNED_V4, dns(), UDP);
+    let banned_v6 = || v6_frame(v6("2001:db8:bad::1"), dns(), UDP);
+    let peer = |family, data| Some(Peer { family, data });
+    let repeated: Vec<(&str, Vec<u8>, Option<Peer>)> = vec![
         (
             "unmatched IPv4",
-            v4_frame(UNMATCHED_V4, dns(), UDP),
-            Some("unmatched IPv4"),
+            unmatched_v4(),
+            peer(Family::V4, unmatched_v4()),
         ),
         (
             "unmatched IPv6",
-            v6_frame(v6("2001:db8:1::1"), dns(), UDP),
-            Some("unmatched IPv6"),
+            unmatched_v6(),
+            peer(Family::V6, unmatched_v6()),
         ),
         ("allowlisted", v4_frame(ALLOWED_V4, dns(), UDP), None),
         (
             "manual ban IPv4 /32",
-            v4_frame(BANNED_V4, dns(), UDP),
-            Some("ban IPv4"),
+            banned_v4(),
+            peer(Family::V4, banned_v4()),
         ),
         (
             "manual ban IPv4 CIDR",
             v4_frame(IN_BANNED_RANGE, dns(), UDP),
-            Some("ban IPv4"),
+            peer(Family::V4, banned_v4()),
         ),
         (
             "manual ban IPv6 /64",
-            v6_frame(v6("2001:db8:bad::1"), dns(), UDP),
-            Some("ban IPv6"),
+            banned_v6(),
+            peer(Family::V6, banned_v6()),
         ),
         (
             "dynamic blacklist hit",
             v4_frame(ATTACKER_V4, tcp_syn(22), TCP),
-            Some("ban IPv4"),
+            peer(Family::V4, banned_v4()),
         ),
         (
             "malformed frame",
             malformed.clone(),
-            Some("malformed frame"),
+            peer(Family::V4, malformed.clone()),
         ),
-        (
-            "non-IP frame",
-            frame(&[ARP], &[0u8; 28]),
-            Some("non-IP frame"),
-        ),
+        ("non-IP frame", non_ip(), peer(Family::V4, non_ip())),
     ];
-    let mut costs = Vec::new();
-    for (class, data, _) in &repeated {
-        let (ns, retval) = cost(blocker, data, plan)?;
-        costs.push(Cost {
-            class: class.to_string(),
-            ns,
-            above_floor: ns - floor,
-            verdict: verdict_name(retval),
-            xdp_filter_above_floor: None,
-            ratio_to_xdp_filter: None,
-            insns: blocker_insns,
-            xdp_filter_insns: None,
-        });
+    // Each class in turns with the empty program and its xdp-filter class, so that the
+    // differences and ratios are of the same rounds: measured one after the other, a ratio
+    // of one build moved from 1.00 to 1.31 between two runs.
+    let mut measured: Vec<Option<Cost>> = vec![None; repeated.len()];
+    let mut xdp_filter_entries = usize::MAX;
+    for family in [Family::V4, Family::V6] {
+        let xdp_filter = XdpFilter::load(lab, family)?;
+        xdp_filter_entries = xdp_filter_entries.min(xdp_filter.list_entries);
+        for (at, (class, data, peer)) in repeated.iter().enumerate() {
+            let Some(peer) = peer.as_ref().filter(|peer| peer.family == family) else {
+                continue;
+            };
+            let runs = [
+                (&empty, &data[..]),
+                (blocker, data),
+                (&xdp_filter.prog, &peer.data),
+            ];
+            let mut cost = class_cost(class, &runs, plan, blocker_insns)?;
+            cost.xdp_filter_insns = Some(xdp_filter.insns);
+            measured[at] = Some(cost);
+        }
+        xdp_filter.unload(lab)?;
     }
+    for (at, (class, data, _)) in repeated.iter().enumerate() {
+        if measured[at].is_none() {
+            let runs = [(&empty, &data[..]), (blocker, data)];
+            measured[at] = Some(class_cost(class, &runs, plan, blocker_insns)?);
+        }
+    }
+    let mut costs: Vec<Cost> = measured.into_iter().flatten().collect();
     // Classes whose per-source state changes with every packet: one call per source.
     let sources = |base: u32, port: u16| -> Vec<Vec<u8>> {
         (0..plan.sources)
@@ -190,27 +224,11 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
         });
     }
 
-    // xdp-filter with only the features the traffic needs, same banned addresses.
-    let xdp_filter = xdp_filter_costs(lab, plan, floor, &malformed)?;
-    for cost in &mut costs {
-        let peer_class = repeated
-            .iter()
-            .find(|(class, _, _)| *class == cost.class)
-            .and_then(|(_, _, peer)| *peer);
-        if let Some(peer) =
-            peer_class.and_then(|p| xdp_filter.classes.iter().find(|(c, ..)| *c == p))
-        {
-            cost.xdp_filter_above_floor = Some(peer.1);
-            // The kernel reports whole ns: under 1 ns above the floor a ratio means nothing.
-            cost.ratio_to_xdp_filter = (peer.1 >= 1.0).then(|| cost.above_floor / peer.1);
-            cost.xdp_filter_insns = Some(peer.2);
-        }
-    }
     Ok(PacketCosts {
         floor,
         per_call_floor,
         costs,
-        xdp_filter_entries: xdp_filter.list_entries,
+        xdp_filter_entries,
         tracked_source_bytes: bytes_per_entry(&lab.pin_dir.join(MAP_HISTORY))?,
     })
 }
@@ -227,70 +245,120 @@ pub(super) const NO_RULE_PORT: u16 = 23;
 /// Where xdp-filter pins its maps (one global directory: one bench at a time).
 const XDP_FILTER_PINS: &str = "/sys/fs/bpf/xdp-filter";
 
-/// xdp-filter's costs per comparable class (above the floor, with the translated size of
-/// the program that ran), and how many entries its source lists held.
-pub(super) struct XdpFilterCosts {
-    classes: Vec<(&'static str, f64, u64)>,
+/// The address family whose features xdp-filter is loaded with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// xdp-filter's class closest to one of blocker's: the features it is loaded with and the
+/// frame it is fed.
+struct Peer {
+    family: Family,
+    data: Vec<u8>,
+}
+
+/// blocker's cost for `class` from `runs` taken in turns: the empty program, blocker and,
+/// when present, xdp-filter. Above the floor and xdp-filter's ratio are medians of the
+/// same-round differences and ratios.
+fn class_cost(class: &str, runs: &[(&OwnedFd, &[u8])], plan: Plan, insns: u64) -> Result<Cost> {
+    let turns = in_turns(runs, plan)?;
+    let [(floor, _), (own, retval), peer @ ..] = &turns[..] else {
+        bail!("{class}: the empty program and blocker must both be measured");
+    };
+    let (above_floor, xdp_filter_above_floor, ratio_to_xdp_filter) =
+        same_round(floor, own, peer.first().map(|(samples, _)| &samples[..]));
+    Ok(Cost {
+        class: class.to_string(),
+        ns: median(own.clone()),
+        above_floor,
+        verdict: verdict_name(*retval),
+        ratio_to_xdp_filter,
+        xdp_filter_above_floor,
+        insns,
+        xdp_filter_insns: None,
+    })
+}
+
+/// From samples of the same rounds: blocker above the floor, xdp-filter above the floor (the
+/// medians of the same-round differences) and blocker ÷ xdp-filter (the median of the
+/// same-round ratios; none where xdp-filter is under 1 ns above the floor: the kernel
+/// reports whole ns).
+fn same_round(floor: &[f64], own: &[f64], peer: Option<&[f64]>) -> (f64, Option<f64>, Option<f64>) {
+    let above = |samples: &[f64]| -> Vec<f64> {
+        samples
+            .iter()
+            .zip(floor)
+            .map(|(ns, floor)| ns - floor)
+            .collect()
+    };
+    let own_above = above(own);
+    let Some(peer_above) = peer.map(above) else {
+        return (median(own_above), None, None);
+    };
+    let ratios: Vec<f64> = own_above
+        .iter()
+        .zip(&peer_above)
+        .filter(|(_, peer)| **peer >= 1.0)
+        .map(|(own, peer)| own / peer)
+        .collect();
+    let peer_median = median(peer_above);
+    let ratio = (peer_median >= 1.0 && !ratios.is_empty()).then(|| median(ratios));
+    (median(own_above), Some(peer_median), ratio)
+}
+
+/// xdp-filter loaded on the lab's `xf0` with one family's features and the same banned
+/// address as blocker, its source list filled.
+struct XdpFilter {
+    prog: OwnedFd,
+    /// Translated instructions of the program loaded.
+    insns: u64,
     list_entries: usize,
 }
 
-/// Costs of xdp-filter's program for the comparable classes, above the floor, with the
-/// translated size of the program that ran.
-pub(super) fn xdp_filter_costs(
-    lab: &Lab,
-    plan: Plan,
-    floor: f64,
-    malformed: &[u8],
-) -> Result<XdpFilterCosts> {
-    let xdp_filter = |args: &[&str]| -> Result<()> {
-        let out = lab.in_ns("xdp-filter").args(args).output()?;
-        if !out.status.success() {
-            bail!(
-                "xdp-filter {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    };
-    let dns = || udp(53, 32);
-    let mut results = Vec::new();
-    xdp_filter(&["load", "xf0", "-p", "allow", "-f", "ipv4", "-m", "native"])?;
-    xdp_filter(&["ip", "192.0.2.66", "-m", "src"])?;
-    let v4_entries = fill_xdp_filter_list("filter_ipv4", |n| {
-        u32::from_ne_bytes(Ipv4Addr::from(0x1400_0001 + n).octets())
-    })?;
-    let prog = lab.xdp_prog("xf0")?;
-    let insns = progsize::xdp_filter_insns()?;
-    for (class, data) in [
-        ("unmatched IPv4", v4_frame(UNMATCHED_V4, dns(), UDP)),
-        ("ban IPv4", v4_frame(BANNED_V4, dns(), UDP)),
-        ("malformed frame", malformed.to_vec()),
-        ("non-IP frame", frame(&[ARP], &[0u8; 28])),
-    ] {
-        results.push((class, cost(&prog, &data, plan)?.0 - floor, insns));
+impl XdpFilter {
+    fn load(lab: &Lab, family: Family) -> Result<Self> {
+        let (feature, banned) = match family {
+            Family::V4 => ("ipv4", "192.0.2.66"),
+            Family::V6 => ("ipv6", "2001:db8:bad::1"),
+        };
+        run_xdp_filter(
+            lab,
+            &["load", "xf0", "-p", "allow", "-f", feature, "-m", "native"],
+        )?;
+        run_xdp_filter(lab, &["ip", banned, "-m", "src"])?;
+        let list_entries = match family {
+            Family::V4 => fill_xdp_filter_list("filter_ipv4", |n| {
+                u32::from_ne_bytes(Ipv4Addr::from(0x1400_0001 + n).octets())
+            })?,
+            Family::V6 => fill_xdp_filter_list("filter_ipv6", |n| {
+                (Ipv6Addr::from(v6("2001:db8:1000::")) | Ipv6Addr::from(u128::from(n))).octets()
+            })?,
+        };
+        Ok(Self {
+            prog: lab.xdp_prog("xf0")?,
+            insns: progsize::xdp_filter_insns()?,
+            list_entries,
+        })
     }
-    drop(prog);
-    xdp_filter(&["unload", "xf0"])?;
-    xdp_filter(&["load", "xf0", "-p", "allow", "-f", "ipv6", "-m", "native"])?;
-    xdp_filter(&["ip", "2001:db8:bad::1", "-m", "src"])?;
-    let v6_entries = fill_xdp_filter_list("filter_ipv6", |n| {
-        (Ipv6Addr::from(v6("2001:db8:1000::")) | Ipv6Addr::from(u128::from(n))).octets()
-    })?;
-    let prog = lab.xdp_prog("xf0")?;
-    let insns = progsize::xdp_filter_insns()?;
-    for (class, data) in [
-        ("unmatched IPv6", v6_frame(v6("2001:db8:1::1"), dns(), UDP)),
-        ("ban IPv6", v6_frame(v6("2001:db8:bad::1"), dns(), UDP)),
-    ] {
-        results.push((class, cost(&prog, &data, plan)?.0 - floor, insns));
+
+    fn unload(self, lab: &Lab) -> Result<()> {
+        drop(self.prog);
+        run_xdp_filter(lab, &["unload", "xf0"])
     }
-    drop(prog);
-    xdp_filter(&["unload", "xf0"])?;
-    Ok(XdpFilterCosts {
-        classes: results,
-        list_entries: v4_entries.min(v6_entries),
-    })
+}
+
+fn run_xdp_filter(lab: &Lab, args: &[&str]) -> Result<()> {
+    let out = lab.in_ns("xdp-filter").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "xdp-filter {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// Fills one of xdp-filter's pinned source lists up to its capacity (or [`GOAL_BANS`]), each
@@ -318,8 +386,10 @@ pub(super) fn costs_markdown(floor_ns: f64, costs: &[Cost]) -> String {
     let mut out = String::new();
     out += "## Cost per packet (BPF_PROG_TEST_RUN, in the kernel)\n\n";
     out += &format!(
-        "Median ns per packet; \"above floor\" subtracts an empty XDP program measured the same \
-         way ({:.1} ns). blocker holds the loaded state of the goals section below; \
+        "Median ns per packet over the rounds. Each class takes turns, round by round (the \
+         order reversed every other round), with an empty XDP program and xdp-filter's closest \
+         class; \"above floor\" and the ratio are the medians of the same-round differences \
+         and ratios (the empty program's median: {:.1} ns). blocker holds the loaded state of the goals section below; \
          xdp-filter is loaded with only the features the traffic needs (`-p allow -f ipv4`, or \
          `-f ipv6`), the same banned address and its list filled; its closest class is \
          compared (no ratio where xdp-filter is under 1 ns above the floor: the kernel \
@@ -349,4 +419,33 @@ pub(super) fn costs_markdown(floor_ns: f64, costs: &[Cost]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_and_ratios_are_taken_round_by_round() {
+        // A machine twice as slow in the second round moves every program alike.
+        let floor = [10.0, 20.0, 10.0];
+        let own = [30.0, 60.0, 30.0];
+        let peer = [30.0, 60.0, 30.0];
+        let (above, peer_above, ratio) = same_round(&floor, &own, Some(&peer));
+        assert_eq!(above, 20.0);
+        assert_eq!(peer_above, Some(20.0));
+        assert_eq!(ratio, Some(1.0));
+        let (above, peer_above, ratio) = same_round(&floor, &[40.0, 50.0, 50.0], Some(&peer));
+        assert_eq!((above, peer_above), (30.0, Some(20.0)));
+        assert_eq!(ratio, Some(1.5), "rounds: 1.5, 0.75, 2.0");
+    }
+
+    #[test]
+    fn no_ratio_against_a_peer_under_a_nanosecond_above_the_floor() {
+        let floor = [10.0, 10.0, 10.0];
+        let (_, peer_above, ratio) = same_round(&floor, &[15.0; 3], Some(&[10.0, 10.0, 11.0]));
+        assert_eq!(peer_above, Some(0.0));
+        assert_eq!(ratio, None);
+        assert_eq!(same_round(&floor, &[15.0; 3], None), (5.0, None, None));
+    }
 }
