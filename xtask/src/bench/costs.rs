@@ -111,7 +111,7 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
     let unmatched_v4 = || v4_frame(UNMATCHED_V4, dns(), UDP);
     let unmatched_v6 = || v6_frame(v6("2001:db8:1::1"), dns(), UDP);
     let banned_v4 = || v4_frame(BANNED_V4, dns(), UDP);
-    let banned_v6 = || v6_frame(v6("2001:db8:bad::1"), dns(), UDP);
+    let banned_v6 = || v6_frame(v6(BANNED_V6_HOST), dns(), UDP);
     let peer = |family, data| Some(Peer { family, data });
     let repeated: Vec<(&str, Vec<u8>, Option<Peer>)> = vec![
         (
@@ -169,16 +169,15 @@ pub(super) fn packet_costs(lab: &Lab, blocker: &OwnedFd, plan: Plan) -> Result<P
                 (blocker, data),
                 (&xdp_filter.prog, &peer.data),
             ];
-            let mut cost = class_cost(class, &runs, plan, blocker_insns)?;
-            cost.xdp_filter_insns = Some(xdp_filter.insns);
-            measured[at] = Some(cost);
+            let insns = (blocker_insns, Some(xdp_filter.insns));
+            measured[at] = Some(class_cost(class, &runs, plan, insns)?);
         }
         xdp_filter.unload(lab)?;
     }
     for (at, (class, data, _)) in repeated.iter().enumerate() {
         if measured[at].is_none() {
             let runs = [(&empty, &data[..]), (blocker, data)];
-            measured[at] = Some(class_cost(class, &runs, plan, blocker_insns)?);
+            measured[at] = Some(class_cost(class, &runs, plan, (blocker_insns, None))?);
         }
     }
     let mut costs: Vec<Cost> = measured.into_iter().flatten().collect();
@@ -242,6 +241,9 @@ pub(super) const UNCOVERED_SINGLE: &str = "protocol no rule covers (single runs)
 /// A TCP port no rule of the bench config matches (its rules watch 22 and 80).
 pub(super) const NO_RULE_PORT: u16 = 23;
 
+/// The host of blocker's IPv6 /64 ban that both programs are fed, and that xdp-filter bans.
+const BANNED_V6_HOST: &str = "2001:db8:bad::1";
+
 /// Where xdp-filter pins its maps (one global directory: one bench at a time).
 const XDP_FILTER_PINS: &str = "/sys/fs/bpf/xdp-filter";
 
@@ -260,9 +262,14 @@ struct Peer {
 }
 
 /// blocker's cost for `class` from `runs` taken in turns: the empty program, blocker and,
-/// when present, xdp-filter. Above the floor and xdp-filter's ratio are medians of the
-/// same-round differences and ratios.
-fn class_cost(class: &str, runs: &[(&OwnedFd, &[u8])], plan: Plan, insns: u64) -> Result<Cost> {
+/// when present, xdp-filter, whose translated sizes are `insns`. Above the floor and
+/// xdp-filter's ratio are medians of the same-round differences and ratios.
+fn class_cost(
+    class: &str,
+    runs: &[(&OwnedFd, &[u8])],
+    plan: Plan,
+    (insns, xdp_filter_insns): (u64, Option<u64>),
+) -> Result<Cost> {
     let turns = in_turns(runs, plan)?;
     let [(floor, _), (own, retval), peer @ ..] = &turns[..] else {
         bail!("{class}: the empty program and blocker must both be measured");
@@ -277,7 +284,7 @@ fn class_cost(class: &str, runs: &[(&OwnedFd, &[u8])], plan: Plan, insns: u64) -
         ratio_to_xdp_filter,
         xdp_filter_above_floor,
         insns,
-        xdp_filter_insns: None,
+        xdp_filter_insns,
     })
 }
 
@@ -320,14 +327,14 @@ struct XdpFilter {
 impl XdpFilter {
     fn load(lab: &Lab, family: Family) -> Result<Self> {
         let (feature, banned) = match family {
-            Family::V4 => ("ipv4", "192.0.2.66"),
-            Family::V6 => ("ipv6", "2001:db8:bad::1"),
+            Family::V4 => ("ipv4", Ipv4Addr::from(BANNED_V4).to_string()),
+            Family::V6 => ("ipv6", BANNED_V6_HOST.to_string()),
         };
         run_xdp_filter(
             lab,
             &["load", "xf0", "-p", "allow", "-f", feature, "-m", "native"],
         )?;
-        run_xdp_filter(lab, &["ip", banned, "-m", "src"])?;
+        run_xdp_filter(lab, &["ip", &banned, "-m", "src"])?;
         let list_entries = match family {
             Family::V4 => fill_xdp_filter_list("filter_ipv4", |n| {
                 u32::from_ne_bytes(Ipv4Addr::from(0x1400_0001 + n).octets())
@@ -389,7 +396,8 @@ pub(super) fn costs_markdown(floor_ns: f64, costs: &[Cost]) -> String {
         "Median ns per packet over the rounds. Each class takes turns, round by round (the \
          order reversed every other round), with an empty XDP program and xdp-filter's closest \
          class; \"above floor\" and the ratio are the medians of the same-round differences \
-         and ratios (the empty program's median: {:.1} ns). blocker holds the loaded state of the goals section below; \
+         and ratios (the empty program alone, measured first: {:.1} ns). blocker holds the \
+         loaded state of the goals section below; \
          xdp-filter is loaded with only the features the traffic needs (`-p allow -f ipv4`, or \
          `-f ipv6`), the same banned address and its list filled; its closest class is \
          compared (no ratio where xdp-filter is under 1 ns above the floor: the kernel \
