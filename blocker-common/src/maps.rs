@@ -25,8 +25,14 @@ pub const MAP_HISTORY: &str = "HISTORY";
 /// LRU hash of [`crate::HistoryKey`] to [`crate::History`]: per-source event history of the
 /// rules with longer hitcounts.
 pub const MAP_HISTORY_LONG: &str = "HISTORY_LONG";
-/// LRU hash of [`crate::SourceKey`] to [`crate::BlacklistEntry`]: the dynamic blacklist.
-pub const MAP_BLACKLIST: &str = "BLACKLIST";
+/// LRU hash of [`crate::SourceKeyV4`] to [`crate::BlacklistEntry`]: the dynamic blacklist of
+/// IPv4 sources.
+pub const MAP_BLACKLIST_V4: &str = "BLACKLIST_V4";
+/// LRU hash of [`crate::SourceKey`] to [`crate::BlacklistEntry`]: the dynamic blacklist of
+/// IPv6 sources.
+pub const MAP_BLACKLIST_V6: &str = "BLACKLIST_V6";
+/// Both families' dynamic blacklists.
+pub const BLACKLIST_MAPS: [&str; 2] = [MAP_BLACKLIST_V4, MAP_BLACKLIST_V6];
 /// Array of [`crate::BLACKLIST_FILTER_LINES`] lines of bytes: the blacklist keys the program
 /// may have inserted ([`crate::blacklist_filter_slot`]). Pinned with the blacklist, as the
 /// two must agree.
@@ -35,12 +41,13 @@ pub const MAP_BLACKLIST_FILTER: &str = "BLACKLIST_FILTER";
 pub const MAP_EVENTS: &str = "EVENTS";
 
 /// Every map the XDP program declares, in the order `blocker status` reports them.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_BAN_V4,
     MAP_BAN_V6,
     MAP_ALLOW_V4,
     MAP_ALLOW_V6,
-    MAP_BLACKLIST,
+    MAP_BLACKLIST_V4,
+    MAP_BLACKLIST_V6,
     MAP_BLACKLIST_FILTER,
     MAP_HISTORY,
     MAP_HISTORY_LONG,
@@ -100,6 +107,7 @@ mod pod {
     unsafe impl aya::Pod for crate::RuleStats {}
     unsafe impl aya::Pod for crate::Settings {}
     unsafe impl aya::Pod for crate::SourceKey {}
+    unsafe impl aya::Pod for crate::SourceKeyV4 {}
     unsafe impl aya::Pod for crate::HistoryKey {}
     unsafe impl aya::Pod for crate::History {}
     unsafe impl aya::Pod for crate::ShortHistory {}

@@ -34,7 +34,7 @@ mod program {
         rule_matches, sample_slot, tcp_opens_connection, tick_clock_ms, uses_short_history, Action,
         AllowValue, BanValue, BlacklistEntry, Counter, DropSample, DropSamples, Event, History,
         HistoryKey, Outcome, Reason, Rule, RuleAction, RuleStats, Settings, ShortHistory,
-        SourceKey, TickClock, BLACKLIST_FILTER_LINE, BLACKLIST_FILTER_LINES,
+        SourceKey, SourceKeyV4, TickClock, BLACKLIST_FILTER_LINE, BLACKLIST_FILTER_LINES,
         DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
         DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_LONG_CAPACITY,
         EVENTS_BYTES, FAMILY_V4, FAMILY_V6, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
@@ -67,7 +67,13 @@ mod program {
     // inserts (a single-queue NIC brings every new source in on one CPU, where per-CPU lists
     // would leave it 1/nr_cpus of the map and evict early).
     #[btf_map]
-    static BLACKLIST: LruHashMap<
+    static BLACKLIST_V4: LruHashMap<
+        SourceKeyV4,
+        BlacklistEntry,
+        { DEFAULT_BLACKLIST_CAPACITY as usize },
+    > = LruHashMap::new();
+    #[btf_map]
+    static BLACKLIST_V6: LruHashMap<
         SourceKey,
         BlacklistEntry,
         { DEFAULT_BLACKLIST_CAPACITY as usize },
@@ -721,7 +727,11 @@ mod program {
         if filtered_out {
             return None;
         }
-        BLACKLIST.get_ptr_mut(&key.0)
+        if packet.family == FAMILY_V4 {
+            BLACKLIST_V4.get_ptr_mut(&SourceKeyV4::of_masked(key.words(), mask))
+        } else {
+            BLACKLIST_V6.get_ptr_mut(&key.0)
+        }
     }
 
     /// Sets the filter byte of `key`; called before the key is inserted in the blacklist, so
@@ -878,7 +888,14 @@ mod program {
                 }
                 let entry = BlacklistEntry::for_rule(rule, slot as u16, hits, now_ms, generation);
                 mark_blacklisted(&packet.source_key(mask));
-                let _ = BLACKLIST.insert(&key.source, &entry, 0);
+                match key.source.v4() {
+                    Some(v4) => {
+                        let _ = BLACKLIST_V4.insert(&v4, &entry, 0);
+                    }
+                    None => {
+                        let _ = BLACKLIST_V6.insert(&key.source, &entry, 0);
+                    }
+                }
                 // A full ring buffer loses the event, never the packet's verdict.
                 if let Some(mut event) = EVENTS.reserve(0) {
                     event.write(Event {

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use blocker_common::{
     next_lists_generation, ports_without_rules, rule_protos, BlacklistEntry, RuleStats, Settings,
-    SourceKey, FAMILY_V4, MAP_BLACKLIST, MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS, MAX_MASKS,
-    MAX_RULES,
+    SourceKey, SourceKeyV4, FAMILY_V4, MAP_BLACKLIST_V4, MAP_BLACKLIST_V6, MAP_RULES,
+    MAP_RULE_STATS, MAP_SETTINGS, MAX_MASKS, MAX_RULES,
 };
 use ipnet::IpNet;
 
@@ -175,16 +175,25 @@ pub fn key_net(key: &SourceKey) -> Option<IpNet> {
     IpNet::new(addr, key.prefix_len).ok()
 }
 
-fn open_blacklist(pins: &PinDir) -> Result<HashMap<MapData, SourceKey, BlacklistEntry>> {
-    HashMap::try_from(open(pins, MAP_BLACKLIST, Map::LruHashMap)?)
-        .map_err(Error::map(format!("opening map {MAP_BLACKLIST}")))
+/// The dynamic blacklist of one family, keyed by `K`.
+fn open_blacklist<K: aya::Pod>(
+    pins: &PinDir,
+    name: &str,
+) -> Result<HashMap<MapData, K, BlacklistEntry>> {
+    HashMap::try_from(open(pins, name, Map::LruHashMap)?)
+        .map_err(Error::map(format!("opening map {name}")))
 }
 
-/// Every entry in the map, expired or not.
+/// Every entry of both families' maps, expired or not.
 pub fn blacklist_raw(pins: &PinDir) -> Result<Vec<(SourceKey, BlacklistEntry)>> {
-    Ok(open_blacklist(pins)?
+    let v4 = open_blacklist::<SourceKeyV4>(pins, MAP_BLACKLIST_V4)?;
+    let v6 = open_blacklist::<SourceKey>(pins, MAP_BLACKLIST_V6)?;
+    let v4_entries = v4
         .iter()
         .filter_map(|entry| entry.ok())
+        .map(|(key, entry)| (SourceKey::from(key), entry));
+    Ok(v4_entries
+        .chain(v6.iter().filter_map(|entry| entry.ok()))
         .collect())
 }
 
@@ -220,15 +229,20 @@ pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<
 /// Removes `keys` from the blacklist; a key already gone (expired and evicted, or another
 /// writer was first) is fine.
 pub fn remove_keys(pins: &PinDir, keys: &[SourceKey]) -> Result<()> {
-    let mut map = open_blacklist(pins)?;
+    let mut v4 = open_blacklist::<SourceKeyV4>(pins, MAP_BLACKLIST_V4)?;
+    let mut v6 = open_blacklist::<SourceKey>(pins, MAP_BLACKLIST_V6)?;
     for key in keys {
-        match map.remove(key) {
+        let (removed, name) = match key.v4() {
+            Some(v4_key) => (v4.remove(&v4_key), MAP_BLACKLIST_V4),
+            None => (v6.remove(key), MAP_BLACKLIST_V6),
+        };
+        match removed {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(nix::libc::ENOENT) => {}
             Err(err) => {
                 return Err(Error::Map {
-                    context: format!("removing from map {MAP_BLACKLIST}"),
+                    context: format!("removing from map {name}"),
                     source: err,
                 })
             }
@@ -240,10 +254,9 @@ pub fn remove_keys(pins: &PinDir, keys: &[SourceKey]) -> Result<()> {
 /// Removes the entries that overlap any of `nets` (all of them with `None`); returns the
 /// prefixes removed.
 pub fn remove_blacklisted(pins: &PinDir, nets: Option<&[IpNet]>) -> Result<Vec<IpNet>> {
-    let doomed: Vec<(SourceKey, IpNet)> = open_blacklist(pins)?
-        .keys()
-        .filter_map(|key| key.ok())
-        .filter_map(|key| Some((key, key_net(&key)?)))
+    let doomed: Vec<(SourceKey, IpNet)> = blacklist_raw(pins)?
+        .into_iter()
+        .filter_map(|(key, _)| Some((key, key_net(&key)?)))
         .filter(|(_, entry)| {
             nets.is_none_or(|nets| {
                 nets.iter()

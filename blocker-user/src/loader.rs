@@ -8,8 +8,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use blocker_common::{
-    ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_HISTORY,
-    MAP_HISTORY_LONG, PROGRAM_NAME,
+    ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST_V4,
+    MAP_BLACKLIST_V6, MAP_HISTORY, MAP_HISTORY_LONG, PROGRAM_NAME,
 };
 use tracing::warn;
 
@@ -121,7 +121,8 @@ fn load_restore_attach(
         .map_max_entries(MAP_BAN_V6, capacities.ban_v6)
         .map_max_entries(MAP_ALLOW_V4, capacities.allow)
         .map_max_entries(MAP_ALLOW_V6, capacities.allow)
-        .map_max_entries(MAP_BLACKLIST, capacities.blacklist)
+        .map_max_entries(MAP_BLACKLIST_V4, capacities.blacklist)
+        .map_max_entries(MAP_BLACKLIST_V6, capacities.blacklist)
         .map_max_entries(MAP_HISTORY, capacities.history)
         .map_max_entries(MAP_HISTORY_LONG, capacities.history_long);
     if EBPF_OBJECT.is_empty() {

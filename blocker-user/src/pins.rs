@@ -39,8 +39,8 @@ const LAYOUT_VERSION: u32 = 2;
 pub fn layout() -> String {
     use blocker_common::{
         AllowValue, BanValue, BlacklistEntry, Counter, DropSamples, Event, History, HistoryKey,
-        Reason, Rule, RuleStats, Settings, ShortHistory, SourceKey, BLACKLIST_FILTER_LINE,
-        BLACKLIST_FILTER_LINES, MAX_RULES,
+        Reason, Rule, RuleStats, Settings, ShortHistory, SourceKey, SourceKeyV4,
+        BLACKLIST_FILTER_LINE, BLACKLIST_FILTER_LINES, MAX_RULES,
     };
     use std::mem::size_of;
     let sizes = [
@@ -53,6 +53,7 @@ pub fn layout() -> String {
         size_of::<History>(),
         size_of::<ShortHistory>(),
         size_of::<SourceKey>(),
+        size_of::<SourceKeyV4>(),
         size_of::<BlacklistEntry>(),
         size_of::<Event>(),
         size_of::<Counter>(),

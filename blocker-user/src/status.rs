@@ -6,8 +6,8 @@ use aya::{
 };
 use blocker_common::{
     AllowValue, BanValue, BlacklistEntry, Counter, History, HistoryKey, Reason, ShortHistory,
-    SourceKey, ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST,
-    MAP_COUNTERS, MAP_HISTORY, MAP_HISTORY_LONG,
+    SourceKey, SourceKeyV4, ALL_MAPS, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6,
+    MAP_BLACKLIST_V4, MAP_BLACKLIST_V6, MAP_COUNTERS, MAP_HISTORY, MAP_HISTORY_LONG,
 };
 use serde::Serialize;
 
@@ -19,12 +19,13 @@ use crate::{
 
 /// Maps that fill up as entries come: the others are arrays (always full) or the ring buffer
 /// (its capacity is bytes).
-pub const FILLING_MAPS: [&str; 7] = [
+pub const FILLING_MAPS: [&str; 8] = [
     MAP_BAN_V4,
     MAP_BAN_V6,
     MAP_ALLOW_V4,
     MAP_ALLOW_V6,
-    MAP_BLACKLIST,
+    MAP_BLACKLIST_V4,
+    MAP_BLACKLIST_V6,
     MAP_HISTORY,
     MAP_HISTORY_LONG,
 ];
@@ -82,7 +83,8 @@ fn usage(pins: &PinDir, name: &'static str, counted: Option<TrieCounts>) -> Resu
         (MAP_BAN_V6, None) => count_keys::<[u8; 16], BanValue>(data),
         (MAP_ALLOW_V4, None) => count_keys::<[u8; 4], AllowValue>(data),
         (MAP_ALLOW_V6, None) => count_keys::<[u8; 16], AllowValue>(data),
-        (MAP_BLACKLIST, _) => count_hash_keys::<SourceKey, BlacklistEntry>(data),
+        (MAP_BLACKLIST_V4, _) => count_hash_keys::<SourceKeyV4, BlacklistEntry>(data),
+        (MAP_BLACKLIST_V6, _) => count_hash_keys::<SourceKey, BlacklistEntry>(data),
         (MAP_HISTORY, _) => count_hash_keys::<HistoryKey, ShortHistory>(data),
         (MAP_HISTORY_LONG, _) => count_hash_keys::<HistoryKey, History>(data),
         // Arrays are always full; the ring buffer's capacity is in bytes.

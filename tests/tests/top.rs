@@ -112,7 +112,10 @@ fn top_once_json_shows_the_traffic() {
 
     let ban_trie = find(&snapshot["maps"], "name", "BAN_V4");
     assert_eq!(ban_trie["entries"], 2);
-    assert_eq!(find(&snapshot["maps"], "name", "BLACKLIST")["entries"], 1);
+    assert_eq!(
+        find(&snapshot["maps"], "name", "BLACKLIST_V4")["entries"],
+        1
+    );
 
     // The events: the ban from the command line, the rule's blacklisting; not the ban made
     // before the interval.

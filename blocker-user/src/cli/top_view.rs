@@ -260,10 +260,11 @@ fn draw_sources(frame: &mut Frame, area: Rect, view: &View) {
     frame.render_stateful_widget(table, area, &mut state);
 }
 
-/// Map fill on one line: labelled and spaced when the width allows, tighter when not, so that
-/// all six maps fit 80 columns even when full.
+/// Map fill on one line: labelled and spaced when the width allows, tighter when not; when
+/// even that is too wide (80 columns hold about six full maps of the eight), the fullest
+/// maps first, as many as fit, and how many are left out.
 fn draw_maps(frame: &mut Frame, area: Rect, maps: &[MapFill]) {
-    let fills: Vec<(String, Style)> = maps
+    let fills: Vec<(String, Style, f64)> = maps
         .iter()
         .map(|map| {
             let ratio = map.ratio();
@@ -274,26 +275,53 @@ fn draw_maps(frame: &mut Frame, area: Rect, maps: &[MapFill]) {
             } else {
                 Style::new().fg(Color::Green)
             };
-            (format!("{} {:.0}%", map.name, ratio * 100.0), style)
+            (format!("{} {:.0}%", map.name, ratio * 100.0), style, ratio)
         })
         .collect();
-    let text_width: usize = fills.iter().map(|(text, _)| text.len()).sum();
-    let gaps = fills.len().saturating_sub(1);
+    let width = area.width as usize;
+    let line_width = |texts: &[(String, Style, f64)], label: &str, gap: &str| {
+        let text_width: usize = texts.iter().map(|(text, ..)| text.len()).sum();
+        label.len() + text_width + texts.len().saturating_sub(1) * gap.len()
+    };
     let label = "map fill  ";
-    let (label, gap) = [(label, "  "), ("", "  "), ("", " ")]
+    let fitting = [(label, "  "), ("", "  "), ("", " ")]
         .into_iter()
-        .find(|(label, gap)| label.len() + text_width + gaps * gap.len() <= area.width as usize)
-        .unwrap_or(("", " "));
+        .find(|(label, gap)| line_width(&fills, label, gap) <= width);
+    let (label, gap, shown, left_out) = match fitting {
+        Some((label, gap)) => (label, gap, fills, String::new()),
+        None => {
+            let mut fullest = fills;
+            fullest.sort_by(|a, b| b.2.total_cmp(&a.2));
+            let total = fullest.len();
+            // Drop the least full until the rest and the count of those dropped fit.
+            let mut kept = total;
+            let mut more = String::new();
+            while kept > 0 {
+                more = if kept < total {
+                    format!(" +{} more", total - kept)
+                } else {
+                    String::new()
+                };
+                if line_width(&fullest[..kept], "", " ") + more.len() <= width {
+                    break;
+                }
+                kept -= 1;
+            }
+            fullest.truncate(kept);
+            ("", " ", fullest, more)
+        }
+    };
     let mut spans = vec![Span::styled(
         label,
         Style::new().add_modifier(Modifier::BOLD),
     )];
-    for (index, (text, style)) in fills.into_iter().enumerate() {
+    for (index, (text, style, _)) in shown.into_iter().enumerate() {
         if index > 0 {
             spans.push(Span::raw(gap));
         }
         spans.push(Span::styled(text, style));
     }
+    spans.push(Span::raw(left_out));
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 

@@ -12,9 +12,10 @@ use aya::{
 };
 use blocker_common::{
     reject::TokenBucket, AllowValue, BanValue, BlacklistEntry, Counter, History, HistoryKey,
-    Reason, Rule, RuleStats, Settings, ShortHistory, SourceKey, FAMILY_V4, MAP_ALLOW_V4,
-    MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST, MAP_COUNTERS, MAP_HISTORY,
-    MAP_HISTORY_LONG, MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS, MAX_RULES, PROGRAM_NAME,
+    Reason, Rule, RuleStats, Settings, ShortHistory, SourceKey, SourceKeyV4, FAMILY_V4,
+    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BAN_V4, MAP_BAN_V6, MAP_BLACKLIST_V4, MAP_BLACKLIST_V6,
+    MAP_COUNTERS, MAP_HISTORY, MAP_HISTORY_LONG, MAP_RULES, MAP_RULE_STATS, MAP_SETTINGS,
+    MAX_RULES, PROGRAM_NAME,
 };
 
 use crate::{
@@ -43,7 +44,8 @@ pub struct Kernel {
     allow_v6: LpmTrie<MapData, [u8; 16], AllowValue>,
     ban_v4: LpmTrie<MapData, [u8; 4], BanValue>,
     ban_v6: LpmTrie<MapData, [u8; 16], BanValue>,
-    pub blacklist: HashMap<MapData, SourceKey, BlacklistEntry>,
+    blacklist_v4: HashMap<MapData, SourceKeyV4, BlacklistEntry>,
+    blacklist_v6: HashMap<MapData, SourceKey, BlacklistEntry>,
     history: HashMap<MapData, HistoryKey, ShortHistory>,
     history_long: HashMap<MapData, HistoryKey, History>,
     counters: PerCpuArray<MapData, Counter>,
@@ -75,7 +77,8 @@ impl Kernel {
     pub fn load_sampling(sample_drops: bool) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .override_global(SAMPLE_DROPS, &u8::from(sample_drops), true)
-            .map_max_entries(MAP_BLACKLIST, LRU_CAPACITY)
+            .map_max_entries(MAP_BLACKLIST_V4, LRU_CAPACITY)
+            .map_max_entries(MAP_BLACKLIST_V6, LRU_CAPACITY)
             .map_max_entries(MAP_HISTORY, LRU_CAPACITY)
             .map_max_entries(MAP_HISTORY_LONG, LRU_CAPACITY)
             .load(blocker::EBPF_OBJECT)
@@ -94,7 +97,8 @@ impl Kernel {
             allow_v6: take(&mut ebpf, MAP_ALLOW_V6)?,
             ban_v4: take(&mut ebpf, MAP_BAN_V4)?,
             ban_v6: take(&mut ebpf, MAP_BAN_V6)?,
-            blacklist: take(&mut ebpf, MAP_BLACKLIST)?,
+            blacklist_v4: take(&mut ebpf, MAP_BLACKLIST_V4)?,
+            blacklist_v6: take(&mut ebpf, MAP_BLACKLIST_V6)?,
             history: take(&mut ebpf, MAP_HISTORY)?,
             history_long: take(&mut ebpf, MAP_HISTORY_LONG)?,
             counters: take(&mut ebpf, MAP_COUNTERS)?,
@@ -154,9 +158,13 @@ impl Kernel {
 
     /// Empties the dynamic blacklist and the histories.
     pub fn clear_dynamic(&mut self) -> Result<()> {
-        let keys: Vec<SourceKey> = self.blacklist.keys().collect::<Result<_, _>>()?;
+        let keys: Vec<SourceKeyV4> = self.blacklist_v4.keys().collect::<Result<_, _>>()?;
         for key in keys {
-            self.blacklist.remove(&key)?;
+            self.blacklist_v4.remove(&key)?;
+        }
+        let keys: Vec<SourceKey> = self.blacklist_v6.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            self.blacklist_v6.remove(&key)?;
         }
         let keys: Vec<HistoryKey> = self.history.keys().collect::<Result<_, _>>()?;
         for key in keys {
@@ -218,7 +226,16 @@ impl Kernel {
         })
     }
 
+    /// Both families' blacklist entries, under the general key.
     pub fn blacklist_entries(&self) -> Result<Vec<(SourceKey, BlacklistEntry)>> {
-        Ok(self.blacklist.iter().collect::<Result<_, _>>()?)
+        let mut entries: Vec<(SourceKey, BlacklistEntry)> = self
+            .blacklist_v4
+            .iter()
+            .map(|entry| entry.map(|(key, value)| (SourceKey::from(key), value)))
+            .collect::<Result<_, _>>()?;
+        for entry in self.blacklist_v6.iter() {
+            entries.push(entry?);
+        }
+        Ok(entries)
     }
 }

@@ -113,6 +113,6 @@ pub(super) fn control_plane(lab: &Lab) -> Result<ControlPlane> {
     report.load_restoring_100k_s = timed(command)?.0.as_secs_f64();
     report.history_bytes_per_source = bytes_per_entry(&lab.pin_dir.join(MAP_HISTORY))?;
     report.blacklist_bytes_per_entry =
-        bytes_per_entry(&lab.pin_dir.join(blocker_common::MAP_BLACKLIST))?;
+        bytes_per_entry(&lab.pin_dir.join(blocker_common::MAP_BLACKLIST_V4))?;
     Ok(report)
 }

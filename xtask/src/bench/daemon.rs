@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::Map;
-use blocker_common::{BlacklistEntry, SourceKey, MAP_BLACKLIST};
+use blocker_common::{BlacklistEntry, SourceKeyV4, MAP_BLACKLIST_V4};
 use blocker_tests::in_netns;
 use serde::Serialize;
 
@@ -191,9 +191,10 @@ pub fn run(root: &std::path::Path, plan: Plan) -> Result<DaemonLoad> {
         .join()
         .map_err(|_| anyhow::anyhow!("the generator panicked"))??;
     let _ = idle.join();
+    // The generator's sources are all IPv4.
     let blacklist_entries = {
-        let map = aya::maps::HashMap::<_, SourceKey, BlacklistEntry>::try_from(Map::LruHashMap(
-            lab.map(MAP_BLACKLIST)?,
+        let map = aya::maps::HashMap::<_, SourceKeyV4, BlacklistEntry>::try_from(Map::LruHashMap(
+            lab.map(MAP_BLACKLIST_V4)?,
         ))?;
         map.keys().filter(Result::is_ok).count() as u64
     };

@@ -118,7 +118,7 @@ fn control_plane_markdown(cp: &ControlPlane) -> String {
             format!("{:.0} B", cp.history_bytes_per_source),
         ),
         (
-            "kernel memory per dynamic blacklist entry",
+            "kernel memory per dynamic blacklist entry (IPv4)",
             format!("{:.0} B", cp.blacklist_bytes_per_entry),
         ),
         (

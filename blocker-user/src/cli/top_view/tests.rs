@@ -114,7 +114,7 @@ pub(crate) fn fixed_view() -> View {
                 capacity: 100_000,
             },
             MapFill {
-                name: "BLACKLIST",
+                name: "BLACKLIST_V4",
                 entries: 800,
                 capacity: 1_000,
             },
@@ -174,7 +174,7 @@ fn fits_80x24_with_every_panel() {
         "192.0.2.66/32              manual_ban     40960  ",
         "198.51.100.0/24            ssh            6912    12",
         "BAN_V4 95%",
-        "BLACKLIST 80%",
+        "BLACKLIST_V4 80%",
         "recent events (UTC)",
         "03:00:00 blacklisted 203.0.113.7/32",
         "02:59:59 ban         198.51.100.66/32     log     sshd: 5 failures",
@@ -189,7 +189,7 @@ fn fits_80x24_with_every_panel() {
     // Near full: red; past the warning mark: yellow; roomy: green.
     let (x, y) = find(&buffer, "BAN_V4");
     assert_eq!(buffer[(x, y)].bg, Color::Red);
-    let (x, y) = find(&buffer, "BLACKLIST 80%");
+    let (x, y) = find(&buffer, "BLACKLIST_V4 80%");
     assert_eq!(buffer[(x, y)].bg, Color::Yellow);
     let (x, y) = find(&buffer, "HISTORY 1%");
     assert_eq!(buffer[(x, y)].fg, Color::Green);
@@ -255,30 +255,43 @@ fn events_newest_first_and_an_unavailable_state_said() {
 }
 
 #[test]
-fn six_full_maps_fit_80_columns() {
+fn every_map_fits_80_columns_or_the_fullest_are_shown_first() {
     let mut view = fixed_view();
-    view.snapshot.maps = [
-        "BAN_V4",
-        "BAN_V6",
-        "ALLOW_V4",
-        "ALLOW_V6",
-        "BLACKLIST",
-        "HISTORY",
-    ]
-    .into_iter()
-    .map(|name| MapFill {
-        name,
-        entries: 1_000,
-        capacity: 1_000,
-    })
-    .collect();
+    // Every map that fills, with the longest names, the last two fullest.
+    let fill = |at: usize| match at {
+        6 => 1_000,
+        7 => 950,
+        _ => 500,
+    };
+    view.snapshot.maps = blocker::status::FILLING_MAPS
+        .iter()
+        .enumerate()
+        .map(|(at, name)| MapFill {
+            name,
+            entries: fill(at),
+            capacity: 1_000,
+        })
+        .collect();
     let buffer = render(&view, 80, 24);
-    let (x, _) = find(&buffer, "HISTORY 100%");
-    assert!(x + 12 <= 80);
-    find(&buffer, "BAN_V4 100% BAN_V6 100%");
-    // Wide enough: labelled.
+    let (x, y) = find(
+        &buffer,
+        "HISTORY 100% HISTORY_LONG 95% BAN_V4 50% BAN_V6 50%",
+    );
+    let line = buffer_text(&buffer)
+        .lines()
+        .nth(y as usize)
+        .map(str::to_string)
+        .unwrap_or_default();
+    // Five fit with the count beside them; six (77 columns) would leave it no room.
+    let left_out = 3;
+    assert!(
+        line.trim_end().ends_with(&format!("+{left_out} more")),
+        "{line}"
+    );
+    assert!(x as usize + line[x as usize..].trim_end().len() <= 80);
+    // Wide enough: all of them, labelled, in their order.
     find(
-        &render(&view, 120, 24),
-        "map fill  BAN_V4 100%  BAN_V6 100%",
+        &render(&view, 160, 24),
+        "map fill  BAN_V4 50%  BAN_V6 50%  ALLOW_V4 50%",
     );
 }
