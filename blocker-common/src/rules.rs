@@ -247,49 +247,47 @@ pub struct SourceKey {
 impl SourceKey {
     /// The IPv4 blacklist's key for this source; `None` for an IPv6 one.
     pub fn v4(&self) -> Option<SourceKeyV4> {
-        let [a, b, c, d, ..] = self.addr;
-        (self.family == FAMILY_V4).then_some(SourceKeyV4 {
-            addr: [a, b, c, d],
-            prefix_len: self.prefix_len,
-            reserved: [0; 3],
-        })
+        (self.family == FAMILY_V4)
+            .then(|| SourceKeyV4::of_masked(addr_words(&self.addr), self.prefix_len))
     }
 }
 
-/// An IPv4 source aggregated to a prefix: the key of the IPv4 dynamic blacklist. 8 bytes,
-/// which the kernel hashes as two words, where [`SourceKey`]'s 18 take a byte-wise hash and
-/// compare (issue 11: the blacklist hit); 8-aligned, so the program writes it in one store.
-#[repr(C, align(8))]
+/// An IPv4 source aggregated to a prefix: the key of the IPv4 dynamic blacklist. Its 8 bytes
+/// hold the address, the prefix length and three zero bytes, in that order; the kernel hashes
+/// them as two words, where [`SourceKey`]'s 18 take a byte-wise hash and compare (issue 11:
+/// the blacklist hit). One word, so the program writes it in one store: a struct of bytes
+/// became byte stores and a call to `memset`.
+#[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SourceKeyV4 {
-    pub addr: [u8; 4],
-    pub prefix_len: u8,
-    /// Always zero: part of the hashed key.
-    pub reserved: [u8; 3],
-}
+pub struct SourceKeyV4(u64);
 
 impl SourceKeyV4 {
     /// The key of an IPv4 address already masked to `prefix_len`, as [`mask_words`] returns
     /// it (the address in the first word's first four bytes).
     #[inline(always)]
     pub fn of_masked([high, _]: [u64; 2], prefix_len: u8) -> Self {
-        let [a, b, c, d, ..] = high.to_ne_bytes();
-        Self {
-            addr: [a, b, c, d],
-            prefix_len,
-            reserved: [0; 3],
-        }
+        let address = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        Self((high & address) | u64::from_ne_bytes([0, 0, 0, 0, prefix_len, 0, 0, 0]))
+    }
+
+    pub fn addr(self) -> [u8; 4] {
+        let [a, b, c, d, ..] = self.0.to_ne_bytes();
+        [a, b, c, d]
+    }
+
+    pub fn prefix_len(self) -> u8 {
+        self.0.to_ne_bytes()[4]
     }
 }
 
 impl From<SourceKeyV4> for SourceKey {
     fn from(key: SourceKeyV4) -> Self {
         let mut addr = [0; 16];
-        addr[..4].copy_from_slice(&key.addr);
+        addr[..4].copy_from_slice(&key.addr());
         SourceKey {
             addr,
             family: FAMILY_V4,
-            prefix_len: key.prefix_len,
+            prefix_len: key.prefix_len(),
         }
     }
 }
@@ -702,8 +700,9 @@ mod tests {
             prefix_len: 24,
         };
         let v4 = SourceKeyV4::of_masked(addr_words(&source.addr), 24);
-        assert_eq!(v4.addr, [192, 0, 2, 0]);
-        assert_eq!((v4.prefix_len, v4.reserved), (24, [0; 3]));
+        assert_eq!(v4.addr(), [192, 0, 2, 0]);
+        assert_eq!(v4.prefix_len(), 24);
+        assert_eq!(v4.0.to_ne_bytes(), [192, 0, 2, 0, 24, 0, 0, 0]);
         assert_eq!(source.v4(), Some(v4));
         assert_eq!(SourceKey::from(v4), source);
         assert_eq!(core::mem::size_of::<SourceKeyV4>(), 8);
