@@ -65,10 +65,11 @@ pub const PROGRAM_NAME: &str = "blocker";
 /// How many IPv6 extension headers the parser walks before giving up on the L4 header.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
-/// Default capacities; `blocker load --config` may override them. The LRU maps (blacklist,
-/// short and long history) are preallocated in full: about 112, 120 and 360 bytes of kernel
-/// memory per entry, so the defaults take about 15 + 8 + 6 MB, which fits a 1 GB VPS. The
-/// tries allocate per entry.
+/// Default capacities; `blocker load --config` may override them. The LRU maps (the blacklist
+/// of each family, short and long history) are preallocated in full: about 104 (IPv4), 120
+/// (IPv6), 120 and 360 bytes of kernel memory per entry, so the defaults take about
+/// 14 + 16 + 8 + 6 MB, which fits a 1 GB VPS. The tries allocate per entry.
+/// [`DEFAULT_BLACKLIST_CAPACITY`] is each family's.
 pub const DEFAULT_BAN_V4_CAPACITY: u32 = 1 << 20;
 pub const DEFAULT_BAN_V6_CAPACITY: u32 = 1 << 18;
 pub const DEFAULT_ALLOW_CAPACITY: u32 = 1 << 16;

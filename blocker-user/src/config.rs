@@ -97,7 +97,8 @@ pub struct MapCapacities {
     pub ban_v4: u32,
     pub ban_v6: u32,
     pub allow: u32,
-    /// Dynamic blacklist entries (LRU: a flood evicts the oldest, never a manual ban).
+    /// Dynamic blacklist entries of each family (LRU: a flood evicts the oldest, never a
+    /// manual ban).
     pub blacklist: u32,
     /// Tracked sources of the rules with hitcounts up to 4 (LRU).
     pub history: u32,
