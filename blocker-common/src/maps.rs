@@ -31,8 +31,6 @@ pub const MAP_BLACKLIST_V4: &str = "BLACKLIST_V4";
 /// LRU hash of [`crate::SourceKey`] to [`crate::BlacklistEntry`]: the dynamic blacklist of
 /// IPv6 sources.
 pub const MAP_BLACKLIST_V6: &str = "BLACKLIST_V6";
-/// Both families' dynamic blacklists.
-pub const BLACKLIST_MAPS: [&str; 2] = [MAP_BLACKLIST_V4, MAP_BLACKLIST_V6];
 /// Array of [`crate::BLACKLIST_FILTER_LINES`] lines of bytes: the blacklist keys the program
 /// may have inserted ([`crate::blacklist_filter_slot`]). Pinned with the blacklist, as the
 /// two must agree.
