@@ -233,6 +233,12 @@ mod program {
 
         #[inline(always)]
         fn source_key(&self, prefix_len: u8) -> Aligned<SourceKey> {
+            self.key_of_masked(mask_words(self.source, prefix_len), prefix_len)
+        }
+
+        /// The key of this packet's source already masked to `prefix_len` (`masked`).
+        #[inline(always)]
+        fn key_of_masked(&self, masked: [u64; 2], prefix_len: u8) -> Aligned<SourceKey> {
             let mut key = Aligned(SourceKey {
                 addr: [0; 16],
                 family: self.family,
@@ -240,8 +246,7 @@ mod program {
             });
             // SAFETY: `addr` starts the 8-aligned key and is 16 bytes long.
             unsafe {
-                (key.0.addr.as_mut_ptr() as *mut [u64; 2])
-                    .write(mask_words(self.source, prefix_len));
+                (key.0.addr.as_mut_ptr() as *mut [u64; 2]).write(masked);
             }
             key
         }
@@ -717,8 +722,8 @@ mod program {
     /// says there may be one.
     #[inline(always)]
     fn blacklist_entry(packet: &Packet, mask: u8) -> Option<*mut BlacklistEntry> {
-        let key = packet.source_key(mask);
-        let (line, byte) = blacklist_filter_slot(key.words(), mask);
+        let masked = mask_words(packet.source, mask);
+        let (line, byte) = blacklist_filter_slot(masked, mask);
         // A missing line (never, in an array) counts as "may be": the lookup decides.
         let filtered_out = BLACKLIST_FILTER
             .get(line)
@@ -727,10 +732,11 @@ mod program {
         if filtered_out {
             return None;
         }
+        // Only an IPv6 source needs the 18-byte key on the stack.
         if packet.family == FAMILY_V4 {
-            BLACKLIST_V4.get_ptr_mut(&SourceKeyV4::of_masked(key.words(), mask))
+            BLACKLIST_V4.get_ptr_mut(&SourceKeyV4::of_masked(masked, mask))
         } else {
-            BLACKLIST_V6.get_ptr_mut(&key.0)
+            BLACKLIST_V6.get_ptr_mut(&packet.key_of_masked(masked, mask).0)
         }
     }
 

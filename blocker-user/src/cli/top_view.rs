@@ -293,20 +293,16 @@ fn draw_maps(frame: &mut Frame, area: Rect, maps: &[MapFill]) {
             let mut fullest = fills;
             fullest.sort_by(|a, b| b.2.total_cmp(&a.2));
             let total = fullest.len();
-            // Drop the least full until the rest and the count of those dropped fit.
-            let mut kept = total;
-            let mut more = String::new();
-            while kept > 0 {
-                more = if kept < total {
-                    format!(" +{} more", total - kept)
-                } else {
-                    String::new()
-                };
-                if line_width(&fullest[..kept], "", " ") + more.len() <= width {
-                    break;
-                }
-                kept -= 1;
-            }
+            let more = |kept: usize| match total - kept {
+                0 => String::new(),
+                left_out => format!(" +{left_out} more"),
+            };
+            // The most maps that fit beside the count of those left out.
+            let kept = (0..=total)
+                .rev()
+                .find(|&kept| line_width(&fullest[..kept], "", " ") + more(kept).len() <= width)
+                .unwrap_or(0);
+            let more = more(kept);
             fullest.truncate(kept);
             ("", " ", fullest, more)
         }
