@@ -5,6 +5,7 @@
 pub mod bunch;
 pub mod clock;
 pub mod counters;
+pub mod hit_memo;
 pub mod maps;
 pub mod reject;
 pub mod rules;
@@ -13,6 +14,7 @@ pub mod verdict;
 
 pub use clock::{tick_clock_ms, TickClock};
 pub use counters::{Action, Counter, Reason};
+pub use hit_memo::{HitMemo, HIT_MEMO_SLOTS};
 pub use maps::*;
 pub use rules::*;
 pub use samples::*;

@@ -278,6 +278,12 @@ impl SourceKeyV4 {
     pub fn prefix_len(self) -> u8 {
         self.0.to_ne_bytes()[4]
     }
+
+    /// The key as the one word the kernel hashes.
+    #[inline(always)]
+    pub fn word(self) -> u64 {
+        self.0
+    }
 }
 
 impl From<SourceKeyV4> for SourceKey {

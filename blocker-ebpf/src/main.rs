@@ -33,13 +33,13 @@ mod program {
         },
         rule_matches, sample_slot, tcp_opens_connection, tick_clock_ms, uses_short_history, Action,
         AllowValue, BanValue, BlacklistEntry, Counter, DropSample, DropSamples, Event, History,
-        HistoryKey, Outcome, Reason, Rule, RuleAction, RuleStats, Settings, ShortHistory,
+        HistoryKey, HitMemo, Outcome, Reason, Rule, RuleAction, RuleStats, Settings, ShortHistory,
         SourceKey, SourceKeyV4, TickClock, BLACKLIST_FILTER_LINE, BLACKLIST_FILTER_LINES,
         DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
         DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_LONG_CAPACITY,
-        EVENTS_BYTES, FAMILY_V4, FAMILY_V6, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6,
-        MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES, NO_RULE,
+        EVENTS_BYTES, FAMILY_V4, FAMILY_V6, HIT_MEMO_SLOTS, IPPROTO_FRAGMENT, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4,
+        LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES, NO_RULE,
     };
     use network_types::{
         eth::EthHdr,
@@ -149,6 +149,9 @@ mod program {
     /// This CPU's coarse clock reading of the current tick ([`now_ms`]). Not pinned.
     #[btf_map]
     static TICK_CLOCK: PerCpuArray<TickClock, 1> = PerCpuArray::new();
+    /// Each CPU's recent blacklist hits of IPv4 hosts ([`HitMemo`]). Not pinned.
+    #[btf_map]
+    static HIT_MEMOS: PerCpuArray<HitMemo, { HIT_MEMO_SLOTS as usize }> = PerCpuArray::new();
     /// Each CPU's allowance of reject answers. Not pinned: a reload starts it empty.
     #[btf_map]
     static REJECT_TOKENS: PerCpuArray<TokenBucket, 1> = PerCpuArray::new();
@@ -416,16 +419,30 @@ mod program {
         // `first` is its lookup, done once for both paths; `None` when not done yet.
         let mut first = None;
         if host_first && generation != 0 {
+            let memo = hit_memo(packet);
+            if let Some((source, memo)) = memo {
+                // SAFETY: a per-CPU slot is only ever touched by this CPU.
+                let recalled = unsafe { &*memo }
+                    .recall(source, generation, || now_ms(settings.clock_override_ms));
+                if let Some((action, slot)) = recalled {
+                    return punish(packet, action, slot, Reason::Blacklisted);
+                }
+            }
             let found = blacklist_entry(packet, host_len);
             first = Some(found);
             if let Some(entry) = found {
                 // SAFETY: as in `check_blacklist`.
                 let entry = unsafe { &mut *entry };
-                if entry.lists_stamp == generation
-                    && blacklist_hit(entry, now_ms(settings.clock_override_ms))
-                {
-                    let (action, slot) = (entry.action, u32::from(entry.slot));
-                    return punish(packet, action, slot, Reason::Blacklisted);
+                if entry.lists_stamp == generation {
+                    let now_ms = now_ms(settings.clock_override_ms);
+                    if blacklist_hit(entry, now_ms) {
+                        if let Some((source, memo)) = memo {
+                            // SAFETY: as above.
+                            unsafe { *memo = HitMemo::of_hit(source, now_ms, generation, entry) };
+                        }
+                        let (action, slot) = (entry.action, u32::from(entry.slot));
+                        return punish(packet, action, slot, Reason::Blacklisted);
+                    }
                 }
             }
         }
@@ -716,6 +733,18 @@ mod program {
         found: Option<Option<*mut BlacklistEntry>>,
         /// The lists generation read before the list checks.
         generation: u32,
+    }
+
+    /// An IPv4 source's host key and its slot in this CPU's [`HitMemo`]s; `None` for IPv6.
+    #[inline(always)]
+    fn hit_memo(packet: &Packet) -> Option<(SourceKeyV4, *mut HitMemo)> {
+        if packet.family != FAMILY_V4 {
+            return None;
+        }
+        let source = SourceKeyV4::of_masked(packet.source, 32);
+        HIT_MEMOS
+            .get_ptr_mut(HitMemo::slot_of(source))
+            .map(|memo| (source, memo))
     }
 
     /// The blacklist entry of `packet`'s source under `mask`, looked up only if the filter

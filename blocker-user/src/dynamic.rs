@@ -227,7 +227,8 @@ pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<
 }
 
 /// Removes `keys` from the blacklist; a key already gone (expired and evicted, or another
-/// writer was first) is fine.
+/// writer was first) is fine. Leaves the lists generation as it is, which suits expired
+/// entries only: a CPU may still recall a live entry's hit of this tick ([`blocker_common::HitMemo`]).
 pub fn remove_keys(pins: &PinDir, keys: &[SourceKey]) -> Result<()> {
     let mut v4 = open_blacklist::<SourceKeyV4>(pins, MAP_BLACKLIST_V4)?;
     let mut v6 = open_blacklist::<SourceKey>(pins, MAP_BLACKLIST_V6)?;
@@ -252,7 +253,9 @@ pub fn remove_keys(pins: &PinDir, keys: &[SourceKey]) -> Result<()> {
 }
 
 /// Removes the entries that overlap any of `nets` (all of them with `None`); returns the
-/// prefixes removed.
+/// prefixes removed. Then bumps the lists generation, so no CPU recalls a hit of a removed
+/// entry ([`blocker_common::HitMemo`]); called under the pin directory lock, as the bump's
+/// read-modify-write of the settings requires.
 pub fn remove_blacklisted(pins: &PinDir, nets: Option<&[IpNet]>) -> Result<Vec<IpNet>> {
     let doomed: Vec<(SourceKey, IpNet)> = blacklist_raw(pins)?
         .into_iter()
@@ -266,6 +269,9 @@ pub fn remove_blacklisted(pins: &PinDir, nets: Option<&[IpNet]>) -> Result<Vec<I
         .collect();
     let keys: Vec<SourceKey> = doomed.iter().map(|(key, _)| *key).collect();
     remove_keys(pins, &keys)?;
+    if !keys.is_empty() {
+        bump_lists_generation(pins)?;
+    }
     let removed = doomed.into_iter().map(|(_, net)| net).collect();
     Ok(removed)
 }

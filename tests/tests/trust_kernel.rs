@@ -11,7 +11,8 @@ use std::{
 
 use blocker_tests::{
     frames::{
-        frame, ipv4, ipv4_fragment, ipv4_ttl, ipv6, tcp, tcp_syn, ACK, FIN, IPV4, IPV6, RST, SYN,
+        frame, ipv4, ipv4_fragment, ipv4_ttl, ipv6, tcp, tcp_syn, udp, ACK, FIN, IPV4, IPV6, RST,
+        SYN,
     },
     in_netns, require_root,
     testrun::{Program, XDP_DROP, XDP_PASS, XDP_TX},
@@ -459,6 +460,39 @@ fn a_source_idle_for_49_7_days_starts_a_fresh_count() {
         3,
         "three fresh tries"
     );
+}
+
+/// A CPU remembers a blacklist hit for the rest of its clock reading (`HitMemo`): with the
+/// clock standing still, removing the entry or allowing the source must end the drops at
+/// once all the same.
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_removed_or_allowed_blacklist_entry_stops_dropping_within_one_clock_reading() {
+    require_root();
+    let net = TestNet::new();
+    let program = crafted(&net, &ssh_rule(3, ""));
+    program.set_clock_ms(50_000);
+    let source = v4(90);
+    let not_a_rule_event = frame(&[IPV4], &ipv4(source, 0, 17, &udp(53, 8)));
+    assert_eq!(
+        program.run(&not_a_rule_event),
+        XDP_PASS,
+        "not blacklisted yet"
+    );
+    for ends_it in [&["flush", "blacklist"][..], &["allow", "192.0.2.90"]] {
+        // The history stands still with the clock: after a flush the next SYN blacklists.
+        passed(&program, &vec![syn_v4(source); 4]);
+        for hit in 1..=3 {
+            assert_eq!(program.run(&not_a_rule_event), XDP_DROP, "hit {hit}");
+        }
+        net.blocker(ends_it).ok();
+        assert_eq!(
+            program.run(&not_a_rule_event),
+            XDP_PASS,
+            "after `blocker {}`, at the same time",
+            ends_it.join(" ")
+        );
+    }
 }
 
 #[test]

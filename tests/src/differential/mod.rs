@@ -221,7 +221,10 @@ impl Harness {
         self.kernel.clear_dynamic()?;
         self.model.blacklist.clear();
         self.model.history.clear();
-        Ok(())
+        // As blocker's removers do: no CPU may recall a hit of a removed entry.
+        self.model.settings.lists_generation =
+            next_lists_generation(self.model.settings.lists_generation);
+        self.kernel.set_settings(&self.model.settings)
     }
 
     /// One frame through both; a description of the divergence if they disagree.
