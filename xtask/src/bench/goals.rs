@@ -173,7 +173,10 @@ pub(super) fn markdown(goals: &[Goal], xdp_filter_entries: usize) -> String {
          xdp-filter's source list holds {xdp_filter_entries} \
          entries (its capacity is 10,000 per list, so it cannot hold 100k); it has no rules, \
          so the rule-event and memory rows have no peer. Memory per tracked source: the rule \
-         history map's memlock divided by its capacity.\n\n\
+         history map's memlock divided by its capacity. The cost table repeats one frame, so \
+         its dynamic-blacklist hit is the one a CPU remembers within a clock tick (the hit \
+         memory, README); a source not remembered pays the hash lookup, as every frame of the \
+         spoofed flood does.\n\n\
          | class | measured | goal | met |\n| --- | ---: | ---: | --- |\n"
     );
     for goal in goals {
