@@ -7,9 +7,10 @@
 //! refresh wrote the expiry that time gives. So a host whose hit this CPU took at the same
 //! time, under the same lists generation, gets the same verdict without the lookup. What
 //! changes an entry between two hits of a tick bumps the generation: userspace removing
-//! blacklist entries, and every allowlist, ban or rule writer. The kernel's own LRU eviction
-//! (the blacklist full) does not: a host evicted while memoized here keeps its verdict on
-//! this CPU until the tick ends, at most one tick longer.
+//! blacklist entries, and every allowlist, ban or rule writer. An entry leaving otherwise
+//! does not: the kernel's LRU eviction (the blacklist full), or the daemon's purge of an entry
+//! expired by its finer clock; a host memoized here keeps its verdict on this CPU until the
+//! tick ends, at most one tick longer.
 
 use crate::{BlacklistEntry, SourceKeyV4};
 

@@ -228,7 +228,8 @@ pub fn blacklist(pins: &PinDir, rules: Option<&RuleTable>, now: &Now) -> Result<
 
 /// Removes `keys` from the blacklist; a key already gone (expired and evicted, or another
 /// writer was first) is fine. Leaves the lists generation as it is, which suits expired
-/// entries only: a CPU may still recall a live entry's hit of this tick ([`blocker_common::HitMemo`]).
+/// entries only: a CPU may recall a live entry's hit for the rest of its tick
+/// ([`blocker_common::HitMemo`]).
 pub fn remove_keys(pins: &PinDir, keys: &[SourceKey]) -> Result<()> {
     let mut v4 = open_blacklist::<SourceKeyV4>(pins, MAP_BLACKLIST_V4)?;
     let mut v6 = open_blacklist::<SourceKey>(pins, MAP_BLACKLIST_V6)?;
