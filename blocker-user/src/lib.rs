@@ -25,6 +25,8 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod text;
+#[cfg(test)]
+mod test_support;
 mod trie;
 
 pub use error::{Error, Result};

@@ -3,7 +3,7 @@
 
 use std::{
     fs::{self, File},
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -302,13 +302,19 @@ impl PinDir {
         }
     }
 
-    /// Creates the directory (and the links sub-directory) if needed, root's alone (0700),
-    /// and closes up one that an older version created open.
+    /// Creates the directory (and the links sub-directory) if needed, root's alone (0700)
+    /// from the start: created open and closed up after, it would let a user open it in
+    /// between and hold the writers' lock through that descriptor for good. Closes up one
+    /// that an older version created open.
     pub fn create(&self) -> Result<()> {
-        fs::create_dir_all(self.links_dir()).map_err(Error::io(format!(
-            "creating {}",
-            self.links_dir().display()
-        )))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.links_dir())
+            .map_err(Error::io(format!(
+                "creating {}",
+                self.links_dir().display()
+            )))?;
         self.make_private()
     }
 
@@ -408,6 +414,26 @@ mod tests {
         let err = pins.state_path(Some(&other)).unwrap_err();
         assert!(err.is_bad_input());
         assert!(err.to_string().contains("keeps its state in"), "{err}");
+    }
+
+    /// Watches the directory while it is created and removed again and again: it must never
+    /// show up open to other users, not even between its creation and a chmod, when a user
+    /// could open it and keep the descriptor to hold the writers' lock.
+    #[test]
+    fn the_directory_is_never_seen_open_to_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = PinDir::new(dir.path().join("pins"));
+        let modes = crate::test_support::modes_seen_while(&pins.path, || {
+            for _ in 0..300 {
+                pins.create().unwrap();
+                fs::remove_dir_all(&pins.path).unwrap();
+            }
+        });
+        let seen: Vec<String> = modes.iter().map(|mode| format!("{mode:o}")).collect();
+        assert!(
+            modes.iter().all(|&mode| mode & 0o077 == 0),
+            "modes seen: {seen:?}"
+        );
     }
 
     #[test]

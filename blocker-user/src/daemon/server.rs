@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     future::Future,
     io,
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
@@ -82,6 +82,17 @@ impl Limits {
         } else {
             self.per_address
         }
+    }
+}
+
+/// The client a peer address counts as for the per-address bound: every loopback address is
+/// one client (any local user can bind all of 127/8), and an IPv6 address counts as its /64,
+/// which one host holds whole, as the rules' default `mask6` does.
+fn client_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        peer if peer.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & (u128::MAX << 64))),
+        IpAddr::V4(_) => peer,
     }
 }
 
@@ -217,7 +228,7 @@ pub async fn serve(listener: impl Listener, name: String, app: Router, limits: L
         let address_slot = match peer {
             Some(peer) => {
                 let most = limits.per_peer(peer);
-                let Some(slot) = per_address.take(peer, most) else {
+                let Some(slot) = per_address.take(client_of(peer), most) else {
                     debug!("{name}: {peer} holds {most} connections; refusing a new one");
                     if let Ok(refusal) = refusals.clone().try_acquire_owned() {
                         tokio::spawn(async move {
@@ -388,14 +399,28 @@ mod tests {
             status_from("127.0.0.1", server).await,
             "HTTP/1.1 503 Service Unavailable"
         );
-        // Another address is served, and a closed connection frees its address's slot.
-        assert_eq!(status_from("127.0.0.2", server).await, "HTTP/1.1 200 OK");
+        // Every loopback address is the same client: a local user cannot bind more of 127/8
+        // to take more slots. A closed connection frees its client's slot.
+        assert_eq!(
+            status_from("127.0.0.2", server).await,
+            "HTTP/1.1 503 Service Unavailable"
+        );
         drop(idle.pop());
         let deadline = Instant::now() + Duration::from_secs(5);
-        while status_from("127.0.0.1", server).await != "HTTP/1.1 200 OK" {
+        while status_from("127.0.0.2", server).await != "HTTP/1.1 200 OK" {
             assert!(Instant::now() < deadline, "the slot was not given back");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_as_its_64_and_loopback_as_one_client() {
+        let client = |addr: &str| client_of(addr.parse().unwrap());
+        assert_eq!(client("2001:db8:1:2::7"), client("2001:db8:1:2:ffff::1"));
+        assert_ne!(client("2001:db8:1:2::7"), client("2001:db8:1:3::7"));
+        assert_eq!(client("127.0.0.1"), client("127.9.8.7"));
+        assert_eq!(client("127.0.0.1"), client("::1"));
+        assert_ne!(client("192.0.2.1"), client("192.0.2.2"));
     }
 
     #[tokio::test]
@@ -433,29 +458,15 @@ mod tests {
     /// never show up with a mode other than 0660, not even between the bind and a chmod.
     #[tokio::test]
     async fn the_socket_is_never_seen_with_another_mode() {
-        use std::sync::atomic::{AtomicBool, Ordering};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sock");
-        let done = Arc::new(AtomicBool::new(false));
-        let watcher = {
-            let (path, done) = (path.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut modes = std::collections::BTreeSet::new();
-                while !done.load(Ordering::Relaxed) {
-                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                        modes.insert(meta.permissions().mode() & 0o777);
-                    }
-                }
-                modes
-            })
-        };
-        for _ in 0..300 {
-            let (listener, owner) = bind_unix(&path).unwrap();
-            drop(listener);
-            drop(owner);
-        }
-        done.store(true, Ordering::Relaxed);
-        let modes = watcher.join().unwrap();
+        let modes = crate::test_support::modes_seen_while(&path, || {
+            for _ in 0..300 {
+                let (listener, owner) = bind_unix(&path).unwrap();
+                drop(listener);
+                drop(owner);
+            }
+        });
         let seen: Vec<String> = modes.iter().map(|mode| format!("{mode:o}")).collect();
         assert!(
             modes.iter().all(|&mode| mode == 0o660),
