@@ -253,20 +253,39 @@ pub fn remove_keys(pins: &PinDir, keys: &[SourceKey]) -> Result<()> {
     Ok(())
 }
 
-/// Removes the entries that overlap any of `nets` (all of them with `None`); returns the
-/// prefixes removed. Then bumps the lists generation, so no CPU recalls a hit of a removed
-/// entry ([`blocker_common::HitMemo`]); called under the pin directory lock, as the bump's
-/// read-modify-write of the settings requires.
-pub fn remove_blacklisted(pins: &PinDir, nets: Option<&[IpNet]>) -> Result<Vec<IpNet>> {
+/// Which blacklist entries [`remove_blacklisted`] removes.
+#[derive(Clone, Copy)]
+pub enum Doomed<'a> {
+    All,
+    /// Entries that overlap one of these prefixes (inside it or covering it): what `unban`
+    /// lifts, as an entry covering the address would keep dropping it.
+    Overlapping(&'a [IpNet]),
+    /// Entries inside one of these prefixes: what an allowlist entry makes pointless. An
+    /// entry covering it (a rule's `mask = 24` range) still drops the rest of its range.
+    Inside(&'a [IpNet]),
+}
+
+impl Doomed<'_> {
+    fn covers(self, entry: &IpNet) -> bool {
+        match self {
+            Doomed::All => true,
+            Doomed::Overlapping(nets) => nets
+                .iter()
+                .any(|net| net.contains(entry) || entry.contains(net)),
+            Doomed::Inside(nets) => nets.iter().any(|net| net.contains(entry)),
+        }
+    }
+}
+
+/// Removes the entries `doomed` names; returns the prefixes removed. Then bumps the lists
+/// generation, so no CPU recalls a hit of a removed entry ([`blocker_common::HitMemo`]);
+/// called under the pin directory lock, as the bump's read-modify-write of the settings
+/// requires.
+pub fn remove_blacklisted(pins: &PinDir, doomed: Doomed) -> Result<Vec<IpNet>> {
     let doomed: Vec<(SourceKey, IpNet)> = blacklist_raw(pins)?
         .into_iter()
         .filter_map(|(key, _)| Some((key, key_net(&key)?)))
-        .filter(|(_, entry)| {
-            nets.is_none_or(|nets| {
-                nets.iter()
-                    .any(|net| net.contains(entry) || entry.contains(net))
-            })
-        })
+        .filter(|(_, entry)| doomed.covers(entry))
         .collect();
     let keys: Vec<SourceKey> = doomed.iter().map(|(key, _)| *key).collect();
     remove_keys(pins, &keys)?;

@@ -24,9 +24,9 @@ pub mod rules;
 pub mod state;
 pub mod status;
 pub mod store;
-pub mod text;
 #[cfg(test)]
 mod test_support;
+pub mod text;
 mod trie;
 
 pub use error::{Error, Result};

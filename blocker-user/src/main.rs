@@ -548,8 +548,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             require_root()?;
             let mut store = Store::open_scoped(&pins, state_path, &nets)?;
             let missing = store.unban(&nets);
-            store.commit(|| {})?;
-            let dynamic = dynamic::remove_blacklisted(&pins, Some(&nets))?;
+            let dynamic = store.commit_unban(&nets)?;
             for net in &dynamic {
                 info!("removed {net} from the dynamic blacklist");
             }
@@ -604,7 +603,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             require_root()?;
             pins.require_loaded()?;
             let _lock = pins.lock()?;
-            let removed = dynamic::remove_blacklisted(&pins, None)?;
+            let removed = dynamic::remove_blacklisted(&pins, dynamic::Doomed::All)?;
             info!("flushed {} dynamic blacklist entries", removed.len());
         }
         Command::Analyze(args) => cli::analyze::run(&pins, state_path, args)?,

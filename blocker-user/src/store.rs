@@ -694,8 +694,17 @@ impl Store {
         self.write(progress, true)
     }
 
+    /// [`Store::commit`], then removes the dynamic blacklist's entries that overlap `nets`
+    /// before the lock is let go (the removal's generation bump is a read-modify-write of the
+    /// settings another writer must not interleave with); returns the prefixes removed.
+    pub fn commit_unban(mut self, nets: &[IpNet]) -> Result<Vec<IpNet>> {
+        self.state.prune_expired(self.now.wall);
+        self.write(|| {}, true)?;
+        dynamic::remove_blacklisted(&self.pins, dynamic::Doomed::Overlapping(nets))
+    }
+
     /// Brings the maps from what they hold to the state, then saves the state (if `save`).
-    fn write(mut self, progress: impl FnMut(), save: bool) -> Result<()> {
+    fn write(&mut self, progress: impl FnMut(), save: bool) -> Result<()> {
         let (before, after) = match &self.scope {
             None => {
                 let after = kernel_image(&self.state, &self.now);
@@ -798,7 +807,7 @@ impl Store {
         // removing them keeps `list blacklist` to what is in force.
         let allowed: Vec<IpNet> = after.allow.difference(&before.allow).copied().collect();
         if !allowed.is_empty() {
-            for net in dynamic::remove_blacklisted(&self.pins, Some(&allowed))? {
+            for net in dynamic::remove_blacklisted(&self.pins, dynamic::Doomed::Inside(&allowed))? {
                 tracing::info!("removed {net} from the dynamic blacklist: it is allowed now");
             }
         }

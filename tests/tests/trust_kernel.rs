@@ -65,6 +65,7 @@ fn allowlisted_host_inside_a_blacklisted_range(
     listener: SocketAddr,
     attacker: IpAddr,
     allowed: IpAddr,
+    allowed_later: IpAddr,
 ) {
     net.blocker(&["allow", &allowed.to_string()]).ok();
     for attempt in 1..=3 {
@@ -84,6 +85,18 @@ fn allowlisted_host_inside_a_blacklisted_range(
     );
     assert!(net.ping(allowed), "and is answered over ICMP");
     assert!(!net.ping(attacker), "the rest of the range stays out");
+    // Allowing another host of the range once it is blacklisted lets that host in, not the
+    // range: the entry stays listed and the attacker stays out.
+    net.blocker(&["allow", &allowed_later.to_string()]).ok();
+    let still = net.blocker(&["list", "blacklist", "--json"]).ok().json();
+    assert_eq!(
+        still[0]["addr"], listed[0]["addr"],
+        "after `allow {allowed_later}` the range is still listed: {still}"
+    );
+    assert!(
+        !net.ping(attacker),
+        "after `allow {allowed_later}` the rest of the range stays out"
+    );
 }
 
 /// Just enough CIDR text parsing to tell a range from a host.
@@ -120,6 +133,7 @@ fn the_allowlist_wins_over_a_rule_that_blacklists_its_v4_range() {
         listener,
         net.client_v4(1, 2),
         net.client_v4(1, 3),
+        net.client_v4(1, 4),
     );
 }
 
@@ -140,6 +154,7 @@ fn the_allowlist_wins_over_a_rule_that_blacklists_its_v6_64() {
         listener,
         net.client_v6(0xb10c, 2),
         net.client_v6(0xb10c, 3),
+        net.client_v6(0xb10c, 4),
     );
 }
 
