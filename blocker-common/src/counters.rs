@@ -34,9 +34,9 @@ pub enum Reason {
     NotIp = 3,
     /// A truncated frame or an invalid IP or L4 header.
     Malformed = 4,
-    /// Headers deeper than the parser walks: more than two VLAN tags, or an IPv6
-    /// extension-header chain longer than [`crate::MAX_IPV6_EXT_HEADERS`]. An IPv6 source is
-    /// still checked against the allowlist and bans first.
+    /// An IPv6 extension-header chain longer than [`crate::MAX_IPV6_EXT_HEADERS`], of a
+    /// protocol no rule covers. The source is still checked against the allowlist and bans
+    /// first.
     Unparsed = 5,
     /// An event of a rate or burst rule that stayed below the threshold.
     RuleEvent = 6,
@@ -48,7 +48,9 @@ pub enum Reason {
     Rejected = 9,
     /// A first fragment too short to hold the transport header, or an IPv6 extension-header
     /// chain longer than the parser walks, of a protocol some rule covers: dropped, since the
-    /// stack would reassemble it into a packet the rule never saw (RFC 1858, RFC 7112).
+    /// stack would reassemble it into a packet the rule never saw (RFC 1858, RFC 7112). Also
+    /// a frame behind more than [`crate::MAX_VLAN_TAGS`] VLAN tags, whose source is unknown
+    /// (the packet is not parsed, so it is never sampled).
     Evasive = 10,
 }
 

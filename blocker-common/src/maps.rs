@@ -63,6 +63,11 @@ pub const PROGRAM_NAME: &str = "blocker";
 /// How many IPv6 extension headers the parser walks before giving up on the L4 header.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
+/// How many VLAN tags (802.1Q, 802.1ad) the parser walks. A frame behind more is dropped
+/// (`evasive`): the kernel strips any number of priority tags (VLAN 0) and delivers what is
+/// behind them, so passing it unchecked would let any source past every ban and rule.
+pub const MAX_VLAN_TAGS: usize = 4;
+
 /// Default capacities; `blocker load --config` may override them. The LRU maps (the blacklist
 /// of each family, short and long history) are preallocated in full: about 104 (IPv4), 120
 /// (IPv6), 120 and 360 bytes of kernel memory per entry, so the defaults take about

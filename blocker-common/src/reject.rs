@@ -36,7 +36,8 @@ pub fn answerable(family: u8, proto: u8, tcp_flags: u8, l3_to_l4_len: usize) -> 
 }
 
 /// Whether a source address can be answered: not unspecified, loopback, multicast or (IPv4)
-/// reserved or broadcast. An answer to such a source would go to many hosts or none.
+/// reserved or broadcast. An answer to such a source would go to many hosts or none. The
+/// program tests a packet's destination the same way, as its answer's source.
 /// IPv4 addresses sit in the first 4 bytes.
 #[inline(always)]
 pub fn source_is_unicast(family: u8, addr: &[u8; 16]) -> bool {

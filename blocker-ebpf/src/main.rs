@@ -39,7 +39,7 @@ mod program {
         DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_LONG_CAPACITY,
         EVENTS_BYTES, FAMILY_V4, FAMILY_V6, HIT_MEMO_SLOTS, IPPROTO_FRAGMENT, IPPROTO_ICMP,
         IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4,
-        LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES, NO_RULE,
+        LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES, MAX_VLAN_TAGS, NO_RULE,
     };
     use network_types::{
         eth::EthHdr,
@@ -123,6 +123,8 @@ mod program {
         history: History,
         short_history: ShortHistory,
         l2: [u8; MAX_L2_LEN],
+        /// The packet's destination address, IPv4 in the first 4 bytes.
+        destination: [u8; 16],
         ip_v4: [u8; 20],
         ip_v6: [u8; 40],
         tcp: [u8; 20],
@@ -166,11 +168,11 @@ mod program {
     const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
     const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
 
-    /// Ethernet header plus two VLAN tags.
-    const MAX_L2_LEN: usize = EthHdr::LEN + 2 * VlanHdr::LEN;
+    /// Ethernet header plus the VLAN tags the parser walks.
+    const MAX_L2_LEN: usize = EthHdr::LEN + MAX_VLAN_TAGS * VlanHdr::LEN;
 
     /// Any offset the parser computes stays below this, which keeps the verifier's range
-    /// tracking bounded (largest real case: 2 VLAN tags + IPv6 + 6 extension headers of 2 KiB).
+    /// tracking bounded (largest real case: 4 VLAN tags + IPv6 + 6 extension headers of 2 KiB).
     const MAX_HEADER_OFFSET: usize = 1 << 14;
 
     /// What the L4 parse found.
@@ -316,9 +318,9 @@ mod program {
         // Left uninitialised: zeroing it costs a byte loop on every frame, and only a frame
         // that parsed as IP gets one.
         let mut packet = MaybeUninit::<Packet>::uninit();
-        let mut reason = match parse(&ctx, &mut packet) {
-            Ok(parsed) => decide(parsed),
-            Err(reason) => reason,
+        let (mut reason, parsed) = match parse(&ctx, &mut packet) {
+            Ok(parsed) => (decide(parsed), true),
+            Err(reason) => (reason, false),
         };
         if let Reason::Rejected = reason {
             // SAFETY: `Rejected` comes only from a rule's verdict, after the parse wrote the
@@ -351,10 +353,9 @@ mod program {
                 1
             }
         };
-        if SAMPLE_DROPS.load() != 0 {
+        if parsed && SAMPLE_DROPS.load() != 0 {
             if let Some(slot) = sample_slot(reason, seen) {
-                // SAFETY: only blocking reasons are sampled, and they come from `decide`,
-                // after the parse wrote the packet.
+                // SAFETY: the parse wrote the packet.
                 let packet = unsafe { packet.assume_init_ref() };
                 sample(packet, reason, seen, slot, frame_len as u32);
             }
@@ -517,7 +518,7 @@ mod program {
         // SAFETY: `header` checked the bounds.
         let mut ether_type = unsafe { (*eth).ether_type };
         let mut offset = EthHdr::LEN;
-        for _ in 0..2 {
+        for _ in 0..MAX_VLAN_TAGS {
             if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
                 break;
             }
@@ -528,7 +529,9 @@ mod program {
         match ether_type {
             ETH_P_IPV4 => parse_ipv4(ctx, offset, out),
             ETH_P_IPV6 => parse_ipv6(ctx, offset, out),
-            ETH_P_8021Q | ETH_P_8021AD => Err(Reason::Unparsed),
+            // The kernel would strip priority tags down to the IP packet: its source is
+            // unknown here, so nothing could ban it.
+            ETH_P_8021Q | ETH_P_8021AD => Err(Reason::Evasive),
             _ => Err(Reason::NotIp),
         }
     }
@@ -1027,7 +1030,21 @@ mod program {
             scratch.l2[10],
             scratch.l2[11],
         ];
-        if !mac_is_unicast(&source_mac) || !take_reject_token() {
+        let destination_mac = [
+            scratch.l2[0],
+            scratch.l2[1],
+            scratch.l2[2],
+            scratch.l2[3],
+            scratch.l2[4],
+            scratch.l2[5],
+        ];
+        // The answer comes from the address the packet went to, which must be one host's
+        // (RFC 1122 3.2.2): never answer a broadcast or multicast.
+        if !mac_is_unicast(&source_mac)
+            || !mac_is_unicast(&destination_mac)
+            || !destination_is_unicast(ctx, packet.family, &at, scratch)
+            || !take_reject_token()
+        {
             return false;
         }
         // Back to where it came from: swap the MAC addresses.
@@ -1042,6 +1059,24 @@ mod program {
             _ => unreachable_v6(ctx, &at, scratch),
         };
         answered && store(ctx, 0, scratch.l2.as_mut_ptr(), l2_len as u32)
+    }
+
+    /// Whether the packet's destination address is one host's ([`source_is_unicast`]'s test).
+    #[inline(always)]
+    fn destination_is_unicast(
+        ctx: &XdpContext,
+        family: u8,
+        at: &Offsets,
+        scratch: &mut Scratch,
+    ) -> bool {
+        scratch.destination = [0; 16];
+        let destination = scratch.destination.as_mut_ptr();
+        let loaded = if family == FAMILY_V4 {
+            load(ctx, at.l3 + 16, destination, 4)
+        } else {
+            load(ctx, at.l3 + 24, destination, 16)
+        };
+        loaded.is_some() && source_is_unicast(family, &scratch.destination)
     }
 
     /// Takes one of this CPU's reject tokens, if the bucket has one.

@@ -59,10 +59,25 @@ fn crafted_frames_get_the_right_verdict_and_reason() {
             "manual_ban",
         ),
         (
-            "three tags",
-            frame(&[QINQ, VLAN, VLAN, IPV4], &ipv4(BANNED_V4, 0, 6, &syn)),
-            XDP_PASS,
-            "unparsed",
+            "four tags",
+            frame(
+                &[QINQ, VLAN, VLAN, VLAN, IPV4],
+                &ipv4(BANNED_V4, 0, 6, &syn),
+            ),
+            XDP_DROP,
+            "manual_ban",
+        ),
+        // The kernel strips any number of priority tags (VLAN 0) and delivers the packet
+        // behind them: a frame behind more tags than the parser walks (whatever their IDs,
+        // which it does not read) is dropped, whoever sent it.
+        (
+            "five tags",
+            frame(
+                &[VLAN, VLAN, QINQ, VLAN, VLAN, IPV4],
+                &ipv4(OTHER_V4, 0, 6, &syn),
+            ),
+            XDP_DROP,
+            "evasive",
         ),
         (
             "ipv4 options banned",

@@ -300,7 +300,7 @@ fn a_flood_from_a_blacklisted_source_gets_at_most_a_token_bucket_of_rejects() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
-fn rejects_never_answer_sources_that_are_not_unicast() {
+fn rejects_never_answer_sources_or_destinations_that_are_not_unicast() {
     require_root();
     let net = TestNet::new();
     let program = crafted(&net, &ssh_rule(1, "action = \"reject\"\n"));
@@ -322,6 +322,12 @@ fn rejects_never_answer_sources_that_are_not_unicast() {
         f[6] = 0x01;
         f
     };
+    // `frame` with `bytes` written at `offset`: the destination MAC (0), IPv4 address (30)
+    // or IPv6 address (38).
+    let to = |mut frame: Vec<u8>, offset: usize, bytes: &[u8]| {
+        frame[offset..offset + bytes.len()].copy_from_slice(bytes);
+        frame
+    };
     let cases = [
         ("multicast", syn_v4([224, 1, 2, 3])),
         ("broadcast", syn_v4([255, 255, 255, 255])),
@@ -331,6 +337,11 @@ fn rejects_never_answer_sources_that_are_not_unicast() {
         ("ipv6 multicast", syn6(ff02_1)),
         ("ipv6 loopback", syn6(loopback6)),
         ("multicast source MAC", multicast_mac),
+        // Unicast sources sending to many: an answer would come from a group's address.
+        ("to a broadcast MAC", to(syn_v4(v4(32)), 0, &[0xff; 6])),
+        ("to 255.255.255.255", to(syn_v4(v4(33)), 30, &[255; 4])),
+        ("to 224.0.0.1", to(syn_v4(v4(34)), 30, &[224, 0, 0, 1])),
+        ("to ff02::1", to(syn6(v6(35)), 38, &ff02_1)),
     ];
     let rejected = net.packets("rejected");
     for (name, frame) in &cases {

@@ -3,7 +3,7 @@
 use blocker_common::{
     ports_without_rules, rule_protos, BanValue, Rule, RuleAction, RuleKind, Settings,
     BAN_PERMANENT, FAMILY_V4, FAMILY_V6, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4, LIST_BAN_V6,
-    MAX_MASKS, MAX_RULES, MAX_RULE_MS, PROTO_ANY,
+    MAX_MASKS, MAX_RULES, MAX_RULE_MS, MAX_VLAN_TAGS, PROTO_ANY,
 };
 
 use crate::model::{Lpm, Prefix};
@@ -339,11 +339,17 @@ pub fn frame(rng: &mut Rng, pool: &Pool) -> Vec<u8> {
     if rng.percent(5) {
         frame[6] |= 1;
     }
+    // Broadcast and multicast frames, which never get an answer.
+    if rng.percent(3) {
+        frame[0] |= 1;
+    }
     let tags = match rng.below(100) {
         0..=69 => 0,
         70..=84 => 1,
-        85..=95 => 2,
-        _ => 3,
+        85..=93 => 2,
+        94..=96 => 3,
+        97..=98 => MAX_VLAN_TAGS,
+        _ => MAX_VLAN_TAGS + 1,
     };
     for _ in 0..tags {
         frame.extend_from_slice(&rng.pick(&[0x8100u16, 0x88a8]).to_be_bytes());
@@ -577,6 +583,9 @@ fn ipv6(
     let mut destination = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     if rng.percent(10) {
         destination[15] = rng.byte();
+    }
+    if rng.percent(3) {
+        destination[0] = 0xff;
     }
     ip.extend_from_slice(&destination);
     frame.extend_from_slice(&ip);

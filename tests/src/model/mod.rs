@@ -135,7 +135,7 @@ impl Model {
             Ok(ip) => ip,
             Err(Early::Malformed) => return plain(Reason::Malformed),
             Err(Early::NotIp) => return plain(Reason::NotIp),
-            Err(Early::TooManyTags) => return plain(Reason::Unparsed),
+            Err(Early::TooManyTags) => return plain(Reason::Evasive),
         };
         let v4 = ip.family == FAMILY_V4;
         let lists = self.settings.lists;
@@ -270,7 +270,13 @@ impl Model {
             return false;
         }
         let source_mac: [u8; 6] = frame[6..12].try_into().expect("6 bytes");
-        if !mac_is_unicast(&source_mac) || !source_is_unicast(ip.family, &ip.source) {
+        let destination_mac: [u8; 6] = frame[0..6].try_into().expect("6 bytes");
+        // An answer goes to one host from one host: both ends must be unicast.
+        if !mac_is_unicast(&source_mac)
+            || !source_is_unicast(ip.family, &ip.source)
+            || !mac_is_unicast(&destination_mac)
+            || !source_is_unicast(ip.family, &ip.destination)
+        {
             return false;
         }
         let (per_s, burst, now) = (

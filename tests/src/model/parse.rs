@@ -1,12 +1,10 @@
 //! The reference model's frame parser: bytes in, the fields the verdict needs out. Written
 //! from the specification, sharing no code with the XDP program's parser.
 
-use blocker_common::{FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS};
+use blocker_common::{FAMILY_V4, FAMILY_V6, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
 
 const ETHERNET_LEN: usize = 14;
 const VLAN_TAG_LEN: usize = 4;
-/// VLAN tags the program looks through; a third one stops the parse.
-const MAX_VLAN_TAGS: usize = 2;
 const IPV4_MIN_LEN: usize = 20;
 const IPV6_LEN: usize = 40;
 
@@ -238,7 +236,7 @@ mod tests {
     use crate::frames::{frame, ipv4, ipv6, tcp_syn, IPV4, IPV6, VLAN};
 
     #[test]
-    fn a_syn_behind_two_tags() {
+    fn a_syn_behind_two_tags_and_too_many_tags() {
         let syn = frame(
             &[VLAN, VLAN, IPV4],
             &ipv4([10, 0, 0, 1], 4, 6, &tcp_syn(22)),
@@ -247,11 +245,13 @@ mod tests {
         assert_eq!((ip.proto, ip.dport, ip.tcp_flags), (6, 22, 0x02));
         assert_eq!((ip.l3_offset, ip.l4_offset), (22, 46));
         assert_eq!(ip.l4, L4::Present);
-        let three = frame(
-            &[VLAN, VLAN, VLAN, IPV4],
-            &ipv4([10, 0, 0, 1], 0, 6, &tcp_syn(22)),
-        );
-        assert_eq!(parse(&three), Err(Early::TooManyTags));
+        let behind = |tags: usize| {
+            let mut ether_types = vec![VLAN; tags];
+            ether_types.push(IPV4);
+            frame(&ether_types, &ipv4([10, 0, 0, 1], 0, 6, &tcp_syn(22)))
+        };
+        assert!(parse(&behind(MAX_VLAN_TAGS)).is_ok());
+        assert_eq!(parse(&behind(MAX_VLAN_TAGS + 1)), Err(Early::TooManyTags));
     }
 
     #[test]
