@@ -143,7 +143,7 @@ impl OffenseConfig {
     pub fn prefix_of(&self, addr: IpNet) -> IpNet {
         let len = match addr {
             IpNet::V4(_) => self.mask,
-            IpNet::V6(_) => self.mask6,
+            IpNet::V6(net) => crate::addr::v6_key_len(net.addr(), self.mask6),
         };
         IpNet::new(addr.addr(), len.min(addr.prefix_len()))
             .map(|net| net.trunc())
@@ -317,6 +317,21 @@ mod tests {
 
     fn is_ban(verdict: &Verdict) -> bool {
         matches!(verdict, Verdict::Ban { .. })
+    }
+
+    /// Every host on a link shares fe80::/64: a neighbour's offenses are its own.
+    #[test]
+    fn a_link_local_source_is_scored_as_one_host() {
+        let config = OffenseConfig::default();
+        assert_eq!(
+            config.prefix_of(addr("fe80::1:2/128")),
+            addr("fe80::1:2/128")
+        );
+        assert_eq!(config.prefix_of(addr("fe80::/64")), addr("fe80::/64"));
+        assert_eq!(
+            config.prefix_of(addr("2001:db8::1:2/128")),
+            addr("2001:db8::/64")
+        );
     }
 
     #[test]

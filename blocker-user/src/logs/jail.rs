@@ -36,7 +36,7 @@ impl JailRules {
     pub fn prefix_of(&self, addr: IpAddr) -> IpNet {
         let len = match addr {
             IpAddr::V4(_) => self.mask,
-            IpAddr::V6(_) => self.mask6,
+            IpAddr::V6(v6) => crate::addr::v6_key_len(v6, self.mask6),
         };
         IpNet::new(addr, len)
             .map(|net| net.trunc())
@@ -233,6 +233,27 @@ mod tests {
             mask6: 64,
             ignoreip: vec!["192.0.2.0/24".parse().unwrap()],
         })
+    }
+
+    /// Every host on a link shares fe80::/64: a neighbour's failures are its own.
+    #[test]
+    fn a_link_local_source_is_counted_as_one_host() {
+        let rules = JailRules {
+            name: "sshd".into(),
+            maxretry: 5,
+            findtime: Duration::from_secs(600),
+            mask: 32,
+            mask6: 64,
+            ignoreip: Vec::new(),
+        };
+        assert_eq!(
+            rules.prefix_of(ip("fe80::1:2")),
+            "fe80::1:2/128".parse().unwrap()
+        );
+        assert_eq!(
+            rules.prefix_of(ip("2001:db8::1:2")),
+            "2001:db8::/64".parse().unwrap()
+        );
     }
 
     #[test]
