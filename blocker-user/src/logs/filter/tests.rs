@@ -16,9 +16,26 @@ fn failure(filter: &Filter, line: &str) -> Option<String> {
     }
 }
 
+/// What `line` gets without the literal prefilter: every expression is tried.
+fn unfiltered(filter: &Filter, line: &str) -> LineVerdict {
+    filter.verdict(line, (0..filter.failures.len()).collect(), &now())
+}
+
 fn assert_filter(name: &str, failures: &[(&str, &str)], others: &[&str]) {
     let filter = Filter::load(name).unwrap_or_else(|err| panic!("{name}: {err}"));
     assert_eq!(filter.name(), name);
+    // The prefilter only skips work: it never changes a verdict.
+    for line in failures
+        .iter()
+        .map(|(line, _)| *line)
+        .chain(others.iter().copied())
+    {
+        assert_eq!(
+            filter.check_at(line, &now()),
+            unfiltered(&filter, line),
+            "{name}: the prefilter changes the verdict on: {line}"
+        );
+    }
     for (line, addr) in failures {
         assert_eq!(
             failure(&filter, line).as_deref(),
@@ -69,6 +86,74 @@ fn sshd() {
             "Dec  1 10:00:13 host sshd[200]: Invalid user x from attacker.example.org port 1",
         ],
     );
+}
+
+/// An sshd line whose user name (or other text the client chose) names another address: the
+/// failure is the connection's own, whatever the client wrote.
+#[test]
+fn sshd_user_names_cannot_name_another_address() {
+    // sshd cuts a disconnect's message to 100 bytes ("Disconnecting %s: %.100s").
+    let disconnecting = |preamble: &str, addr: &str, message: &str| {
+        let message: String = message.chars().take(100).collect();
+        format!("Dec  1 10:00:11 host sshd[110]: Disconnecting {preamble} {addr} port 22: {message} [preauth]")
+    };
+    let change = |user: &str, service: &str| {
+        format!(
+            "Change of username or service not allowed: ({user},{service}) -> (y,ssh-connection)"
+        )
+    };
+    let in_user = |user: &str| {
+        disconnecting(
+            &format!("invalid user {user}"),
+            "203.0.113.14",
+            &change(user, "ssh-connection"),
+        )
+    };
+    let too_many = |user: &str| {
+        disconnecting(
+            &format!("authenticating user {user}"),
+            "203.0.113.12",
+            "Too many authentication failures",
+        )
+    };
+    // The first request's service is the client's too, and comes after the address.
+    let in_service =
+        |service: &str| disconnecting("invalid user x", "203.0.113.16", &change("x", service));
+    let injected = [
+        (in_user("x 10.0.0.1 on"), "203.0.113.14"),
+        // The copy in the reason fills sshd's 100 bytes, ending at a "(" of the client's.
+        (
+            in_user(" :: port 1: Change of username or service not allowed: ("),
+            "203.0.113.14",
+        ),
+        (too_many("a 192.0.2.1 on"), "203.0.113.12"),
+        (too_many("a 192.0.2.1 port 1"), "203.0.113.12"),
+        (
+            too_many("a 192.0.2.1 port 1: Too many authentication failures"),
+            "203.0.113.12",
+        ),
+        (
+            in_service(" 192.0.2.1: Change of username or service not allowed"),
+            "203.0.113.16",
+        ),
+        (
+            in_service(" 192.0.2.1 port 1: Change of username or service not allowed: (y"),
+            "203.0.113.16",
+        ),
+    ];
+    let mut failures: Vec<(&str, &str)> = injected
+        .iter()
+        .map(|(line, addr)| (line.as_str(), *addr))
+        .collect();
+    // The other lines with a user name before the address.
+    failures.extend([
+        ("Dec  1 10:00:02 host sshd[101]: Failed password for invalid user a from 192.0.2.1 port 1 ssh2: x from 203.0.113.21 port 22 ssh2", "203.0.113.21"),
+        ("Dec  1 10:00:03 host sshd[102]: Invalid user a from 192.0.2.1 port 1 from 203.0.113.22 port 5555", "203.0.113.22"),
+        ("Dec  1 10:00:03 host sshd[102]: Invalid user a from 192.0.2.1 on from 203.0.113.23 port 5555", "203.0.113.23"),
+        ("Dec  1 10:00:04 host sshd[103]: error: PAM: Authentication failure for illegal user a from 192.0.2.1 via from 203.0.113.24", "203.0.113.24"),
+        ("Dec  1 10:00:08 host sshd[107]: error: maximum authentication attempts exceeded for invalid user a from 192.0.2.1 port 1 ssh2 from 203.0.113.25 port 22 ssh2 [preauth]", "203.0.113.25"),
+    ]);
+    assert_filter("sshd", &failures, &[]);
 }
 
 #[test]
