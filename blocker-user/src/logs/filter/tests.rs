@@ -156,6 +156,21 @@ fn sshd_user_names_cannot_name_another_address() {
     assert_filter("sshd", &failures, &[]);
 }
 
+/// For a user that exists, sshd may write the client's text after the address: hostbased
+/// authentication's client user and host names. The name before it is the system's.
+#[test]
+fn sshd_client_text_after_the_address_names_no_one() {
+    assert_filter(
+        "sshd",
+        &[
+            ("Dec  1 10:00:02 host sshd[101]: Failed hostbased for root from 203.0.113.20 port 22 ssh2: RSA SHA256:abc, client user \"a from 192.0.2.1 port 1: x\", client host \"h\"", "203.0.113.20"),
+            ("Dec  1 10:00:02 host sshd[101]: Failed hostbased for root from 203.0.113.20 port 22 ssh2: RSA SHA256:abc, client user \"a\", client host \"h from 192.0.2.1 port 1\"", "203.0.113.20"),
+            ("Dec  1 10:00:02 host sshd[101]: Failed password for root from 203.0.113.20 port 22 ssh2", "203.0.113.20"),
+        ],
+        &[],
+    );
+}
+
 #[test]
 fn sshd_failures_carry_the_line_time() {
     let filter = Filter::load("sshd").expect("built-in");
