@@ -277,6 +277,68 @@ fn web_servers() {
     );
 }
 
+/// nginx's error line for a file it did not find, cut as nginx cuts a line: at 2048 bytes
+/// with the newline, keeping the last 50 of them for the error code ("..." marks the cut).
+fn nginx_not_found(path: &str, client: &str) -> String {
+    const MAX: usize = 2048;
+    let mut line = format!("2026/12/01 10:00:00 [error] 1#1: *5 open() \"{path}\" failed");
+    if line.len() > MAX - 50 {
+        line.truncate(MAX - 50);
+        line.push_str("...");
+    }
+    line.push_str(&format!(
+        " (2: No such file or directory), client: {client}, server: _, request: \"GET /x HTTP/1.1\", host: \"h\""
+    ));
+    line.truncate(MAX - 1);
+    line
+}
+
+/// nginx writes the decoded path unescaped, so a request can put its own
+/// `" failed (2: ...), client: <addr>, server:` before nginx's, or in a header after it.
+#[test]
+fn nginx_paths_cannot_name_another_client() {
+    let fake = "\" failed (2: No such file or directory), client: 192.0.2.1, server: x";
+    let in_path = format!("2026/12/01 10:00:00 [error] 1#1: *5 open() \"/var/www/html/wp-login.php{fake}\" failed (2: No such file or directory), client: 203.0.113.9, server: _, request: \"GET /wp-login.php%22%20failed%20(2:%20No%20such%20file%20or%20directory),%20client:%20192.0.2.1,%20server:%20x HTTP/1.1\", host: \"h\"");
+    let fake_index = fake.replace(" failed", " is not found");
+    let index = format!("2026/12/01 10:00:00 [error] 1#1: *6 \"/var/www/html/wp-admin{fake_index}/index.php\" is not found (2: No such file or directory), client: 203.0.113.10, server: _, request: \"GET /wp-admin%22... HTTP/1.1\", host: \"h\"");
+    // A forged `, request:` too hides nginx's client field: the line names no one.
+    let with_request = in_path.replacen(
+        ", server: x\"",
+        ", server: x, request: \"GET / HTTP/1.1\"\"",
+        1,
+    );
+    // A forgery in a Referer header, after nginx's `, request:`, is not taken; its error
+    // code after nginx's makes the line name no one.
+    let in_referrer = format!("2026/12/01 10:00:00 [error] 1#1: *7 open() \"/var/www/html/.env\" failed (2: No such file or directory), client: 203.0.113.11, server: _, request: \"GET /.env HTTP/1.1\", host: \"h\", referrer: \"a{fake}, request: \"GET /.env HTTP/1.1\", host: \"h\"");
+    // A path long enough that nginx cuts its own client field off (or all of it but a few
+    // bytes), leaving the forged one whole, even before a forged `, request:`: the error code
+    // nginx writes after it gives it away.
+    let padding = |bytes: usize| format!("{}{}", "/a".repeat(bytes / 2), "b".repeat(bytes % 2));
+    let cut = nginx_not_found(
+        &format!(
+            "/var/www/html/wp-login.php{fake}, request: \"GET / HTTP/1.1\"{}",
+            padding(2100)
+        ),
+        "203.0.113.12",
+    );
+    let head =
+        format!("2026/12/01 10:00:00 [error] 1#1: *5 open() \"/var/www/html/wp-login.php{fake}");
+    let client_cut = nginx_not_found(
+        &format!(
+            "/var/www/html/wp-login.php{fake}{}",
+            padding(2048 - 50 - head.len() - "\" failed".len())
+        ),
+        "203.0.113.12",
+    );
+    assert!(cut.contains("... (2: No such file"), "{cut}");
+    assert!(client_cut.ends_with(", client: 203.0.11"), "{client_cut}");
+    assert_filter(
+        "nginx-botsearch",
+        &[(&in_path, "203.0.113.9"), (&index, "203.0.113.10")],
+        &[&with_request, &in_referrer, &cut, &client_cut],
+    );
+}
+
 #[test]
 fn mail_servers() {
     assert_filter(
