@@ -4,6 +4,7 @@
 //! and at shutdown, after the bans of the lines read are committed.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -20,6 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
+    lockout::Guard,
     logs::{
         access::{parse_access_line, BunchTracker},
         config::{JailConfig, JailKind},
@@ -30,9 +32,9 @@ use crate::{
     },
     offense::Escalation,
     pins::PinDir,
-    state::Origin,
+    state::{Entry, Origin},
     store::Store,
-    Result,
+    Error, Result,
 };
 
 /// How often followers are polled.
@@ -237,8 +239,8 @@ impl Runner {
                 &self.escalation,
                 &self.pending,
             ) {
-                Ok(()) => {
-                    self.status.bans += self.pending.len() as u64;
+                Ok(banned) => {
+                    self.status.bans += banned as u64;
                     self.pending.clear();
                 }
                 Err(err) => {
@@ -304,18 +306,21 @@ impl Runner {
     }
 }
 
-/// Bans the decided prefixes in one store session, each for its escalated length.
+/// Bans the decided prefixes in one store session, each for its escalated length, but those
+/// the lock-out guard refuses; returns how many it banned.
 fn issue(
     pins: &PinDir,
     state_path: &Path,
     escalation: &Escalation,
     bans: &[JailBan],
-) -> Result<()> {
+) -> Result<usize> {
     let touched: Vec<IpNet> = bans.iter().map(|ban| ban.prefix).collect();
     let mut store = Store::open_scoped(pins, state_path, &touched)?;
     store.origin = Origin::local("log");
+    let guard = Guard::recent()?;
+    let bans = guarded(bans, &guard, &store.state.allow);
     let now = store.now.wall;
-    for ban in bans {
+    for ban in &bans {
         let duration = store
             .state
             .offenses
@@ -328,7 +333,32 @@ fn issue(
         info!("banned {} until {until}: {}", ban.prefix, ban.reason);
     }
     store.count_issued("log", bans.len() as u64);
-    store.commit(|| {})
+    store.commit(|| {})?;
+    Ok(bans.len())
+}
+
+/// The bans `guard` lets through, with the allowlist `allow`, as for offenses and `blocker
+/// ban`: anyone may write a log line (`logger -t sshd`), so no jail may ban this host, the
+/// operator's SSH source or a huge range. A refused ban is a warning; the others go ahead.
+fn guarded<'a>(
+    bans: &'a [JailBan],
+    guard: &Guard,
+    allow: &BTreeMap<IpNet, Entry>,
+) -> Vec<&'a JailBan> {
+    bans.iter()
+        .filter(|ban| match guard.check(&ban.prefix, allow) {
+            Ok(()) => true,
+            Err(err) => {
+                // The error's own advice (--force) is for the command line.
+                let why = match err {
+                    Error::LockOut { why, .. } => why,
+                    other => other.to_string(),
+                };
+                warn!("not banning {}: {why} ({})", ban.prefix, ban.reason);
+                false
+            }
+        })
+        .collect()
 }
 
 impl Jails {
@@ -432,6 +462,43 @@ mod tests {
             ban.reason
         );
         assert_eq!(sshd.window(now), (0, 0), "the ban consumed the count");
+    }
+
+    /// Anyone may write a log line (`logger -t sshd`), so a jail must not ban what `blocker
+    /// ban` refuses to: this host, the operator's SSH source, a huge range.
+    #[test]
+    fn jail_bans_that_would_lock_the_operator_out_are_skipped() {
+        let guard = Guard {
+            ssh: crate::lockout::SshSession::parse(Some("198.51.100.7 50022 192.0.2.1 22"), None),
+            host_addrs: vec!["127.0.0.1".parse().unwrap(), "192.0.2.1".parse().unwrap()],
+        };
+        let ban = |prefix: &str| JailBan {
+            prefix: prefix.parse().unwrap(),
+            reason: "jail sshd: 5 failures in 10m".into(),
+        };
+        let bans = [
+            ban("127.0.0.1/32"),
+            ban("192.0.2.0/24"),
+            ban("198.51.100.7/32"),
+            ban("0.0.0.0/0"),
+            ban("203.0.113.5/32"),
+        ];
+        let issued = |allow: &BTreeMap<IpNet, Entry>| -> Vec<String> {
+            guarded(&bans, &guard, allow)
+                .iter()
+                .map(|ban| ban.prefix.to_string())
+                .collect()
+        };
+        assert_eq!(issued(&BTreeMap::new()), ["203.0.113.5/32"]);
+        // As for offenses: an allowlisted address is safe from any ban (the allowlist wins in
+        // the kernel), so it does not hold back the ban of its range.
+        let entry = Entry {
+            reason: None,
+            created_at: Timestamp::UNIX_EPOCH,
+            expires_at: None,
+        };
+        let allow = BTreeMap::from([("192.0.2.1/32".parse().unwrap(), entry)]);
+        assert_eq!(issued(&allow), ["192.0.2.0/24", "203.0.113.5/32"]);
     }
 
     #[test]

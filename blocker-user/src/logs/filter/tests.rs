@@ -16,9 +16,26 @@ fn failure(filter: &Filter, line: &str) -> Option<String> {
     }
 }
 
+/// What `line` gets without the literal prefilter: every expression is tried.
+fn unfiltered(filter: &Filter, line: &str) -> LineVerdict {
+    filter.verdict(line, (0..filter.failures.len()).collect(), &now())
+}
+
 fn assert_filter(name: &str, failures: &[(&str, &str)], others: &[&str]) {
     let filter = Filter::load(name).unwrap_or_else(|err| panic!("{name}: {err}"));
     assert_eq!(filter.name(), name);
+    // The prefilter only skips work: it never changes a verdict.
+    for line in failures
+        .iter()
+        .map(|(line, _)| *line)
+        .chain(others.iter().copied())
+    {
+        assert_eq!(
+            filter.check_at(line, &now()),
+            unfiltered(&filter, line),
+            "{name}: the prefilter changes the verdict on: {line}"
+        );
+    }
     for (line, addr) in failures {
         assert_eq!(
             failure(&filter, line).as_deref(),
@@ -68,6 +85,89 @@ fn sshd() {
             "Dec  1 10:00:13 host sudo[200]: Failed password for root from 203.0.113.5 port 22 ssh2",
             "Dec  1 10:00:13 host sshd[200]: Invalid user x from attacker.example.org port 1",
         ],
+    );
+}
+
+/// An sshd line whose user name (or other text the client chose) names another address: the
+/// failure is the connection's own, whatever the client wrote.
+#[test]
+fn sshd_user_names_cannot_name_another_address() {
+    // sshd cuts a disconnect's message to 100 bytes ("Disconnecting %s: %.100s").
+    let disconnecting = |preamble: &str, addr: &str, message: &str| {
+        let message: String = message.chars().take(100).collect();
+        format!("Dec  1 10:00:11 host sshd[110]: Disconnecting {preamble} {addr} port 22: {message} [preauth]")
+    };
+    let change = |user: &str, service: &str| {
+        format!(
+            "Change of username or service not allowed: ({user},{service}) -> (y,ssh-connection)"
+        )
+    };
+    let in_user = |user: &str| {
+        disconnecting(
+            &format!("invalid user {user}"),
+            "203.0.113.14",
+            &change(user, "ssh-connection"),
+        )
+    };
+    let too_many = |user: &str| {
+        disconnecting(
+            &format!("authenticating user {user}"),
+            "203.0.113.12",
+            "Too many authentication failures",
+        )
+    };
+    // The first request's service is the client's too, and comes after the address.
+    let in_service =
+        |service: &str| disconnecting("invalid user x", "203.0.113.16", &change("x", service));
+    let injected = [
+        (in_user("x 10.0.0.1 on"), "203.0.113.14"),
+        // The copy in the reason fills sshd's 100 bytes, ending at a "(" of the client's.
+        (
+            in_user(" :: port 1: Change of username or service not allowed: ("),
+            "203.0.113.14",
+        ),
+        (too_many("a 192.0.2.1 on"), "203.0.113.12"),
+        (too_many("a 192.0.2.1 port 1"), "203.0.113.12"),
+        (
+            too_many("a 192.0.2.1 port 1: Too many authentication failures"),
+            "203.0.113.12",
+        ),
+        (
+            in_service(" 192.0.2.1: Change of username or service not allowed"),
+            "203.0.113.16",
+        ),
+        (
+            in_service(" 192.0.2.1 port 1: Change of username or service not allowed: (y"),
+            "203.0.113.16",
+        ),
+    ];
+    let mut failures: Vec<(&str, &str)> = injected
+        .iter()
+        .map(|(line, addr)| (line.as_str(), *addr))
+        .collect();
+    // The other lines with a user name before the address.
+    failures.extend([
+        ("Dec  1 10:00:02 host sshd[101]: Failed password for invalid user a from 192.0.2.1 port 1 ssh2: x from 203.0.113.21 port 22 ssh2", "203.0.113.21"),
+        ("Dec  1 10:00:03 host sshd[102]: Invalid user a from 192.0.2.1 port 1 from 203.0.113.22 port 5555", "203.0.113.22"),
+        ("Dec  1 10:00:03 host sshd[102]: Invalid user a from 192.0.2.1 on from 203.0.113.23 port 5555", "203.0.113.23"),
+        ("Dec  1 10:00:04 host sshd[103]: error: PAM: Authentication failure for illegal user a from 192.0.2.1 via from 203.0.113.24", "203.0.113.24"),
+        ("Dec  1 10:00:08 host sshd[107]: error: maximum authentication attempts exceeded for invalid user a from 192.0.2.1 port 1 ssh2 from 203.0.113.25 port 22 ssh2 [preauth]", "203.0.113.25"),
+    ]);
+    assert_filter("sshd", &failures, &[]);
+}
+
+/// For a user that exists, sshd may write the client's text after the address: hostbased
+/// authentication's client user and host names. The name before it is the system's.
+#[test]
+fn sshd_client_text_after_the_address_names_no_one() {
+    assert_filter(
+        "sshd",
+        &[
+            ("Dec  1 10:00:02 host sshd[101]: Failed hostbased for root from 203.0.113.20 port 22 ssh2: RSA SHA256:abc, client user \"a from 192.0.2.1 port 1: x\", client host \"h\"", "203.0.113.20"),
+            ("Dec  1 10:00:02 host sshd[101]: Failed hostbased for root from 203.0.113.20 port 22 ssh2: RSA SHA256:abc, client user \"a\", client host \"h from 192.0.2.1 port 1\"", "203.0.113.20"),
+            ("Dec  1 10:00:02 host sshd[101]: Failed password for root from 203.0.113.20 port 22 ssh2", "203.0.113.20"),
+        ],
+        &[],
     );
 }
 
@@ -174,6 +274,68 @@ fn web_servers() {
         "apache-botsearch",
         &[("[Tue Dec 01 10:00:00.123456 2026] [core:error] [pid 1] [client 203.0.113.9:4444] AH00128: File does not exist: /var/www/html/phpmyadmin", "203.0.113.9")],
         &[],
+    );
+}
+
+/// nginx's error line for a file it did not find, cut as nginx cuts a line: at 2048 bytes
+/// with the newline, keeping the last 50 of them for the error code ("..." marks the cut).
+fn nginx_not_found(path: &str, client: &str) -> String {
+    const MAX: usize = 2048;
+    let mut line = format!("2026/12/01 10:00:00 [error] 1#1: *5 open() \"{path}\" failed");
+    if line.len() > MAX - 50 {
+        line.truncate(MAX - 50);
+        line.push_str("...");
+    }
+    line.push_str(&format!(
+        " (2: No such file or directory), client: {client}, server: _, request: \"GET /x HTTP/1.1\", host: \"h\""
+    ));
+    line.truncate(MAX - 1);
+    line
+}
+
+/// nginx writes the decoded path unescaped, so a request can put its own
+/// `" failed (2: ...), client: <addr>, server:` before nginx's, or in a header after it.
+#[test]
+fn nginx_paths_cannot_name_another_client() {
+    let fake = "\" failed (2: No such file or directory), client: 192.0.2.1, server: x";
+    let in_path = format!("2026/12/01 10:00:00 [error] 1#1: *5 open() \"/var/www/html/wp-login.php{fake}\" failed (2: No such file or directory), client: 203.0.113.9, server: _, request: \"GET /wp-login.php%22%20failed%20(2:%20No%20such%20file%20or%20directory),%20client:%20192.0.2.1,%20server:%20x HTTP/1.1\", host: \"h\"");
+    let fake_index = fake.replace(" failed", " is not found");
+    let index = format!("2026/12/01 10:00:00 [error] 1#1: *6 \"/var/www/html/wp-admin{fake_index}/index.php\" is not found (2: No such file or directory), client: 203.0.113.10, server: _, request: \"GET /wp-admin%22... HTTP/1.1\", host: \"h\"");
+    // A forged `, request:` too hides nginx's client field: the line names no one.
+    let with_request = in_path.replacen(
+        ", server: x\"",
+        ", server: x, request: \"GET / HTTP/1.1\"\"",
+        1,
+    );
+    // A forgery in a Referer header, after nginx's `, request:`, is not taken; its error
+    // code after nginx's makes the line name no one.
+    let in_referrer = format!("2026/12/01 10:00:00 [error] 1#1: *7 open() \"/var/www/html/.env\" failed (2: No such file or directory), client: 203.0.113.11, server: _, request: \"GET /.env HTTP/1.1\", host: \"h\", referrer: \"a{fake}, request: \"GET /.env HTTP/1.1\", host: \"h\"");
+    // A path long enough that nginx cuts its own client field off (or all of it but a few
+    // bytes), leaving the forged one whole, even before a forged `, request:`: the error code
+    // nginx writes after it gives it away.
+    let padding = |bytes: usize| format!("{}{}", "/a".repeat(bytes / 2), "b".repeat(bytes % 2));
+    let cut = nginx_not_found(
+        &format!(
+            "/var/www/html/wp-login.php{fake}, request: \"GET / HTTP/1.1\"{}",
+            padding(2100)
+        ),
+        "203.0.113.12",
+    );
+    let head =
+        format!("2026/12/01 10:00:00 [error] 1#1: *5 open() \"/var/www/html/wp-login.php{fake}");
+    let client_cut = nginx_not_found(
+        &format!(
+            "/var/www/html/wp-login.php{fake}{}",
+            padding(2048 - 50 - head.len() - "\" failed".len())
+        ),
+        "203.0.113.12",
+    );
+    assert!(cut.contains("... (2: No such file"), "{cut}");
+    assert!(client_cut.ends_with(", client: 203.0.11"), "{client_cut}");
+    assert_filter(
+        "nginx-botsearch",
+        &[(&in_path, "203.0.113.9"), (&index, "203.0.113.10")],
+        &[&with_request, &in_referrer, &cut, &client_cut],
     );
 }
 
