@@ -30,19 +30,25 @@ pub struct AccessHit {
 
 /// The request of one access log line, or `None` for a line in neither format.
 pub fn parse_access_line(line: &str) -> Option<AccessHit> {
-    let open = line.find(" [")?;
+    // The user name before the time is the client's text (HTTP basic auth, logged whether or
+    // not the site asks for it): it may hold spaces and brackets, never a quote (both servers
+    // escape them). So the time is the first " [" that opens a whole time and its `] "`.
+    let (open, time, request) = line.match_indices(" [").find_map(|(open, _)| {
+        let rest = &line[open + 2..];
+        let time = parse_clf_time(rest.get(..CLF_TIME_LEN)?)?;
+        let request = rest.get(CLF_TIME_LEN..)?.strip_prefix("] \"")?;
+        Some((open, time, request))
+    })?;
+    // host ident user, or vhost host ident user. The ident (identd's, "-" in practice) and
+    // what comes before it are the server's: an address second is the client after a vhost.
     let mut fields = line[..open].split(' ');
-    // host ident user, or vhost host ident user.
     let (first, second) = (fields.next()?, fields.next()?);
-    let host = match (fields.next(), fields.next(), fields.next()) {
-        (Some(_), None, _) => first,
-        (Some(_), Some(_), None) => second,
-        _ => return None,
+    fields.next()?;
+    let host = match second.parse::<IpAddr>() {
+        Ok(_) => second,
+        Err(_) => first,
     };
     let addr = host.parse::<IpAddr>().ok()?.to_canonical();
-    let rest = &line[open + 2..];
-    let time = parse_clf_time(rest.get(..CLF_TIME_LEN)?)?;
-    let request = rest.get(CLF_TIME_LEN..)?.strip_prefix("] \"")?;
     Some(AccessHit {
         addr,
         time,
@@ -183,6 +189,34 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    /// A client's basic-auth user name is logged as sent, spaces and brackets included: the
+    /// line still counts for its client.
+    #[test]
+    fn a_user_name_with_spaces_or_brackets_does_not_hide_the_client() {
+        for user in ["a b", "a [b", "[18/Feb/2012:10:00:00", "a - 192.0.2.1"] {
+            for line in [
+                format!(
+                    r#"203.0.113.9 - {user} [18/Feb/2012:10:00:00 +0000] "GET / HTTP/1.1" 200 1"#
+                ),
+                format!(
+                    r#"www.example.org:443 203.0.113.9 - {user} [18/Feb/2012:10:00:00 +0000] "GET / HTTP/1.1" 200 1"#
+                ),
+            ] {
+                assert_eq!(
+                    hit(&line).addr,
+                    "203.0.113.9".parse::<IpAddr>().unwrap(),
+                    "{line}"
+                );
+            }
+        }
+        let vhost_by_address =
+            r#"192.0.2.1 203.0.113.9 - - [18/Feb/2012:10:00:00 +0000] "GET / HTTP/1.1" 200 1"#;
+        assert_eq!(
+            hit(vhost_by_address).addr,
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
