@@ -675,6 +675,30 @@ pub fn mask_words([high, low]: [u64; 2], prefix_len: u8) -> [u64; 2] {
     ]
 }
 
+/// All ones when the IPv6 address whose first word in memory order ([`addr_words`]) is `high`
+/// is link-local (fe80::/10), else 0. A link-local source is keyed as one host whatever a
+/// rule's mask ([`key_len`]): every host on a link shares fe80::/64, so a /64 key there is all
+/// the neighbours', the router's neighbour discovery included, and one neighbour's SYNs would
+/// cut the host off IPv6.
+///
+/// Branch-free, and opaque to LLVM (black_box): knowing the result is 0 or all ones, LLVM would
+/// turn [`key_len`] into a compare and branch, which in the XDP program splits the verifier's
+/// walk of everything after it.
+#[inline(always)]
+pub fn link_local_bits(high: u64) -> u8 {
+    let first_ten_bits = u64::from_be(high) >> 54;
+    // 1 when the first ten bits are fe80::/10's, else 0: (0 - 1) is the only difference with
+    // the top bit set.
+    let link_local = ((first_ten_bits ^ (0xfe80 >> 6)).wrapping_sub(1) >> 63) as u8;
+    core::hint::black_box(link_local.wrapping_neg())
+}
+
+/// `mask`, or a host's 128 when `link_local_bits` ([`link_local_bits`]) are set.
+#[inline(always)]
+pub fn key_len(mask: u8, link_local_bits: u8) -> u8 {
+    (mask & !link_local_bits) | (128 & link_local_bits)
+}
+
 /// An address's 16 bytes as two words in memory order (see [`mask_words`]), read byte by
 /// byte: the XDP program reads it from the frame, where a 16-byte copy (not aligned)
 /// becomes a call to a byte-loop memmove.
@@ -697,6 +721,32 @@ pub fn addr_bytes([high, low]: [u64; 2]) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_local_source_is_keyed_as_one_host() {
+        let key_len_of = |first: [u8; 2], mask| {
+            let mut addr = [0u8; 16];
+            addr[..2].copy_from_slice(&first);
+            addr[15] = 1;
+            key_len(mask, link_local_bits(addr_words(&addr)[0]))
+        };
+        for link_local in [[0xfe, 0x80], [0xfe, 0x9a], [0xfe, 0xbf]] {
+            for mask in [1, 48, 64, 127, 128] {
+                assert_eq!(key_len_of(link_local, mask), 128, "{link_local:x?} /{mask}");
+            }
+        }
+        for other in [
+            [0xfe, 0xc0],
+            [0xfe, 0x7f],
+            [0x20, 0x01],
+            [0xff, 0x02],
+            [0x80, 0xfe],
+        ] {
+            for mask in [1, 48, 64, 127, 128] {
+                assert_eq!(key_len_of(other, mask), mask, "{other:x?} /{mask}");
+            }
+        }
+    }
 
     #[test]
     fn an_ipv4_blacklist_key_stands_for_the_same_source_as_the_general_key() {

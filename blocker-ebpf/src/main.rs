@@ -25,7 +25,8 @@ mod program {
     use aya_log_ebpf::error;
     use blocker_common::{
         addr_bytes, addr_words, ban_is_active, blacklist_filter_slot, blacklist_hit,
-        evasive_is_dropped, is_ipv6_extension, mask_words, on_event, port_has_rules, proto_bit,
+        evasive_is_dropped, is_ipv6_extension, key_len, link_local_bits, mask_words, on_event,
+        port_has_rules, proto_bit,
         reject::{
             answerable, mac_is_unicast, port_unreachable_v4, port_unreachable_v6,
             source_is_unicast, tcp_reset_v4, tcp_reset_v6, TokenBucket, QUOTE_V4_MAX, QUOTE_V6_MAX,
@@ -802,9 +803,15 @@ mod program {
             if *mask == 0 {
                 break;
             }
+            let mask = if packet.family == FAMILY_V4 {
+                *mask
+            } else {
+                key_len(*mask, link_local_bits(packet.source[0]))
+            };
             let found = match first.found {
+                // The first mask's lookup was of the host key, which `mask` is then too.
                 Some(found) if index == 0 => found,
-                _ => blacklist_entry(packet, *mask),
+                _ => blacklist_entry(packet, mask),
             };
             let Some(entry) = found else {
                 continue;
@@ -825,6 +832,9 @@ mod program {
     /// State shared with [`rule_step`] across `bpf_loop` iterations.
     struct RulesLoop<'a> {
         packet: &'a mut Packet,
+        /// [`link_local_bits`] of an IPv6 source, worked out once for every rule; a word of
+        /// its own, so that the verifier's tracking of the packet's fields is left whole.
+        link_local: u64,
         clock_override_ms: u64,
         /// The lists generation read before this packet's allowlist and ban checks.
         generation: u32,
@@ -836,8 +846,16 @@ mod program {
     #[inline(always)]
     fn run_rules(packet: &mut Packet, settings: &Settings, generation: u32) -> Reason {
         let slots = settings.rule_slots.min(MAX_RULES as u32);
+        // Opaque (black_box) for both families, so the callback is verified once, not once
+        // for a known 0 and once for an unknown.
+        let link_local = core::hint::black_box(if packet.family == FAMILY_V4 {
+            0
+        } else {
+            u64::from(link_local_bits(packet.source[0]))
+        });
         let mut state = RulesLoop {
             packet,
+            link_local,
             clock_override_ms: settings.clock_override_ms,
             generation,
             reason: Reason::NoMatch,
@@ -863,6 +881,7 @@ mod program {
         match rule_event(
             slot,
             state.packet,
+            state.link_local,
             state.clock_override_ms,
             state.generation,
         ) {
@@ -884,6 +903,7 @@ mod program {
     fn rule_event(
         slot: u32,
         packet: &mut Packet,
+        link_local: u64,
         clock_override_ms: u64,
         generation: u32,
     ) -> Option<Reason> {
@@ -897,6 +917,8 @@ mod program {
         } else {
             rule.mask_v6
         };
+        // After the two arms meet (0 for IPv4), so the verifier walks the rest once.
+        let mask = key_len(mask, link_local as u8);
         let key = Aligned(HistoryKey {
             source: packet.source_key(mask).0,
             slot: slot as u16,

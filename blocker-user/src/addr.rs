@@ -7,15 +7,11 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use crate::{Error, Result};
 
 /// The prefix length `addr` is counted and banned by under `mask6`: the mask, except that a
-/// link-local address (fe80::/10) is one host. Every host on a link shares fe80::/64, so
-/// banning a neighbour's /64 would ban them all, the router included, and cut this host off
-/// IPv6.
+/// link-local address is one host, as the XDP program keys its rules
+/// ([`blocker_common::link_local_bits`]).
 pub fn v6_key_len(addr: Ipv6Addr, mask6: u8) -> u8 {
-    if addr.is_unicast_link_local() {
-        128
-    } else {
-        mask6
-    }
+    let high = blocker_common::addr_words(&addr.octets())[0];
+    blocker_common::key_len(mask6, blocker_common::link_local_bits(high))
 }
 
 /// A parsed prefix, and the text the user gave when it had to be changed to get it.

@@ -160,6 +160,50 @@ fn the_allowlist_wins_over_a_rule_that_blacklists_its_v6_64() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
+fn a_link_local_neighbour_blacklists_itself_not_the_link() {
+    require_root();
+    let net = TestNet::new();
+    // The default mask6 = 64: one host owns a /64, but every host on the link shares fe80::/64.
+    let program = crafted(&net, &ssh_rule(3, ""));
+    let link_local = |last| {
+        let mut addr = [0u8; 16];
+        addr[..2].copy_from_slice(&[0xfe, 0x80]);
+        addr[15] = last;
+        addr
+    };
+    let syn6 = |source| frame(&[IPV6], &ipv6(source, &[], 6, &tcp_syn(SSH)));
+    let attacker = syn6(link_local(0xba));
+    assert_eq!(
+        passed(&program, &vec![attacker.clone(); 4]),
+        3,
+        "the 4th SYN blacklists"
+    );
+    assert_eq!(
+        program.run(&attacker),
+        XDP_DROP,
+        "the neighbour is blacklisted"
+    );
+    let listed = net.blocker(&["list", "blacklist", "--json"]).ok().json();
+    let entry: ipnet_text::Range = listed[0]["addr"].as_str().expect("addr").into();
+    assert_eq!(entry.prefix_len, entry.host_bits, "a host entry: {listed}");
+    // A neighbour advertisement from the router, and another neighbour's SYN.
+    let mut advert = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    advert.extend_from_slice(&link_local(1));
+    let router = frame(&[IPV6], &ipv6(link_local(1), &[], 58, &advert));
+    assert_eq!(
+        program.run(&router),
+        XDP_PASS,
+        "the router's neighbour discovery"
+    );
+    assert_eq!(
+        program.run(&syn6(link_local(2))),
+        XDP_PASS,
+        "another neighbour"
+    );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn no_encoding_of_a_syn_gets_more_tries_than_hitcount() {
     require_root();
     let net = TestNet::new();

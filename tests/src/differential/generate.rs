@@ -95,7 +95,12 @@ impl Pool {
         let v6 = (0..8)
             .map(|_| {
                 let mut addr = [0u8; 16];
-                addr[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+                // Some link-local: every host on a link shares fe80::/64.
+                if rng.percent(25) {
+                    addr[..2].copy_from_slice(&[0xfe, 0x80]);
+                } else {
+                    addr[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+                }
                 addr[5] = rng.below(2) as u8;
                 addr[7] = rng.below(3) as u8;
                 addr[8] = rng.below(2) as u8 * 0x80;

@@ -12,7 +12,7 @@ use blocker_common::{
     ban_is_active, blacklist_hit, mask_addr, proto_bit,
     reject::{mac_is_unicast, source_is_unicast, TokenBucket},
     rule_matches, AllowValue, BanValue, BlacklistEntry, Counter, HistoryKey, Outcome, Reason, Rule,
-    RuleAction, RuleStats, Settings, SourceKey, FAMILY_V4, LIST_ALLOW_V4, LIST_ALLOW_V6,
+    RuleAction, RuleStats, Settings, SourceKey, FAMILY_V4, FAMILY_V6, LIST_ALLOW_V4, LIST_ALLOW_V6,
     LIST_BAN_V4, LIST_BAN_V6, MAX_MASKS, MAX_RULES, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
@@ -288,7 +288,11 @@ impl Model {
     }
 }
 
+/// The key of `ip`'s source under a rule's mask of `prefix_len`. An IPv6 link-local source
+/// (fe80::/10, which every host on the link shares) is keyed as itself, whatever the mask.
 fn source_key(ip: &Ip, prefix_len: u8) -> SourceKey {
+    let link_local = ip.family == FAMILY_V6 && ip.source[0] == 0xfe && ip.source[1] & 0xc0 == 0x80;
+    let prefix_len = if link_local { 128 } else { prefix_len };
     SourceKey {
         addr: mask_addr(ip.source, prefix_len),
         family: ip.family,
@@ -298,7 +302,7 @@ fn source_key(ip: &Ip, prefix_len: u8) -> SourceKey {
 
 #[cfg(test)]
 mod tests {
-    use blocker_common::{RuleKind, FAMILY_V6};
+    use blocker_common::RuleKind;
 
     use super::*;
     use crate::frames::{frame, ipv4, ipv6, tcp_syn, IPV4, IPV6};
