@@ -8,6 +8,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     io::{ErrorKind, Read},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -298,11 +299,34 @@ pub(crate) fn open(path: &Path, create: bool) -> Result<pool::Pooled> {
 fn connect(path: &Path, create: bool) -> Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
+        // Root's alone from the start: the allowlist (the addresses no rule or ban stops) and
+        // the offense keys (user names) are not for other users to read, and a file created
+        // readable then closed up could be opened in between and read for good. SQLite gives
+        // its -wal and -shm files the database's mode.
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(Error::io(format!(
-                "creating the directory of {}",
-                path.display()
-            )))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(Error::io(format!(
+                    "creating the directory of {}",
+                    path.display()
+                )))?;
+        }
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(err) if err.kind() == ErrorKind::AlreadyExists => {}
+            Err(err) => {
+                return Err(Error::Io {
+                    context: format!("creating {}", path.display()),
+                    source: err,
+                })
+            }
         }
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
@@ -1324,8 +1348,27 @@ pub fn last_good_path(path: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use crate::rules::{Events, RuleSpec};
+
+    #[test]
+    fn a_new_database_and_its_directory_are_not_readable_by_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new").join("state.db");
+        State::default()
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(path.parent().unwrap()), 0o700, "the directory");
+        for file in [path.clone(), path.with_extension("db-wal")] {
+            if file.exists() {
+                assert_eq!(mode(&file) & 0o077, 0, "{}", file.display());
+            }
+        }
+        assert!(path.exists());
+    }
 
     fn entry(expires_at: Option<i64>) -> Entry {
         Entry {
