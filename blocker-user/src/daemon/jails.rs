@@ -126,7 +126,10 @@ impl Detector {
                 if now.checked_sub(*window).is_ok_and(|start| hit.time < start) {
                     return None;
                 }
-                let flag = tracker.hit(hit.addr, hit.time)?;
+                // Counted per prefix, as it is banned: a client taking a new address of its
+                // /64 for each request is one source.
+                let prefix = rules.prefix_of(hit.addr);
+                let flag = tracker.hit(prefix.addr(), hit.time)?;
                 Some(JailBan {
                     prefix: rules.prefix_of(flag.addr),
                     reason: format!(
@@ -528,5 +531,34 @@ mod tests {
             .expect("a flag");
         assert_eq!(ban.prefix.to_string(), "198.51.100.7/32");
         assert!(ban.reason.starts_with("jail web: "), "{}", ban.reason);
+    }
+
+    /// Sources are counted per `mask6` prefix, as they are banned: an IPv6 client cannot
+    /// escape by taking a new address of its /64 for each request.
+    #[test]
+    fn bunch_jails_count_an_ipv6_client_per_64() {
+        let mut web = detector(
+            "name = \"web\"\nkind = \"bunch\"\nlogpath = [\"/l\"]\nbunch_size = 3\nmin_bunch = 2\n",
+        );
+        let now = Timestamp::now().as_second();
+        let request = |host: u16, second: i64| {
+            let time = Timestamp::from_second(second).unwrap();
+            format!(
+                "2001:db8:7::{host:x} - - [{}] \"GET /page HTTP/1.1\" 200 5",
+                time.strftime("%d/%b/%Y:%H:%M:%S +0000")
+            )
+        };
+        assert_eq!(
+            feed(&mut web, &request(1, now - 2), Timestamp::now()).0,
+            None
+        );
+        assert_eq!(
+            feed(&mut web, &request(2, now - 1), Timestamp::now()).0,
+            None
+        );
+        let ban = feed(&mut web, &request(3, now), Timestamp::now())
+            .0
+            .expect("a flag");
+        assert_eq!(ban.prefix.to_string(), "2001:db8:7::/64");
     }
 }
