@@ -3,7 +3,12 @@
 //! read does not stop the scrape: the kernel's numbers are still exported, and
 //! `blocker_state_readable` drops to 0.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use axum::{
     extract::State as AxumState,
@@ -27,6 +32,31 @@ use crate::{
     status, Error, Result,
 };
 
+/// How long a scrape's text is served again. A scraper polls every few seconds at most, and
+/// the walk of the maps behind a scrape costs CPU that any client of the port (no token is
+/// asked) could otherwise ask for in a loop, from many connections at once.
+const SCRAPE_REUSE: Duration = Duration::from_millis(250);
+
+/// The last scrape's text, shared by the scrapes that arrive while it is fresh or being built:
+/// one walk of the maps at a time, four a second at most.
+#[derive(Clone, Default)]
+pub struct Scrapes(std::sync::Arc<tokio::sync::Mutex<Option<(Instant, String)>>>);
+
+impl Scrapes {
+    /// The fresh text, or `build`'s, which is kept for the next.
+    async fn text<E>(&self, build: impl Future<Output = Result<String, E>>) -> Result<String, E> {
+        let mut last = self.0.lock().await;
+        if let Some((at, text)) = last.as_ref() {
+            if at.elapsed() < SCRAPE_REUSE {
+                return Ok(text.clone());
+            }
+        }
+        let text = build.await?;
+        *last = Some((Instant::now(), text.clone()));
+        Ok(text)
+    }
+}
+
 /// Prometheus text, or OpenMetrics when the scraper asks for it.
 pub(super) async fn get_metrics(
     AxumState(api): AxumState<Api>,
@@ -41,7 +71,7 @@ pub(super) async fn get_metrics(
         .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())
         .is_some_and(|accept| accept.contains("application/openmetrics-text"));
-    let text = super::api::blocking(move || {
+    let build = super::api::blocking(move || {
         let mut text = metrics_text(&pins, &state_path, &offenses, &jails)?;
         if let Some(fleet) = &fleet {
             // Before the OpenMetrics end marker.
@@ -49,8 +79,8 @@ pub(super) async fn get_metrics(
             text.insert_str(end, &fleet_metrics(fleet)?);
         }
         Ok(text)
-    })
-    .await?;
+    });
+    let text = api.daemon.scrapes.text(build).await?;
     let (content_type, body) = if openmetrics {
         (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -291,7 +321,37 @@ pub fn fleet_metrics(fleet: &crate::fleet::LinkStatus) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+
     use super::*;
+
+    /// Scrapes arriving together, or within [`SCRAPE_REUSE`], walk the maps once.
+    #[tokio::test]
+    async fn scrapes_arriving_together_share_one_walk_of_the_maps() {
+        let scrapes = Arc::new(Scrapes::default());
+        let walks = Arc::new(AtomicUsize::new(0));
+        let scrape = || {
+            let (scrapes, walks) = (scrapes.clone(), walks.clone());
+            tokio::spawn(async move {
+                let walked = async {
+                    let n = walks.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, ()>(format!("walk {n}"))
+                };
+                scrapes.text(walked).await
+            })
+        };
+        let together: Vec<_> = (0..20).map(|_| scrape()).collect();
+        for scrape in together {
+            assert_eq!(scrape.await.unwrap(), Ok("walk 1".to_string()));
+        }
+        assert_eq!(walks.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(SCRAPE_REUSE).await;
+        assert_eq!(scrape().await.unwrap(), Ok("walk 2".to_string()));
+    }
 
     #[test]
     fn counters_are_renamed_for_the_classic_format() {

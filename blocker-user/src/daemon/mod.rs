@@ -49,6 +49,8 @@ pub struct Daemon {
     jails: Arc<Mutex<Option<jails::Jails>>>,
     /// The fleet link, when the config names NATS servers.
     fleet: Option<crate::fleet::SharedLink>,
+    /// The last `/metrics` text, reused for a second.
+    scrapes: metrics::Scrapes,
 }
 
 /// Where the daemon listens.
@@ -69,6 +71,7 @@ impl Daemon {
             state_health: expiry::StateHealth::default(),
             jails: Arc::default(),
             fleet: None,
+            scrapes: metrics::Scrapes::default(),
         }
     }
 
