@@ -30,7 +30,7 @@ const UPSERT_BAN: &str = "INSERT INTO bans \
      source = excluded.source";
 mod pool;
 
-pub use bulk::{import_bans, undo_import, Capacity, ImportRow, Imported};
+pub use bulk::{import_bans, undo_import, Capacity, ImportAllows, ImportRow, Imported};
 pub use merge::{bans_of, merge_bans, Decided, Merged};
 pub use pool::{keep_connections, Pooled};
 
@@ -1404,7 +1404,8 @@ mod tests {
         let now = Timestamp::from_second(1_700_000_100).unwrap();
         let import = Origin::local("import");
         let rows = import_rows(&["10.0.0.0/8", "198.51.100.0/24", "198.51.100.7/32"]);
-        let mut imported = import_bans(&path, &import, now, &ROOMY, rows).unwrap();
+        let mut imported =
+            import_bans(&path, &import, now, &ROOMY, ImportAllows::NONE, rows).unwrap();
         let after = State::load(&path).unwrap();
         assert_eq!(after.bans.len(), 4, "one replaced, two added");
         assert_eq!(
@@ -1432,6 +1433,62 @@ mod tests {
     }
 
     #[test]
+    fn an_imports_allowlist_entries_are_in_its_transaction_and_its_undo() {
+        let (_dir, path) = saved_sample();
+        let before = State::load(&path).unwrap();
+        let history_before = query(&path, "SELECT CAST(count(*) AS TEXT) FROM history");
+        let now = Timestamp::from_second(1_700_000_100).unwrap();
+        let import = Origin::local("import");
+        let (kept, fresh): (IpNet, IpNet) = (
+            "192.0.2.1/32".parse().unwrap(),
+            "192.0.2.9/32".parse().unwrap(),
+        );
+        let allows = ImportAllows {
+            nets: &[kept, fresh, fresh],
+            reason: "imported",
+        };
+        let rows = import_rows(&["198.51.100.0/24"]);
+        let mut imported = import_bans(&path, &import, now, &ROOMY, allows, rows).unwrap();
+        let after = State::load(&path).unwrap();
+        assert_eq!(after.allow[&kept].reason.as_deref(), Some("imported"));
+        assert_eq!(
+            after.allow[&kept].created_at, before.allow[&kept].created_at,
+            "an entry already there keeps its creation time"
+        );
+        assert_eq!(after.allow[&fresh].created_at, now);
+        assert_eq!(
+            query(
+                &path,
+                "SELECT action || ' ' || prefix FROM history WHERE source = 'import' ORDER BY id"
+            ),
+            [
+                "allow 192.0.2.1/32",
+                "allow 192.0.2.9/32",
+                "ban 198.51.100.0/24"
+            ]
+        );
+        undo_import(&mut imported, &import).unwrap();
+        let undone = State::load(&path).unwrap();
+        assert_eq!(undone.allow, before.allow);
+        assert_eq!(
+            query(&path, "SELECT prefix || ' ' || source FROM allow"),
+            ["192.0.2.1/32 cli"],
+            "the replaced row is restored whole"
+        );
+        assert_eq!(
+            query(&path, "SELECT CAST(count(*) AS TEXT) FROM history"),
+            history_before
+        );
+        assert_eq!(
+            query(
+                &path,
+                "SELECT kind || ' ' || entries FROM kept_counts WHERE kind LIKE '%ALLOW%' OR kind = 'allow' ORDER BY kind"
+            ),
+            ["ALLOW_V4 1", "ALLOW_V6 0", "allow 1"]
+        );
+    }
+
+    #[test]
     fn an_import_that_would_overfill_a_map_or_has_a_bad_row_stores_nothing() {
         let (_dir, path) = saved_sample();
         let before = State::load(&path).unwrap();
@@ -1441,9 +1498,16 @@ mod tests {
             v6: ("ban_v6", 100),
         };
         let rows = import_rows(&["198.51.100.1/32", "198.51.100.2/32"]);
-        let err = import_bans(&path, &Origin::local("import"), now, &tight, rows)
-            .err()
-            .unwrap();
+        let err = import_bans(
+            &path,
+            &Origin::local("import"),
+            now,
+            &tight,
+            ImportAllows::NONE,
+            rows,
+        )
+        .err()
+        .unwrap();
         assert!(
             matches!(
                 err,
@@ -1459,7 +1523,15 @@ mod tests {
             line: 2,
             message: "bad".into(),
         })]);
-        assert!(import_bans(&path, &Origin::local("import"), now, &ROOMY, bad_row).is_err());
+        assert!(import_bans(
+            &path,
+            &Origin::local("import"),
+            now,
+            &ROOMY,
+            ImportAllows::NONE,
+            bad_row
+        )
+        .is_err());
         assert_eq!(State::load(&path).unwrap(), before);
     }
 
@@ -1486,6 +1558,7 @@ mod tests {
             &Origin::local("import"),
             now,
             &ROOMY,
+            ImportAllows::NONE,
             rows.into_iter(),
         )
         .unwrap();
@@ -1509,6 +1582,7 @@ mod tests {
             &Origin::local("import"),
             later,
             &ROOMY,
+            ImportAllows::NONE,
             again.into_iter(),
         )
         .unwrap();
@@ -1558,7 +1632,15 @@ mod tests {
         assert_eq!(counts(&path), [2, 1, 1, 1]);
         let rows = import_rows(&["203.0.113.0/24", "2001:db8:1::/48"]);
         let now = Timestamp::from_second(1_700_000_100).unwrap();
-        import_bans(&path, &Origin::local("import"), now, &ROOMY, rows).unwrap();
+        import_bans(
+            &path,
+            &Origin::local("import"),
+            now,
+            &ROOMY,
+            ImportAllows::NONE,
+            rows,
+        )
+        .unwrap();
         assert_eq!(counts(&path), [3, 2, 1, 1], "a bulk import is counted too");
     }
 
@@ -1583,7 +1665,15 @@ mod tests {
             row("198.51.100.7/32", "last", Some(later)),
         ];
         let import = Origin::local("import");
-        let mut imported = import_bans(&path, &import, now, &ROOMY, rows.into_iter()).unwrap();
+        let mut imported = import_bans(
+            &path,
+            &import,
+            now,
+            &ROOMY,
+            ImportAllows::NONE,
+            rows.into_iter(),
+        )
+        .unwrap();
         assert_eq!(imported.nets.len(), 2);
         let after = State::load(&path).unwrap();
         for net in ["10.0.0.0/8", "198.51.100.7/32"] {

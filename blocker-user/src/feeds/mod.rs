@@ -235,7 +235,13 @@ fn ban(
         },
     };
     let origin = Origin::local("feed");
-    let report = crate::import::import(pins, state_path, &list, &origin, expires_at, false, || {})?;
+    let options = crate::import::Options {
+        origin: &origin,
+        default_expiry: expires_at,
+        force: false,
+        allow: &[],
+    };
+    let report = crate::import::import(pins, state_path, &list, &options, || {})?;
     Ok(report.imported)
 }
 
