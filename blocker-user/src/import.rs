@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use blocker_common::{MAP_BAN_V4, MAP_BAN_V6};
+use ipnet::IpNet;
 use jiff::Timestamp;
 use tracing::warn;
 
@@ -13,10 +14,24 @@ use crate::{
     formats::{self, Format},
     lockout::Guard,
     pins::PinDir,
-    state::{self, Capacity, ImportRow, Origin},
+    state::{self, Capacity, Entry, ImportAllows, ImportRow, Origin},
     store::Store,
     Error, Result,
 };
+
+/// The reason of the allowlist entries an import adds (`--with-allow`).
+pub const ALLOW_REASON: &str = "imported";
+
+/// How an import bans its list, besides the list itself.
+pub struct Options<'a> {
+    pub origin: &'a Origin,
+    /// The expiry of the entries without their own.
+    pub default_expiry: Option<Timestamp>,
+    /// Import even entries that would lock the operator out.
+    pub force: bool,
+    /// Allowlist entries added with the bans, in the same transaction (`--with-allow`).
+    pub allow: &'a [IpNet],
+}
 
 /// What an import did.
 pub struct ImportReport {
@@ -39,26 +54,32 @@ pub struct ImportReport {
     /// Entries whose date could not be their creation date (in the future, or no calendar
     /// day): created at the import's time instead.
     pub undated: usize,
+    /// Allowlist entries added ([`Options::allow`] not on the allowlist before).
+    pub allowlisted: usize,
 }
 
 /// How many entries with an unusable date are warned about one by one; the rest are counted.
 const UNDATED_WARNINGS: usize = 10;
 
-/// Imports `list` on behalf of `origin`: each entry banned with its own `expires=` or
-/// `default_expiry`, entries already expired skipped, each created at the list's date for it
-/// or at the import's time ([`formats::creation_date`]). Unless `force`, an entry that would
-/// lock the operator out refuses the whole list. `progress` is called once per line read.
-/// The list is read in its format ([`formats::stream`]); its allowlist entries are counted, not
-/// imported.
+/// Imports `list` on behalf of `options.origin`: each entry banned with its own `expires=` or
+/// `options.default_expiry`, entries already expired skipped, each created at the list's date
+/// for it or at the import's time ([`formats::creation_date`]). Unless `options.force`, an
+/// entry that would lock the operator out refuses the whole list. `progress` is called once
+/// per line read. The list is read in its format ([`formats::stream`]); its allowlist entries
+/// are counted, not imported: `options.allow` are, with the bans, or not at all.
 pub fn import(
     pins: &PinDir,
     state_path: &Path,
     list: &formats::List,
-    origin: &Origin,
-    default_expiry: Option<Timestamp>,
-    force: bool,
+    options: &Options,
     mut progress: impl FnMut(),
 ) -> Result<ImportReport> {
+    let Options {
+        origin,
+        default_expiry,
+        force,
+        allow,
+    } = *options;
     let formats::Stream {
         entries,
         format,
@@ -70,6 +91,29 @@ pub fn import(
     let mut store = Store::open_scoped(pins, state_path, &[])?;
     let guard = if force { None } else { Some(Guard::detect()?) };
     let now = store.now.wall;
+    // The list's allowlist entries count for the lock-out check as if already stored: they
+    // are, once the import commits, and nothing is stored otherwise.
+    let fresh_allows: Vec<IpNet> = {
+        let mut fresh: Vec<IpNet> = allow
+            .iter()
+            .filter(|net| !store.state.allow.contains_key(net))
+            .copied()
+            .collect();
+        fresh.sort_unstable();
+        fresh.dedup();
+        fresh
+    };
+    let mut allowlist = store.state.allow.clone();
+    for net in &fresh_allows {
+        allowlist.insert(
+            *net,
+            Entry {
+                reason: Some(ALLOW_REASON.into()),
+                created_at: now,
+                expires_at: None,
+            },
+        );
+    }
     let (mut expired, mut read, mut normalized, mut allow_entries) = (0, 0, 0, 0);
     let mut undated = 0;
     let rows = entries.filter_map(|entry| {
@@ -96,7 +140,7 @@ pub fn import(
             return None;
         }
         if let Some(guard) = &guard {
-            if let Err(err) = guard.check(&entry.net, &store.state.allow) {
+            if let Err(err) = guard.check(&entry.net, &allowlist) {
                 return Some(Err(Error::InvalidListLine {
                     path: source.clone(),
                     line: entry.line,
@@ -128,20 +172,48 @@ pub fn import(
         v4: (MAP_BAN_V4, store.ban_capacity(true)),
         v6: (MAP_BAN_V6, store.ban_capacity(false)),
     };
-    let mut imported = state::import_bans(state_path, origin, now, &capacity, rows)?;
-    // The database holds the import: the maps follow. If they refuse, the import is taken back
-    // from both, so the command's failure leaves everything as it was.
+    let allows = ImportAllows {
+        nets: allow,
+        reason: ALLOW_REASON,
+    };
+    let mut imported = state::import_bans(state_path, origin, now, &capacity, allows, rows)?;
+    // The database holds the import: the maps follow, the allowlist first so that no ban it
+    // exempts from drops for a moment. If they refuse, the import is taken back from both, so
+    // the command's failure leaves everything as it was.
     let count = imported.nets.len();
-    if let Err(err) = store.sync_bans(&imported.nets, &[]) {
+    let synced = store
+        .sync_allows(allow, &[])
+        .and_then(|()| store.sync_bans(&imported.nets, &[]));
+    if let Err(err) = synced {
         match state::undo_import(&mut imported, origin) {
             Ok(added) => {
-                if let Err(undo) = store.sync_bans(&imported.nets, &added) {
+                // Both, whichever fails: each undoes what it can.
+                let bans = store.sync_bans(&imported.nets, &added);
+                let allows = store.sync_allows(&[], &fresh_allows);
+                if let Err(undo) = bans.and(allows) {
                     tracing::error!("taking the import back from the maps: {undo}");
                 }
             }
             Err(undo) => tracing::error!("taking the import back from the database: {undo}"),
         }
         return Err(err);
+    }
+    // The XDP program checks the allowlist first, so these entries no longer drop anything;
+    // removing them keeps `list blacklist` to what is in force (as every allowlist writer).
+    if !fresh_allows.is_empty() {
+        match crate::dynamic::remove_blacklisted(
+            pins,
+            crate::dynamic::Doomed::Inside(&fresh_allows),
+        ) {
+            Ok(removed) => {
+                for net in removed {
+                    tracing::info!("removed {net} from the dynamic blacklist: it is allowed now");
+                }
+            }
+            Err(err) => {
+                warn!("the import is stored, but clearing the dynamic blacklist failed: {err}")
+            }
+        }
     }
     if let Err(err) = imported.checkpointed() {
         warn!("the import is stored, but copying it from the WAL failed: {err}");
@@ -159,5 +231,6 @@ pub fn import(
         covered,
         allow_entries,
         undated,
+        allowlisted: fresh_allows.len(),
     })
 }

@@ -31,7 +31,7 @@ const UPSERT_BAN: &str = "INSERT INTO bans \
      source = excluded.source";
 mod pool;
 
-pub use bulk::{import_bans, undo_import, Capacity, ImportRow, Imported};
+pub use bulk::{import_bans, undo_import, Capacity, ImportAllows, ImportRow, Imported};
 pub use merge::{bans_of, merge_bans, Decided, Merged};
 pub use pool::{keep_connections, Pooled};
 
@@ -51,7 +51,7 @@ pub const OLD_DEFAULT_STATE_PATH: &str = "/var/lib/blocker/state.json";
 const JSON_FORMAT_VERSION: u32 = 1;
 
 /// `PRAGMA user_version` of the schema this release writes; [`migrate`] brings older ones up.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The page cache of a connection (SQLite takes a negative size in KiB). The inner pages of
 /// the indexes of a million bans take several MiB; with SQLite's default of 2 MiB, every small
@@ -382,6 +382,9 @@ fn migrate(path: &Path, conn: &mut Connection) -> Result<()> {
     if version < 3 {
         tx.execute_batch(SCHEMA_V3).map_err(db)?;
     }
+    if version < 4 {
+        tx.execute_batch(SCHEMA_V4).map_err(db)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db)?;
     tx.commit().map_err(db)
@@ -488,6 +491,27 @@ END;
 CREATE TRIGGER allow_out_of_trie AFTER DELETE ON allow BEGIN
     UPDATE kept_counts SET entries = entries - 1 WHERE kind = 'ALLOW_V' || old.family;
 END;
+";
+
+/// History ids that are never handed out again: an undo deletes the rows of the change it
+/// takes back, and without AUTOINCREMENT the next row would take the highest deleted id, which
+/// the fleet publisher and `blocker top` (following the history past the last id they read)
+/// would skip. SQLite cannot add AUTOINCREMENT to a table: it is built again, ids kept.
+const SCHEMA_V4: &str = "
+CREATE TABLE history_v4 (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    source TEXT NOT NULL,
+    reason TEXT,
+    actor  TEXT
+);
+INSERT INTO history_v4 (id, at, action, prefix, source, reason, actor)
+    SELECT id, at, action, prefix, source, reason, actor FROM history ORDER BY id;
+DROP TABLE history;
+ALTER TABLE history_v4 RENAME TO history;
+CREATE INDEX history_by_prefix ON history (prefix);
 ";
 
 /// The address family (4 or 6), first address (network byte order, so byte order is address
@@ -1447,7 +1471,8 @@ mod tests {
         let now = Timestamp::from_second(1_700_000_100).unwrap();
         let import = Origin::local("import");
         let rows = import_rows(&["10.0.0.0/8", "198.51.100.0/24", "198.51.100.7/32"]);
-        let mut imported = import_bans(&path, &import, now, &ROOMY, rows).unwrap();
+        let mut imported =
+            import_bans(&path, &import, now, &ROOMY, ImportAllows::NONE, rows).unwrap();
         let after = State::load(&path).unwrap();
         assert_eq!(after.bans.len(), 4, "one replaced, two added");
         assert_eq!(
@@ -1475,6 +1500,62 @@ mod tests {
     }
 
     #[test]
+    fn an_imports_allowlist_entries_are_in_its_transaction_and_its_undo() {
+        let (_dir, path) = saved_sample();
+        let before = State::load(&path).unwrap();
+        let history_before = query(&path, "SELECT CAST(count(*) AS TEXT) FROM history");
+        let now = Timestamp::from_second(1_700_000_100).unwrap();
+        let import = Origin::local("import");
+        let (kept, fresh): (IpNet, IpNet) = (
+            "192.0.2.1/32".parse().unwrap(),
+            "192.0.2.9/32".parse().unwrap(),
+        );
+        let allows = ImportAllows {
+            nets: &[kept, fresh, fresh],
+            reason: "imported",
+        };
+        let rows = import_rows(&["198.51.100.0/24"]);
+        let mut imported = import_bans(&path, &import, now, &ROOMY, allows, rows).unwrap();
+        let after = State::load(&path).unwrap();
+        assert_eq!(after.allow[&kept].reason.as_deref(), Some("imported"));
+        assert_eq!(
+            after.allow[&kept].created_at, before.allow[&kept].created_at,
+            "an entry already there keeps its creation time"
+        );
+        assert_eq!(after.allow[&fresh].created_at, now);
+        assert_eq!(
+            query(
+                &path,
+                "SELECT action || ' ' || prefix FROM history WHERE source = 'import' ORDER BY id"
+            ),
+            [
+                "allow 192.0.2.1/32",
+                "allow 192.0.2.9/32",
+                "ban 198.51.100.0/24"
+            ]
+        );
+        undo_import(&mut imported, &import).unwrap();
+        let undone = State::load(&path).unwrap();
+        assert_eq!(undone.allow, before.allow);
+        assert_eq!(
+            query(&path, "SELECT prefix || ' ' || source FROM allow"),
+            ["192.0.2.1/32 cli"],
+            "the replaced row is restored whole"
+        );
+        assert_eq!(
+            query(&path, "SELECT CAST(count(*) AS TEXT) FROM history"),
+            history_before
+        );
+        assert_eq!(
+            query(
+                &path,
+                "SELECT kind || ' ' || entries FROM kept_counts WHERE kind LIKE '%ALLOW%' OR kind = 'allow' ORDER BY kind"
+            ),
+            ["ALLOW_V4 1", "ALLOW_V6 0", "allow 1"]
+        );
+    }
+
+    #[test]
     fn an_import_that_would_overfill_a_map_or_has_a_bad_row_stores_nothing() {
         let (_dir, path) = saved_sample();
         let before = State::load(&path).unwrap();
@@ -1484,9 +1565,16 @@ mod tests {
             v6: ("ban_v6", 100),
         };
         let rows = import_rows(&["198.51.100.1/32", "198.51.100.2/32"]);
-        let err = import_bans(&path, &Origin::local("import"), now, &tight, rows)
-            .err()
-            .unwrap();
+        let err = import_bans(
+            &path,
+            &Origin::local("import"),
+            now,
+            &tight,
+            ImportAllows::NONE,
+            rows,
+        )
+        .err()
+        .unwrap();
         assert!(
             matches!(
                 err,
@@ -1502,7 +1590,15 @@ mod tests {
             line: 2,
             message: "bad".into(),
         })]);
-        assert!(import_bans(&path, &Origin::local("import"), now, &ROOMY, bad_row).is_err());
+        assert!(import_bans(
+            &path,
+            &Origin::local("import"),
+            now,
+            &ROOMY,
+            ImportAllows::NONE,
+            bad_row
+        )
+        .is_err());
         assert_eq!(State::load(&path).unwrap(), before);
     }
 
@@ -1529,6 +1625,7 @@ mod tests {
             &Origin::local("import"),
             now,
             &ROOMY,
+            ImportAllows::NONE,
             rows.into_iter(),
         )
         .unwrap();
@@ -1552,6 +1649,7 @@ mod tests {
             &Origin::local("import"),
             later,
             &ROOMY,
+            ImportAllows::NONE,
             again.into_iter(),
         )
         .unwrap();
@@ -1601,7 +1699,15 @@ mod tests {
         assert_eq!(counts(&path), [2, 1, 1, 1]);
         let rows = import_rows(&["203.0.113.0/24", "2001:db8:1::/48"]);
         let now = Timestamp::from_second(1_700_000_100).unwrap();
-        import_bans(&path, &Origin::local("import"), now, &ROOMY, rows).unwrap();
+        import_bans(
+            &path,
+            &Origin::local("import"),
+            now,
+            &ROOMY,
+            ImportAllows::NONE,
+            rows,
+        )
+        .unwrap();
         assert_eq!(counts(&path), [3, 2, 1, 1], "a bulk import is counted too");
     }
 
@@ -1626,7 +1732,15 @@ mod tests {
             row("198.51.100.7/32", "last", Some(later)),
         ];
         let import = Origin::local("import");
-        let mut imported = import_bans(&path, &import, now, &ROOMY, rows.into_iter()).unwrap();
+        let mut imported = import_bans(
+            &path,
+            &import,
+            now,
+            &ROOMY,
+            ImportAllows::NONE,
+            rows.into_iter(),
+        )
+        .unwrap();
         assert_eq!(imported.nets.len(), 2);
         let after = State::load(&path).unwrap();
         for net in ["10.0.0.0/8", "198.51.100.7/32"] {
@@ -1800,6 +1914,92 @@ mod tests {
         after.undo(&path, &before, &written).unwrap();
         assert_eq!(State::load(&path).unwrap(), before);
         assert_eq!(query(&path, "SELECT count(*) || '' FROM history"), ["3"]);
+    }
+
+    #[test]
+    fn the_history_of_a_schema_3_database_keeps_its_ids_through_the_migration() {
+        let (_dir, path) = saved_sample();
+        // A database of schema 3: the history without AUTOINCREMENT.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE history_v3 (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, \
+                 action TEXT NOT NULL, prefix TEXT NOT NULL, source TEXT NOT NULL, \
+                 reason TEXT, actor TEXT);
+                 INSERT INTO history_v3 SELECT * FROM history;
+                 DROP TABLE history;
+                 DELETE FROM sqlite_sequence;
+                 ALTER TABLE history_v3 RENAME TO history;
+                 CREATE INDEX history_by_prefix ON history (prefix);
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let rows = "SELECT id || ' ' || action || ' ' || prefix FROM history ORDER BY id";
+        let history = query(&path, rows);
+        assert_eq!(history.len(), 3);
+        State::load(&path).unwrap();
+        assert_eq!(query(&path, rows), history, "the rows keep their ids");
+        assert_eq!(
+            query(
+                &path,
+                "SELECT name || ' ' || seq FROM sqlite_sequence \
+                 UNION ALL SELECT 'index ' || name FROM sqlite_master \
+                 WHERE type = 'index' AND tbl_name = 'history'"
+            ),
+            ["history 3", "index history_by_prefix"]
+        );
+    }
+
+    /// The fleet publisher and `blocker top` follow the history past the last id they read:
+    /// an id handed out again after an undo would be skipped.
+    #[test]
+    fn history_ids_are_never_handed_out_again_after_an_undo() {
+        let (_dir, path) = saved_sample();
+        let last_id = |path: &Path| -> i64 {
+            query(path, "SELECT coalesce(max(id), 0) || '' FROM history")[0]
+                .parse()
+                .unwrap()
+        };
+        let before = State::load(&path).unwrap();
+        let with = |prefix: &str| {
+            let mut state = before.clone();
+            state.bans.insert(prefix.parse().unwrap(), entry(None));
+            state
+        };
+        // An undone change.
+        let changed = with("198.51.100.1/32");
+        let written = changed.save_changes(&path, &before, &origin()).unwrap();
+        let handed_out = last_id(&path);
+        changed.undo(&path, &before, &written).unwrap();
+        with("198.51.100.2/32")
+            .save_changes(&path, &before, &origin())
+            .unwrap();
+        assert!(
+            last_id(&path) > handed_out,
+            "the next change after an undo reused id {}",
+            last_id(&path)
+        );
+        // An undone import.
+        let handed_out = last_id(&path);
+        let import = Origin::local("import");
+        let rows = import_rows(&["203.0.113.0/24", "203.0.113.1/32"]);
+        let at = Timestamp::from_second(1_700_000_100).unwrap();
+        let mut imported =
+            import_bans(&path, &import, at, &ROOMY, ImportAllows::NONE, rows).unwrap();
+        let imported_up_to = last_id(&path);
+        assert!(imported_up_to > handed_out);
+        undo_import(&mut imported, &import).unwrap();
+        let now = State::load(&path).unwrap();
+        let mut next = now.clone();
+        next.allow
+            .insert("192.0.2.7/32".parse().unwrap(), entry(None));
+        next.save_changes(&path, &now, &origin()).unwrap();
+        assert!(
+            last_id(&path) > imported_up_to,
+            "the next change after an undone import reused id {}",
+            last_id(&path)
+        );
     }
 
     #[test]

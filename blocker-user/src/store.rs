@@ -573,6 +573,25 @@ impl Store {
         synced
     }
 
+    /// Puts `present` in the allowlist tries and takes `absent` out, then sets which tries
+    /// the XDP program looks in (which bumps the lists generation). For writers that committed
+    /// to the database directly (an import's allowlist entries).
+    pub fn sync_allows(&mut self, present: &[IpNet], absent: &[IpNet]) -> Result<()> {
+        if present.is_empty() && absent.is_empty() {
+            return Ok(());
+        }
+        let written = present
+            .iter()
+            .map(|net| (net, true))
+            .chain(absent.iter().map(|net| (net, false)))
+            .try_for_each(|(net, present)| self.maps.set_allow(net, present));
+        let lists = crate::state::lists_in_use(&self.state_path);
+        let settings = lists.and_then(|lists| {
+            dynamic::write_settings(&self.pins, self.state.rules.as_ref(), lists, false)
+        });
+        written.and(settings)
+    }
+
     fn write_synced_bans(&mut self, changed: &[IpNet], removed: &[IpNet]) -> Result<()> {
         for net in removed {
             self.maps.set_ban(net, None)?;

@@ -219,6 +219,56 @@ fn a_feed_bans_what_it_lists_renews_it_and_lifts_what_it_drops() {
     assert!(!net.reaches(second));
 }
 
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_list_the_lock_out_check_refuses_renews_the_last_good_set() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let first = net.client_v4(1, 2);
+    let served = Arc::new(Mutex::new(Served {
+        body: Some(format!("{first}\n")),
+        etag: "\"v1\"".into(),
+        ..Served::default()
+    }));
+    let server = list_server(&net, served.clone());
+    let config = net.config(
+        "feeds.toml",
+        &format!("[[feeds]]\nurl = \"http://{server}/list.netset\"\nban_for = \"1d\"\n"),
+    );
+    let refresh = || {
+        net.blocker_in_server(&["feeds", "--config", &config, "--refresh", "--force"])
+            .ok()
+    };
+    refresh();
+    let ban = net.ban_of(&format!("{first}/32")).expect("banned");
+
+    // A new list with a range the lock-out check refuses: it bans nothing, and the last good
+    // set is renewed all the same (its bans would lapse otherwise, as every later refresh
+    // meets the same list).
+    {
+        let mut served = served.lock().expect("served");
+        served.body = Some(format!("{first}\n0.0.0.0/1\n"));
+        served.etag = "\"v2\"".into();
+    }
+    thread::sleep(Duration::from_millis(1100));
+    refresh();
+    let listed = feeds_json(&net, &config);
+    assert!(
+        listed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("0.0.0.0/1")),
+        "{listed}"
+    );
+    assert!(net.ban_of("0.0.0.0/1").is_none());
+    let renewed = net.ban_of(&format!("{first}/32")).expect("still banned");
+    assert!(
+        renewed["expires_at"].as_str() > ban["expires_at"].as_str(),
+        "the last good set was not renewed: {ban} then {renewed}"
+    );
+    assert!(!net.reaches(first));
+}
+
 /// Runs `openssl` with `args` in `dir`, failing the test with its stderr.
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")

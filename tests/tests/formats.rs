@@ -308,6 +308,55 @@ fn allow_entries_go_to_the_allowlist_only_when_asked() {
     assert!(!net.reaches(other));
 }
 
+/// The history's rows, one line each: a refused import must not add any (the fleet publishes
+/// from there).
+fn history_text(net: &TestNet) -> Vec<String> {
+    let db = net.state_db();
+    let mut statement = db
+        .prepare(
+            "SELECT id || ' ' || action || ' ' || prefix || ' ' || coalesce(reason, '') \
+             FROM history ORDER BY id",
+        )
+        .expect("reading the history");
+    let rows = statement
+        .query_map([], |row| row.get::<_, String>(0))
+        .expect("reading the history");
+    rows.map(|row| row.expect("a row")).collect()
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_refused_list_with_allow_entries_changes_no_allowlist_entry() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let (kept, fresh) = (net.client_v4(1, 2), net.client_v4(1, 3));
+    net.blocker(&["allow", &kept.to_string(), "--reason", "monitoring"])
+        .ok();
+    let (state_before, history_before) = (net.state_text(), history_text(&net));
+    // The allow entries come first; the deny of this host's loopback address is refused by
+    // the lock-out check.
+    let file = net.state_dir.path().join(".htaccess");
+    std::fs::write(
+        &file,
+        format!("order deny,allow\nallow from {kept} {fresh}\ndeny from 127.0.0.1\n"),
+    )
+    .expect("writing the list");
+    let run = net.blocker(&["import", &file.to_string_lossy(), "--with-allow"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("127.0.0.1"), "{}", run.stderr);
+    assert_eq!(
+        net.state_text(),
+        state_before,
+        "a refused list changed the state"
+    );
+    assert_eq!(
+        history_text(&net),
+        history_before,
+        "a refused list left history rows"
+    );
+}
+
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
 fn every_export_format_imports_back_to_the_same_drops() {

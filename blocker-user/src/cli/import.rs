@@ -12,10 +12,8 @@ use blocker::{
     formats::{self, Format},
     pins::{require_root, PinDir},
     state::Origin,
-    store::Store,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
 use tracing::{info, warn};
 
@@ -51,17 +49,21 @@ pub fn run(pins: &PinDir, state_path: &Path, args: ImportArgs) -> anyhow::Result
     let now = Timestamp::now();
     let default_expiry = expiry_after(now, duration)?;
     let options = formats::Options { now, temporary_for };
-    let added_allows = if args.with_allow {
+    // Read first (the whole list, so a bad line anywhere stops it here): the lock-out check
+    // of the bans counts them.
+    let allowed = if args.with_allow {
         anyhow::ensure!(
             args.file != Path::new("-"),
             "--with-allow reads the list twice: give a file, not stdin"
         );
-        let allowed = formats::allow_entries(&args.file, args.format, options)?;
-        add_allows(pins, state_path, &allowed)?
+        formats::allow_entries(&args.file, args.format, options)?
     } else {
         Vec::new()
     };
     let progress = progress_bar();
+    let origin = Origin::local("import");
+    // The allowlist entries are written with the bans, in one transaction: a refused list
+    // changes neither.
     let imported = blocker::import::import(
         pins,
         state_path,
@@ -70,24 +72,16 @@ pub fn run(pins: &PinDir, state_path: &Path, args: ImportArgs) -> anyhow::Result
             format: args.format,
             options,
         },
-        &Origin::local("import"),
-        default_expiry,
-        args.force,
+        &blocker::import::Options {
+            origin: &origin,
+            default_expiry,
+            force: args.force,
+            allow: &allowed,
+        },
         || progress.inc(1),
     );
     progress.finish_and_clear();
-    let report = match imported {
-        Ok(report) => report,
-        Err(err) => {
-            // The allowlist entries were added for this import: it failed, so they go too.
-            if !added_allows.is_empty() {
-                let mut store = Store::open_scoped(pins, state_path, &added_allows)?;
-                store.disallow(&added_allows);
-                store.commit(|| {})?;
-            }
-            return Err(err.into());
-        }
-    };
+    let report = imported?;
     if let Some(because) = &report.detected {
         info!("{}: read as {} ({because})", report.source, report.format);
     }
@@ -120,25 +114,9 @@ pub fn run(pins: &PinDir, state_path: &Path, args: ImportArgs) -> anyhow::Result
         report.duplicates,
         report.covered,
         report.normalized,
-        added_allows.len(),
+        report.allowlisted,
     );
     Ok(())
-}
-
-/// Puts `nets` on the allowlist; returns those that were not on it already.
-fn add_allows(pins: &PinDir, state_path: &Path, nets: &[IpNet]) -> anyhow::Result<Vec<IpNet>> {
-    if nets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut store = Store::open_scoped(pins, state_path, nets)?;
-    let fresh: Vec<IpNet> = nets
-        .iter()
-        .filter(|net| !store.state.allow.contains_key(net))
-        .copied()
-        .collect();
-    store.allow(nets, Some("imported"));
-    store.commit(|| {})?;
-    Ok(fresh)
 }
 
 fn progress_bar() -> ProgressBar {

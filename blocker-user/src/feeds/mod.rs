@@ -110,6 +110,18 @@ fn apply(
     let mut banned = 0;
     match ban(pins, state_path, feed, &set, now) {
         Ok(count) => banned = count,
+        // A new list refused whole (the lock-out check, a full map) bans nothing: the last
+        // good set is renewed instead, or its bans would lapse, as every later refresh meets
+        // the same list.
+        Err(err) if error.is_none() && set != old => {
+            error = Some(err.to_string());
+            match ban(pins, state_path, feed, &old, now) {
+                Ok(count) => banned = count,
+                Err(renewal) => {
+                    error = Some(format!("{err}; renewing the last good set: {renewal}"));
+                }
+            }
+        }
         Err(err) => error = Some(err.to_string()),
     }
     let mut lifted = 0;
@@ -235,7 +247,13 @@ fn ban(
         },
     };
     let origin = Origin::local("feed");
-    let report = crate::import::import(pins, state_path, &list, &origin, expires_at, false, || {})?;
+    let options = crate::import::Options {
+        origin: &origin,
+        default_expiry: expires_at,
+        force: false,
+        allow: &[],
+    };
+    let report = crate::import::import(pins, state_path, &list, &options, || {})?;
     Ok(report.imported)
 }
 

@@ -82,6 +82,13 @@ impl Outbox {
     /// the last row read.
     fn pending(&self, after: i64) -> anyhow::Result<(i64, Vec<(String, Message)>)> {
         let conn = crate::state::open(&self.state_path, false)?;
+        // A cursor past the history's end: rows it covered were taken back by an undo, and
+        // before schema 4 their ids were handed out again. Fall back to the end, or the rows
+        // written since with those ids would never be published.
+        let newest: i64 = conn
+            .prepare_cached("SELECT coalesce(max(id), 0) FROM history")?
+            .query_row([], |row| row.get(0))?;
+        let after = after.min(newest);
         let mut statement = conn.prepare_cached(
             "SELECT h.id, h.at, h.action, h.prefix, h.source, h.reason, \
                     b.prefix IS NOT NULL, b.expires_at \
@@ -209,4 +216,46 @@ pub async fn put_all(
         }
     }
     (sent, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Entry, Origin, State};
+
+    fn ban(state: &mut State, prefix: &str) {
+        state.bans.insert(
+            prefix.parse().unwrap(),
+            Entry {
+                reason: Some("test".into()),
+                created_at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+                expires_at: None,
+            },
+        );
+    }
+
+    #[test]
+    fn a_cursor_past_the_historys_end_falls_back_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let origin = Origin {
+            source: "cli",
+            actor: "tester".into(),
+        };
+        let mut state = State::default();
+        ban(&mut state, "198.51.100.1/32");
+        state
+            .save_changes(&path, &State::default(), &origin)
+            .unwrap();
+        let outbox = Outbox::new(&path, vec!["cli".into()], "node".into());
+        // A cursor saved before the rows past 1 were taken back (their ids free again).
+        let (last, changes) = outbox.pending(5).unwrap();
+        assert_eq!((last, changes.len()), (1, 0));
+        let before = state.clone();
+        ban(&mut state, "198.51.100.2/32");
+        state.save_changes(&path, &before, &origin).unwrap();
+        let (last, changes) = outbox.pending(last).unwrap();
+        assert_eq!(last, 2);
+        assert_eq!(changes.len(), 1, "the next row is published");
+    }
 }

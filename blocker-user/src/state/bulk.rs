@@ -67,6 +67,21 @@ impl Imported {
     }
 }
 
+/// Allowlist entries an import adds with its bans (`--with-allow`): written in the same
+/// transaction, so a refused list leaves the allowlist as it was.
+#[derive(Clone, Copy)]
+pub struct ImportAllows<'a> {
+    pub nets: &'a [IpNet],
+    pub reason: &'a str,
+}
+
+impl ImportAllows<'_> {
+    pub const NONE: ImportAllows<'static> = ImportAllows {
+        nets: &[],
+        reason: "",
+    };
+}
+
 /// The most bans each family's map holds, checked before the import commits.
 pub struct Capacity {
     pub v4: (&'static str, u32),
@@ -74,13 +89,16 @@ pub struct Capacity {
 }
 
 /// Writes `rows` as bans in one transaction, each created at its own time or `now` (an
-/// existing ban is replaced, keeping its creation time while it is in force) and counts them as issued by `origin.source`. The first error
-/// of `rows`, or a result that would not fit the maps, stores nothing.
+/// existing ban is replaced, keeping its creation time while it is in force) and counts them
+/// as issued by `origin.source`; `allows` go to the allowlist in the same transaction (an
+/// entry already there keeps its creation time). The first error of `rows`, or a result that
+/// would not fit the maps, stores nothing.
 pub fn import_bans(
     path: &Path,
     origin: &Origin,
     now: Timestamp,
     capacity: &Capacity,
+    allows: ImportAllows,
     rows: impl Iterator<Item = Result<ImportRow>>,
 ) -> Result<Imported> {
     let mut conn = connect(path, true)?;
@@ -99,9 +117,24 @@ pub fn import_bans(
          CREATE TEMP TABLE IF NOT EXISTS listed (
              prefix TEXT NOT NULL, family INTEGER NOT NULL, first BLOB NOT NULL,
              len INTEGER NOT NULL, reason TEXT, created_at INTEGER, expires_at INTEGER);
-         DELETE FROM temp.listed;",
+         DELETE FROM temp.listed;
+         CREATE TEMP TABLE IF NOT EXISTS replaced_allow AS SELECT * FROM allow WHERE 0;
+         DELETE FROM temp.replaced_allow;
+         CREATE TEMP TABLE IF NOT EXISTS allowed (
+             prefix TEXT PRIMARY KEY, family INTEGER NOT NULL);
+         DELETE FROM temp.allowed;",
     )
     .map_err(db)?;
+    {
+        let mut stage_allow = conn
+            .prepare("INSERT OR IGNORE INTO temp.allowed VALUES (?1, ?2)")
+            .map_err(db)?;
+        for net in allows.nets {
+            stage_allow
+                .execute(params![net.to_string(), range_columns(net).0])
+                .map_err(db)?;
+        }
+    }
     let mut nets = stage(&mut conn, path, rows)?;
     nets.sort_unstable();
     nets.dedup();
@@ -113,6 +146,7 @@ pub fn import_bans(
             row.get(0)
         })
         .map_err(db)?;
+    write_allows(&tx, path, origin, now, allows.reason)?;
     let triggers = drop_count_triggers(&tx, path)?;
     // The list is staged whole before anything is written, so `replaced` holds the rows as
     // they were before the import, whatever the list repeats.
@@ -166,6 +200,40 @@ pub fn import_bans(
         nets,
         checkpoint: Some(checkpoint),
     })
+}
+
+/// Writes the allowlist entries staged in `temp.allowed` with `reason`, keeping the rows they
+/// replace in `temp.replaced_allow` for an undo. Like any writer, it records a history row
+/// only for an entry that changes.
+fn write_allows(
+    tx: &Transaction,
+    path: &Path,
+    origin: &Origin,
+    now: Timestamp,
+    reason: &str,
+) -> Result<()> {
+    let db = |err: rusqlite::Error| invalid(path, err);
+    tx.execute_batch(
+        "INSERT INTO temp.replaced_allow SELECT allow.* \
+         FROM temp.allowed CROSS JOIN main.allow ON allow.prefix = allowed.prefix",
+    )
+    .map_err(db)?;
+    tx.execute(
+        "INSERT INTO history (at, action, prefix, source, reason, actor) \
+         SELECT ?1, 'allow', allowed.prefix, ?2, ?3, ?4 \
+         FROM temp.allowed LEFT JOIN main.allow ON allow.prefix = allowed.prefix \
+         WHERE allow.reason IS NOT ?3 ORDER BY allowed.rowid",
+        params![seconds(now), origin.source, reason, origin.actor],
+    )
+    .map_err(db)?;
+    tx.execute(
+        "INSERT INTO allow (prefix, family, reason, created_at, source) \
+         SELECT prefix, family, ?3, ?1, ?2 FROM temp.allowed WHERE true \
+         ON CONFLICT (prefix) DO UPDATE SET reason = excluded.reason, source = excluded.source",
+        params![seconds(now), origin.source, reason],
+    )
+    .map_err(db)?;
+    Ok(())
 }
 
 /// Drops the [`COUNT_TRIGGERS`] for the rest of transaction `tx`; returns their SQL, to be
@@ -264,8 +332,9 @@ fn stage(
     Ok(nets)
 }
 
-/// Takes a committed import back: the bans it added are removed, the ones it replaced
-/// restored, its history rows and count dropped. Returns the bans it had added.
+/// Takes a committed import back: the bans and allowlist entries it added are removed, the
+/// ones it replaced restored, its history rows and count dropped. Returns the bans it had
+/// added.
 pub fn undo_import(imported: &mut Imported, origin: &Origin) -> Result<Vec<IpNet>> {
     let path = imported.path.clone();
     let db = |err: rusqlite::Error| invalid(&path, err);
@@ -292,6 +361,11 @@ pub fn undo_import(imported: &mut Imported, origin: &Origin) -> Result<Vec<IpNet
     }
     tx.execute("INSERT INTO bans SELECT * FROM temp.replaced", [])
         .map_err(db)?;
+    tx.execute_batch(
+        "DELETE FROM allow WHERE prefix IN (SELECT prefix FROM temp.allowed);
+         INSERT INTO allow SELECT * FROM temp.replaced_allow;",
+    )
+    .map_err(db)?;
     tx.execute(
         "DELETE FROM history WHERE id > ?1",
         [imported.history_before],
