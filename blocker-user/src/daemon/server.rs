@@ -51,10 +51,10 @@ const REFUSALS: usize = 16;
 pub struct Limits {
     /// Connections at most.
     pub connections: usize,
-    /// Connections from one remote address at most, so one client cannot take every slot.
+    /// Connections from one remote client ([`client_of`]) at most, so it cannot take every slot.
     pub per_address: usize,
-    /// Connections from one loopback address at most: every local process shares it, so it
-    /// gets more, but never the slots remote clients need.
+    /// Connections from loopback at most, all its addresses together ([`client_of`]): every
+    /// local process shares it, so it gets more, but never the slots remote clients need.
     pub per_loopback: usize,
     /// A request head (or the next one, on a kept-alive connection) must arrive within this.
     pub header_timeout: Duration,
