@@ -32,7 +32,7 @@ const UPSERT_BAN: &str = "INSERT INTO bans \
 mod pool;
 
 pub use bulk::{import_bans, undo_import, Capacity, ImportAllows, ImportRow, Imported};
-pub use merge::{bans_of, merge_bans, Decided, Merged};
+pub use merge::{bans_of, local_changes, merge_bans, Decided, Merged, Table, FLEET_SOURCE};
 pub use pool::{keep_connections, Pooled};
 
 use crate::{

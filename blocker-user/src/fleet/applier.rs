@@ -2,8 +2,10 @@
 //! comes. Received changes go through the same store session as local ones (database first,
 //! then the maps), with source `fleet`, the publishing node as the actor, and `fleet NODE:` in
 //! front of the reason. The local allowlist wins: a ban touching an allowlisted prefix is not
-//! applied, nor one the lock-out guard refuses. A removal only lifts an entry older than
-//! itself, so a tombstone replayed after a restart never lifts a newer local ban.
+//! applied, nor one the lock-out guard refuses. A removal only lifts an entry it is newer
+//! than: newer than the entry's creation and than this host's own last re-ban (re-allow) of
+//! it, which keeps the creation time. So a tombstone replayed after a restart, or an unban
+//! made elsewhere during a partition, never lifts a newer local ban.
 //!
 //! A long run of bans and unbans (a burst, a catch-up) is decided the same way but written
 //! in bulk: the rows of its prefixes read by index, the decided rows written in one
@@ -19,13 +21,14 @@ use std::{
 
 use blocker_common::{MAP_BAN_V4, MAP_BAN_V6};
 use ipnet::IpNet;
+use jiff::Timestamp;
 use tracing::{debug, error, info, warn};
 
 use super::codec::{Action, Change, List};
 use crate::{
     lockout::Guard,
     pins::PinDir,
-    state::{self, Capacity, Decided, Entry, Merged, Origin},
+    state::{self, Capacity, Decided, Entry, Merged, Origin, Table, FLEET_SOURCE},
     store::Store,
 };
 
@@ -116,12 +119,17 @@ fn apply_bulk(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) -
         Ok(stored) => stored,
         Err(err) => return not_applied(&err),
     };
+    let mut local = match state::local_changes(state_path, Table::Bans, &nets) {
+        Ok(local) => local,
+        Err(err) => return not_applied(&err),
+    };
     store.state.bans = stored.clone();
     let (mut done, mut issued) = (Applied::default(), 0);
     // Of each prefix changed, the last change made to it (its place in the run, its node).
     let mut last_change: HashMap<IpNet, (usize, &str)> = HashMap::new();
+    let now = store.now.wall;
     for (place, change) in run.iter().enumerate() {
-        match decide(&mut store, guard, change) {
+        match decide(&mut store.state, now, guard, &mut local, change) {
             Ok(()) => {
                 done.applied += 1;
                 issued += u64::from(change.message.action == Action::Ban);
@@ -144,8 +152,7 @@ fn apply_bulk(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) -
         v4: (MAP_BAN_V4, store.ban_capacity(true)),
         v6: (MAP_BAN_V6, store.ban_capacity(false)),
     };
-    let now = store.now.wall;
-    if let Err(err) = state::merge_bans(state_path, "fleet", now, &capacity, &merged, issued) {
+    if let Err(err) = state::merge_bans(state_path, FLEET_SOURCE, now, &capacity, &merged, issued) {
         return not_applied(&err);
     }
     // The database holds the changes: the maps follow it.
@@ -204,26 +211,37 @@ fn apply_run(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) ->
     let node = run
         .first()
         .map_or("", |change| change.message.node.as_str());
-    let mut store = match Store::open_scoped(pins, state_path, &touched) {
-        Ok(store) => store,
-        Err(err) => {
-            warn!(
-                "fleet: {} changes from {node} not applied: {err}",
-                run.len()
-            );
-            return Applied {
-                applied: 0,
-                skipped: run.len() as u64,
-            };
+    let not_applied = |err: &dyn std::fmt::Display| {
+        warn!(
+            "fleet: {} changes from {node} not applied: {err}",
+            run.len()
+        );
+        Applied {
+            applied: 0,
+            skipped: run.len() as u64,
         }
     };
+    let mut store = match Store::open_scoped(pins, state_path, &touched) {
+        Ok(store) => store,
+        Err(err) => return not_applied(&err),
+    };
+    // A run holds changes of one list ([`Inbox::apply`]).
+    let table = match run.first().map(|change| change.message.action.list()) {
+        Some(List::Allow) => Table::Allow,
+        _ => Table::Bans,
+    };
+    let mut local = match state::local_changes(state_path, table, &touched) {
+        Ok(local) => local,
+        Err(err) => return not_applied(&err),
+    };
     store.origin = Origin {
-        source: "fleet",
+        source: FLEET_SOURCE,
         actor: node.to_string(),
     };
     let (mut done, mut bans) = (Applied::default(), 0);
+    let now = store.now.wall;
     for change in run {
-        match decide(&mut store, guard, change) {
+        match decide(&mut store.state, now, guard, &mut local, change) {
             Ok(()) => {
                 done.applied += 1;
                 bans += u64::from(change.message.action == Action::Ban);
@@ -237,36 +255,41 @@ fn apply_run(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) ->
     if done.applied == 0 {
         return done;
     }
-    store.count_issued("fleet", bans);
+    store.count_issued(FLEET_SOURCE, bans);
     match store.commit(|| {}) {
         Ok(()) => {
             info!("fleet: applied {} changes from {node}", done.applied);
             done
         }
-        Err(err) => {
-            warn!(
-                "fleet: {} changes from {node} not applied: {err}",
-                run.len()
-            );
-            Applied {
-                applied: 0,
-                skipped: run.len() as u64,
-            }
-        }
+        Err(err) => not_applied(&err),
     }
 }
 
-/// Makes one change in the session, or says why not.
-fn decide(store: &mut Store, guard: &Guard, change: &Change) -> Result<(), String> {
+/// When the entry of `net` was last set, as far as a removal received is concerned: its
+/// creation, or this host's own later re-ban (re-allow) of it, held in `local`.
+fn last_set(entry: &Entry, local: &HashMap<IpNet, Timestamp>, net: &IpNet) -> Timestamp {
+    local
+        .get(net)
+        .map_or(entry.created_at, |at| entry.created_at.max(*at))
+}
+
+/// Makes one change to `state`, or says why not. `local` holds this host's own last setting
+/// of each prefix of the run's list ([`state::local_changes`]); a removal made takes its
+/// prefix out.
+fn decide(
+    state: &mut state::State,
+    now: Timestamp,
+    guard: &Guard,
+    local: &mut HashMap<IpNet, Timestamp>,
+    change: &Change,
+) -> Result<(), String> {
     let (net, message) = (change.net, &change.message);
-    let now = store.now.wall;
     let at = change.at();
     let reason = Some(format!(
         "fleet {}: {}",
         message.node,
         message.reason.as_deref().unwrap_or("")
     ));
-    let state = &mut store.state;
     match message.action {
         Action::Ban => {
             let expires_at = change.expires_at();
@@ -317,13 +340,22 @@ fn decide(store: &mut Store, guard: &Guard, change: &Change) -> Result<(), Strin
             );
         }
         Action::Unban => {
-            if state.bans.get(&net).is_none_or(|e| e.created_at > at) {
+            if state
+                .bans
+                .get(&net)
+                .is_none_or(|ban| last_set(ban, local, &net) > at)
+            {
                 return Err("no older ban here".into());
             }
             state.bans.remove(&net);
+            local.remove(&net);
         }
         Action::Disallow => {
-            if state.allow.get(&net).is_none_or(|e| e.created_at > at) {
+            if state
+                .allow
+                .get(&net)
+                .is_none_or(|allowed| last_set(allowed, local, &net) > at)
+            {
                 return Err("no older allowlist entry here".into());
             }
             let mut rest = state.allow.clone();
@@ -332,7 +364,96 @@ fn decide(store: &mut Store, guard: &Guard, change: &Change) -> Result<(), Strin
                 .check_allow_removal(&net, &state.bans, &rest, now)
                 .map_err(|err| err.to_string())?;
             state.allow = rest;
+            local.remove(&net);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::codec::Message;
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(second).unwrap()
+    }
+
+    fn change(action: Action, net: &str, at: i64) -> Change {
+        Change {
+            net: net.parse().unwrap(),
+            message: Message {
+                action,
+                expires_at: None,
+                reason: None,
+                source: "cli".into(),
+                node: "web-2".into(),
+                at,
+            },
+        }
+    }
+
+    fn entry(created_at: i64) -> Entry {
+        Entry {
+            reason: Some("local".into()),
+            created_at: at(created_at),
+            expires_at: None,
+        }
+    }
+
+    /// Each list with one entry created at 100 that this host set again at 300.
+    fn rebanned() -> (state::State, HashMap<IpNet, Timestamp>) {
+        let net: IpNet = "192.0.2.7/32".parse().unwrap();
+        let mut state = state::State::default();
+        state.bans.insert(net, entry(100));
+        state
+            .allow
+            .insert("198.51.100.0/24".parse().unwrap(), entry(100));
+        let local = HashMap::from([(net, at(300))]);
+        (state, local)
+    }
+
+    #[test]
+    fn an_unban_older_than_a_local_re_ban_does_not_lift_it_and_a_newer_one_does() {
+        let (mut state, mut local) = rebanned();
+        let guard = Guard::default();
+        let unban = |at| change(Action::Unban, "192.0.2.7/32", at);
+        let now = at(1_000);
+        assert!(
+            decide(&mut state, now, &guard, &mut local, &unban(200)).is_err(),
+            "made during a partition, before the re-ban"
+        );
+        assert_eq!(state.bans.len(), 1);
+        decide(&mut state, now, &guard, &mut local, &unban(400)).unwrap();
+        assert!(state.bans.is_empty());
+        assert!(
+            local.is_empty(),
+            "the lifted prefix's local setting is gone"
+        );
+    }
+
+    #[test]
+    fn a_removal_without_a_local_re_setting_compares_with_the_creation() {
+        let (mut state, _) = rebanned();
+        let (guard, now) = (Guard::default(), at(1_000));
+        let mut local = HashMap::new();
+        let disallow = |at| change(Action::Disallow, "198.51.100.0/24", at);
+        assert!(decide(&mut state, now, &guard, &mut local, &disallow(50)).is_err());
+        decide(&mut state, now, &guard, &mut local, &disallow(200)).unwrap();
+        assert!(state.allow.is_empty());
+        let unban = change(Action::Unban, "192.0.2.7/32", 200);
+        decide(&mut state, now, &guard, &mut local, &unban).unwrap();
+        assert!(state.bans.is_empty());
+    }
+
+    #[test]
+    fn a_disallow_older_than_a_local_re_allow_does_not_lift_it() {
+        let (mut state, _) = rebanned();
+        let (guard, now) = (Guard::default(), at(1_000));
+        let net: IpNet = "198.51.100.0/24".parse().unwrap();
+        let mut local = HashMap::from([(net, at(300))]);
+        let disallow = change(Action::Disallow, "198.51.100.0/24", 200);
+        assert!(decide(&mut state, now, &guard, &mut local, &disallow).is_err());
+        assert!(state.allow.contains_key(&net));
+    }
 }

@@ -4,17 +4,75 @@
 //! once at the end rather than by a trigger per row. The maps follow from the database
 //! ([`crate::store::Store::sync_bans`]).
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
 use ipnet::IpNet;
 use jiff::Timestamp;
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use super::{
     bulk::{drop_count_triggers, recount},
     expiry_seconds, invalid, open, range_columns, seconds, timestamp, Capacity, Entry, UPSERT_BAN,
 };
 use crate::Result;
+
+/// The history's source of changes applied from the fleet.
+pub const FLEET_SOURCE: &str = "fleet";
+
+/// A table whose entries the fleet changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Bans,
+    Allow,
+}
+
+impl Table {
+    /// The history's action that sets an entry, and those that remove one.
+    fn actions(self) -> (&'static str, &'static str) {
+        match self {
+            Table::Bans => ("ban", "'unban', 'expire'"),
+            Table::Allow => ("allow", "'disallow'"),
+        }
+    }
+}
+
+/// Of each of `nets` in `table`: when this host last set its entry itself (not from the
+/// fleet), if nothing removed the entry since. A re-ban or re-allow keeps the entry's
+/// `created_at`, so this is the time a fleet removal has to be newer than.
+pub fn local_changes(
+    path: &Path,
+    table: Table,
+    nets: &[IpNet],
+) -> Result<HashMap<IpNet, Timestamp>> {
+    let mut conn = open(path, true)?;
+    let db = |err: rusqlite::Error| invalid(path, err);
+    let tx = conn.transaction().map_err(db)?;
+    let (set, removals) = table.actions();
+    let mut statement = tx
+        .prepare_cached(&format!(
+            "SELECT at FROM history WHERE prefix = ?1 AND action = ?2 AND source <> ?3 \
+             AND id > (SELECT coalesce(max(id), 0) FROM history \
+                       WHERE prefix = ?1 AND action IN ({removals})) \
+             ORDER BY id DESC LIMIT 1"
+        ))
+        .map_err(db)?;
+    let mut found = HashMap::new();
+    for net in nets {
+        let at: Option<i64> = statement
+            .query_row(params![net.to_string(), set, FLEET_SOURCE], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(db)?;
+        if let Some(at) = at {
+            found.insert(*net, timestamp(path, at)?);
+        }
+    }
+    Ok(found)
+}
 
 /// One decided change of the bans.
 pub struct Merged {
@@ -238,6 +296,42 @@ mod tests {
                 ("unban".into(), "10.0.0.2/32".into(), Some("web-2".into())),
                 ("ban".into(), "2001:db8::/64".into(), Some("web-1".into())),
             ]
+        );
+    }
+
+    #[test]
+    fn local_changes_are_the_last_set_by_this_host_since_the_entry_was_last_removed() {
+        let (_dir, path) = stored();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM history;
+             INSERT INTO history (at, action, prefix, source) VALUES
+                 (100, 'ban', '10.0.0.1/32', 'cli'),
+                 (200, 'ban', '10.0.0.1/32', 'offense'),
+                 (300, 'ban', '10.0.0.1/32', 'fleet'),
+                 (100, 'ban', '10.0.0.2/32', 'cli'),
+                 (200, 'expire', '10.0.0.2/32', 'daemon'),
+                 (300, 'ban', '10.0.0.2/32', 'fleet'),
+                 (100, 'allow', '10.0.0.3/32', 'cli'),
+                 (150, 'ban', '10.0.0.3/32', 'fleet'),
+                 (200, 'disallow', '10.0.0.4/32', 'cli'),
+                 (100, 'allow', '10.0.0.4/32', 'cli');",
+        )
+        .unwrap();
+        let nets: Vec<IpNet> = (1..=5)
+            .map(|host| format!("10.0.0.{host}/32").parse().unwrap())
+            .collect();
+        let bans = local_changes(&path, Table::Bans, &nets).unwrap();
+        assert_eq!(
+            bans,
+            HashMap::from([(nets[0], at(200))]),
+            "the latest local ban, past a fleet one; none since an expiry"
+        );
+        let allow = local_changes(&path, Table::Allow, &nets).unwrap();
+        assert_eq!(
+            allow,
+            HashMap::from([(nets[2], at(100)), (nets[3], at(100))]),
+            "an allow after a disallow counts: the order is by id, not time"
         );
     }
 
