@@ -14,7 +14,7 @@ use crate::{
     formats::{self, Format},
     lockout::Guard,
     pins::PinDir,
-    state::{self, Capacity, Entry, ImportAllows, ImportRow, Origin},
+    state::{self, Capacity, Entry, ImportAllows, ImportRow, Origin, Replace},
     store::Store,
     Error, Result,
 };
@@ -31,6 +31,8 @@ pub struct Options<'a> {
     pub force: bool,
     /// Allowlist entries added with the bans, in the same transaction (`--with-allow`).
     pub allow: &'a [IpNet],
+    /// Which bans in force the list replaces.
+    pub replace: Replace<'a>,
 }
 
 /// What an import did.
@@ -79,6 +81,7 @@ pub fn import(
         default_expiry,
         force,
         allow,
+        replace,
     } = *options;
     let formats::Stream {
         entries,
@@ -176,7 +179,8 @@ pub fn import(
         nets: allow,
         reason: ALLOW_REASON,
     };
-    let mut imported = state::import_bans(state_path, origin, now, &capacity, allows, rows)?;
+    let mut imported =
+        state::import_bans(state_path, origin, now, &capacity, allows, replace, rows)?;
     // The database holds the import: the maps follow, the allowlist first so that no ban it
     // exempts from drops for a moment. If they refuse, the import is taken back from both, so
     // the command's failure leaves everything as it was.

@@ -31,7 +31,7 @@ const UPSERT_BAN: &str = "INSERT INTO bans \
      source = excluded.source";
 mod pool;
 
-pub use bulk::{import_bans, undo_import, Capacity, ImportAllows, ImportRow, Imported};
+pub use bulk::{import_bans, undo_import, Capacity, ImportAllows, ImportRow, Imported, Replace};
 pub use merge::{bans_of, local_changes, merge_bans, Decided, Merged, Table, FLEET_SOURCE};
 pub use pool::{keep_connections, Pooled};
 
@@ -1464,6 +1464,73 @@ mod tests {
     };
 
     #[test]
+    fn an_import_replacing_only_its_own_bans_leaves_every_other_ban_in_force() {
+        let (_dir, path) = saved_sample();
+        let mut before = State::load(&path).unwrap();
+        let feed = "feed https://lists.example/drop.txt";
+        let ban = |reason: &str, expires_at: i64| Entry {
+            reason: Some(reason.into()),
+            created_at: Timestamp::from_second(1_500_000_000).unwrap(),
+            expires_at: Some(Timestamp::from_second(expires_at).unwrap()),
+        };
+        let previous = before.clone();
+        before
+            .bans
+            .insert("198.51.100.0/24".parse().unwrap(), ban(feed, 1_700_000_050));
+        before.bans.insert(
+            "203.0.113.0/24".parse().unwrap(),
+            ban("operator", 1_600_000_000),
+        );
+        before.save_changes(&path, &previous, &origin()).unwrap();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let renewed = Timestamp::from_second(1_700_086_400).unwrap();
+        let listed = [
+            "10.0.0.0/8",
+            "2001:db8::/64",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "192.0.2.128/25",
+        ];
+        let rows = listed.iter().map(|net| {
+            Ok(ImportRow {
+                net: net.parse().unwrap(),
+                reason: Some(feed.into()),
+                created_at: None,
+                expires_at: Some(renewed),
+            })
+        });
+        let imported = import_bans(
+            &path,
+            &Origin::local("feed"),
+            now,
+            &ROOMY,
+            ImportAllows::NONE,
+            Replace::Own(feed),
+            rows.collect::<Vec<_>>().into_iter(),
+        )
+        .unwrap();
+        let written: Vec<String> = imported.nets.iter().map(IpNet::to_string).collect();
+        assert_eq!(
+            written,
+            ["192.0.2.128/25", "198.51.100.0/24", "203.0.113.0/24"],
+            "its own, an ended ban of another, a new one"
+        );
+        let after = State::load(&path).unwrap();
+        for held in ["10.0.0.0/8", "2001:db8::/64"] {
+            let net: IpNet = held.parse().unwrap();
+            assert_eq!(
+                after.bans[&net], before.bans[&net],
+                "{held} is not the feed's"
+            );
+        }
+        for taken in ["198.51.100.0/24", "203.0.113.0/24"] {
+            let entry = &after.bans[&taken.parse().unwrap()];
+            assert_eq!(entry.reason.as_deref(), Some(feed), "{taken}");
+            assert_eq!(entry.expires_at, Some(renewed), "{taken}");
+        }
+    }
+
+    #[test]
     fn an_import_is_one_transaction_that_an_undo_takes_back_whole() {
         let (_dir, path) = saved_sample();
         let before = State::load(&path).unwrap();
@@ -1471,8 +1538,16 @@ mod tests {
         let now = Timestamp::from_second(1_700_000_100).unwrap();
         let import = Origin::local("import");
         let rows = import_rows(&["10.0.0.0/8", "198.51.100.0/24", "198.51.100.7/32"]);
-        let mut imported =
-            import_bans(&path, &import, now, &ROOMY, ImportAllows::NONE, rows).unwrap();
+        let mut imported = import_bans(
+            &path,
+            &import,
+            now,
+            &ROOMY,
+            ImportAllows::NONE,
+            Replace::Any,
+            rows,
+        )
+        .unwrap();
         let after = State::load(&path).unwrap();
         assert_eq!(after.bans.len(), 4, "one replaced, two added");
         assert_eq!(
@@ -1515,7 +1590,8 @@ mod tests {
             reason: "imported",
         };
         let rows = import_rows(&["198.51.100.0/24"]);
-        let mut imported = import_bans(&path, &import, now, &ROOMY, allows, rows).unwrap();
+        let mut imported =
+            import_bans(&path, &import, now, &ROOMY, allows, Replace::Any, rows).unwrap();
         let after = State::load(&path).unwrap();
         assert_eq!(after.allow[&kept].reason.as_deref(), Some("imported"));
         assert_eq!(
@@ -1571,6 +1647,7 @@ mod tests {
             now,
             &tight,
             ImportAllows::NONE,
+            Replace::Any,
             rows,
         )
         .err()
@@ -1596,6 +1673,7 @@ mod tests {
             now,
             &ROOMY,
             ImportAllows::NONE,
+            Replace::Any,
             bad_row
         )
         .is_err());
@@ -1626,6 +1704,7 @@ mod tests {
             now,
             &ROOMY,
             ImportAllows::NONE,
+            Replace::Any,
             rows.into_iter(),
         )
         .unwrap();
@@ -1650,6 +1729,7 @@ mod tests {
             later,
             &ROOMY,
             ImportAllows::NONE,
+            Replace::Any,
             again.into_iter(),
         )
         .unwrap();
@@ -1705,6 +1785,7 @@ mod tests {
             now,
             &ROOMY,
             ImportAllows::NONE,
+            Replace::Any,
             rows,
         )
         .unwrap();
@@ -1738,6 +1819,7 @@ mod tests {
             now,
             &ROOMY,
             ImportAllows::NONE,
+            Replace::Any,
             rows.into_iter(),
         )
         .unwrap();
@@ -1985,8 +2067,16 @@ mod tests {
         let import = Origin::local("import");
         let rows = import_rows(&["203.0.113.0/24", "203.0.113.1/32"]);
         let at = Timestamp::from_second(1_700_000_100).unwrap();
-        let mut imported =
-            import_bans(&path, &import, at, &ROOMY, ImportAllows::NONE, rows).unwrap();
+        let mut imported = import_bans(
+            &path,
+            &import,
+            at,
+            &ROOMY,
+            ImportAllows::NONE,
+            Replace::Any,
+            rows,
+        )
+        .unwrap();
         let imported_up_to = last_id(&path);
         assert!(imported_up_to > handed_out);
         undo_import(&mut imported, &import).unwrap();

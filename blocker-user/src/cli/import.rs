@@ -77,6 +77,7 @@ pub fn run(pins: &PinDir, state_path: &Path, args: ImportArgs) -> anyhow::Result
             default_expiry,
             force: args.force,
             allow: &allowed,
+            replace: blocker::state::Replace::Any,
         },
         || progress.inc(1),
     );

@@ -19,7 +19,7 @@ pub use status::{status_path, FeedStatus, Statuses};
 use crate::{
     formats::{self, Format},
     pins::PinDir,
-    state::{Origin, State},
+    state::Origin,
     store::Store,
     Result,
 };
@@ -196,24 +196,10 @@ fn feed_reason(feed: &FeedConfig) -> String {
     }
 }
 
-/// Of `set`, the prefixes banned by something other than this feed (the operator, a rule, an
-/// offense, another feed): the feed neither renews nor lifts those, so it never shortens or
-/// takes away a ban it did not make.
-fn held_by_others(state_path: &Path, set: &[IpNet], reason: &str) -> Result<HashSet<IpNet>> {
-    Ok(State::read_scope(state_path, set)?
-        .map(|state| {
-            state
-                .bans
-                .iter()
-                .filter(|(_, entry)| entry.reason.as_deref() != Some(reason))
-                .map(|(net, _)| *net)
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
 /// Bans (or renews) `set` until `now + ban_for` through `blocker import`'s pipeline, with the
-/// lock-out check, as source `feed`. Prefixes banned by others are left as they are.
+/// lock-out check, as source `feed`. A prefix banned in force by something other than this
+/// feed (the operator, a rule, an offense, another feed) is left as it is, so the feed never
+/// shortens or takes over a ban it did not make; the import tells them under its lock.
 fn ban(
     pins: &PinDir,
     state_path: &Path,
@@ -222,11 +208,10 @@ fn ban(
     now: Timestamp,
 ) -> Result<usize> {
     let reason = feed_reason(feed);
-    let others = held_by_others(state_path, set, &reason)?;
     let write = || -> std::io::Result<tempfile::NamedTempFile> {
         let mut list = tempfile::NamedTempFile::new()?;
         let mut out = std::io::BufWriter::new(list.as_file_mut());
-        for net in set.iter().filter(|net| !others.contains(net)) {
+        for net in set {
             writeln!(out, "{net} # {reason}")?;
         }
         out.flush()?;
@@ -252,6 +237,7 @@ fn ban(
         default_expiry: expires_at,
         force: false,
         allow: &[],
+        replace: crate::state::Replace::Own(&reason),
     };
     let report = crate::import::import(pins, state_path, &list, &options, || {})?;
     Ok(report.imported)

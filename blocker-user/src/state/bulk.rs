@@ -82,6 +82,17 @@ impl ImportAllows<'_> {
     };
 }
 
+/// Which bans in force an import's list replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace<'a> {
+    /// Any: the list's entry wins (`blocker import`).
+    Any,
+    /// Only those with this reason, the importer's own: a ban in force made by anything else
+    /// stays as it is (a feed never shortens or takes over the operator's ban). Told under the
+    /// import's write lock, so a ban made while the list was read is seen.
+    Own(&'a str),
+}
+
 /// The most bans each family's map holds, checked before the import commits.
 pub struct Capacity {
     pub v4: (&'static str, u32),
@@ -91,14 +102,16 @@ pub struct Capacity {
 /// Writes `rows` as bans in one transaction, each created at its own time or `now` (an
 /// existing ban is replaced, keeping its creation time while it is in force) and counts them
 /// as issued by `origin.source`; `allows` go to the allowlist in the same transaction (an
-/// entry already there keeps its creation time). The first error of `rows`, or a result that
-/// would not fit the maps, stores nothing.
+/// entry already there keeps its creation time). A ban in force that `replace` keeps is left
+/// out of the import. The first error of `rows`, or a result that would not fit the maps,
+/// stores nothing.
 pub fn import_bans(
     path: &Path,
     origin: &Origin,
     now: Timestamp,
     capacity: &Capacity,
     allows: ImportAllows,
+    replace: Replace,
     rows: impl Iterator<Item = Result<ImportRow>>,
 ) -> Result<Imported> {
     let mut conn = connect(path, true)?;
@@ -146,6 +159,9 @@ pub fn import_bans(
             row.get(0)
         })
         .map_err(db)?;
+    if let Replace::Own(reason) = replace {
+        keep_others(&tx, path, now, reason, &mut nets)?;
+    }
     write_allows(&tx, path, origin, now, allows.reason)?;
     let triggers = drop_count_triggers(&tx, path)?;
     // The list is staged whole before anything is written, so `replaced` holds the rows as
@@ -200,6 +216,41 @@ pub fn import_bans(
         nets,
         checkpoint: Some(checkpoint),
     })
+}
+
+/// Takes out of `temp.listed` and `nets` the prefixes of bans in force whose reason is not
+/// `reason`.
+fn keep_others(
+    tx: &Transaction,
+    path: &Path,
+    now: Timestamp,
+    reason: &str,
+    nets: &mut Vec<IpNet>,
+) -> Result<()> {
+    let db = |err: rusqlite::Error| invalid(path, err);
+    const HELD: &str = "FROM main.bans WHERE bans.prefix = listed.prefix \
+         AND bans.reason IS NOT ?1 AND (bans.expires_at IS NULL OR bans.expires_at > ?2)";
+    let held: Vec<String> = tx
+        .prepare(&format!(
+            "SELECT DISTINCT prefix FROM temp.listed WHERE EXISTS (SELECT 1 {HELD})"
+        ))
+        .and_then(|mut statement| {
+            statement
+                .query_map(params![reason, seconds(now)], |row| row.get(0))?
+                .collect()
+        })
+        .map_err(db)?;
+    if held.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        &format!("DELETE FROM temp.listed WHERE EXISTS (SELECT 1 {HELD})"),
+        params![reason, seconds(now)],
+    )
+    .map_err(db)?;
+    let held: std::collections::HashSet<String> = held.into_iter().collect();
+    nets.retain(|net| !held.contains(&net.to_string()));
+    Ok(())
 }
 
 /// Writes the allowlist entries staged in `temp.allowed` with `reason`, keeping the rows they
