@@ -220,6 +220,22 @@ pub fn is_ipv6_extension(next_header: u8) -> bool {
     )
 }
 
+/// How far an IPv6 datagram's payload reaches, by its header's `payload_len` and
+/// `next_header`: what the kernel trims the datagram to (`ip6_rcv_core`), so padding after it
+/// never passes for a header. A length of 0 is a jumbogram's only with a hop-by-hop header
+/// next (its option holds the length); then `unbounded` is returned (the frame bounds it).
+///
+/// Branch-free and opaque to LLVM (black_box), like [`link_local_bits`]: a branch here splits
+/// the verifier's walk of the whole extension-header loop after it, past its limit.
+#[inline(always)]
+pub fn ipv6_payload_reach(payload_len: u16, next_header: u8, unbounded: usize) -> usize {
+    // 1 when the value is 0, else 0: (0 - 1) is the only one with the top bit set.
+    let is_zero = |value: u32| value.wrapping_sub(1) >> 31;
+    let jumbo = is_zero(u32::from(payload_len)) & is_zero(u32::from(next_header ^ IPPROTO_HOPOPTS));
+    let jumbo = core::hint::black_box(jumbo) as usize;
+    usize::from(payload_len) + jumbo * unbounded
+}
+
 /// Whether a packet the parser cannot classify although the IP layer says more follows (a
 /// first fragment cut short, or an IPv6 chain longer than it walks) is dropped as
 /// [`crate::Reason::Evasive`]: when some rule covers its protocol. In IPv6, a `proto` that is
@@ -721,6 +737,22 @@ pub fn addr_bytes([high, low]: [u64; 2]) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_payload_reaches_its_length_unless_it_is_a_jumbogram() {
+        const UNBOUNDED: usize = 1 << 14;
+        for next_header in [IPPROTO_TCP, IPPROTO_ROUTING, IPPROTO_FRAGMENT, 255] {
+            for payload_len in [0, 1, 20, 1500, u16::MAX] {
+                assert_eq!(
+                    ipv6_payload_reach(payload_len, next_header, UNBOUNDED),
+                    usize::from(payload_len),
+                    "{payload_len} then {next_header}"
+                );
+            }
+        }
+        assert_eq!(ipv6_payload_reach(0, IPPROTO_HOPOPTS, UNBOUNDED), UNBOUNDED);
+        assert_eq!(ipv6_payload_reach(20, IPPROTO_HOPOPTS, UNBOUNDED), 20);
+    }
 
     #[test]
     fn a_link_local_source_is_keyed_as_one_host() {

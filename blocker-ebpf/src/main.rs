@@ -25,8 +25,8 @@ mod program {
     use aya_log_ebpf::error;
     use blocker_common::{
         addr_bytes, addr_words, ban_is_active, blacklist_filter_slot, blacklist_hit,
-        evasive_is_dropped, is_ipv6_extension, key_len, link_local_bits, mask_words, on_event,
-        port_has_rules, proto_bit,
+        evasive_is_dropped, ipv6_payload_reach, is_ipv6_extension, key_len, link_local_bits,
+        mask_words, on_event, port_has_rules, proto_bit,
         reject::{
             answerable, mac_is_unicast, port_unreachable_v4, port_unreachable_v6,
             source_is_unicast, tcp_reset_v4, tcp_reset_v6, TokenBucket, QUOTE_V4_MAX, QUOTE_V6_MAX,
@@ -38,9 +38,10 @@ mod program {
         SourceKey, SourceKeyV4, TickClock, BLACKLIST_FILTER_LINE, BLACKLIST_FILTER_LINES,
         DEFAULT_ALLOW_CAPACITY, DEFAULT_BAN_V4_CAPACITY, DEFAULT_BAN_V6_CAPACITY,
         DEFAULT_BLACKLIST_CAPACITY, DEFAULT_HISTORY_CAPACITY, DEFAULT_HISTORY_LONG_CAPACITY,
-        EVENTS_BYTES, FAMILY_V4, FAMILY_V6, HIT_MEMO_SLOTS, IPPROTO_FRAGMENT, IPPROTO_ICMP,
-        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4, LIST_ALLOW_V6, LIST_BAN_V4,
-        LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES, MAX_VLAN_TAGS, NO_RULE,
+        EVENTS_BYTES, FAMILY_V4, FAMILY_V6, HIT_MEMO_SLOTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS,
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, LIST_ALLOW_V4, LIST_ALLOW_V6,
+        LIST_BAN_V4, LIST_BAN_V6, MAX_IPV6_EXT_HEADERS, MAX_MASKS, MAX_RULES, MAX_VLAN_TAGS,
+        NO_RULE,
     };
     use network_types::{
         eth::EthHdr,
@@ -587,11 +588,13 @@ mod program {
             offsets,
             ip.next_hdr,
         ));
-        // A payload length of 0 (a jumbogram) leaves the frame as the only bound.
-        let l3_end = match usize::from(u16::from_be_bytes(ip.payload_len)) {
-            0 => MAX_HEADER_OFFSET,
-            payload_len => l3_offset + Ipv6Hdr::LEN + payload_len,
-        };
+        let l3_end = l3_offset
+            + Ipv6Hdr::LEN
+            + ipv6_payload_reach(
+                u16::from_be_bytes(ip.payload_len),
+                ip.next_hdr,
+                MAX_HEADER_OFFSET,
+            );
         // Set by a fragment header with offset 0 and more fragments to come, and kept: a later
         // (atomic) fragment header does not make the datagram whole.
         let mut first_fragment = false;

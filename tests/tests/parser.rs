@@ -173,6 +173,28 @@ fn crafted_frames_get_the_right_verdict_and_reason() {
             XDP_PASS,
             "malformed",
         ),
+        // The kernel trims a datagram to its payload length, 0 included, unless a hop-by-hop
+        // header follows (a jumbogram): a SYN in the padding is no SYN.
+        (
+            "ipv6 payload length 0",
+            {
+                let mut ip = ipv6(OTHER_V6, &[], 6, &syn);
+                ip[4..6].copy_from_slice(&[0, 0]);
+                frame(&[IPV6], &ip)
+            },
+            XDP_PASS,
+            "malformed",
+        ),
+        (
+            "ipv6 jumbogram",
+            {
+                let mut ip = ipv6(OTHER_V6, &[0], 6, &syn);
+                ip[4..6].copy_from_slice(&[0, 0]);
+                frame(&[IPV6], &ip)
+            },
+            XDP_PASS,
+            "no_match",
+        ),
         (
             "ipv6 vlan banned",
             frame(

@@ -199,11 +199,17 @@ fn transport(frame: &[u8], ip: &mut Ip, first_fragment: bool) {
     // header whose body is cut (kernel-impl-notes).
     let datagram_end = match ip.family {
         FAMILY_V4 => ip.l3_offset + usize::from(be16(frame, ip.l3_offset + 2)),
-        // A payload length of 0 (a jumbogram) leaves the frame as the only bound.
-        _ => match be16(frame, ip.l3_offset + 4) {
-            0 => usize::MAX,
-            payload => ip.l3_offset + IPV6_LEN + usize::from(payload),
-        },
+        // ip6_rcv_core trims the datagram to its payload length, unless that is 0 with a
+        // hop-by-hop header next (a jumbogram: the frame is the only bound).
+        _ => {
+            let payload = usize::from(be16(frame, ip.l3_offset + 4));
+            let hop_by_hop_next = frame[ip.l3_offset + 6] == 0;
+            if payload == 0 && hop_by_hop_next {
+                usize::MAX
+            } else {
+                ip.l3_offset + IPV6_LEN + payload
+            }
+        }
     };
     let cut = at + needed > datagram_end || (needed > 0 && frame.len() < at + needed);
     if cut {
