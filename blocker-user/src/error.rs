@@ -43,6 +43,8 @@ pub enum Error {
     InvalidConfig { path: PathBuf, message: String },
     #[error("interface {0:?} does not exist")]
     NoSuchInterface(String),
+    #[error("interface {iface:?} is not an Ethernet interface (link type {link_type}): blocker parses Ethernet frames, so it would check nothing there; load it on the interface the packets arrive on")]
+    NotEthernet { iface: String, link_type: u16 },
     #[error("this needs root (CAP_BPF and CAP_NET_ADMIN): run it with sudo")]
     NotRoot,
     #[error("{0} is not on a bpf filesystem: mount it with `mount -t bpf bpf /sys/fs/bpf`")]

@@ -18,6 +18,7 @@ pub mod listing;
 pub mod loader;
 pub mod lockout;
 pub mod logs;
+pub mod nic;
 pub mod offense;
 pub mod pins;
 pub mod rules;

@@ -57,6 +57,7 @@ pub fn load(
     pins.require_bpffs()?;
     let if_index = nix::net::if_::if_nametoindex(iface)
         .map_err(|_| Error::NoSuchInterface(iface.to_string()))?;
+    require_ethernet(iface)?;
     pins.create()?;
     let lock = pins.lock()?;
     if pins.attachments()?.iter().any(|a| a.iface == iface) {
@@ -83,6 +84,23 @@ pub fn load(
         }
     }
     result
+}
+
+/// `ARPHRD_ETHER`, the link type of Ethernet devices (veth, bridges, VLANs, VXLAN and
+/// gretap tunnels, bonds included).
+const ARPHRD_ETHER: u16 = 1;
+
+/// Refuses an interface whose frames have no Ethernet header (a tun, GRE, IPIP or WireGuard
+/// device, loopback): the program reads every frame as Ethernet, so there it would parse no
+/// packet as IP and check nothing, while `load` reported success.
+fn require_ethernet(iface: &str) -> Result<()> {
+    match crate::nic::link_type(iface) {
+        Some(link_type) if link_type != ARPHRD_ETHER => Err(Error::NotEthernet {
+            iface: iface.to_string(),
+            link_type,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The minimum kernel: `bpf_loop` came in 5.17 and `bpf_xdp_load_bytes` in 5.18.

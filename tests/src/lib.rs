@@ -515,6 +515,29 @@ impl TestNet {
         PathBuf::from(format!("{}-client", self.pin_dir.display()))
     }
 
+    /// Adds a second Ethernet interface to the server namespace (one end of a veth pair kept
+    /// there), for tests of a load on another interface; returns its name.
+    pub fn add_server_iface(&self) -> String {
+        let (name, peer) = (format!("bk{}x", self.id), format!("bk{}y", self.id));
+        sh(
+            "ip",
+            &[
+                "-n",
+                &self.server_ns,
+                "link",
+                "add",
+                &name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+            ],
+        );
+        sh("ip", &["-n", &self.server_ns, "link", "set", &name, "up"]);
+        name
+    }
+
     /// Adds another IPv4 address to the client, in subnet 1, and returns it.
     pub fn add_client_v4(&self, host: u8) -> IpAddr {
         let addr = self.client_v4(1, host);

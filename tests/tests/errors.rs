@@ -89,6 +89,29 @@ fn runtime_failures_exit_1_with_a_hint() {
         "{}",
         run.stderr
     );
+    // A device without Ethernet headers: the program would parse nothing there.
+    let tun = format!("tun{}", net.id);
+    let added = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &net.server_ns,
+            "tuntap",
+            "add",
+            "dev",
+            &tun,
+            "mode",
+            "tun",
+        ])
+        .status()
+        .expect("running ip");
+    assert!(added.success(), "adding {tun}");
+    let run = net.blocker_in_server(&["load", "--iface", &tun]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is not an Ethernet interface"),
+        "{}",
+        run.stderr
+    );
     net.load(&[]).ok();
     let run = net.load(&[]);
     assert_eq!(run.code, 1);

@@ -223,7 +223,8 @@ fn nothing_acknowledged_is_lost_when_writers_are_killed_at_any_instant() {
 
     // What was stored is what the kernel enforces once `load` reconciled, and every
     // acknowledged ban is stored.
-    net.blocker_in_server(&["load", "--iface", "lo", "--config", &config])
+    let second = net.add_server_iface();
+    net.blocker_in_server(&["load", "--iface", &second, "--config", &config])
         .ok();
     assert_eq!(integrity(&net), "ok");
     let stored: BTreeSet<String> = net.stored_bans().into_iter().collect();

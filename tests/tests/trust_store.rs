@@ -192,7 +192,8 @@ fn a_second_load_keeps_the_history_of_unchanged_rules() {
     };
     let before = generation(&net);
     // The same config again, as SIGHUP does; a second interface takes the same path.
-    net.blocker_in_server(&["load", "--iface", "lo", "--config", &config])
+    let second = net.add_server_iface();
+    net.blocker_in_server(&["load", "--iface", &second, "--config", &config])
         .ok();
     assert_eq!(generation(&net), before);
     assert!(
@@ -277,7 +278,7 @@ fn pins_of_another_layout_are_refused_and_unload_removes_them() {
         "{}",
         run.stderr
     );
-    let run = net.blocker_in_server(&["load", "--iface", "lo"]);
+    let run = net.blocker_in_server(&["load", "--iface", &net.add_server_iface()]);
     assert!(
         run.stderr.contains("another blocker layout"),
         "{}",

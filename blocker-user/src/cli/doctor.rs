@@ -285,14 +285,14 @@ fn interfaces(args: &DoctorArgs, pins: &PinDir) -> Vec<Check> {
 
 fn interface(name: &str, mode: Option<AttachMode>) -> Check {
     let shown = escape(name);
-    if !super::nic::exists(name) {
+    if !blocker::nic::exists(name) {
         return Check::fail(
             "interface",
             format!("{shown}: no such interface in this network namespace"),
             format!("check `ip link`; blocker unload --iface {shown} if it is gone for good"),
         );
     }
-    let driver = super::nic::driver(name).unwrap_or_else(|| "unknown".into());
+    let driver = blocker::nic::driver(name).unwrap_or_else(|| "unknown".into());
     let native_capable = NATIVE_XDP_DRIVERS.contains(&driver.as_str());
     match (mode, native_capable) {
         (Some(AttachMode::Native), _) => Check::ok(

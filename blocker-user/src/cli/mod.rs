@@ -7,7 +7,6 @@ pub mod export;
 pub mod feeds;
 pub mod import;
 pub mod man;
-pub mod nic;
 pub mod scan;
 pub mod status_jails;
 pub mod top;
