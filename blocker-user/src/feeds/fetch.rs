@@ -22,7 +22,8 @@ pub enum Fetched {
 pub fn client(feed: &FeedConfig) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
-        .user_agent(concat!("blocker/", env!("CARGO_PKG_VERSION")));
+        .user_agent(concat!("blocker/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirects(feed.url.starts_with("https://")));
     if let Some(path) = &feed.ca_file {
         for certificate in ca_certificates(path)? {
             builder = builder.add_root_certificate(certificate);
@@ -31,6 +32,32 @@ pub fn client(feed: &FeedConfig) -> Result<reqwest::Client, String> {
     builder
         .build()
         .map_err(|err| format!("building the HTTP client: {}", with_causes(&err)))
+}
+
+/// Follows a redirect unless [`refused_redirect`] says why not.
+fn redirects(https: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        match refused_redirect(https, attempt.url().scheme(), attempt.previous().len()) {
+            Some(why) => attempt.error(why),
+            None => attempt.follow(),
+        }
+    })
+}
+
+/// Redirects a fetch follows.
+const MAX_REDIRECTS: usize = 5;
+
+/// Why the redirect to a `scheme` URL after `hops` requests is not followed: past
+/// [`MAX_REDIRECTS`], or from an `https://` feed to anything else, since a plain-http hop
+/// would let anyone on the path rewrite the list.
+fn refused_redirect(https: bool, scheme: &str, hops: usize) -> Option<String> {
+    if https && scheme != "https" {
+        Some(format!("a redirect from https to {scheme}"))
+    } else if hops > MAX_REDIRECTS {
+        Some("too many redirects".into())
+    } else {
+        None
+    }
 }
 
 /// The certificates of a PEM file; an unreadable file or one without a certificate is an error.
@@ -117,4 +144,18 @@ pub async fn fetch(
         etag,
         last_modified,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_feed_never_follows_a_redirect_to_plain_http() {
+        assert!(refused_redirect(true, "http", 1).is_some());
+        assert_eq!(refused_redirect(true, "https", 1), None);
+        assert_eq!(refused_redirect(false, "http", 1), None);
+        assert_eq!(refused_redirect(false, "https", 1), None);
+        assert!(refused_redirect(false, "http", MAX_REDIRECTS + 1).is_some());
+    }
 }

@@ -170,6 +170,11 @@ fn parse(
         now,
         temporary_for: SignedDuration::try_from(feed.ban_for).unwrap_or(SignedDuration::MAX),
     };
+    // A database is read whole, as fail2ban's, and is a local file's format, never a feed's:
+    // what a feed sends is refused as one before any row is read.
+    if formats::is_database(path) {
+        return Err("the body is an SQLite database, not a list".into());
+    }
     let stream = formats::stream(path, feed.format, options).map_err(|err| err.to_string())?;
     let mut seen = HashSet::new();
     for entry in stream.entries {
@@ -275,5 +280,35 @@ fn io_error(context: &str, err: impl std::error::Error + Send + Sync + 'static) 
     crate::Error::Io {
         context: context.to_string(),
         source: std::io::Error::other(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn feed() -> FeedConfig {
+        let config =
+            Config::parse("[[feeds]]\nurl = \"https://lists.example/drop.txt\"\n").unwrap();
+        config.feeds[0].clone()
+    }
+
+    #[test]
+    fn a_body_that_is_a_database_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = dir.path().join("body");
+        let db = rusqlite::Connection::open(&body).unwrap();
+        db.execute_batch(
+            "CREATE TABLE bans (jail TEXT, ip TEXT, timeofban INTEGER, bantime INTEGER);
+             INSERT INTO bans VALUES ('sshd', '192.0.2.1', 1700000000, -1);",
+        )
+        .unwrap();
+        drop(db);
+        let err = parse(&body, &feed(), Timestamp::now()).unwrap_err();
+        assert!(err.contains("SQLite database"), "{err}");
+        std::fs::write(&body, "192.0.2.1\n198.51.100.0/24\n").unwrap();
+        let listed = parse(&body, &feed(), Timestamp::now()).unwrap();
+        assert_eq!(listed.len(), 2);
     }
 }

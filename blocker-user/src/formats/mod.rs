@@ -178,6 +178,11 @@ pub struct Stream {
     pub source: String,
 }
 
+/// Whether the file at `path` is an SQLite database (read as fail2ban's by [`stream`]).
+pub fn is_database(path: &Path) -> bool {
+    detect::is_sqlite(path)
+}
+
 /// Opens the list at `path` (`-` for stdin) in `format`, detecting it for [`Format::Auto`].
 /// Entries are parsed as they are read; the first bad line ends the stream with an error
 /// naming the file, the line and the format.
