@@ -81,11 +81,13 @@ fn unmapped(addr: IpAddr) -> IpAddr {
 /// How long [`Guard::recent`] reuses a detection.
 const GUARD_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What a ban must not cut off: the SSH session's source and this host's addresses.
+/// What a ban must not cut off: the SSH session's source, this host's addresses and the
+/// servers it cannot do without (the fleet's NATS servers).
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     pub ssh: Option<SshSession>,
     pub host_addrs: Vec<IpAddr>,
+    pub servers: Vec<IpAddr>,
 }
 
 impl Guard {
@@ -114,7 +116,11 @@ impl Guard {
                 None
             }
         };
-        Ok(Self { ssh, host_addrs })
+        Ok(Self {
+            ssh,
+            host_addrs,
+            servers: Vec::new(),
+        })
     }
 
     /// [`Guard::detect`], taken again when the last detection in this process is older than
@@ -167,7 +173,16 @@ impl Guard {
         if let Some(own) = self.host_addrs.iter().find(|addr| exposed(addr)) {
             return refuse(format!("it covers {own}, an address of this host"));
         }
+        if let Some(server) = self.servers.iter().find(|addr| exposed(addr)) {
+            return refuse(format!("it covers {server}, a server this host needs"));
+        }
         Ok(())
+    }
+
+    /// This guard, also refusing bans that cover one of `servers`.
+    pub fn also_protecting(mut self, servers: &[IpAddr]) -> Self {
+        self.servers.extend(servers.iter().copied().map(unmapped));
+        self
     }
 
     /// Refuses taking `removed` off the allowlist if that leaves the SSH session's source or
@@ -294,6 +309,7 @@ mod tests {
         Guard {
             ssh: SshSession::parse(Some("198.51.100.7 50022 192.0.2.1 2222"), None),
             host_addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            servers: Vec::new(),
         }
     }
 

@@ -32,7 +32,9 @@ const UPSERT_BAN: &str = "INSERT INTO bans \
 mod pool;
 
 pub use bulk::{import_bans, undo_import, Capacity, ImportAllows, ImportRow, Imported, Replace};
-pub use merge::{bans_of, local_changes, merge_bans, Decided, Merged, Table, FLEET_SOURCE};
+pub use merge::{
+    bans_of, local_changes, merge_bans, Decided, LocalChanges, Merged, Table, FLEET_SOURCE,
+};
 pub use pool::{keep_connections, Pooled};
 
 use crate::{

@@ -474,6 +474,7 @@ mod tests {
         let guard = Guard {
             ssh: crate::lockout::SshSession::parse(Some("198.51.100.7 50022 192.0.2.1 22"), None),
             host_addrs: vec!["127.0.0.1".parse().unwrap(), "192.0.2.1".parse().unwrap()],
+            servers: Vec::new(),
         };
         let ban = |prefix: &str| JailBan {
             prefix: prefix.parse().unwrap(),

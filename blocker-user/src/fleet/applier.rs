@@ -16,19 +16,20 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use blocker_common::{MAP_BAN_V4, MAP_BAN_V6};
 use ipnet::IpNet;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use tracing::{debug, error, info, warn};
 
 use super::codec::{Action, Change, List};
 use crate::{
-    lockout::Guard,
+    lockout::{Guard, WIDEST_V4, WIDEST_V6},
     pins::PinDir,
-    state::{self, Capacity, Decided, Entry, Merged, Origin, Table, FLEET_SOURCE},
+    state::{self, Capacity, Decided, Entry, LocalChanges, Merged, Origin, Table, FLEET_SOURCE},
     store::Store,
 };
 
@@ -52,7 +53,9 @@ pub struct Applied {
 pub struct Inbox {
     pub pins: PinDir,
     pub state_path: PathBuf,
-    pub guard: Guard,
+    /// The NATS servers' addresses: a received ban covering one would cut this host off the
+    /// fleet, and off the unban that would end it.
+    pub servers: Vec<IpAddr>,
 }
 
 impl Inbox {
@@ -60,6 +63,15 @@ impl Inbox {
     /// one store session per run of changes from one node.
     pub fn apply(&self, changes: &[Change]) -> Applied {
         let mut total = Applied::default();
+        // This host's addresses as they are now (a DHCP lease or a VIP moves them).
+        let guard = match Guard::recent() {
+            Ok(guard) => guard.also_protecting(&self.servers),
+            Err(err) => {
+                warn!("fleet: {} changes not applied: {err}", changes.len());
+                total.skipped = changes.len() as u64;
+                return total;
+            }
+        };
         let mut count = |done: Applied| {
             total.applied += done.applied;
             total.skipped += done.skipped;
@@ -68,17 +80,12 @@ impl Inbox {
         {
             let bans = same_list[0].message.action.list() == List::Bans;
             if bans && self.bulk_pays(same_list.len()) {
-                count(apply_bulk(
-                    &self.pins,
-                    &self.state_path,
-                    &self.guard,
-                    same_list,
-                ));
+                count(apply_bulk(&self.pins, &self.state_path, &guard, same_list));
                 continue;
             }
             let runs = same_list.chunk_by(|a, b| a.message.node == b.message.node);
             for run in runs.flat_map(|run| run.chunks(SESSION_MAX)) {
-                count(apply_run(&self.pins, &self.state_path, &self.guard, run));
+                count(apply_run(&self.pins, &self.state_path, &guard, run));
             }
         }
         total
@@ -119,7 +126,7 @@ fn apply_bulk(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) -
         Ok(stored) => stored,
         Err(err) => return not_applied(&err),
     };
-    let mut local = match state::local_changes(state_path, Table::Bans, &nets) {
+    let local = match state::local_changes(state_path, Table::Bans, &nets) {
         Ok(local) => local,
         Err(err) => return not_applied(&err),
     };
@@ -128,8 +135,13 @@ fn apply_bulk(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) -
     // Of each prefix changed, the last change made to it (its place in the run, its node).
     let mut last_change: HashMap<IpNet, (usize, &str)> = HashMap::new();
     let now = store.now.wall;
+    let mut context = Context {
+        now,
+        guard: guard.clone(),
+        local,
+    };
     for (place, change) in run.iter().enumerate() {
-        match decide(&mut store.state, now, guard, &mut local, change) {
+        match decide(&mut store.state, &mut context, change) {
             Ok(()) => {
                 done.applied += 1;
                 issued += u64::from(change.message.action == Action::Ban);
@@ -230,7 +242,7 @@ fn apply_run(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) ->
         Some(List::Allow) => Table::Allow,
         _ => Table::Bans,
     };
-    let mut local = match state::local_changes(state_path, table, &touched) {
+    let local = match state::local_changes(state_path, table, &touched) {
         Ok(local) => local,
         Err(err) => return not_applied(&err),
     };
@@ -239,9 +251,13 @@ fn apply_run(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) ->
         actor: node.to_string(),
     };
     let (mut done, mut bans) = (Applied::default(), 0);
-    let now = store.now.wall;
+    let mut context = Context {
+        now: store.now.wall,
+        guard: guard.clone(),
+        local,
+    };
     for change in run {
-        match decide(&mut store.state, now, guard, &mut local, change) {
+        match decide(&mut store.state, &mut context, change) {
             Ok(()) => {
                 done.applied += 1;
                 bans += u64::from(change.message.action == Action::Ban);
@@ -265,26 +281,49 @@ fn apply_run(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) ->
     }
 }
 
-/// When the entry of `net` was last set, as far as a removal received is concerned: its
-/// creation, or this host's own later re-ban (re-allow) of it, held in `local`.
-fn last_set(entry: &Entry, local: &HashMap<IpNet, Timestamp>, net: &IpNet) -> Timestamp {
-    local
-        .get(net)
-        .map_or(entry.created_at, |at| entry.created_at.max(*at))
+/// How far ahead of this host's clock a change may be dated: the nodes' clocks differ a
+/// little. A change dated later is refused; it would win every comparison (an unban dated in
+/// 9999 lifting every ban, a ban dated so never lifted).
+const MAX_CLOCK_AHEAD: SignedDuration = SignedDuration::from_secs(300);
+
+/// What a run's changes are decided against, besides the state.
+struct Context {
+    now: Timestamp,
+    guard: Guard,
+    /// This host's own changes of the run's prefixes ([`state::local_changes`]).
+    local: LocalChanges,
 }
 
-/// Makes one change to `state`, or says why not. `local` holds this host's own last setting
-/// of each prefix of the run's list ([`state::local_changes`]); a removal made takes its
-/// prefix out.
-fn decide(
-    state: &mut state::State,
-    now: Timestamp,
-    guard: &Guard,
-    local: &mut HashMap<IpNet, Timestamp>,
-    change: &Change,
-) -> Result<(), String> {
-    let (net, message) = (change.net, &change.message);
+impl Context {
+    /// When the entry of `net` was last set, as far as a removal received is concerned: its
+    /// creation, or this host's own later re-ban (re-allow) of it.
+    fn last_set(&self, entry: &Entry, net: &IpNet) -> Timestamp {
+        self.local
+            .set
+            .get(net)
+            .map_or(entry.created_at, |at| entry.created_at.max(*at))
+    }
+
+    /// Refuses adding `net` by a change made at `at` if this host removed it itself later.
+    fn removed_since(&self, net: &IpNet, at: Timestamp) -> Result<(), String> {
+        match self.local.removed.get(net) {
+            Some(removed) if *removed > at => Err(format!("removed here later ({removed})")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Makes one change to `state`, or says why not; a removal made takes its prefix out of
+/// `context`'s local settings.
+fn decide(state: &mut state::State, context: &mut Context, change: &Change) -> Result<(), String> {
+    let (net, message, now) = (change.net, &change.message, context.now);
     let at = change.at();
+    if now
+        .checked_add(MAX_CLOCK_AHEAD)
+        .is_ok_and(|latest| at > latest)
+    {
+        return Err(format!("dated {at}, ahead of this host's clock"));
+    }
     let reason = Some(format!(
         "fleet {}: {}",
         message.node,
@@ -303,9 +342,11 @@ fn decide(
             {
                 return Err(format!("allowlisted here ({allowed})"));
             }
-            guard
+            context
+                .guard
                 .check(&net, &state.allow)
                 .map_err(|err| err.to_string())?;
+            context.removed_since(&net, at)?;
             let outlasted = state.bans.get(&net).is_some_and(|existing| {
                 !existing.is_expired(now)
                     && match (existing.expires_at, expires_at) {
@@ -327,9 +368,19 @@ fn decide(
             );
         }
         Action::Allow => {
+            let widest = match net {
+                IpNet::V4(_) => WIDEST_V4,
+                IpNet::V6(_) => WIDEST_V6,
+            };
+            if net.prefix_len() < widest {
+                return Err(format!(
+                    "wider than a /{widest}: it would lift the bans of a large part of the Internet"
+                ));
+            }
             if state.allow.contains_key(&net) {
                 return Err("already allowlisted".into());
             }
+            context.removed_since(&net, at)?;
             state.allow.insert(
                 net,
                 Entry {
@@ -343,28 +394,29 @@ fn decide(
             if state
                 .bans
                 .get(&net)
-                .is_none_or(|ban| last_set(ban, local, &net) > at)
+                .is_none_or(|ban| context.last_set(ban, &net) > at)
             {
                 return Err("no older ban here".into());
             }
             state.bans.remove(&net);
-            local.remove(&net);
+            context.local.set.remove(&net);
         }
         Action::Disallow => {
             if state
                 .allow
                 .get(&net)
-                .is_none_or(|allowed| last_set(allowed, local, &net) > at)
+                .is_none_or(|allowed| context.last_set(allowed, &net) > at)
             {
                 return Err("no older allowlist entry here".into());
             }
             let mut rest = state.allow.clone();
             rest.remove(&net);
-            guard
+            context
+                .guard
                 .check_allow_removal(&net, &state.bans, &rest, now)
                 .map_err(|err| err.to_string())?;
             state.allow = rest;
-            local.remove(&net);
+            context.local.set.remove(&net);
         }
     }
     Ok(())
@@ -401,59 +453,134 @@ mod tests {
         }
     }
 
-    /// Each list with one entry created at 100 that this host set again at 300.
-    fn rebanned() -> (state::State, HashMap<IpNet, Timestamp>) {
-        let net: IpNet = "192.0.2.7/32".parse().unwrap();
+    const BANNED: &str = "192.0.2.7/32";
+    const ALLOWED: &str = "198.51.100.0/24";
+
+    /// A ban and an allowlist entry, both created at 100, and a context at 1,000 where this
+    /// host set each prefix of `local_sets` again at 300.
+    fn setup(local_sets: &[&str]) -> (state::State, Context) {
         let mut state = state::State::default();
-        state.bans.insert(net, entry(100));
-        state
-            .allow
-            .insert("198.51.100.0/24".parse().unwrap(), entry(100));
-        let local = HashMap::from([(net, at(300))]);
-        (state, local)
+        state.bans.insert(BANNED.parse().unwrap(), entry(100));
+        state.allow.insert(ALLOWED.parse().unwrap(), entry(100));
+        let set = local_sets
+            .iter()
+            .map(|net| (net.parse().unwrap(), at(300)))
+            .collect();
+        let context = Context {
+            now: at(1_000),
+            guard: Guard::default(),
+            local: LocalChanges {
+                set,
+                removed: HashMap::new(),
+            },
+        };
+        (state, context)
     }
 
     #[test]
     fn an_unban_older_than_a_local_re_ban_does_not_lift_it_and_a_newer_one_does() {
-        let (mut state, mut local) = rebanned();
-        let guard = Guard::default();
-        let unban = |at| change(Action::Unban, "192.0.2.7/32", at);
-        let now = at(1_000);
+        let (mut state, mut context) = setup(&[BANNED]);
+        let unban = |at| change(Action::Unban, BANNED, at);
         assert!(
-            decide(&mut state, now, &guard, &mut local, &unban(200)).is_err(),
+            decide(&mut state, &mut context, &unban(200)).is_err(),
             "made during a partition, before the re-ban"
         );
         assert_eq!(state.bans.len(), 1);
-        decide(&mut state, now, &guard, &mut local, &unban(400)).unwrap();
+        decide(&mut state, &mut context, &unban(400)).unwrap();
         assert!(state.bans.is_empty());
         assert!(
-            local.is_empty(),
+            context.local.set.is_empty(),
             "the lifted prefix's local setting is gone"
         );
     }
 
     #[test]
     fn a_removal_without_a_local_re_setting_compares_with_the_creation() {
-        let (mut state, _) = rebanned();
-        let (guard, now) = (Guard::default(), at(1_000));
-        let mut local = HashMap::new();
-        let disallow = |at| change(Action::Disallow, "198.51.100.0/24", at);
-        assert!(decide(&mut state, now, &guard, &mut local, &disallow(50)).is_err());
-        decide(&mut state, now, &guard, &mut local, &disallow(200)).unwrap();
+        let (mut state, mut context) = setup(&[]);
+        let disallow = |at| change(Action::Disallow, ALLOWED, at);
+        assert!(decide(&mut state, &mut context, &disallow(50)).is_err());
+        decide(&mut state, &mut context, &disallow(200)).unwrap();
         assert!(state.allow.is_empty());
-        let unban = change(Action::Unban, "192.0.2.7/32", 200);
-        decide(&mut state, now, &guard, &mut local, &unban).unwrap();
+        decide(
+            &mut state,
+            &mut context,
+            &change(Action::Unban, BANNED, 200),
+        )
+        .unwrap();
         assert!(state.bans.is_empty());
     }
 
     #[test]
     fn a_disallow_older_than_a_local_re_allow_does_not_lift_it() {
-        let (mut state, _) = rebanned();
-        let (guard, now) = (Guard::default(), at(1_000));
-        let net: IpNet = "198.51.100.0/24".parse().unwrap();
-        let mut local = HashMap::from([(net, at(300))]);
-        let disallow = change(Action::Disallow, "198.51.100.0/24", 200);
-        assert!(decide(&mut state, now, &guard, &mut local, &disallow).is_err());
-        assert!(state.allow.contains_key(&net));
+        let (mut state, mut context) = setup(&[ALLOWED]);
+        let disallow = change(Action::Disallow, ALLOWED, 200);
+        assert!(decide(&mut state, &mut context, &disallow).is_err());
+        assert_eq!(state.allow.len(), 1);
+    }
+
+    #[test]
+    fn a_ban_or_allow_older_than_a_local_removal_is_not_applied() {
+        let (mut state, mut context) = setup(&[]);
+        let (banned, allowed): (IpNet, IpNet) = (
+            "203.0.113.9/32".parse().unwrap(),
+            "203.0.113.0/24".parse().unwrap(),
+        );
+        context.local.removed = HashMap::from([(banned, at(500)), (allowed, at(500))]);
+        let ban = |at| change(Action::Ban, "203.0.113.9/32", at);
+        assert!(
+            decide(&mut state, &mut context, &ban(400)).is_err(),
+            "replayed from before the unban"
+        );
+        decide(&mut state, &mut context, &ban(600)).unwrap();
+        assert!(state.bans.contains_key(&banned));
+        let allow = |at| change(Action::Allow, "203.0.113.0/24", at);
+        assert!(decide(&mut state, &mut context, &allow(400)).is_err());
+        decide(&mut state, &mut context, &allow(600)).unwrap();
+        assert!(state.allow.contains_key(&allowed));
+    }
+
+    #[test]
+    fn a_change_dated_ahead_of_this_clock_is_not_applied() {
+        let (mut state, mut context) = setup(&[]);
+        let far = at(1_000).as_second() + 3_600;
+        for action in [Action::Unban, Action::Ban] {
+            let dated_ahead = change(action, BANNED, far);
+            assert!(
+                decide(&mut state, &mut context, &dated_ahead).is_err(),
+                "{action:?}"
+            );
+        }
+        assert_eq!(state.bans[&BANNED.parse().unwrap()], entry(100));
+        let skewed = change(Action::Unban, BANNED, 1_000 + 60);
+        decide(&mut state, &mut context, &skewed).unwrap();
+        assert!(
+            state.bans.is_empty(),
+            "a clock a minute ahead is within the skew"
+        );
+    }
+
+    #[test]
+    fn a_received_allowlist_entry_wider_than_a_ban_may_be_is_not_applied() {
+        let (mut state, mut context) = setup(&[]);
+        for wide in ["0.0.0.0/0", "10.0.0.0/7", "::/0", "2000::/3"] {
+            let allow = change(Action::Allow, wide, 500);
+            assert!(decide(&mut state, &mut context, &allow).is_err(), "{wide}");
+        }
+        assert_eq!(state.allow.len(), 1);
+        decide(
+            &mut state,
+            &mut context,
+            &change(Action::Allow, "10.0.0.0/8", 500),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_ban_covering_a_server_the_fleet_needs_is_not_applied() {
+        let (mut state, mut context) = setup(&[]);
+        context.guard = Guard::default().also_protecting(&["192.0.2.53".parse().unwrap()]);
+        let ban = change(Action::Ban, "192.0.2.0/24", 500);
+        let why = decide(&mut state, &mut context, &ban).unwrap_err();
+        assert!(why.contains("192.0.2.53"), "{why}");
     }
 }

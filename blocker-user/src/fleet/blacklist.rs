@@ -21,6 +21,10 @@ use crate::events::EventRecord;
 /// The local source name of a rule's blacklisting, in `share`, `accept` and messages.
 pub const SOURCE: &str = "rule";
 
+/// The longest a rule blacklists for, in seconds (`blacklist_for` is kept in u32
+/// milliseconds): a shared blacklisting lasting longer is refused.
+pub const LONGEST_SECONDS: i64 = u32::MAX as i64 / 1000;
+
 /// Reports waiting to be published, at most.
 const QUEUE: usize = 4096;
 

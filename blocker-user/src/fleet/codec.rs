@@ -173,13 +173,17 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Change, Malformed> {
         (Action::Ban, Some(expiry)) if Timestamp::from_second(expiry).is_err() || expiry <= 0 => {
             Err(Malformed::Invalid("expiry out of range"))
         }
-        // A rule's blacklisting is shared as a temporary ban and nothing else.
+        // A rule's blacklisting is shared as a temporary ban and nothing else, no longer
+        // than a rule blacklists for.
         (action, expiry)
             if message.source == blacklist::SOURCE
-                && (action != Action::Ban || expiry.is_none()) =>
+                && (action != Action::Ban
+                    || expiry.is_none_or(|end| {
+                        end.saturating_sub(message.at) > blacklist::LONGEST_SECONDS
+                    })) =>
         {
             Err(Malformed::Invalid(
-                "a rule's blacklisting is a temporary ban",
+                "a rule's blacklisting is a temporary ban no longer than a rule's",
             ))
         }
         (Action::Ban, _) | (_, None) => Ok(Change { net, message }),
@@ -295,6 +299,18 @@ mod tests {
         assert!(
             with(|m| m.source = "rule".into()).is_err(),
             "a rule's ban ends"
+        );
+        let rule_ban = |lasts: i64| {
+            let mut m = message(Action::Ban);
+            m.source = "rule".into();
+            m.expires_at = Some(m.at + lasts);
+            decode("ban.10-1-2-3.32", &serde_json::to_vec(&m).unwrap())
+        };
+        assert!(rule_ban(120).is_ok());
+        assert!(rule_ban(blacklist::LONGEST_SECONDS).is_ok());
+        assert!(
+            rule_ban(blacklist::LONGEST_SECONDS + 1).is_err(),
+            "longer than any rule blacklists"
         );
         let mut unban = message(Action::Unban);
         unban.expires_at = Some(1_800_000_600);

@@ -78,6 +78,30 @@ impl FleetConfig {
         })
     }
 
+    /// Each server's `HOST:PORT` (4222 when the URL names no port), for resolving.
+    pub fn server_authorities(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|server| {
+                let rest = server
+                    .split_once("://")
+                    .map_or(server.as_str(), |(_, rest)| rest);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                let authority = rest.split('/').next().unwrap_or(rest);
+                // An IPv6 literal's own colons are inside its brackets.
+                let has_port = match authority.strip_prefix('[') {
+                    Some(literal) => literal.contains("]:"),
+                    None => authority.contains(':'),
+                };
+                if has_port {
+                    authority.to_string()
+                } else {
+                    format!("{authority}:4222")
+                }
+            })
+            .collect()
+    }
+
     /// Checks the section; the error is one line naming the key.
     pub fn validate(&self) -> Result<(), String> {
         for server in &self.servers {
@@ -164,5 +188,31 @@ mod tests {
         assert!(with(|c| c.bucket = "a.b".into()).contains("bucket"));
         assert!(with(|c| c.replicas = 0).contains("replicas"));
         assert!(with(|c| c.tls_cert = Some("c.pem".into())).contains("tls_key"));
+    }
+
+    #[test]
+    fn server_authorities_name_host_and_port() {
+        let config = FleetConfig {
+            servers: [
+                "nats://10.0.0.1:4222",
+                "tls://user:secret@nats.example:7422/",
+                "nats://nats.example",
+                "nats://[2001:db8::1]:4223",
+                "nats://[2001:db8::2]",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..FleetConfig::default()
+        };
+        assert_eq!(
+            config.server_authorities(),
+            [
+                "10.0.0.1:4222",
+                "nats.example:7422",
+                "nats.example:4222",
+                "[2001:db8::1]:4223",
+                "[2001:db8::2]:4222",
+            ]
+        );
     }
 }

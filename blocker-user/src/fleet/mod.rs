@@ -26,7 +26,7 @@ use tracing::{info, warn};
 pub use config::FleetConfig;
 pub use link::{LinkStatus, SharedLink};
 
-use crate::{lockout::Guard, pins::PinDir};
+use crate::pins::PinDir;
 
 /// The longest pause between two attempts to reach the bucket.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -77,7 +77,7 @@ pub async fn run(
     let inbox = applier::Inbox {
         pins,
         state_path,
-        guard: Guard::detect()?,
+        servers: server_addresses(&config).await,
     };
     follow::follow(&bucket, &inbox, &config.accept, &node, &link, &connections).await;
     publishing.abort();
@@ -85,6 +85,20 @@ pub async fn run(
         sharing.abort();
     }
     Ok(())
+}
+
+/// The NATS servers' addresses, resolved once at start: received bans must not cover them.
+async fn server_addresses(config: &FleetConfig) -> Vec<std::net::IpAddr> {
+    let mut addresses = Vec::new();
+    for authority in config.server_authorities() {
+        match tokio::net::lookup_host(&authority).await {
+            Ok(found) => addresses.extend(found.map(|addr| addr.ip())),
+            Err(err) => {
+                warn!("fleet: resolving {authority}: {err}; bans covering it are not refused")
+            }
+        }
+    }
+    addresses
 }
 
 /// A client that reconnects by itself; `connections` counts the connections made.

@@ -30,28 +30,36 @@ pub enum Table {
 }
 
 impl Table {
-    /// The history's action that sets an entry, and those that remove one.
-    fn actions(self) -> (&'static str, &'static str) {
+    /// The history's action that sets an entry, the one an operator removes it with, and
+    /// every removal (an expiry included).
+    fn actions(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            Table::Bans => ("ban", "'unban', 'expire'"),
-            Table::Allow => ("allow", "'disallow'"),
+            Table::Bans => ("ban", "unban", "'unban', 'expire'"),
+            Table::Allow => ("allow", "disallow", "'disallow'"),
         }
     }
 }
 
-/// Of each of `nets` in `table`: when this host last set its entry itself (not from the
-/// fleet), if nothing removed the entry since. A re-ban or re-allow keeps the entry's
-/// `created_at`, so this is the time a fleet removal has to be newer than.
-pub fn local_changes(
-    path: &Path,
-    table: Table,
-    nets: &[IpNet],
-) -> Result<HashMap<IpNet, Timestamp>> {
+/// What this host did itself (not from the fleet) to each of some prefixes: what a change
+/// received is weighed against ([`local_changes`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LocalChanges {
+    /// When this host last set the entry, if nothing removed it since. A re-ban or re-allow
+    /// keeps the entry's `created_at`, so this is the time a removal received has to be
+    /// newer than.
+    pub set: HashMap<IpNet, Timestamp>,
+    /// When this host last removed the entry (`unban`, `disallow`; not an expiry): a ban or
+    /// allow received has to be newer than that.
+    pub removed: HashMap<IpNet, Timestamp>,
+}
+
+/// [`LocalChanges`] of `nets` in `table`, from the history.
+pub fn local_changes(path: &Path, table: Table, nets: &[IpNet]) -> Result<LocalChanges> {
     let mut conn = open(path, true)?;
     let db = |err: rusqlite::Error| invalid(path, err);
     let tx = conn.transaction().map_err(db)?;
-    let (set, removals) = table.actions();
-    let mut statement = tx
+    let (set, removal, removals) = table.actions();
+    let mut last_set = tx
         .prepare_cached(&format!(
             "SELECT at FROM history WHERE prefix = ?1 AND action = ?2 AND source <> ?3 \
              AND id > (SELECT coalesce(max(id), 0) FROM history \
@@ -59,16 +67,26 @@ pub fn local_changes(
              ORDER BY id DESC LIMIT 1"
         ))
         .map_err(db)?;
-    let mut found = HashMap::new();
+    let mut last_removal = tx
+        .prepare_cached(
+            "SELECT at FROM history WHERE prefix = ?1 AND action = ?2 AND source <> ?3 \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .map_err(db)?;
+    let mut found = LocalChanges::default();
     for net in nets {
-        let at: Option<i64> = statement
-            .query_row(params![net.to_string(), set, FLEET_SOURCE], |row| {
-                row.get(0)
-            })
-            .optional()
-            .map_err(db)?;
-        if let Some(at) = at {
-            found.insert(*net, timestamp(path, at)?);
+        let prefix = net.to_string();
+        for (statement, action, times) in [
+            (&mut last_set, set, &mut found.set),
+            (&mut last_removal, removal, &mut found.removed),
+        ] {
+            let at: Option<i64> = statement
+                .query_row(params![prefix, action, FLEET_SOURCE], |row| row.get(0))
+                .optional()
+                .map_err(db)?;
+            if let Some(at) = at {
+                times.insert(*net, timestamp(path, at)?);
+            }
         }
     }
     Ok(found)
@@ -315,7 +333,9 @@ mod tests {
                  (100, 'allow', '10.0.0.3/32', 'cli'),
                  (150, 'ban', '10.0.0.3/32', 'fleet'),
                  (200, 'disallow', '10.0.0.4/32', 'cli'),
-                 (100, 'allow', '10.0.0.4/32', 'cli');",
+                 (100, 'allow', '10.0.0.4/32', 'cli'),
+                 (250, 'unban', '10.0.0.5/32', 'cli'),
+                 (260, 'unban', '10.0.0.5/32', 'fleet');",
         )
         .unwrap();
         let nets: Vec<IpNet> = (1..=5)
@@ -323,16 +343,22 @@ mod tests {
             .collect();
         let bans = local_changes(&path, Table::Bans, &nets).unwrap();
         assert_eq!(
-            bans,
+            bans.set,
             HashMap::from([(nets[0], at(200))]),
             "the latest local ban, past a fleet one; none since an expiry"
         );
+        assert_eq!(
+            bans.removed,
+            HashMap::from([(nets[4], at(250))]),
+            "the latest local unban, past a fleet one; an expiry is no unban"
+        );
         let allow = local_changes(&path, Table::Allow, &nets).unwrap();
         assert_eq!(
-            allow,
+            allow.set,
             HashMap::from([(nets[2], at(100)), (nets[3], at(100))]),
             "an allow after a disallow counts: the order is by id, not time"
         );
+        assert_eq!(allow.removed, HashMap::from([(nets[3], at(200))]));
     }
 
     #[test]
