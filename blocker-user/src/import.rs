@@ -179,8 +179,17 @@ pub fn import(
         nets: allow,
         reason: ALLOW_REASON,
     };
-    let mut imported =
-        state::import_bans(state_path, origin, now, &capacity, allows, replace, rows)?;
+    // Until the maps follow the commit: a kill in between is healed by the next writer.
+    pins.mark_maps_pending()?;
+    let imported = state::import_bans(state_path, origin, now, &capacity, allows, replace, rows);
+    let mut imported = match imported {
+        Ok(imported) => imported,
+        Err(err) => {
+            // Nothing was stored.
+            pins.clear_maps_pending()?;
+            return Err(err);
+        }
+    };
     // The database holds the import: the maps follow, the allowlist first so that no ban it
     // exempts from drops for a moment. If they refuse, the import is taken back from both, so
     // the command's failure leaves everything as it was.
@@ -219,6 +228,7 @@ pub fn import(
             }
         }
     }
+    pins.clear_maps_pending()?;
     if let Err(err) = imported.checkpointed() {
         warn!("the import is stored, but copying it from the WAL failed: {err}");
     }

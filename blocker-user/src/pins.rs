@@ -29,6 +29,8 @@ const STATE_LINK: &str = "state";
 
 /// Symlink in the pin directory whose target names the layout of the pinned maps.
 const LAYOUT_LINK: &str = "layout";
+/// Present while a writer's database commit may be ahead of the maps ([`PinDir::mark_maps_pending`]).
+const MAPS_PENDING_LINK: &str = "maps-pending";
 
 /// Bumped whenever a map changes type or meaning without changing the size of its key or
 /// value; size changes are caught by [`layout`] on their own.
@@ -172,6 +174,36 @@ impl PinDir {
         let link = self.path.join(LAYOUT_LINK);
         std::os::unix::fs::symlink(layout(), &link)
             .map_err(Error::io(format!("creating {}", link.display())))
+    }
+
+    /// Marks the maps as possibly behind the database, before a writer commits: a writer
+    /// killed before its maps follow leaves the mark, and the next writer, finding it, brings
+    /// every map to the database first ([`crate::store::Store::open_scoped`]). The caller
+    /// holds the lock. A symlink: bpffs holds no regular files.
+    pub fn mark_maps_pending(&self) -> Result<()> {
+        let link = self.path.join(MAPS_PENDING_LINK);
+        match std::os::unix::fs::symlink("database-ahead", &link) {
+            Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(Error::io(format!("creating {}", link.display()))(err))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a writer left the maps possibly behind the database.
+    pub fn maps_pending(&self) -> bool {
+        fs::symlink_metadata(self.path.join(MAPS_PENDING_LINK)).is_ok()
+    }
+
+    /// Takes the mark away once the maps hold what the database does.
+    pub fn clear_maps_pending(&self) -> Result<()> {
+        let link = self.path.join(MAPS_PENDING_LINK);
+        match fs::remove_file(&link) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("removing {}", link.display()))(err))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The state file recorded by `blocker load`, if any.

@@ -963,6 +963,16 @@ pub struct Summary {
     pub rules: Option<RuleTable>,
 }
 
+impl Summary {
+    /// Stored bans of both families.
+    pub fn bans(&self) -> u64 {
+        ["BAN_V4", "BAN_V6"]
+            .iter()
+            .filter_map(|kind| self.entries.get(*kind))
+            .sum()
+    }
+}
+
 /// The kept counts, counters and rules; an empty summary when there is no database.
 pub fn summary(path: &Path) -> Result<Summary> {
     if matches!(content_of(path)?, Content::Missing) {

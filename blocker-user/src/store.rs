@@ -453,6 +453,9 @@ impl Store {
     pub fn open_scoped(pins: &PinDir, state_path: &Path, touched: &[IpNet]) -> Result<Self> {
         pins.require_loaded()?;
         let lock = pins.lock()?;
+        if pins.maps_pending() {
+            Self::heal(pins, state_path)?;
+        }
         let state = State::read_scope(state_path, touched)?;
         let mut store = match state {
             // A missing database is checked against the maps, as a full session does.
@@ -478,6 +481,18 @@ impl Store {
         };
         store._lock = Some(lock);
         Ok(store)
+    }
+
+    /// Brings every map to the database, for a writer that found the maps marked pending: a
+    /// writer before it was stopped between its commit and its maps, or `load` kept bans a
+    /// wall clock that may have been wrong called expired. What this clock calls expired is
+    /// pruned, as the daemon's expiry does. The caller holds the lock.
+    fn heal(pins: &PinDir, state_path: &Path) -> Result<()> {
+        tracing::info!("the maps may be behind the database: bringing every map to it");
+        let mut full = Self::open_locked(pins, state_path)?;
+        full.origin = Origin::local("expiry");
+        full.state.prune_expired(full.now.wall);
+        full.write(|| {}, true)
     }
 
     /// Whether the kernel may hold `net` in the bans (`ban`) or allowlist trie though the
@@ -754,7 +769,11 @@ impl Store {
         let rules_changed =
             self.fresh_maps || kernel_rules_differ || self.state.rules != self.before.rules;
         // The database first: once committed, a crash before the maps follow is healed by
-        // the next writer or `load`, which bring the maps to the database.
+        // the next writer, which finds the mark, or by `load`, which bring the maps to the
+        // database.
+        if save {
+            self.pins.mark_maps_pending()?;
+        }
         let written = if save {
             Some(
                 self.state
@@ -820,8 +839,12 @@ impl Store {
                 lists_before,
                 rules_changed,
             );
+            // The mark stays: the rollbacks above are best effort.
             return Err(err);
         }
+        // A full session brought every map to the database, a scoped one its own prefixes
+        // (nothing was pending when it opened: it healed first).
+        self.pins.clear_maps_pending()?;
         // The XDP program checks the allowlist first, so these entries no longer drop anything;
         // removing them keeps `list blacklist` to what is in force.
         let allowed: Vec<IpNet> = after.allow.difference(&before.allow).copied().collect();
@@ -888,7 +911,14 @@ pub fn restore(
     store.streamed_lists = ban_lists;
     let restored = bans_in_force + store.state.allow.len();
     match damaged {
-        None => store.write(|| {}, true)?,
+        None => {
+            store.write(|| {}, true)?;
+            // Bans the wall clock calls expired were kept: the next writer, by a clock then
+            // right, prunes them or writes their kernel expiry again.
+            if crate::state::summary(state_path)?.bans() > bans_in_force as u64 {
+                pins.mark_maps_pending()?;
+            }
+        }
         Some(damaged) => {
             // The maps get the fallback; the damaged file stays for the operator to see.
             tracing::error!(

@@ -204,6 +204,38 @@ fn a_second_load_keeps_the_history_of_unchanged_rules() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
+fn a_writer_stopped_between_its_commit_and_the_maps_is_healed_by_the_next_writer() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let (lifted, added) = (net.client_v4(1, 2), net.add_client_v4(4));
+    net.blocker(&["ban", &lifted.to_string()]).ok();
+    assert!(!net.reaches(lifted));
+    // What a writer killed after its commit leaves: the database ahead of the maps (an
+    // unban and a ban committed, neither in the kernel), and the mark it set before.
+    edit_state(
+        &net,
+        &format!(
+            "INSERT INTO bans (prefix, family, first, len, created_at, source) \
+             SELECT '{added}/32', 4, first, 32, created_at, source FROM bans LIMIT 1;
+             DELETE FROM bans WHERE prefix = '{lifted}/32';"
+        ),
+    );
+    let mark = net.pin_dir.join("maps-pending");
+    std::os::unix::fs::symlink("database-ahead", &mark).expect("the mark");
+    assert!(net.reaches(added) && !net.reaches(lifted));
+    // Any writer, of any prefix, finds the mark and brings every map to the database.
+    net.blocker(&["ban", "192.0.2.9"]).ok();
+    assert!(!net.reaches(added), "the committed ban is enforced");
+    assert!(net.reaches(lifted), "the committed unban is lifted");
+    assert!(
+        std::fs::symlink_metadata(&mark).is_err(),
+        "the mark is gone once the maps follow"
+    );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn a_boot_keeps_bans_a_wrong_clock_calls_expired() {
     require_root();
     let net = TestNet::new();
@@ -224,6 +256,19 @@ fn a_boot_keeps_bans_a_wrong_clock_calls_expired() {
         net.stored_bans(),
         [format!("{banned}/32")],
         "the ban is kept for when the clock is right"
+    );
+    assert!(
+        net.reaches(banned),
+        "the kernel calls it ended, by the boot's clock"
+    );
+    // The clock was ahead: by the right one the ban has an hour to go. The next writer, of
+    // any prefix, writes its kernel expiry again.
+    let in_force = ended + 3_600;
+    edit_state(&net, &format!("UPDATE bans SET expires_at = {in_force}"));
+    net.blocker(&["ban", "192.0.2.9"]).ok();
+    assert!(
+        !net.reaches(banned),
+        "enforced again once the clock is right"
     );
 }
 

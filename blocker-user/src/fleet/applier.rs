@@ -96,12 +96,7 @@ impl Inbox {
         if changes < BULK_MIN {
             return false;
         }
-        let stored = state::summary(&self.state_path).map(|summary| {
-            ["BAN_V4", "BAN_V6"]
-                .iter()
-                .filter_map(|kind| summary.entries.get(*kind))
-                .sum::<u64>()
-        });
+        let stored = state::summary(&self.state_path).map(|summary| summary.bans());
         stored.is_ok_and(|stored| changes as u64 * STORED_BANS_PER_CHANGE >= stored)
     }
 }
@@ -164,7 +159,13 @@ fn apply_bulk(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) -
         v4: (MAP_BAN_V4, store.ban_capacity(true)),
         v6: (MAP_BAN_V6, store.ban_capacity(false)),
     };
+    // Until the maps follow the commit: a kill in between is healed by the next writer.
+    if let Err(err) = pins.mark_maps_pending() {
+        return not_applied(&err);
+    }
     if let Err(err) = state::merge_bans(state_path, FLEET_SOURCE, now, &capacity, &merged, issued) {
+        // Nothing was stored.
+        let _ = pins.clear_maps_pending();
         return not_applied(&err);
     }
     // The database holds the changes: the maps follow it.
@@ -176,7 +177,10 @@ fn apply_bulk(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) -
         }
     }
     banned.sort_unstable();
-    if let Err(err) = store.sync_bans(&banned, &lifted) {
+    let synced = store
+        .sync_bans(&banned, &lifted)
+        .and_then(|()| pins.clear_maps_pending());
+    if let Err(err) = synced {
         error!("fleet: {} changes are stored but the maps refused them ({err}); reconciling every entry", merged.len());
         drop(store);
         let reconciled = Store::open(pins, state_path).and_then(|mut store| {
