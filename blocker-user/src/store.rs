@@ -456,31 +456,76 @@ impl Store {
         if pins.maps_pending() {
             Self::heal(pins, state_path)?;
         }
+        Self::expire_due_locked(pins, state_path)?;
         let state = State::read_scope(state_path, touched)?;
         let mut store = match state {
             // A missing database is checked against the maps, as a full session does.
             None => Self::with_state(pins, state_path, None)?,
-            Some(state) => {
-                let maps = Maps::open(pins)?;
-                Self {
-                    _lock: None,
-                    pins: pins.clone(),
-                    fresh_maps: false,
-                    maps,
-                    state_path: state_path.to_path_buf(),
-                    before: state.clone(),
-                    state,
-                    kernel: KernelImage::default(),
-                    scope: Some(touched.to_vec()),
-                    kernel_rules: read_rules(pins)?,
-                    now: Now::read(),
-                    origin: Origin::local("cli"),
-                    streamed_lists: 0,
-                }
-            }
+            Some(state) => Self::scoped(pins, state_path, state, touched)?,
         };
         store._lock = Some(lock);
         Ok(store)
+    }
+
+    /// A session of `state`, read for the prefixes `touched`; the caller holds the lock.
+    fn scoped(pins: &PinDir, state_path: &Path, state: State, touched: &[IpNet]) -> Result<Self> {
+        Ok(Self {
+            _lock: None,
+            pins: pins.clone(),
+            fresh_maps: false,
+            maps: Maps::open(pins)?,
+            state_path: state_path.to_path_buf(),
+            before: state.clone(),
+            state,
+            kernel: KernelImage::default(),
+            scope: Some(touched.to_vec()),
+            kernel_rules: read_rules(pins)?,
+            now: Now::read(),
+            origin: Origin::local("cli"),
+            streamed_lists: 0,
+        })
+    }
+
+    /// Removes the bans due by this clock from the database and the maps (as source
+    /// `expiry`), in a session scoped to them; returns their prefixes. The daemon does so every
+    /// second; every writer does so first, so that without the daemon ended bans do not stay
+    /// stored and fill the maps. One query of the expiry index when nothing is due. The
+    /// caller holds the lock.
+    fn expire_due_locked(pins: &PinDir, state_path: &Path) -> Result<Vec<IpNet>> {
+        let now = Timestamp::now();
+        if crate::state::next_expiry(state_path)?.is_none_or(|due| due > now) {
+            return Ok(Vec::new());
+        }
+        let due = crate::state::expired_bans(state_path, now)?;
+        let Some(state) = State::read_scope(state_path, &due)? else {
+            return Ok(Vec::new());
+        };
+        let mut store = Self::scoped(pins, state_path, state, &due)?;
+        store.origin = Origin::local("expiry");
+        let expired: Vec<IpNet> = store
+            .state
+            .bans
+            .iter()
+            .filter(|(_, entry)| entry.is_expired(store.now.wall))
+            .map(|(net, _)| *net)
+            .collect();
+        // `commit` prunes the expired entries it read from the maps and the database.
+        store.commit(|| {})?;
+        Ok(expired)
+    }
+
+    /// [`Store::expire_due_locked`], taking the lock when something is due (the daemon's
+    /// expiry, every second).
+    pub fn expire_due(pins: &PinDir, state_path: &Path) -> Result<Vec<IpNet>> {
+        if crate::state::next_expiry(state_path)?.is_none_or(|due| due > Timestamp::now()) {
+            return Ok(Vec::new());
+        }
+        pins.require_loaded()?;
+        let _lock = pins.lock()?;
+        if pins.maps_pending() {
+            Self::heal(pins, state_path)?;
+        }
+        Self::expire_due_locked(pins, state_path)
     }
 
     /// Brings every map to the database, for a writer that found the maps marked pending: a

@@ -151,6 +151,25 @@ fn a_full_map_is_an_error_and_nothing_is_stored() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
+fn ended_bans_leave_the_map_at_the_next_write_without_the_daemon() {
+    require_root();
+    let net = TestNet::new();
+    let config = net.state_dir.path().join("small.toml");
+    std::fs::write(&config, "[maps]\nban_v4 = 2\n").expect("write config");
+    net.load(&["--config", &config.to_string_lossy()]).ok();
+    net.blocker(&["ban", "198.51.100.2", "198.51.100.3", "--for", "1s"])
+        .ok();
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    // The map is full of ended bans; no daemon removes them. The next writer does, first.
+    let banned = net.client_v4(1, 2);
+    let run = net.blocker(&["ban", &banned.to_string()]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!net.reaches(banned));
+    assert_eq!(net.stored_bans(), [format!("{banned}/32")]);
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn a_ban_refused_by_a_full_map_leaves_the_other_bans_enforced() {
     require_root();
     let net = TestNet::new();

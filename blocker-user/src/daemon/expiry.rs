@@ -9,18 +9,11 @@ use std::{
     time::Duration,
 };
 
-use ipnet::IpNet;
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use crate::{
-    events::EventRecord,
-    pins::PinDir,
-    state::{expired_bans, next_expiry, Origin},
-    store::Store,
-    Result,
-};
+use crate::{events::EventRecord, pins::PinDir, store::Store, Result};
 
 /// Whether the state file reads, as last seen; writes are refused while it does not.
 #[derive(Clone, Default)]
@@ -49,26 +42,12 @@ impl StateHealth {
     }
 }
 
-/// Removes the bans due at this poll: one query of the expiry index a poll, and a session
-/// scoped to the due prefixes when there are some, so a large state costs nothing here.
+/// Removes the bans due at this poll ([`Store::expire_due`]: one query of the expiry index a
+/// poll, and a session scoped to the due prefixes when there are some, so a large state costs
+/// nothing here).
 fn expire_due(pins: &PinDir, state_path: &Path) -> Result<Vec<EventRecord>> {
     let now = Timestamp::now();
-    if next_expiry(state_path)?.is_none_or(|due| due > now) {
-        return Ok(Vec::new());
-    }
-    let due = expired_bans(state_path, now)?;
-    // `commit` prunes the expired entries it read from the maps and the database.
-    let mut store = Store::open_scoped(pins, state_path, &due)?;
-    store.origin = Origin::local("expiry");
-    let due: Vec<IpNet> = store
-        .state
-        .bans
-        .iter()
-        .filter(|(_, entry)| entry.is_expired(store.now.wall))
-        .map(|(net, _)| *net)
-        .collect();
-    store.commit(|| {})?;
-    Ok(due
+    Ok(Store::expire_due(pins, state_path)?
         .into_iter()
         .map(|net| EventRecord {
             event: "expired",
