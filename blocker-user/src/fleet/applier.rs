@@ -41,11 +41,19 @@ const BULK_MIN: usize = 256;
 /// Changes made in one store session at most: it holds the pin directory lock.
 const SESSION_MAX: usize = 4096;
 
+/// Of each bans map, the tenths that received bans may fill: the rest stays for this host's
+/// own (the operator's, offenses', jails'), however many bans peers publish.
+const RECEIVED_TENTHS: i64 = 9;
+
 /// What one batch did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     pub applied: u64,
+    /// Refused by a decision (allowlisted, older than what is here...): never applied.
     pub skipped: u64,
+    /// Not applied because the store failed (locked out too long, a damaged database): to be
+    /// tried again, before anything received after them.
+    pub failed: Vec<Change>,
 }
 
 /// Where received changes are applied.
@@ -68,13 +76,14 @@ impl Inbox {
             Ok(guard) => guard.also_protecting(&self.servers),
             Err(err) => {
                 warn!("fleet: {} changes not applied: {err}", changes.len());
-                total.skipped = changes.len() as u64;
+                total.failed = changes.to_vec();
                 return total;
             }
         };
         let mut count = |done: Applied| {
             total.applied += done.applied;
             total.skipped += done.skipped;
+            total.failed.extend(done.failed);
         };
         for same_list in changes.chunk_by(|a, b| a.message.action.list() == b.message.action.list())
         {
@@ -105,10 +114,13 @@ impl Inbox {
 /// over the maps).
 fn apply_bulk(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) -> Applied {
     let not_applied = |err: &dyn std::fmt::Display| {
-        warn!("fleet: {} changes not applied: {err}", run.len());
+        warn!(
+            "fleet: {} changes not applied: {err}; trying again",
+            run.len()
+        );
         Applied {
-            applied: 0,
-            skipped: run.len() as u64,
+            failed: run.to_vec(),
+            ..Applied::default()
         }
     };
     // An empty scope: the lock, the maps, the allowlist and the rules.
@@ -129,11 +141,16 @@ fn apply_bulk(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) -
     let (mut done, mut issued) = (Applied::default(), 0);
     // Of each prefix changed, the last change made to it (its place in the run, its node).
     let mut last_change: HashMap<IpNet, (usize, &str)> = HashMap::new();
+    let room = match room(&store, state_path) {
+        Ok(room) => room,
+        Err(err) => return not_applied(&err),
+    };
     let now = store.now.wall;
     let mut context = Context {
         now,
         guard: guard.clone(),
         local,
+        room,
     };
     for (place, change) in run.iter().enumerate() {
         match decide(&mut store.state, &mut context, change) {
@@ -229,12 +246,12 @@ fn apply_run(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) ->
         .map_or("", |change| change.message.node.as_str());
     let not_applied = |err: &dyn std::fmt::Display| {
         warn!(
-            "fleet: {} changes from {node} not applied: {err}",
+            "fleet: {} changes from {node} not applied: {err}; trying again",
             run.len()
         );
         Applied {
-            applied: 0,
-            skipped: run.len() as u64,
+            failed: run.to_vec(),
+            ..Applied::default()
         }
     };
     let mut store = match Store::open_scoped(pins, state_path, &touched) {
@@ -255,10 +272,15 @@ fn apply_run(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) ->
         actor: node.to_string(),
     };
     let (mut done, mut bans) = (Applied::default(), 0);
+    let room = match room(&store, state_path) {
+        Ok(room) => room,
+        Err(err) => return not_applied(&err),
+    };
     let mut context = Context {
         now: store.now.wall,
         guard: guard.clone(),
         local,
+        room,
     };
     for change in run {
         match decide(&mut store.state, &mut context, change) {
@@ -296,6 +318,24 @@ struct Context {
     guard: Guard,
     /// This host's own changes of the run's prefixes ([`state::local_changes`]).
     local: LocalChanges,
+    /// New bans received bans may still add, IPv4 then IPv6 ([`RECEIVED_TENTHS`]).
+    room: [i64; 2],
+}
+
+/// [`Context::room`] as the database holds it now.
+fn room(store: &Store, state_path: &Path) -> crate::Result<[i64; 2]> {
+    let summary = state::summary(state_path)?;
+    let room = |v4: bool, kind: &str| {
+        let stored = summary.entries.get(kind).copied().unwrap_or(0);
+        i64::from(store.ban_capacity(v4)) * RECEIVED_TENTHS / 10
+            - i64::try_from(stored).unwrap_or(i64::MAX)
+    };
+    Ok([room(true, "BAN_V4"), room(false, "BAN_V6")])
+}
+
+/// The [`Context::room`] slot of `net`'s family.
+fn family(net: &IpNet) -> usize {
+    usize::from(net.addr().is_ipv6())
 }
 
 impl Context {
@@ -362,6 +402,13 @@ fn decide(state: &mut state::State, context: &mut Context, change: &Change) -> R
             if outlasted {
                 return Err("a ban in force here lasts as long".into());
             }
+            if !state.bans.contains_key(&net) {
+                let room = &mut context.room[family(&net)];
+                if *room <= 0 {
+                    return Err("the bans map's last tenth is kept for this host's own bans".into());
+                }
+                *room -= 1;
+            }
             state.bans.insert(
                 net,
                 Entry {
@@ -404,6 +451,8 @@ fn decide(state: &mut state::State, context: &mut Context, change: &Change) -> R
             }
             state.bans.remove(&net);
             context.local.set.remove(&net);
+            let room = &mut context.room[family(&net)];
+            *room = room.saturating_add(1);
         }
         Action::Disallow => {
             if state
@@ -477,6 +526,7 @@ mod tests {
                 set,
                 removed: HashMap::new(),
             },
+            room: [i64::MAX; 2],
         };
         (state, context)
     }
@@ -586,5 +636,49 @@ mod tests {
         let ban = change(Action::Ban, "192.0.2.0/24", 500);
         let why = decide(&mut state, &mut context, &ban).unwrap_err();
         assert!(why.contains("192.0.2.53"), "{why}");
+    }
+
+    #[test]
+    fn received_bans_leave_the_last_tenth_of_the_map_to_this_host() {
+        let (mut state, mut context) = setup(&[]);
+        context.room = [1, 0];
+        decide(
+            &mut state,
+            &mut context,
+            &change(Action::Ban, "203.0.113.1/32", 500),
+        )
+        .unwrap();
+        let mut full = change(Action::Ban, "203.0.113.2/32", 500);
+        full.message.expires_at = Some(2_000);
+        assert!(
+            decide(&mut state, &mut context, &full).is_err(),
+            "no room left"
+        );
+        assert!(decide(
+            &mut state,
+            &mut context,
+            &change(Action::Ban, "2001:db8::1/128", 500)
+        )
+        .is_err());
+        decide(
+            &mut state,
+            &mut context,
+            &change(Action::Unban, "203.0.113.1/32", 600),
+        )
+        .unwrap();
+        decide(&mut state, &mut context, &full).unwrap();
+        let renewed = Change {
+            message: Message {
+                expires_at: Some(5_000),
+                ..full.message.clone()
+            },
+            ..full.clone()
+        };
+        decide(&mut state, &mut context, &renewed).unwrap();
+        assert_eq!(
+            context.room,
+            [0, 0],
+            "a ban already here takes no more room"
+        );
     }
 }

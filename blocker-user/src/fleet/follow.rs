@@ -1,7 +1,8 @@
 //! Following the bucket: its watch gives the current value of every key, then each change as
 //! it comes. Entries are checked as they arrive and gathered while the batch before them is
 //! being applied, so a lone change is applied at once and a burst or a catch-up in a few
-//! large batches (which the applier writes in bulk).
+//! large batches (which the applier writes in bulk). Changes the store failed to apply (not
+//! those it refused) are tried again, before anything received after them.
 
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ use super::{
 
 /// Received changes gathered at most while a batch is being applied.
 const APPLY_BATCH: usize = 32_768;
+
+/// How long changes the store failed to apply wait before they are tried again (at once
+/// with the next batch, which they go before).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// The newest entry of a batch: its sequence number, the entries known to follow it, and
 /// when it was published (Unix nanoseconds).
@@ -40,6 +45,7 @@ enum Event {
     Entry(Option<Result<kv::Entry, kv::WatcherError>>),
     Applied(Result<(Applied, Option<Newest>), tokio::task::JoinError>),
     Reconnected,
+    Retry,
 }
 
 /// What is accepted from the bucket, and what was seen of it.
@@ -90,13 +96,16 @@ impl Follower<'_> {
         }
     }
 
-    /// Counts what a batch did, and how far the link got.
-    fn applied(&self, done: Result<(Applied, Option<Newest>), tokio::task::JoinError>) {
+    /// Counts what a batch did, and how far the link got; returns the changes to try again.
+    fn applied(
+        &self,
+        done: Result<(Applied, Option<Newest>), tokio::task::JoinError>,
+    ) -> Vec<Change> {
         let (applied, newest) = match done {
             Ok(done) => done,
             Err(err) => {
                 warn!("fleet: applying changes: {err}");
-                return;
+                return Vec::new();
             }
         };
         self.link.count_applied(applied.applied);
@@ -110,6 +119,32 @@ impl Follower<'_> {
                 i64::try_from(lag_ms).unwrap_or(i64::MAX),
             );
         }
+        applied.failed
+    }
+}
+
+/// Changes the store failed to apply, kept to go before the next batch.
+struct Retry {
+    changes: Vec<Change>,
+    at: tokio::time::Instant,
+}
+
+impl Retry {
+    fn keep(&mut self, failed: Vec<Change>) {
+        if !failed.is_empty() {
+            self.at = tokio::time::Instant::now() + RETRY_AFTER;
+        }
+        self.changes.extend(failed);
+    }
+
+    /// `batch`, with the changes to try again in front of it (they are older).
+    fn before(&mut self, mut batch: Batch) -> Batch {
+        if !self.changes.is_empty() {
+            let mut changes = std::mem::take(&mut self.changes);
+            changes.append(&mut batch.changes);
+            batch.changes = changes;
+        }
+        batch
     }
 }
 
@@ -150,6 +185,10 @@ pub async fn follow(
     let mut reconnected = connections.subscribe();
     let mut batch = Batch::default();
     let mut applying = None;
+    let mut retry = Retry {
+        changes: Vec::new(),
+        at: tokio::time::Instant::now(),
+    };
     loop {
         reconnected.borrow_and_update();
         // The current value of every key first, then the changes.
@@ -167,6 +206,8 @@ pub async fn follow(
                 entry = watch.next(), if room => Event::Entry(entry),
                 done = finished(&mut applying) => Event::Applied(done),
                 _ = reconnected.changed() => Event::Reconnected,
+                _ = tokio::time::sleep_until(retry.at),
+                    if applying.is_none() && !retry.changes.is_empty() => Event::Retry,
             };
             match event {
                 Event::Entry(Some(Ok(entry))) => follower.take(entry, &mut batch),
@@ -177,24 +218,70 @@ pub async fn follow(
                 Event::Entry(None) => break,
                 Event::Applied(done) => {
                     applying = None;
-                    follower.applied(done);
+                    retry.keep(follower.applied(done));
                 }
                 Event::Reconnected => {
                     info!("fleet: watching the bucket again after reconnecting");
                     break;
                 }
+                Event::Retry => {
+                    applying = Some(start(inbox, retry.before(Batch::default())));
+                }
             }
             if applying.is_none() && batch.newest.is_some() {
-                applying = Some(start(inbox, std::mem::take(&mut batch)));
+                applying = Some(start(inbox, retry.before(std::mem::take(&mut batch))));
             }
         }
-        // What was taken is applied before watching again, which skips it by its sequence.
+        // What was taken is applied (or kept to try again) before watching again, which
+        // skips it by its sequence.
         if let Some(handle) = applying.take() {
-            follower.applied(handle.await);
+            retry.keep(follower.applied(handle.await));
         }
         if batch.newest.is_some() {
-            follower.applied(start(inbox, std::mem::take(&mut batch)).await);
+            let last = start(inbox, retry.before(std::mem::take(&mut batch)));
+            retry.keep(follower.applied(last.await));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::codec::{Action, Message};
+
+    fn change(host: u8) -> Change {
+        Change {
+            net: format!("192.0.2.{host}/32").parse().unwrap(),
+            message: Message {
+                action: Action::Ban,
+                expires_at: None,
+                reason: None,
+                source: "cli".into(),
+                node: "web-2".into(),
+                at: 1_800_000_000,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_changes_go_again_before_what_was_received_after_them() {
+        let mut retry = Retry {
+            changes: Vec::new(),
+            at: tokio::time::Instant::now(),
+        };
+        retry.keep(Vec::new());
+        assert!(retry.changes.is_empty());
+        let before = tokio::time::Instant::now();
+        retry.keep(vec![change(1), change(2)]);
+        assert!(retry.at >= before + RETRY_AFTER, "not at once");
+        let received = Batch {
+            changes: vec![change(3)],
+            newest: None,
+        };
+        let batch = retry.before(received);
+        let order: Vec<String> = batch.changes.iter().map(|c| c.net.to_string()).collect();
+        assert_eq!(order, ["192.0.2.1/32", "192.0.2.2/32", "192.0.2.3/32"]);
+        assert!(retry.changes.is_empty(), "taken into the batch");
     }
 }
