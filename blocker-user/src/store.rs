@@ -5,7 +5,7 @@
 //! crash between the two is healed by the next writer or `load`, which reconcile the maps.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
@@ -102,6 +102,46 @@ impl CoveringSweep {
         };
         self.covering.push((net, expiry, marked));
         (expiry, marked)
+    }
+}
+
+/// Which stored bans a sync writes again, asked in address order: those `changed` (sorted)
+/// wrote, and those inside a prefix `removed`, whose kernel expiry may have been that ban's
+/// (the bans inside a changed one the sweep finds itself).
+fn written_again<'a>(
+    changed: &'a [IpNet],
+    removed: &[IpNet],
+) -> impl FnMut(&IpNet) -> bool + Send + 'a {
+    let lifted: HashSet<IpNet> = removed.iter().copied().collect();
+    let mut lengths: Vec<(bool, u8)> = removed
+        .iter()
+        .map(|net| (net.addr().is_ipv4(), net.prefix_len()))
+        .collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let inside_lifted = move |net: &IpNet| {
+        lengths.iter().any(|&(v4, len)| {
+            v4 == net.addr().is_ipv4()
+                && len < net.prefix_len()
+                && IpNet::new(net.addr(), len).is_ok_and(|outer| lifted.contains(&outer.trunc()))
+        })
+    };
+    // The pass visits bans in the order `changed` is sorted in: the next one is mostly the
+    // one after the last found, and a search finds the others.
+    let mut next = 0;
+    move |net: &IpNet| {
+        let found = if changed.get(next) == Some(net) {
+            next += 1;
+            true
+        } else {
+            let (found, at) = match changed.binary_search(net) {
+                Ok(at) => (true, at + 1),
+                Err(at) => (false, at),
+            };
+            next = at;
+            found
+        };
+        found || inside_lifted(net)
     }
 }
 
@@ -656,22 +696,11 @@ impl Store {
         for net in removed {
             self.maps.set_ban(net, None)?;
         }
-        // The pass visits bans in the order `changed` is sorted in: the next one is mostly the
-        // one after the last found, and a search finds the others.
-        let mut next = 0;
-        self.maps
-            .write_stored_bans(&self.state_path, &self.now, |net| {
-                if changed.get(next) == Some(net) {
-                    next += 1;
-                    return true;
-                }
-                let (found, at) = match changed.binary_search(net) {
-                    Ok(at) => (true, at + 1),
-                    Err(at) => (false, at),
-                };
-                next = at;
-                found
-            })?;
+        self.maps.write_stored_bans(
+            &self.state_path,
+            &self.now,
+            written_again(changed, removed),
+        )?;
         let lists = crate::state::lists_in_use(&self.state_path)?;
         dynamic::write_settings(&self.pins, self.state.rules.as_ref(), lists, false)
     }
@@ -1125,6 +1154,28 @@ mod tests {
                     .unwrap();
                 proptest::prop_assert_eq!(image.bans[net], wanted, "{}", net);
             }
+        }
+    }
+
+    #[test]
+    fn a_sync_writes_again_the_changed_bans_and_those_inside_a_lifted_one() {
+        let nets =
+            |list: &[&str]| -> Vec<IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
+        let changed = nets(&["10.0.0.1/32", "192.0.2.0/24"]);
+        let removed = nets(&["10.1.0.0/16", "2001:db8::/32"]);
+        let mut again = written_again(&changed, &removed);
+        let stored = [
+            ("10.0.0.1/32", true),
+            ("10.0.0.2/32", false),
+            ("10.1.0.0/16", false),
+            ("10.1.2.3/32", true),
+            ("10.2.0.1/32", false),
+            ("192.0.2.0/24", true),
+            ("2001:db8:1::/48", true),
+            ("2001:db9::1/128", false),
+        ];
+        for (net, expected) in stored {
+            assert_eq!(again(&net.parse().unwrap()), expected, "{net}");
         }
     }
 
