@@ -134,11 +134,14 @@ fn load_restore_attach(
         loader.map_pin_path(name, path.as_path());
     }
     let capacities = &config.maps;
+    let fits = |map: &str, configured: u32| -> u32 {
+        fits_stored(fresh.then_some(state_path), map, configured)
+    };
     loader
-        .map_max_entries(MAP_BAN_V4, capacities.ban_v4)
-        .map_max_entries(MAP_BAN_V6, capacities.ban_v6)
-        .map_max_entries(MAP_ALLOW_V4, capacities.allow)
-        .map_max_entries(MAP_ALLOW_V6, capacities.allow)
+        .map_max_entries(MAP_BAN_V4, fits("BAN_V4", capacities.ban_v4))
+        .map_max_entries(MAP_BAN_V6, fits("BAN_V6", capacities.ban_v6))
+        .map_max_entries(MAP_ALLOW_V4, fits("ALLOW_V4", capacities.allow))
+        .map_max_entries(MAP_ALLOW_V6, fits("ALLOW_V6", capacities.allow))
         .map_max_entries(MAP_BLACKLIST_V4, capacities.blacklist)
         .map_max_entries(MAP_BLACKLIST_V6, capacities.blacklist)
         .map_max_entries(MAP_HISTORY, capacities.history)
@@ -165,6 +168,28 @@ fn load_restore_attach(
         restored,
         ebpf,
     })
+}
+
+/// The capacity of the trie stored under `map` (its kept-count kind) in fresh maps: the
+/// `configured` one, or the stored entries when they are more, with a warning, so a capacity
+/// lowered below what is stored never leaves a boot without any map. `state_path` is `None`
+/// when the maps exist already.
+fn fits_stored(state_path: Option<&Path>, map: &str, configured: u32) -> u32 {
+    let stored = state_path
+        .and_then(|path| crate::state::summary(path).ok())
+        .and_then(|summary| summary.entries.get(map).copied())
+        .unwrap_or(0);
+    match u32::try_from(stored) {
+        Ok(stored) if stored > configured => {
+            warn!(
+                "the state holds {stored} entries for {map}, more than its configured \
+                 capacity of {configured}: the map holds {stored} (raise it in [maps], or \
+                 remove entries)"
+            );
+            stored
+        }
+        _ => configured,
+    }
 }
 
 fn restore_and_attach(

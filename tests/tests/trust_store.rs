@@ -204,6 +204,36 @@ fn a_second_load_keeps_the_history_of_unchanged_rules() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
+fn a_boot_with_more_bans_stored_than_the_configured_capacity_enforces_them_all() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let banned: Vec<String> = (2..=4)
+        .map(|host| net.client_v4(1, host).to_string())
+        .collect();
+    let mut ban = vec!["ban"];
+    ban.extend(banned.iter().map(String::as_str));
+    net.blocker(&ban).ok();
+    net.blocker(&["unload"]).ok();
+    // The operator lowered the capacity below what is stored: the boot must not leave the
+    // host without any map (nor drop stored bans).
+    let config = net.config("small.toml", "[maps]\nban_v4 = 2\n");
+    let run = net.load(&["--config", &config]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("more than its configured"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !net.reaches(net.client_v4(1, 2)),
+        "the stored bans are enforced"
+    );
+    assert_eq!(net.stored_bans().len(), 3);
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn a_writer_stopped_between_its_commit_and_the_maps_is_healed_by_the_next_writer() {
     require_root();
     let net = TestNet::new();
