@@ -921,10 +921,20 @@ impl Store {
         self.pins.clear_maps_pending()?;
         // The XDP program checks the allowlist first, so these entries no longer drop anything;
         // removing them keeps `list blacklist` to what is in force.
+        // The change is stored and enforced: a failure here is no failure of the command.
         let allowed: Vec<IpNet> = after.allow.difference(&before.allow).copied().collect();
         if !allowed.is_empty() {
-            for net in dynamic::remove_blacklisted(&self.pins, dynamic::Doomed::Inside(&allowed))? {
-                tracing::info!("removed {net} from the dynamic blacklist: it is allowed now");
+            match dynamic::remove_blacklisted(&self.pins, dynamic::Doomed::Inside(&allowed)) {
+                Ok(removed) => {
+                    for net in removed {
+                        tracing::info!(
+                            "removed {net} from the dynamic blacklist: it is allowed now"
+                        );
+                    }
+                }
+                Err(err) => tracing::warn!(
+                    "the change is stored, but clearing the dynamic blacklist failed: {err}"
+                ),
             }
         }
         Ok(())

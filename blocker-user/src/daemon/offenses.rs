@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use axum::http::StatusCode;
 use ipnet::IpNet;
 use tokio::sync::{mpsc, oneshot};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::api::{ApiError, OffenseAnswer, OffenseReport};
 use crate::{
@@ -162,8 +162,12 @@ pub fn record_batch(
     static LAST_FORGET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
     let last = LAST_FORGET.load(std::sync::atomic::Ordering::Relaxed);
     if now.as_second() - last >= FORGET_EVERY_S {
-        forget_offenses(state_path, &config.offenses, now)?;
-        LAST_FORGET.store(now.as_second(), std::sync::atomic::Ordering::Relaxed);
+        // The batch is stored: a failure here must not tell its senders otherwise (they
+        // would report the same offenses again, scoring them twice).
+        match forget_offenses(state_path, &config.offenses, now) {
+            Ok(()) => LAST_FORGET.store(now.as_second(), std::sync::atomic::Ordering::Relaxed),
+            Err(err) => warn!("dropping stale offense scores: {err}"),
+        }
     }
     Ok(answers)
 }
