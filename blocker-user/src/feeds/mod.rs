@@ -53,6 +53,12 @@ pub async fn refresh(
     force: bool,
 ) -> Result<Vec<Refreshed>> {
     let path = status_path(state_path);
+    let _refreshing = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || status::lock(&path))
+            .await
+            .map_err(|err| io_error("locking the feeds' statuses", err))??
+    };
     let mut statuses = Statuses::load(&path)?;
     let mut done = Vec::new();
     for feed in feeds {

@@ -4,12 +4,15 @@
 
 use std::{
     collections::BTreeMap,
+    fs::File,
     io::Write as _,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
 use ipnet::IpNet;
 use jiff::Timestamp;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -35,6 +38,25 @@ pub fn status_path(state_path: &Path) -> PathBuf {
     state_path.with_file_name("feeds.json")
 }
 
+/// The lock a refresh holds from reading the statuses at `path` to its last save, so the
+/// daemon's refreshes and `blocker feeds --refresh` never overwrite each other's (a feed's
+/// last good set reverting would leave what it dropped banned). Waits for the holder.
+pub fn lock(path: &Path) -> Result<Flock<File>> {
+    let lock_path = path.with_extension("json.lock");
+    let io = |context: &str| {
+        let context = format!("{context} {}", lock_path.display());
+        move |source| Error::Io { context, source }
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io("opening"))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| io("locking")(errno.into()))
+}
+
 impl Statuses {
     /// The statuses saved at `path`; none before the first refresh.
     pub fn load(path: &Path) -> Result<Self> {
@@ -58,6 +80,7 @@ impl Statuses {
             let mut file = tempfile::NamedTempFile::new_in(dir)?;
             let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
             file.write_all(&json)?;
+            file.as_file().sync_all()?;
             file.persist(path).map_err(|err| err.error)?;
             Ok(())
         };
@@ -65,5 +88,31 @@ impl Statuses {
             context: format!("writing {}", path.display()),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_refresh_waits_for_the_first_to_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = status_path(&dir.path().join("state.db"));
+        let first = lock(&path).unwrap();
+        let (taken, told) = std::sync::mpsc::channel();
+        let waiter = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let _second = lock(&path).unwrap();
+                taken.send(()).unwrap();
+            })
+        };
+        let wait = std::time::Duration::from_millis(200);
+        assert!(told.recv_timeout(wait).is_err(), "taken while held");
+        drop(first);
+        told.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("taken once let go");
+        waiter.join().unwrap();
     }
 }
