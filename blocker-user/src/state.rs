@@ -242,6 +242,12 @@ fn read_content(path: &Path) -> Result<Content> {
         .read(&mut head)
         .map_err(Error::io(format!("reading state file {}", path.display())))?;
     let head = &head[..read];
+    // What a writer killed between creating the file and SQLite writing its header leaves:
+    // it holds nothing, so it is no state yet (writers then check the maps, as for a
+    // missing file), not a foreign file refused for good.
+    if head.is_empty() {
+        return Ok(Content::Missing);
+    }
     Ok(if head == SQLITE_MAGIC {
         Content::Database
     } else if head.trim_ascii_start().starts_with(b"{") {
@@ -1474,6 +1480,23 @@ mod tests {
         v4: ("ban_v4", 100),
         v6: ("ban_v6", 100),
     };
+
+    #[test]
+    fn an_empty_file_left_by_a_killed_writer_is_no_state_yet_and_becomes_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        File::create(&path).unwrap();
+        assert_eq!(State::read(&path).unwrap(), None);
+        sample()
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
+        assert_eq!(State::load(&path).unwrap(), sample());
+        std::fs::write(&path, b"not a database").unwrap();
+        assert!(
+            State::read(&path).is_err(),
+            "anything else is still refused"
+        );
+    }
 
     #[test]
     fn an_import_replacing_only_its_own_bans_leaves_every_other_ban_in_force() {
