@@ -4,21 +4,27 @@
 //! the rows of shared sources into messages, and advances the cursor once the bucket took
 //! them. Changes made while the daemon was down are published when it starts. Rows written
 //! by the fleet (source `fleet`) are never published: nothing received goes out again.
+//!
+//! A writer whose maps refuse a change takes it back (its history rows go) after the commit,
+//! so the change may have been published in between: the publisher remembers what it
+//! published for a while, and when rows of it are gone (ids are never handed out again), it
+//! publishes the prefix's state as it is now, which undoes it at the other nodes.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet, VecDeque},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use async_nats::jetstream::kv;
 use futures_util::StreamExt as _;
 use ipnet::IpNet;
+use rusqlite::OptionalExtension as _;
 use tracing::{info, warn};
 
 use super::{
-    codec::{key, shared_reason, Action, Message},
+    codec::{key, shared_reason, Action, List, Message},
     link::SharedLink,
 };
 
@@ -28,6 +34,37 @@ const POLL: Duration = Duration::from_millis(20);
 const BATCH: usize = 4096;
 /// Puts in flight at once (no two for the same key: a batch holds a key once).
 const IN_FLIGHT: usize = 256;
+/// How long published rows are watched for an undo: longer than a writer takes from its
+/// commit to its maps (an import of a million bans, seconds).
+const UNDO_WINDOW: Duration = Duration::from_secs(120);
+/// How often the rows watched are looked for.
+const UNDO_CHECK: Duration = Duration::from_secs(1);
+/// Rows watched at most (the latest): memory and each check's query stay bounded whatever
+/// a burst publishes.
+const UNDO_WATCHED: usize = 65_536;
+
+/// A history row that was published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Published {
+    id: i64,
+    list: List,
+    net: IpNet,
+    source: String,
+}
+
+/// Published rows taken back, and what to publish in their place.
+#[derive(Default)]
+struct TakenBack {
+    gone: Vec<Published>,
+    now_held: Vec<(String, Message)>,
+}
+
+/// A row to publish: what it was, and its message under its key.
+struct Outgoing {
+    row: Published,
+    key: String,
+    message: Message,
+}
 
 /// Where the history is followed from.
 pub struct Outbox {
@@ -78,9 +115,71 @@ impl Outbox {
             .with_context(|| format!("writing {}", self.cursor_path.display()))
     }
 
+    /// Of the rows `published`, those taken back since (their ids are gone), and the state
+    /// of their prefixes now, to publish in their place.
+    fn taken_back(&self, published: &[Published]) -> anyhow::Result<TakenBack> {
+        let (Some(lowest), Some(highest)) = (
+            published.iter().map(|row| row.id).min(),
+            published.iter().map(|row| row.id).max(),
+        ) else {
+            return Ok(TakenBack::default());
+        };
+        let conn = crate::state::open(&self.state_path, false)?;
+        let mut ids = conn.prepare_cached("SELECT id FROM history WHERE id BETWEEN ?1 AND ?2")?;
+        let kept: HashSet<i64> = ids
+            .query_map([lowest, highest], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        let gone: Vec<Published> = published
+            .iter()
+            .filter(|row| !kept.contains(&row.id))
+            .cloned()
+            .collect();
+        let mut now_held = Vec::new();
+        for row in &gone {
+            let (table, added, removed) = match row.list {
+                List::Bans => ("bans", Action::Ban, Action::Unban),
+                List::Allow => ("allow", Action::Allow, Action::Disallow),
+            };
+            let expiry = if row.list == List::Bans {
+                "expires_at"
+            } else {
+                "NULL"
+            };
+            let held: Option<(Option<i64>, Option<String>, String)> = conn
+                .query_row(
+                    &format!("SELECT {expiry}, reason, source FROM {table} WHERE prefix = ?1"),
+                    [row.net.to_string()],
+                    |found| Ok((found.get(0)?, found.get(1)?, found.get(2)?)),
+                )
+                .optional()?;
+            let message = match held {
+                // What the undo restored: a change received from the fleet stays theirs.
+                Some((expires_at, reason, source)) if self.share.contains(&source) => Message {
+                    action: added,
+                    expires_at,
+                    reason: reason.map(|reason| shared_reason(&reason)),
+                    source,
+                    node: self.node.clone(),
+                    at: jiff::Timestamp::now().as_second(),
+                },
+                Some(_) => continue,
+                None => Message {
+                    action: removed,
+                    expires_at: None,
+                    reason: Some("taken back".into()),
+                    source: row.source.clone(),
+                    node: self.node.clone(),
+                    at: jiff::Timestamp::now().as_second(),
+                },
+            };
+            now_held.push((key(row.list, &row.net), message));
+        }
+        Ok(TakenBack { gone, now_held })
+    }
+
     /// The changes recorded after `after`, the last state of each key only, and the id of
     /// the last row read.
-    fn pending(&self, after: i64) -> anyhow::Result<(i64, Vec<(String, Message)>)> {
+    fn pending(&self, after: i64) -> anyhow::Result<(i64, Vec<Outgoing>)> {
         let conn = crate::state::open(&self.state_path, false)?;
         // A cursor past the history's end: rows it covered were taken back by an undo, and
         // before schema 4 their ids were handed out again. Fall back to the end, or the rows
@@ -97,7 +196,7 @@ impl Outbox {
         )?;
         let mut rows = statement.query(rusqlite::params![after, BATCH as i64])?;
         let mut last = after;
-        let mut latest: HashMap<String, (i64, Message)> = HashMap::new();
+        let mut latest: HashMap<String, Outgoing> = HashMap::new();
         while let Some(row) = rows.next()? {
             let id: i64 = row.get(0)?;
             last = id;
@@ -129,18 +228,22 @@ impl Outbox {
                     None
                 },
                 reason: row.get::<_, Option<String>>(5)?.map(|r| shared_reason(&r)),
-                source,
+                source: source.clone(),
                 node: self.node.clone(),
                 at: row.get(1)?,
             };
-            latest.insert(key(action.list(), &net), (id, message));
+            let key = key(action.list(), &net);
+            let row = Published {
+                id,
+                list: action.list(),
+                net,
+                source,
+            };
+            latest.insert(key.clone(), Outgoing { row, key, message });
         }
-        let mut changes: Vec<(i64, String, Message)> = latest
-            .into_iter()
-            .map(|(key, (id, message))| (id, key, message))
-            .collect();
-        changes.sort_by_key(|(id, _, _)| *id);
-        Ok((last, changes.into_iter().map(|(_, k, m)| (k, m)).collect()))
+        let mut changes: Vec<Outgoing> = latest.into_values().collect();
+        changes.sort_by_key(|change| change.row.id);
+        Ok((last, changes))
     }
 }
 
@@ -149,7 +252,39 @@ impl Outbox {
 /// batch goes again after a pause.
 pub async fn publish(outbox: Outbox, mut cursor: i64, bucket: kv::Store, link: SharedLink) {
     let outbox = std::sync::Arc::new(outbox);
+    // What was published lately, watched for an undo.
+    let mut recent: VecDeque<(Instant, Published)> = VecDeque::new();
+    let mut checked = Instant::now();
     loop {
+        if checked.elapsed() >= UNDO_CHECK && !recent.is_empty() {
+            checked = Instant::now();
+            while recent
+                .front()
+                .is_some_and(|(at, _)| at.elapsed() > UNDO_WINDOW)
+            {
+                recent.pop_front();
+            }
+            let watched: Vec<Published> = recent.iter().map(|(_, row)| row.clone()).collect();
+            let outbox = outbox.clone();
+            match tokio::task::spawn_blocking(move || outbox.taken_back(&watched)).await {
+                Ok(Ok(TakenBack { gone, now_held })) if !gone.is_empty() => {
+                    let count = now_held.len();
+                    let (sent, failed) = put_all(&bucket, now_held).await;
+                    link.count_published(sent);
+                    match failed {
+                        // Still gone at the next check: published again then.
+                        Some(err) => warn!("fleet: publishing {count} taken-back changes: {err:#}"),
+                        None => {
+                            info!("fleet: published the state of {count} changes taken back");
+                            recent.retain(|(_, row)| !gone.contains(row));
+                        }
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => warn!("fleet: reading the history for taken-back changes: {err:#}"),
+                Err(err) => warn!("fleet: reading the history for taken-back changes: {err}"),
+            }
+        }
         let after = cursor;
         let read = {
             let outbox = outbox.clone();
@@ -173,7 +308,11 @@ pub async fn publish(outbox: Outbox, mut cursor: i64, bucket: kv::Store, link: S
             continue;
         }
         let count = changes.len();
-        let (sent, failed) = put_all(&bucket, changes).await;
+        let messages = changes
+            .iter()
+            .map(|change| (change.key.clone(), change.message.clone()))
+            .collect();
+        let (sent, failed) = put_all(&bucket, messages).await;
         link.count_published(sent);
         if let Some(err) = failed {
             warn!("fleet: publishing {count} changes: {err:#}; trying again in a second");
@@ -183,6 +322,10 @@ pub async fn publish(outbox: Outbox, mut cursor: i64, bucket: kv::Store, link: S
         if count > 0 {
             info!("fleet: published {count} changes");
         }
+        let now = Instant::now();
+        recent.extend(changes.into_iter().map(|change| (now, change.row)));
+        let excess = recent.len().saturating_sub(UNDO_WATCHED);
+        recent.drain(..excess);
         let saved = {
             let outbox = outbox.clone();
             tokio::task::spawn_blocking(move || outbox.save_cursor(last)).await
@@ -232,6 +375,45 @@ mod tests {
                 expires_at: None,
             },
         );
+    }
+
+    #[test]
+    fn a_published_change_taken_back_is_published_again_as_the_prefix_is_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let origin = Origin {
+            source: "cli",
+            actor: "tester".into(),
+        };
+        let mut state = State::default();
+        ban(&mut state, "198.51.100.1/32");
+        state
+            .save_changes(&path, &State::default(), &origin)
+            .unwrap();
+        let outbox = Outbox::new(&path, vec!["cli".into()], "node".into());
+        // A second ban, published, then taken back by its writer (a map refused it).
+        let before = state.clone();
+        ban(&mut state, "198.51.100.2/32");
+        let written = state.save_changes(&path, &before, &origin).unwrap();
+        let (_, published) = outbox.pending(0).unwrap();
+        let rows: Vec<Published> = published.into_iter().map(|change| change.row).collect();
+        assert_eq!(rows.len(), 2);
+        let taken = outbox.taken_back(&rows).unwrap();
+        assert!(
+            taken.gone.is_empty() && taken.now_held.is_empty(),
+            "nothing taken back yet"
+        );
+        state.undo(&path, &before, &written).unwrap();
+        let TakenBack {
+            gone,
+            now_held: again,
+        } = outbox.taken_back(&rows).unwrap();
+        assert_eq!(gone, rows[1..]);
+        assert_eq!(again.len(), 1);
+        let (key, message) = &again[0];
+        assert_eq!(key, "ban.198-51-100-2.32");
+        assert_eq!(message.action, Action::Unban, "it is not banned now");
+        assert_eq!(message.source, "cli");
     }
 
     #[test]
