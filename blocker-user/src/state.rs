@@ -1476,6 +1476,24 @@ mod tests {
             .into_iter()
     }
 
+    /// [`import_bans`] as `blocker import` runs it: source `import`, room to spare, no
+    /// allowlist entries, any ban replaced.
+    fn import_list(
+        path: &Path,
+        now: Timestamp,
+        rows: impl Iterator<Item = Result<ImportRow>>,
+    ) -> Result<Imported> {
+        import_bans(
+            path,
+            &Origin::local("import"),
+            now,
+            &ROOMY,
+            ImportAllows::NONE,
+            Replace::Any,
+            rows,
+        )
+    }
+
     const ROOMY: Capacity = Capacity {
         v4: ("ban_v4", 100),
         v6: ("ban_v6", 100),
@@ -1573,16 +1591,7 @@ mod tests {
         let now = Timestamp::from_second(1_700_000_100).unwrap();
         let import = Origin::local("import");
         let rows = import_rows(&["10.0.0.0/8", "198.51.100.0/24", "198.51.100.7/32"]);
-        let mut imported = import_bans(
-            &path,
-            &import,
-            now,
-            &ROOMY,
-            ImportAllows::NONE,
-            Replace::Any,
-            rows,
-        )
-        .unwrap();
+        let mut imported = import_list(&path, now, rows).unwrap();
         let after = State::load(&path).unwrap();
         assert_eq!(after.bans.len(), 4, "one replaced, two added");
         assert_eq!(
@@ -1702,16 +1711,7 @@ mod tests {
             line: 2,
             message: "bad".into(),
         })]);
-        assert!(import_bans(
-            &path,
-            &Origin::local("import"),
-            now,
-            &ROOMY,
-            ImportAllows::NONE,
-            Replace::Any,
-            bad_row
-        )
-        .is_err());
+        assert!(import_list(&path, now, bad_row).is_err());
         assert_eq!(State::load(&path).unwrap(), before);
     }
 
@@ -1733,16 +1733,7 @@ mod tests {
             row("198.51.100.0/24", Some(listed)),
             row("198.51.100.7/32", None),
         ];
-        import_bans(
-            &path,
-            &Origin::local("import"),
-            now,
-            &ROOMY,
-            ImportAllows::NONE,
-            Replace::Any,
-            rows.into_iter(),
-        )
-        .unwrap();
+        import_list(&path, now, rows.into_iter()).unwrap();
         let created =
             |net: &str| State::load(&path).unwrap().bans[&net.parse().unwrap()].created_at;
         assert_eq!(
@@ -1758,16 +1749,7 @@ mod tests {
         );
         let later = Timestamp::from_second(1_700_000_200).unwrap();
         let again = vec![row("198.51.100.0/24", Some(now))];
-        import_bans(
-            &path,
-            &Origin::local("import"),
-            later,
-            &ROOMY,
-            ImportAllows::NONE,
-            Replace::Any,
-            again.into_iter(),
-        )
-        .unwrap();
+        import_list(&path, later, again.into_iter()).unwrap();
         assert_eq!(
             created("198.51.100.0/24"),
             listed,
@@ -1814,16 +1796,7 @@ mod tests {
         assert_eq!(counts(&path), [2, 1, 1, 1]);
         let rows = import_rows(&["203.0.113.0/24", "2001:db8:1::/48"]);
         let now = Timestamp::from_second(1_700_000_100).unwrap();
-        import_bans(
-            &path,
-            &Origin::local("import"),
-            now,
-            &ROOMY,
-            ImportAllows::NONE,
-            Replace::Any,
-            rows,
-        )
-        .unwrap();
+        import_list(&path, now, rows).unwrap();
         assert_eq!(counts(&path), [3, 2, 1, 1], "a bulk import is counted too");
     }
 
@@ -1848,16 +1821,7 @@ mod tests {
             row("198.51.100.7/32", "last", Some(later)),
         ];
         let import = Origin::local("import");
-        let mut imported = import_bans(
-            &path,
-            &import,
-            now,
-            &ROOMY,
-            ImportAllows::NONE,
-            Replace::Any,
-            rows.into_iter(),
-        )
-        .unwrap();
+        let mut imported = import_list(&path, now, rows.into_iter()).unwrap();
         assert_eq!(imported.nets.len(), 2);
         let after = State::load(&path).unwrap();
         for net in ["10.0.0.0/8", "198.51.100.7/32"] {
@@ -2102,16 +2066,7 @@ mod tests {
         let import = Origin::local("import");
         let rows = import_rows(&["203.0.113.0/24", "203.0.113.1/32"]);
         let at = Timestamp::from_second(1_700_000_100).unwrap();
-        let mut imported = import_bans(
-            &path,
-            &import,
-            at,
-            &ROOMY,
-            ImportAllows::NONE,
-            Replace::Any,
-            rows,
-        )
-        .unwrap();
+        let mut imported = import_list(&path, at, rows).unwrap();
         let imported_up_to = last_id(&path);
         assert!(imported_up_to > handed_out);
         undo_import(&mut imported, &import).unwrap();

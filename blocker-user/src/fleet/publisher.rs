@@ -377,24 +377,33 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_published_change_taken_back_is_published_again_as_the_prefix_is_now() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let origin = Origin {
+    fn origin() -> Origin {
+        Origin {
             source: "cli",
             actor: "tester".into(),
-        };
+        }
+    }
+
+    /// A database where the CLI banned 198.51.100.1, and the state it holds.
+    fn one_ban_stored() -> (tempfile::TempDir, PathBuf, State) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
         let mut state = State::default();
         ban(&mut state, "198.51.100.1/32");
         state
-            .save_changes(&path, &State::default(), &origin)
+            .save_changes(&path, &State::default(), &origin())
             .unwrap();
+        (dir, path, state)
+    }
+
+    #[test]
+    fn a_published_change_taken_back_is_published_again_as_the_prefix_is_now() {
+        let (_dir, path, mut state) = one_ban_stored();
         let outbox = Outbox::new(&path, vec!["cli".into()], "node".into());
         // A second ban, published, then taken back by its writer (a map refused it).
         let before = state.clone();
         ban(&mut state, "198.51.100.2/32");
-        let written = state.save_changes(&path, &before, &origin).unwrap();
+        let written = state.save_changes(&path, &before, &origin()).unwrap();
         let (_, published) = outbox.pending(0).unwrap();
         let rows: Vec<Published> = published.into_iter().map(|change| change.row).collect();
         assert_eq!(rows.len(), 2);
@@ -418,24 +427,14 @@ mod tests {
 
     #[test]
     fn a_cursor_past_the_historys_end_falls_back_to_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let origin = Origin {
-            source: "cli",
-            actor: "tester".into(),
-        };
-        let mut state = State::default();
-        ban(&mut state, "198.51.100.1/32");
-        state
-            .save_changes(&path, &State::default(), &origin)
-            .unwrap();
+        let (_dir, path, mut state) = one_ban_stored();
         let outbox = Outbox::new(&path, vec!["cli".into()], "node".into());
         // A cursor saved before the rows past 1 were taken back (their ids free again).
         let (last, changes) = outbox.pending(5).unwrap();
         assert_eq!((last, changes.len()), (1, 0));
         let before = state.clone();
         ban(&mut state, "198.51.100.2/32");
-        state.save_changes(&path, &before, &origin).unwrap();
+        state.save_changes(&path, &before, &origin()).unwrap();
         let (last, changes) = outbox.pending(last).unwrap();
         assert_eq!(last, 2);
         assert_eq!(changes.len(), 1, "the next row is published");
