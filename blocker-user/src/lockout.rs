@@ -151,11 +151,7 @@ impl Guard {
                 why,
             })
         };
-        let widest = match net {
-            IpNet::V4(_) => WIDEST_V4,
-            IpNet::V6(_) => WIDEST_V6,
-        };
-        if net.prefix_len() < widest {
+        if let Some(widest) = wider_than_allowed(net) {
             return refuse(format!(
                 "it is wider than a /{widest}, a large part of the Internet"
             ));
@@ -227,6 +223,16 @@ impl Guard {
         }
         Ok(())
     }
+}
+
+/// The widest prefix length of `net`'s family ([`WIDEST_V4`], [`WIDEST_V6`]) when `net` is
+/// wider than it.
+pub fn wider_than_allowed(net: &IpNet) -> Option<u8> {
+    let widest = match net {
+        IpNet::V4(_) => WIDEST_V4,
+        IpNet::V6(_) => WIDEST_V6,
+    };
+    (net.prefix_len() < widest).then_some(widest)
 }
 
 fn allowed(allow: &BTreeMap<IpNet, Entry>, addr: IpAddr) -> bool {

@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 
 use super::codec::{Action, Change, List};
 use crate::{
-    lockout::{Guard, WIDEST_V4, WIDEST_V6},
+    lockout::{wider_than_allowed, Guard},
     pins::PinDir,
     state::{self, Capacity, Decided, Entry, LocalChanges, Merged, Origin, Table, FLEET_SOURCE},
     store::Store,
@@ -419,11 +419,7 @@ fn decide(state: &mut state::State, context: &mut Context, change: &Change) -> R
             );
         }
         Action::Allow => {
-            let widest = match net {
-                IpNet::V4(_) => WIDEST_V4,
-                IpNet::V6(_) => WIDEST_V6,
-            };
-            if net.prefix_len() < widest {
+            if let Some(widest) = wider_than_allowed(&net) {
                 return Err(format!(
                     "wider than a /{widest}: it would lift the bans of a large part of the Internet"
                 ));
