@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     io::{ErrorKind, Read},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -200,7 +200,6 @@ static KNOWN_DATABASES: std::sync::Mutex<Vec<(PathBuf, (u64, u64))>> =
 
 /// The (device, inode) `path` names now; `stat` opens nothing.
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
     fs::metadata(path).ok().map(|meta| (meta.dev(), meta.ino()))
 }
 
@@ -303,9 +302,44 @@ pub(crate) fn open(path: &Path, create: bool) -> Result<pool::Pooled> {
     Ok(pool::keep(path, connect(path, create)?))
 }
 
+/// Refuses a state whose directory (if it exists) another user owns or may write: they
+/// could replace the database, or plant links where its side files (`-wal`, the last good
+/// copy, the fleet cursor) are written, or a FIFO at its path.
+fn require_private_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let meta = match fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("reading the directory of {}", path.display()),
+                source,
+            })
+        }
+    };
+    let owner = meta.uid();
+    let trusted_owner = owner == 0 || owner == nix::unistd::geteuid().as_raw();
+    if !trusted_owner || meta.permissions().mode() & 0o022 != 0 {
+        return Err(Error::State {
+            path: path.to_path_buf(),
+            message: format!(
+                "its directory {} is owned by uid {owner} with mode {:o}, so others may write \
+                 there: keep the state in a directory only root may write (nothing was changed)",
+                dir.display(),
+                meta.permissions().mode() & 0o7777
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A new connection to the database, not kept for reuse.
 fn connect(path: &Path, create: bool) -> Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    require_private_dir(path)?;
     if create {
         // Root's alone from the start: the allowlist (the addresses no rule or ban stops) and
         // the offense keys (user names) are not for other users to read, and a file created
@@ -1355,6 +1389,14 @@ pub fn refresh_last_good(path: &Path) -> Result<()> {
     let copy = last_good_path(path);
     let temp = suffixed(&copy, ".tmp");
     let _ = fs::remove_file(&temp);
+    // The copy holds all the database does: root's alone from the start, like it (SQLite
+    // would create it by the umask).
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(Error::io(format!("creating {}", temp.display())))?;
     conn.backup(rusqlite::DatabaseName::Main, &temp, None)
         .map_err(|err| invalid(path, format!("backing up: {err}")))?;
     File::open(&temp)
@@ -1390,8 +1432,6 @@ pub fn last_good_path(path: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
     use crate::rules::{Events, RuleSpec};
 
@@ -1410,6 +1450,30 @@ mod tests {
             }
         }
         assert!(path.exists());
+        refresh_last_good(&path).unwrap();
+        assert_eq!(
+            mode(&last_good_path(&path)) & 0o077,
+            0,
+            "the last good copy"
+        );
+    }
+
+    #[test]
+    fn a_state_in_a_directory_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let path = shared.join("state.db");
+        let err = State::default()
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap_err();
+        assert!(err.to_string().contains("others may write"), "{err}");
+        assert!(!path.exists(), "nothing was created there");
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+        State::default()
+            .save_changes(&path, &State::default(), &origin())
+            .unwrap();
     }
 
     fn entry(expires_at: Option<i64>) -> Entry {

@@ -6,6 +6,7 @@
 
 use std::{
     fs,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -44,7 +45,10 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         &stage.join("usr/share/doc/blocker/fail2ban/action.d/blocker.conf"),
         0o644,
     )?;
-    fs::create_dir_all(stage.join("var/lib/blocker"))?;
+    // Root's alone, whatever the builder's umask: the state database and its copies live here.
+    let state_dir = stage.join("var/lib/blocker");
+    fs::create_dir_all(&state_dir)?;
+    fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o700))?;
     generated_docs(&binary, &stage)?;
     let debian = stage.join("DEBIAN");
     for script in ["postinst", "postrm", "prerm"] {
@@ -106,7 +110,6 @@ fn write(to: &Path, text: &str, mode: u32) -> Result<()> {
 }
 
 fn write_bytes(to: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
     if let Some(dir) = to.parent() {
         fs::create_dir_all(dir)?;
     }

@@ -8,7 +8,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
     io::{ErrorKind, Read, Seek, SeekFrom},
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -155,7 +155,7 @@ impl FileFollower {
             followed.restart_at(0);
         }
         if followed.file.is_none() {
-            let file = File::open(path)?;
+            let file = open_log(path)?;
             let inode = file.metadata()?.ino();
             let saved = self.saved.remove(&path.to_string_lossy().into_owned());
             // Reopened after an error, the same file goes on where it was.
@@ -296,6 +296,24 @@ fn warn_long(warnings: &mut Warnings, path: &Path) {
     });
 }
 
+/// Opens the log at `path`, which must be a regular file: whoever can write in a log's
+/// directory could put a FIFO there (an open that never returns, stopping the jail) or a
+/// device (`/dev/zero`, endless reads) instead. Non-blocking, so a FIFO is refused, not
+/// waited on.
+fn open_log(path: &Path) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -316,6 +334,25 @@ mod tests {
             .unwrap()
             .write_all(text)
             .unwrap();
+    }
+
+    #[test]
+    fn a_fifo_or_device_in_place_of_the_log_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.log");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let zero = dir.path().join("zero.log");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let watched = [path.display().to_string(), zero.display().to_string()];
+        let (done, polled) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut follower = FileFollower::new(&watched, HashMap::new());
+            done.send(lines(&mut follower)).unwrap();
+        });
+        let seen = polled
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the poll returns");
+        assert!(seen.is_empty(), "{} lines", seen.len());
     }
 
     #[test]
