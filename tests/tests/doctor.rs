@@ -91,6 +91,15 @@ fn doctor_passes_a_healthy_setup() {
         checks.iter().all(|check| check["outcome"] != "fail"),
         "{json}"
     );
+    // A writer stopped between its commit and the maps leaves its mark: doctor says so.
+    std::os::unix::fs::symlink("database-ahead", net.pin_dir.join("maps-pending"))
+        .expect("the mark");
+    let run = doctor(&net, &daemon, OPERATOR, false, &[]);
+    assert!(
+        line(&run, "pins").contains("may be behind"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

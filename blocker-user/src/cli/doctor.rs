@@ -247,6 +247,15 @@ fn pins_check(pins: &PinDir) -> Check {
         );
     }
     match pins.require_layout() {
+        // A writer stopped between its commit and the maps (or a boot by a doubtful clock).
+        Ok(()) if pins.maps_pending() => Check::warn(
+            "pins",
+            format!(
+                "maps in {} may be behind the state database",
+                pins.path.display()
+            ),
+            "any change (a ban, an unban, `blocker daemon` starting) brings them to it first",
+        ),
         Ok(()) => Check::ok(
             "pins",
             format!("maps in {} match this build", pins.path.display()),
