@@ -85,9 +85,14 @@ pub enum Error {
     },
     #[error("pin directory {} belongs to uid {owner}, not to this user ({euid}): another user may have planted it; check it, remove it (`rm -r {}`) and load again", dir.display(), dir.display())]
     PinDirNotOurs { dir: PathBuf, owner: u32, euid: u32 },
-    /// An API token file others could have written or read: its token cannot be trusted.
-    #[error("refusing the API token file {}: {why}", path.display())]
-    UnsafeTokenFile { path: PathBuf, why: String },
+    /// A secret file (the API token, NATS credentials) others could have written or read:
+    /// its secret cannot be trusted, nor kept.
+    #[error("refusing the {what} file {}: {why}", path.display())]
+    UnsafeSecretFile {
+        what: &'static str,
+        path: PathBuf,
+        why: String,
+    },
     #[error("pins in {} are from another blocker layout ({found}; this build uses {expected}): run `blocker unload` to remove them, then `blocker load`", dir.display())]
     PinLayout {
         dir: PathBuf,

@@ -47,42 +47,47 @@ pub fn default_token_path(state_path: &Path) -> PathBuf {
 /// another user owns, or that group or others may read or write, is refused: its token may
 /// be known, or chosen, by someone else.
 pub fn load_or_create_token(path: &Path) -> Result<String> {
-    match fs::File::open(path) {
-        Ok(mut file) => {
-            // The metadata of the file opened, so it cannot be swapped after the check.
-            let meta = file.metadata().map_err(Error::io(format!(
-                "reading the API token {}",
-                path.display()
-            )))?;
-            check_token_file(path, &meta, nix::unistd::geteuid().as_raw())?;
-            let mut text = String::new();
-            file.read_to_string(&mut text).map_err(Error::io(format!(
-                "reading the API token {}",
-                path.display()
-            )))?;
-            let token = text.trim().to_string();
-            if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
-                return Err(Error::InvalidConfig {
-                    path: path.to_path_buf(),
-                    message: "the API token must be at least 16 printable characters; delete \
-                              the file to have a new one generated"
-                        .into(),
-                });
-            }
-            Ok(token)
+    let token = match read_secret_file(path, "API token") {
+        Ok(token) => token,
+        Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            return create_token(path)
         }
-        Err(err) if err.kind() == ErrorKind::NotFound => create_token(path),
-        Err(source) => Err(Error::Io {
-            context: format!("reading the API token {}", path.display()),
-            source,
-        }),
+        Err(err) => return Err(err),
+    };
+    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Error::InvalidConfig {
+            path: path.to_path_buf(),
+            message: "the API token must be at least 16 printable characters; delete \
+                      the file to have a new one generated"
+                .into(),
+        });
     }
+    Ok(token)
 }
 
-/// A token file must be a regular file of root or `euid`, closed to group and others.
-fn check_token_file(path: &Path, meta: &fs::Metadata, euid: u32) -> Result<()> {
+/// The secret (trimmed) in the file at `path`, a regular file of root or this user that group
+/// and others may neither read nor write; `what` names it in errors.
+pub fn read_secret_file(path: &Path, what: &'static str) -> Result<String> {
+    let io = |err| Error::io(format!("reading the {what} {}", path.display()))(err);
+    let mut file = fs::File::open(path).map_err(io)?;
+    // The metadata of the file opened, so it cannot be swapped after the check.
+    let meta = file.metadata().map_err(io)?;
+    check_secret_file(path, &meta, nix::unistd::geteuid().as_raw(), what)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io)?;
+    Ok(text.trim().to_string())
+}
+
+/// A secret file must be a regular file of root or `euid`, closed to group and others.
+fn check_secret_file(
+    path: &Path,
+    meta: &fs::Metadata,
+    euid: u32,
+    what: &'static str,
+) -> Result<()> {
     let refuse = |why: String| {
-        Err(Error::UnsafeTokenFile {
+        Err(Error::UnsafeSecretFile {
+            what,
             path: path.to_path_buf(),
             why,
         })
@@ -93,7 +98,7 @@ fn check_token_file(path: &Path, meta: &fs::Metadata, euid: u32) -> Result<()> {
     if meta.uid() != 0 && meta.uid() != euid {
         return refuse(format!(
             "it belongs to uid {}, not to root or this user ({euid}); check it, then `chown \
-             root {}` or delete it to have a new one generated",
+             root {}`",
             meta.uid(),
             path.display()
         ));
@@ -101,8 +106,7 @@ fn check_token_file(path: &Path, meta: &fs::Metadata, euid: u32) -> Result<()> {
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         return refuse(format!(
-            "group or others may read or write it (mode {:o}); check it, then `chmod 600 {}` \
-             or delete it to have a new one generated",
+            "group or others may read or write it (mode {:o}); check it, then `chmod 600 {}`",
             mode & 0o777,
             path.display()
         ));
@@ -387,13 +391,38 @@ mod tests {
             );
         }
         let meta = fs::metadata(&path).unwrap();
-        let err = check_token_file(&path, &meta, euid)
+        let err = check_secret_file(&path, &meta, euid, "API token")
             .unwrap_err()
             .to_string();
         assert!(err.contains(&format!("belongs to uid {foreign}")), "{err}");
-        check_token_file(&path, &meta, foreign).unwrap();
-        let err =
-            check_token_file(dir.path(), &fs::metadata(dir.path()).unwrap(), owner).unwrap_err();
+        check_secret_file(&path, &meta, foreign, "API token").unwrap();
+        let err = check_secret_file(
+            dir.path(),
+            &fs::metadata(dir.path()).unwrap(),
+            owner,
+            "API token",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_others_may_read_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nats.token");
+        fs::write(&path, "s3cret-token-for-the-bucket\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_secret_file(&path, "NATS token")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("NATS token") && err.contains("mode 644"),
+            "{err}"
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            read_secret_file(&path, "NATS token").unwrap(),
+            "s3cret-token-for-the-bucket"
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! everything else goes through `spawn_blocking`.
 
 mod api;
-mod auth;
+pub(crate) mod auth;
 mod client;
 mod expiry;
 mod feed;

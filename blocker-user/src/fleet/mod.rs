@@ -26,7 +26,7 @@ use tracing::{info, warn};
 pub use config::FleetConfig;
 pub use link::{LinkStatus, SharedLink};
 
-use crate::pins::PinDir;
+use crate::{daemon::auth::read_secret_file, pins::PinDir};
 
 /// The longest pause between two attempts to reach the bucket.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -135,16 +135,17 @@ async fn connect(
                 }
             }
         });
+    // Whoever holds these may write the bucket, so control every node's filter: files other
+    // users may read are refused, like the API token.
     if let Some(creds) = &config.creds {
+        read_secret_file(creds, "NATS credentials")?;
         options = options
             .credentials_file(creds)
             .await
             .with_context(|| format!("reading the NATS credentials {}", creds.display()))?;
     }
     if let Some(token_file) = &config.token_file {
-        let token = std::fs::read_to_string(token_file)
-            .with_context(|| format!("reading the NATS token {}", token_file.display()))?;
-        options = options.token(token.trim().to_string());
+        options = options.token(read_secret_file(token_file, "NATS token")?);
     }
     if let Some(ca) = &config.tls_ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
