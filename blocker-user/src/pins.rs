@@ -382,15 +382,31 @@ impl PinDir {
     /// Takes the writers' lock; waits while another writer holds it. The directory is made
     /// root's alone first.
     pub fn lock(&self) -> Result<DirLock> {
-        self.make_private()?;
-        let dir = File::open(&self.path)
-            .map_err(Error::io(format!("opening {}", self.path.display())))?;
-        Flock::lock(dir, FlockArg::LockExclusive)
-            .map(|flock| DirLock { _flock: flock })
-            .map_err(|(_, errno)| Error::Io {
-                context: format!("locking {}", self.path.display()),
-                source: errno.into(),
-            })
+        loop {
+            self.make_private()?;
+            let dir = File::open(&self.path)
+                .map_err(Error::io(format!("opening {}", self.path.display())))?;
+            let flock =
+                Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
+                    context: format!("locking {}", self.path.display()),
+                    source: errno.into(),
+                })?;
+            // While this waited, `unload` may have removed the directory and `load` made it
+            // again: the old one's lock guards nothing, so the new one's is taken.
+            let held = flock
+                .metadata()
+                .map_err(Error::io(format!("reading {}", self.path.display())))?;
+            match fs::symlink_metadata(&self.path) {
+                Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
+                    return Ok(DirLock { _flock: flock })
+                }
+                Ok(_) => continue,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::NotLoaded(self.path.clone()))
+                }
+                Err(err) => return Err(Error::io(format!("reading {}", self.path.display()))(err)),
+            }
+        }
     }
 }
 
@@ -417,6 +433,38 @@ pub fn require_root() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writer_that_waited_while_the_directory_was_made_again_locks_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = PinDir::new(dir.path().join("pins"));
+        fs::create_dir(&pins.path).unwrap();
+        let unloading = pins.lock().unwrap();
+        let (taken, told) = std::sync::mpsc::channel();
+        let waiter = {
+            let pins = pins.clone();
+            std::thread::spawn(move || {
+                let lock = pins.lock();
+                taken.send(()).unwrap();
+                lock.map(|_| ())
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // `unload` removes the directory, `load` makes it again and holds its lock.
+        fs::remove_dir(&pins.path).unwrap();
+        fs::create_dir(&pins.path).unwrap();
+        let loading = pins.lock().unwrap();
+        drop(unloading);
+        let wait = std::time::Duration::from_millis(300);
+        assert!(
+            told.recv_timeout(wait).is_err(),
+            "the waiter went on with the removed directory's lock, beside the load"
+        );
+        drop(loading);
+        told.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the new directory's lock, once the load lets it go");
+        waiter.join().unwrap().unwrap();
+    }
 
     #[test]
     fn the_recorded_state_wins_and_another_one_is_refused() {
