@@ -1292,6 +1292,26 @@ fn write_offenses(
 /// one transaction, and keeps the JSON file as `json.migrated`. The database is built beside
 /// and renamed into place, so a crash midway leaves the JSON file to import again.
 fn import_json(json: &Path, path: &Path) -> Result<()> {
+    // Two processes meeting the JSON file at once (the daemon and a command after an
+    // upgrade) would each remove the other's half-built database: one imports, under a lock
+    // of the state's directory, and the other finds the database made.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let _importing = File::open(dir)
+        .map_err(Error::io(format!("opening {}", dir.display())))
+        .and_then(|dir_file| {
+            nix::fcntl::Flock::lock(dir_file, nix::fcntl::FlockArg::LockExclusive).map_err(
+                |(_, errno)| Error::Io {
+                    context: format!("locking {}", dir.display()),
+                    source: errno.into(),
+                },
+            )
+        })?;
+    if matches!(read_content(path)?, Content::Database) {
+        return Ok(());
+    }
     let text = fs::read_to_string(json)
         .map_err(Error::io(format!("reading state file {}", json.display())))?;
     let file: JsonState =
@@ -2243,6 +2263,30 @@ mod tests {
         );
         // The second read is the database's.
         assert_eq!(State::load(&path).unwrap(), state);
+    }
+
+    #[test]
+    fn readers_meeting_the_json_state_at_once_import_it_once() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.json");
+            fs::write(&path, RELEASE_JSON).unwrap();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let readers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        State::load(&path).map(|state| state.bans.len())
+                    })
+                })
+                .collect();
+            for reader in readers {
+                assert_eq!(reader.join().unwrap().unwrap(), 4);
+            }
+            let imported = query(&path, "SELECT CAST(count(*) AS TEXT) FROM history");
+            assert_eq!(imported, ["5"], "four bans and an allowlist entry, once");
+        }
     }
 
     #[test]
