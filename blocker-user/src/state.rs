@@ -226,6 +226,8 @@ fn content_of(path: &Path) -> Result<Content> {
 }
 
 fn read_content(path: &Path) -> Result<Content> {
+    // Before anything opens it: a FIFO planted at the path would block the open.
+    require_private_dir(path)?;
     let mut head = [0u8; 16];
     let mut file = match File::open(path) {
         Ok(file) => file,
@@ -243,8 +245,10 @@ fn read_content(path: &Path) -> Result<Content> {
     let head = &head[..read];
     // What a writer killed between creating the file and SQLite writing its header leaves:
     // it holds nothing, so it is no state yet (writers then check the maps, as for a
-    // missing file), not a foreign file refused for good.
-    if head.is_empty() {
+    // missing file), not a foreign file refused for good. Unless a last good copy exists:
+    // then a state was there, and an empty file is a damaged one (a boot falls back to the
+    // copy, loudly).
+    if head.is_empty() && !last_good_path(path).exists() {
         return Ok(Content::Missing);
     }
     Ok(if head == SQLITE_MAGIC {
@@ -710,7 +714,8 @@ pub struct Written {
 
 /// The earliest expiry among the stored bans, by the expiry index.
 pub fn next_expiry(path: &Path) -> Result<Option<Timestamp>> {
-    if matches!(content_of(path)?, Content::Missing) {
+    // A JSON state of an earlier release is imported by the reads that follow, not here.
+    if !matches!(content_of(path)?, Content::Database) {
         return Ok(None);
     }
     let conn = open(path, false)?;
@@ -1309,7 +1314,7 @@ fn import_json(json: &Path, path: &Path) -> Result<()> {
                 },
             )
         })?;
-    if matches!(read_content(path)?, Content::Database) {
+    if matches!(content_of(path)?, Content::Database) {
         return Ok(());
     }
     let text = fs::read_to_string(json)
@@ -1490,6 +1495,17 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("others may write"), "{err}");
         assert!(!path.exists(), "nothing was created there");
+        // A FIFO planted there is refused before anything opens it (an open would block).
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+        let (done, read) = std::sync::mpsc::channel();
+        let fifo = path.clone();
+        std::thread::spawn(move || done.send(State::read(&fifo).is_err()).unwrap());
+        assert!(
+            read.recv_timeout(std::time::Duration::from_secs(5))
+                .expect("the read returns"),
+            "refused"
+        );
+        fs::remove_file(&path).unwrap();
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
         State::default()
             .save_changes(&path, &State::default(), &origin())
@@ -1598,6 +1614,11 @@ mod tests {
             State::read(&path).is_err(),
             "anything else is still refused"
         );
+        // Once a state was there (its last good copy says so), an empty file is a damaged one.
+        let emptied = dir.path().join("emptied.db");
+        File::create(last_good_path(&emptied)).unwrap();
+        File::create(&emptied).unwrap();
+        assert!(State::read(&emptied).is_err(), "emptied, not new");
     }
 
     #[test]
@@ -2236,6 +2257,9 @@ mod tests {
         // `--state` names the database whatever its extension.
         let path = dir.path().join("state.json");
         fs::write(&path, RELEASE_JSON).unwrap();
+        // Every writer looks for ended bans first: not in the JSON file, which the read after
+        // imports.
+        assert_eq!(next_expiry(&path).unwrap(), None);
         let state = State::load(&path).unwrap();
         let migrated = dir.path().join("state.json.migrated");
         assert_eq!(fs::read_to_string(&migrated).unwrap(), RELEASE_JSON);

@@ -845,14 +845,24 @@ impl Store {
         // The database first: once committed, a crash before the maps follow is healed by
         // the next writer, which finds the mark, or by `load`, which bring the maps to the
         // database.
+        let was_pending = self.pins.maps_pending();
         if save {
             self.pins.mark_maps_pending()?;
         }
         let written = if save {
-            Some(
-                self.state
-                    .save_changes(&self.state_path, &self.before, &self.origin)?,
-            )
+            match self
+                .state
+                .save_changes(&self.state_path, &self.before, &self.origin)
+            {
+                Ok(written) => Some(written),
+                Err(err) => {
+                    // Nothing was stored: the mark is only this session's to take back.
+                    if !was_pending {
+                        let _ = self.pins.clear_maps_pending();
+                    }
+                    return Err(err);
+                }
+            }
         } else {
             None
         };

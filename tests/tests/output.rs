@@ -271,10 +271,14 @@ fn odd_input_is_bad_input_from_stdin_and_files_alike() {
 /// Needs no root: the state file is read before anything privileged.
 #[test]
 fn an_os_error_is_reported_once() {
+    // A directory where the state file should be, in a directory only this user may write
+    // (one others may write, as /tmp, is refused before the file is opened).
     let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state.db");
+    std::fs::create_dir(&state).expect("a directory in the file's place");
     let out: Run = Command::new(blocker_bin())
         .args(["list", "bans", "--state"])
-        .arg(dir.path())
+        .arg(&state)
         .output()
         .expect("running blocker")
         .into();
@@ -283,7 +287,7 @@ fn an_os_error_is_reported_once() {
         out.stderr.trim(),
         format!(
             "error: reading state file {}: Is a directory (os error 21)",
-            dir.path().display()
+            state.display()
         )
     );
 }
