@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
 use tracing::{debug, error, info, warn};
 
-use super::codec::{Action, Change, List};
+use super::codec::{Action, Change, List, UNDO_SOURCE};
 use crate::{
     lockout::{wider_than_allowed, Guard},
     pins::PinDir,
@@ -80,22 +80,35 @@ impl Inbox {
                 return total;
             }
         };
-        let mut count = |done: Applied| {
-            total.applied += done.applied;
-            total.skipped += done.skipped;
-            total.failed.extend(done.failed);
-        };
+        // The parts written one by one: a run in bulk, or a store session's run.
+        let mut parts: Vec<(&[Change], bool)> = Vec::new();
         for same_list in changes.chunk_by(|a, b| a.message.action.list() == b.message.action.list())
         {
             let bans = same_list[0].message.action.list() == List::Bans;
             if bans && self.bulk_pays(same_list.len()) {
-                count(apply_bulk(&self.pins, &self.state_path, &guard, same_list));
+                parts.push((same_list, true));
                 continue;
             }
             let runs = same_list.chunk_by(|a, b| a.message.node == b.message.node);
-            for run in runs.flat_map(|run| run.chunks(SESSION_MAX)) {
-                count(apply_run(&self.pins, &self.state_path, &guard, run));
+            parts.extend(
+                runs.flat_map(|run| run.chunks(SESSION_MAX))
+                    .map(|run| (run, false)),
+            );
+        }
+        for (part, bulk) in parts {
+            if !total.failed.is_empty() {
+                // Changes are applied in order: after one failed, the rest wait with it.
+                total.failed.extend_from_slice(part);
+                continue;
             }
+            let done = if bulk {
+                apply_bulk(&self.pins, &self.state_path, &guard, part)
+            } else {
+                apply_run(&self.pins, &self.state_path, &guard, part)
+            };
+            total.applied += done.applied;
+            total.skipped += done.skipped;
+            total.failed.extend(done.failed);
         }
         total
     }
@@ -110,19 +123,30 @@ impl Inbox {
     }
 }
 
+/// What became of `run`, which the store did not apply (`err`): skipped when a map is full
+/// (trying again would fail the same way), else to be tried again.
+fn not_applied(run: &[Change], from: &str, err: &crate::Error) -> Applied {
+    if matches!(err, crate::Error::MapFull { .. }) {
+        warn!("fleet: {} changes{from} skipped: {err}", run.len());
+        return Applied {
+            skipped: run.len() as u64,
+            ..Applied::default()
+        };
+    }
+    warn!(
+        "fleet: {} changes{from} not applied: {err}; trying again",
+        run.len()
+    );
+    Applied {
+        failed: run.to_vec(),
+        ..Applied::default()
+    }
+}
+
 /// Applies `run`, changes of the bans only, in bulk ([`state::merge_bans`], then one pass
 /// over the maps).
 fn apply_bulk(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) -> Applied {
-    let not_applied = |err: &dyn std::fmt::Display| {
-        warn!(
-            "fleet: {} changes not applied: {err}; trying again",
-            run.len()
-        );
-        Applied {
-            failed: run.to_vec(),
-            ..Applied::default()
-        }
-    };
+    let not_applied = |err: &crate::Error| not_applied(run, "", err);
     // An empty scope: the lock, the maps, the allowlist and the rules.
     let mut store = match Store::open_scoped(pins, state_path, &[]) {
         Ok(store) => store,
@@ -244,16 +268,8 @@ fn apply_run(pins: &PinDir, state_path: &Path, guard: &Guard, run: &[Change]) ->
     let node = run
         .first()
         .map_or("", |change| change.message.node.as_str());
-    let not_applied = |err: &dyn std::fmt::Display| {
-        warn!(
-            "fleet: {} changes from {node} not applied: {err}; trying again",
-            run.len()
-        );
-        Applied {
-            failed: run.to_vec(),
-            ..Applied::default()
-        }
-    };
+    let from = format!(" from {node}");
+    let not_applied = |err: &crate::Error| not_applied(run, &from, err);
     let mut store = match Store::open_scoped(pins, state_path, &touched) {
         Ok(store) => store,
         Err(err) => return not_applied(&err),
@@ -373,6 +389,14 @@ fn decide(state: &mut state::State, context: &mut Context, change: &Change) -> R
         message.node,
         message.reason.as_deref().unwrap_or("")
     ));
+    // An undo takes back what its node published: it lifts only an entry received from it.
+    let received_from_sender = |entry: &Entry| {
+        entry
+            .reason
+            .as_deref()
+            .is_some_and(|held| held.starts_with(&format!("fleet {}:", message.node)))
+    };
+    let undo = message.source == UNDO_SOURCE;
     match message.action {
         Action::Ban => {
             let expires_at = change.expires_at();
@@ -445,6 +469,9 @@ fn decide(state: &mut state::State, context: &mut Context, change: &Change) -> R
             {
                 return Err("no older ban here".into());
             }
+            if undo && !state.bans.get(&net).is_some_and(received_from_sender) {
+                return Err("an undo, and the ban here is not the sender's".into());
+            }
             state.bans.remove(&net);
             context.local.set.remove(&net);
             let room = &mut context.room[family(&net)];
@@ -457,6 +484,9 @@ fn decide(state: &mut state::State, context: &mut Context, change: &Change) -> R
                 .is_none_or(|allowed| context.last_set(allowed, &net) > at)
             {
                 return Err("no older allowlist entry here".into());
+            }
+            if undo && !state.allow.get(&net).is_some_and(received_from_sender) {
+                return Err("an undo, and the allowlist entry here is not the sender's".into());
             }
             let mut rest = state.allow.clone();
             rest.remove(&net);
@@ -676,5 +706,32 @@ mod tests {
             [0, 0],
             "a ban already here takes no more room"
         );
+    }
+
+    #[test]
+    fn an_undo_lifts_only_what_was_received_from_its_sender() {
+        let (mut state, mut context) = setup(&[]);
+        let undo = |action, net: &str| {
+            let mut undo = change(action, net, 500);
+            undo.message.source = UNDO_SOURCE.into();
+            undo
+        };
+        // This host's own entries (reason "local") stay.
+        assert!(decide(&mut state, &mut context, &undo(Action::Disallow, ALLOWED)).is_err());
+        assert!(decide(&mut state, &mut context, &undo(Action::Unban, BANNED)).is_err());
+        assert_eq!((state.bans.len(), state.allow.len()), (1, 1));
+        // A ban received from web-2 is lifted by web-2's undo, not by another node's.
+        let received = change(Action::Ban, "203.0.113.9/32", 400);
+        decide(&mut state, &mut context, &received).unwrap();
+        let mut elsewhere = undo(Action::Unban, "203.0.113.9/32");
+        elsewhere.message.node = "web-3".into();
+        assert!(decide(&mut state, &mut context, &elsewhere).is_err());
+        decide(
+            &mut state,
+            &mut context,
+            &undo(Action::Unban, "203.0.113.9/32"),
+        )
+        .unwrap();
+        assert!(!state.bans.contains_key(&"203.0.113.9/32".parse().unwrap()));
     }
 }

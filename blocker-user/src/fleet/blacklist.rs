@@ -16,14 +16,16 @@ use super::{
     link::SharedLink,
     publisher::put_all,
 };
+use blocker_common::MAX_RULE_MS;
+
 use crate::events::EventRecord;
 
 /// The local source name of a rule's blacklisting, in `share`, `accept` and messages.
 pub const SOURCE: &str = "rule";
 
-/// The longest a rule blacklists for, in seconds (`blacklist_for` is kept in u32
-/// milliseconds): a shared blacklisting lasting longer is refused.
-pub const LONGEST_SECONDS: i64 = u32::MAX as i64 / 1000;
+/// The longest a rule blacklists for, in whole seconds rounded up ([`MAX_RULE_MS`]): a
+/// shared blacklisting lasting longer is refused.
+pub const LONGEST_SECONDS: i64 = MAX_RULE_MS.div_ceil(1000) as i64;
 
 /// Reports waiting to be published, at most.
 const QUEUE: usize = 4096;

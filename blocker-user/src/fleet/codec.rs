@@ -21,6 +21,11 @@ pub const MAX_MESSAGE_BYTES: usize = 2048;
 /// Longest reason carried: it gets `fleet NODE: ` in front here and must still fit a reason.
 pub const MAX_SHARED_REASON_BYTES: usize = MAX_REASON_BYTES - super::config::MAX_NODE_BYTES - 8;
 
+/// The source of a removal that takes back a change its node published and then undid (a
+/// map refused it): a node applies it only to an entry it received from that node, never to
+/// its own or another node's ([`super::publisher`]).
+pub const UNDO_SOURCE: &str = "undo";
+
 /// Which list a key names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum List {
@@ -153,7 +158,11 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Change, Malformed> {
     if message.action.list() != list {
         return Err(Malformed::Invalid("the action does not fit the key's list"));
     }
-    if !SOURCES.contains(&message.source.as_str()) {
+    if message.source == UNDO_SOURCE {
+        if message.action.adds() {
+            return Err(Malformed::Invalid("an undo only removes"));
+        }
+    } else if !SOURCES.contains(&message.source.as_str()) {
         return Err(Malformed::Invalid("unknown source"));
     }
     if !valid_node(&message.node) {
@@ -315,6 +324,13 @@ mod tests {
         let mut unban = message(Action::Unban);
         unban.expires_at = Some(1_800_000_600);
         assert!(decode("ban.10-1-2-3.32", &serde_json::to_vec(&unban).unwrap()).is_err());
+        unban.expires_at = None;
+        unban.source = UNDO_SOURCE.into();
+        assert!(decode("ban.10-1-2-3.32", &serde_json::to_vec(&unban).unwrap()).is_ok());
+        assert!(
+            with(|m| m.source = UNDO_SOURCE.into()).is_err(),
+            "an undo never adds"
+        );
     }
 
     #[test]

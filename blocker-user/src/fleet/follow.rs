@@ -82,7 +82,11 @@ impl Follower<'_> {
         }
         match codec::decode(&entry.key, &entry.value) {
             Ok(change) if change.message.node == self.node => {}
-            Ok(change) if !self.accept.contains(&change.message.source) => {
+            // An undo lifts only what this node took from that node, whatever its source.
+            Ok(change)
+                if change.message.source != codec::UNDO_SOURCE
+                    && !self.accept.contains(&change.message.source) =>
+            {
                 self.link.count_skipped(1);
             }
             Ok(change) => batch.changes.push(change),
@@ -135,6 +139,13 @@ impl Retry {
             self.at = tokio::time::Instant::now() + RETRY_AFTER;
         }
         self.changes.extend(failed);
+        // Bounded through a long outage of the store: the oldest go first (the bucket's
+        // current values are read again at the next restart).
+        let excess = self.changes.len().saturating_sub(APPLY_BATCH);
+        if excess > 0 {
+            warn!("fleet: {excess} changes the store kept failing to apply are dropped");
+            self.changes.drain(..excess);
+        }
     }
 
     /// `batch`, with the changes to try again in front of it (they are older).

@@ -8,7 +8,8 @@
 //! A writer whose maps refuse a change takes it back (its history rows go) after the commit,
 //! so the change may have been published in between: the publisher remembers what it
 //! published for a while, and when rows of it are gone (ids are never handed out again), it
-//! publishes the prefix's state as it is now, which undoes it at the other nodes.
+//! publishes the prefix's entry as it is now, or, when there is none, an undo (source
+//! `undo`), which the other nodes apply only to an entry they received from this one.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -24,7 +25,7 @@ use rusqlite::OptionalExtension as _;
 use tracing::{info, warn};
 
 use super::{
-    codec::{key, shared_reason, Action, List, Message},
+    codec::{key, shared_reason, Action, List, Message, UNDO_SOURCE},
     link::SharedLink,
 };
 
@@ -163,11 +164,12 @@ impl Outbox {
                     at: jiff::Timestamp::now().as_second(),
                 },
                 Some(_) => continue,
+                // An undo: the others lift only what they took from this node.
                 None => Message {
                     action: removed,
                     expires_at: None,
-                    reason: Some("taken back".into()),
-                    source: row.source.clone(),
+                    reason: Some(format!("taken back ({})", row.source)),
+                    source: UNDO_SOURCE.into(),
                     node: self.node.clone(),
                     at: jiff::Timestamp::now().as_second(),
                 },
@@ -276,7 +278,8 @@ pub async fn publish(outbox: Outbox, mut cursor: i64, bucket: kv::Store, link: S
                         Some(err) => warn!("fleet: publishing {count} taken-back changes: {err:#}"),
                         None => {
                             info!("fleet: published the state of {count} changes taken back");
-                            recent.retain(|(_, row)| !gone.contains(row));
+                            let gone: HashSet<i64> = gone.iter().map(|row| row.id).collect();
+                            recent.retain(|(_, row)| !gone.contains(&row.id));
                         }
                     }
                 }
@@ -422,7 +425,10 @@ mod tests {
         let (key, message) = &again[0];
         assert_eq!(key, "ban.198-51-100-2.32");
         assert_eq!(message.action, Action::Unban, "it is not banned now");
-        assert_eq!(message.source, "cli");
+        assert_eq!(
+            message.source, UNDO_SOURCE,
+            "the others lift only what came from here"
+        );
     }
 
     #[test]
