@@ -493,10 +493,7 @@ impl Store {
     pub fn open_scoped(pins: &PinDir, state_path: &Path, touched: &[IpNet]) -> Result<Self> {
         pins.require_loaded()?;
         let lock = pins.lock()?;
-        if pins.maps_pending() {
-            Self::heal(pins, state_path)?;
-        }
-        Self::expire_due_locked(pins, state_path)?;
+        Self::settle_locked(pins, state_path)?;
         let state = State::read_scope(state_path, touched)?;
         let mut store = match state {
             // A missing database is checked against the maps, as a full session does.
@@ -562,6 +559,13 @@ impl Store {
         }
         pins.require_loaded()?;
         let _lock = pins.lock()?;
+        Self::settle_locked(pins, state_path)
+    }
+
+    /// What every writer does first, holding the lock: brings the maps to the database if a
+    /// writer before it left them marked pending ([`Store::heal`]), then removes the bans
+    /// due ([`Store::expire_due_locked`]), whose prefixes it returns.
+    fn settle_locked(pins: &PinDir, state_path: &Path) -> Result<Vec<IpNet>> {
         if pins.maps_pending() {
             Self::heal(pins, state_path)?;
         }
