@@ -2,7 +2,7 @@
 //! from what they really hold, every command uses the state `load` recorded, rule history
 //! survives reloads, boots restore what they can, and failures leave nothing behind.
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, net::IpAddr, path::Path, process::Command};
 
 use blocker_tests::{blocker_bin, require_root, Run, TestNet};
 
@@ -230,6 +230,41 @@ fn a_boot_with_more_bans_stored_than_the_configured_capacity_enforces_them_all()
         "the stored bans are enforced"
     );
     assert_eq!(net.stored_bans().len(), 3);
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_boot_falling_back_to_the_last_good_copy_sizes_the_maps_for_the_copy() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let banned: Vec<IpAddr> = [
+        net.client_v4(1, 2),
+        net.client_v4(1, 3),
+        net.add_client_v4(4),
+    ]
+    .into();
+    let banned_text: Vec<String> = banned.iter().map(IpAddr::to_string).collect();
+    let mut ban = vec!["ban"];
+    ban.extend(banned_text.iter().map(String::as_str));
+    net.blocker(&ban).ok();
+    // Unloading refreshes the last good copy; then the database is damaged beyond use.
+    net.blocker(&["unload"]).ok();
+    fs::write(net.state_path(), "not a database").expect("damaging the state");
+    let config = net.config("small.toml", "[maps]\nban_v4 = 2\n");
+    let run = net.load(&["--config", &config]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("more than its configured"),
+        "{}",
+        run.stderr
+    );
+    for source in banned {
+        assert!(
+            !net.reaches(source),
+            "the copy's ban of {source} is enforced"
+        );
+    }
 }
 
 #[test]
