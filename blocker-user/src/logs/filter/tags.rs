@@ -131,7 +131,9 @@ impl Names {
     fn addr(&mut self, with_dns: bool) -> String {
         let ip4 = self.unique("ip4");
         let ip6 = self.unique("ip6");
-        let addr = format!(r"\[?(?:(?:::f{{4,6}}:)?(?P<{ip4}>{IPV4})|(?P<{ip6}>{IPV6}))\]?");
+        // A scoped (link-local) IPv6 address is written with its zone, which is not banned.
+        let addr =
+            format!(r"\[?(?:(?:::f{{4,6}}:)?(?P<{ip4}>{IPV4})|(?P<{ip6}>{IPV6})(?:%[\w.\-]+)?)\]?");
         if with_dns {
             let dns = self.unique("dns");
             format!("(?:{addr}|(?P<{dns}>{DNS}))")

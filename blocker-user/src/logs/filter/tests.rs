@@ -68,6 +68,9 @@ fn sshd() {
             ("Dec  1 10:00:04 host sshd[103]: error: PAM: Authentication failure for root from 198.51.100.8", "198.51.100.8"),
             ("Dec  1 10:00:09 host sshd[108]: ROOT LOGIN REFUSED FROM 203.0.113.11", "203.0.113.11"),
             ("Dec  1 10:00:14 host sshd[112]: User bob from 203.0.113.15 not allowed because not listed in AllowUsers", "203.0.113.15"),
+            // A link-local peer's address carries its zone (getnameinfo).
+            ("Dec  1 10:00:03 host sshd[102]: Invalid user oracle from fe80::1%eth0 port 5555", "fe80::1"),
+            ("Dec  1 10:00:01 host sshd[100]: Failed password for root from fe80::2%enp1s0.10 port 22 ssh2", "fe80::2"),
             ("Dec  1 10:00:08 host sshd[107]: error: maximum authentication attempts exceeded for root from 203.0.113.10 port 22 ssh2 [preauth]", "203.0.113.10"),
             ("Dec  1 10:00:07 host sshd[106]: Disconnecting invalid user admin 203.0.113.12 port 22: Too many authentication failures [preauth]", "203.0.113.12"),
             ("Dec  1 10:00:11 host sshd[110]: Received disconnect from 203.0.113.13 port 1234:3: com.jcraft.jsch.JSchException: Auth fail [preauth]", "203.0.113.13"),
@@ -102,14 +105,19 @@ fn sshd_user_names_cannot_name_another_address() {
             "Change of username or service not allowed: ({user},{service}) -> (y,ssh-connection)"
         )
     };
+    // sshd cuts a user name at its first ":" (what follows is an authentication style); the
+    // service it keeps whole.
+    let logged = |user: &str| user.split(':').next().unwrap_or_default().to_string();
     let in_user = |user: &str| {
+        let user = logged(user);
         disconnecting(
             &format!("invalid user {user}"),
             "203.0.113.14",
-            &change(user, "ssh-connection"),
+            &change(&user, "ssh-connection"),
         )
     };
     let too_many = |user: &str| {
+        let user = logged(user);
         disconnecting(
             &format!("authenticating user {user}"),
             "203.0.113.12",
@@ -138,6 +146,15 @@ fn sshd_user_names_cannot_name_another_address() {
         ),
         (
             in_service(" 192.0.2.1 port 1: Change of username or service not allowed: (y"),
+            "203.0.113.16",
+        ),
+        // Another reason's tail in the service: whole, and cut by the 100 bytes before its ")".
+        (
+            in_service(" 192.0.2.1 port 1: Too many authentication failures"),
+            "203.0.113.16",
+        ),
+        (
+            in_service("xxx 192.0.2.1 port 1: Too many authentication failures"),
             "203.0.113.16",
         ),
     ];
