@@ -5,7 +5,10 @@
 //! source of the current SSH session (`SSH_CONNECTION`, else `SSH_CLIENT`; under sudo, which
 //! drops them, those of the nearest parent process: see [`session`]) or an address of this
 //! host (every interface, from `getifaddrs`) that the allowlist does not cover: the allowlist
-//! wins over every ban, so an allowlisted address cannot be locked out.
+//! wins over every ban, so an allowlisted address cannot be locked out. So is a ban covering a
+//! server this host needs: its DNS resolvers (`/etc/resolv.conf`) and the servers this process
+//! talks to (the fleet's NATS servers, the feeds' list servers: [`needs_server`]), whose
+//! answers a ban would drop.
 
 pub mod session;
 
@@ -81,8 +84,38 @@ fn unmapped(addr: IpAddr) -> IpAddr {
 /// How long [`Guard::recent`] reuses a detection.
 const GUARD_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Where the DNS resolvers are named.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The servers this process has talked to and needs again ([`needs_server`]).
+static NEEDED_SERVERS: std::sync::Mutex<std::collections::BTreeSet<IpAddr>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Records `addr` as a server this process needs (a NATS server, a feed's list server): every
+/// [`Guard`] detected from now on refuses a ban covering it.
+pub fn needs_server(addr: IpAddr) {
+    NEEDED_SERVERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(unmapped(addr));
+}
+
+/// The `nameserver` addresses of a resolv.conf (a zone after `%` is dropped).
+fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+        })
+        .filter_map(|addr| addr.split('%').next()?.parse().ok())
+        .collect()
+}
+
 /// What a ban must not cut off: the SSH session's source, this host's addresses and the
-/// servers it cannot do without (the fleet's NATS servers).
+/// servers it cannot do without (its resolvers, the fleet's NATS servers, the feeds' servers).
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     pub ssh: Option<SshSession>,
@@ -116,17 +149,27 @@ impl Guard {
                 None
             }
         };
+        // An unreadable resolv.conf names no resolver: there is nothing to guard.
+        let resolvers = std::fs::read_to_string(RESOLV_CONF)
+            .map(|text| nameservers(&text))
+            .unwrap_or_default();
+        let needed = NEEDED_SERVERS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         Ok(Self {
             ssh,
             host_addrs,
             servers: Vec::new(),
-        })
+        }
+        .also_protecting(&resolvers)
+        .also_protecting(&needed.into_iter().collect::<Vec<_>>()))
     }
 
     /// [`Guard::detect`], taken again when the last detection in this process is older than
     /// [`GUARD_REFRESH`]: the daemon checks every batch of offenses, and listing the
-    /// interfaces cost about a tenth of a batch. An address added since is guarded at most
-    /// that much later.
+    /// interfaces cost about a tenth of a batch. An address added since (or a server
+    /// [`needs_server`] recorded) is guarded at most that much later.
     pub fn recent() -> Result<Self> {
         static RECENT: std::sync::Mutex<Option<(std::time::Instant, Guard)>> =
             std::sync::Mutex::new(None);
@@ -435,5 +478,36 @@ mod tests {
         );
         // A rule on any protocol and port covers SSH too.
         assert!(ssh_warning(&ssh, &allowlist(&[]), [&ssh_rule]).is_some());
+    }
+
+    #[test]
+    fn the_resolvers_are_read_from_resolv_conf() {
+        let conf = "# comment\nnameserver 192.0.2.53\nsearch example.org\n\
+                    nameserver fe80::1%eth0\nnameserver\nnameserver not-an-address\n\
+                    options edns0\n nameserver 2001:db8::53 # indented\n";
+        let expected: Vec<IpAddr> = ["192.0.2.53", "fe80::1", "2001:db8::53"]
+            .iter()
+            .map(|addr| addr.parse().unwrap())
+            .collect();
+        assert_eq!(nameservers(conf), expected);
+    }
+
+    #[test]
+    fn a_server_this_process_needs_is_guarded_from_then_on() {
+        let server: IpAddr = "198.51.100.201".parse().unwrap();
+        assert!(Guard::detect()
+            .unwrap()
+            .check(&net("198.51.100.0/24"), &allowlist(&[]))
+            .is_ok());
+        needs_server("::ffff:198.51.100.201".parse().unwrap());
+        let err = Guard::detect()
+            .unwrap()
+            .check(&net("198.51.100.0/24"), &allowlist(&[]))
+            .unwrap_err();
+        assert!(err.to_string().contains(&server.to_string()), "{err}");
+        assert!(Guard::detect()
+            .unwrap()
+            .check(&net("198.51.100.0/24"), &allowlist(&["198.51.100.201/32"]))
+            .is_ok());
     }
 }

@@ -30,8 +30,12 @@ struct Served {
 /// Serves `served` at `/list.netset` on a port of `net`'s server address, inside its
 /// namespace, one connection at a time, for at most two minutes.
 fn list_server(net: &TestNet, served: Arc<Mutex<Served>>) -> SocketAddr {
-    let addr = net.server_v4();
-    let listener = in_netns(&net.server_ns, move || {
+    list_server_at(&net.server_ns, net.server_v4(), served)
+}
+
+/// [`list_server`] on `addr` in the namespace `ns`.
+fn list_server_at(ns: &str, addr: IpAddr, served: Arc<Mutex<Served>>) -> SocketAddr {
+    let listener = in_netns(ns, move || {
         TcpListener::bind(SocketAddr::new(addr, 0)).expect("binding the list server")
     });
     let local = listener.local_addr().expect("its address");
@@ -267,6 +271,37 @@ fn a_list_the_lock_out_check_refuses_renews_the_last_good_set() {
         "the last good set was not renewed: {ban} then {renewed}"
     );
     assert!(!net.reaches(first));
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_list_cannot_ban_the_server_it_comes_from() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    // The list server is another host (the client namespace), and lists itself.
+    let (list_host, other) = (net.client_v4(1, 2), net.client_v4(1, 3));
+    let served = Arc::new(Mutex::new(Served {
+        body: Some(format!("{list_host}\n{other}\n")),
+        etag: "\"v1\"".into(),
+        ..Served::default()
+    }));
+    let server = list_server_at(&net.client_ns, list_host, served.clone());
+    let config = net.config(
+        "feeds.toml",
+        &format!("[[feeds]]\nurl = \"http://{server}/list.netset\"\nban_for = \"1d\"\n"),
+    );
+    net.blocker_in_server(&["feeds", "--config", &config, "--refresh", "--force"])
+        .ok();
+    let listed = feeds_json(&net, &config);
+    assert!(
+        listed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&list_host.to_string()) && e.contains("needs")),
+        "{listed}"
+    );
+    assert!(net.ban_of(&format!("{list_host}/32")).is_none());
+    assert!(net.reaches(list_host));
 }
 
 /// Runs `openssl` with `args` in `dir`, failing the test with its stderr.

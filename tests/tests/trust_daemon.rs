@@ -927,3 +927,24 @@ fn an_offense_cannot_ban_an_address_of_this_host() {
     let listed = net.blocker(&["list", "--json"]).ok().stdout;
     assert!(!listed.contains("127.0.0.1"), "{listed}");
 }
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn an_offense_cannot_ban_a_nats_server_of_the_fleet() {
+    require_root();
+    let net = TestNet::new();
+    // A NATS server on the client host (nothing listens there: the node keeps trying).
+    let nats = net.client_v4(1, 3);
+    let config = config(
+        &net,
+        &format!("[fleet]\nservers = [\"nats://{nats}:4222\"]\n"),
+    );
+    net.load(&["--config", &config]).ok();
+    let daemon = DaemonGuard::start(&net, &config);
+    // The fleet resolves its servers as it starts; the guard is taken again each second.
+    thread::sleep(Duration::from_secs(3));
+    let (status, body) = daemon.offend(&format!(r#"{{"addr":"{nats}","severity":"critical"}}"#));
+    assert_json_error(status, 422, &body);
+    assert!(body.contains("a server this host needs"), "{body}");
+    assert!(net.ban_of(&format!("{nats}/32")).is_none());
+}

@@ -103,6 +103,10 @@ pub async fn fetch(
         .send()
         .await
         .map_err(|err| format!("fetching: {}", with_causes(&err)))?;
+    // No list may ban the server it comes from: the next refresh could not reach it.
+    if let Some(server) = response.remote_addr() {
+        crate::lockout::needs_server(server.ip());
+    }
     match response.status() {
         StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified),
         StatusCode::OK => {}

@@ -16,7 +16,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -61,9 +60,6 @@ pub struct Applied {
 pub struct Inbox {
     pub pins: PinDir,
     pub state_path: PathBuf,
-    /// The NATS servers' addresses: a received ban covering one would cut this host off the
-    /// fleet, and off the unban that would end it.
-    pub servers: Vec<IpAddr>,
 }
 
 impl Inbox {
@@ -71,9 +67,11 @@ impl Inbox {
     /// one store session per run of changes from one node.
     pub fn apply(&self, changes: &[Change]) -> Applied {
         let mut total = Applied::default();
-        // This host's addresses as they are now (a DHCP lease or a VIP moves them).
+        // This host's addresses as they are now (a DHCP lease or a VIP moves them), and the
+        // NATS servers: a received ban covering one would cut this host off the fleet, and
+        // off the unban that would end it.
         let guard = match Guard::recent() {
-            Ok(guard) => guard.also_protecting(&self.servers),
+            Ok(guard) => guard,
             Err(err) => {
                 warn!("fleet: {} changes not applied: {err}", changes.len());
                 total.failed = changes.to_vec();

@@ -41,6 +41,8 @@ pub async fn run(
     link: SharedLink,
     blacklistings: Option<blacklist::Queued>,
 ) -> anyhow::Result<()> {
+    // Before anything waits on NATS: a server this node cannot reach yet is one it needs.
+    guard_servers(&config).await;
     let node = config.node_name();
     // Where publishing starts is fixed before anything waits on NATS: a change made from now
     // on is published, however long the bucket takes to answer.
@@ -74,11 +76,7 @@ pub async fn run(
             link.clone(),
         ))
     });
-    let inbox = applier::Inbox {
-        pins,
-        state_path,
-        servers: server_addresses(&config).await,
-    };
+    let inbox = applier::Inbox { pins, state_path };
     follow::follow(&bucket, &inbox, &config.accept, &node, &link, &connections).await;
     publishing.abort();
     if let Some(sharing) = sharing {
@@ -87,18 +85,17 @@ pub async fn run(
     Ok(())
 }
 
-/// The NATS servers' addresses, resolved once at start: received bans must not cover them.
-async fn server_addresses(config: &FleetConfig) -> Vec<std::net::IpAddr> {
-    let mut addresses = Vec::new();
+/// Resolves the NATS servers once at start: no ban, received or local, may cover them
+/// ([`crate::lockout::needs_server`]).
+async fn guard_servers(config: &FleetConfig) {
     for authority in config.server_authorities() {
         match tokio::net::lookup_host(&authority).await {
-            Ok(found) => addresses.extend(found.map(|addr| addr.ip())),
+            Ok(found) => found.for_each(|addr| crate::lockout::needs_server(addr.ip())),
             Err(err) => {
                 warn!("fleet: resolving {authority}: {err}; bans covering it are not refused")
             }
         }
     }
-    addresses
 }
 
 /// A client that reconnects by itself; `connections` counts the connections made.
