@@ -28,6 +28,13 @@ pub enum Error {
     /// A ban that would cut the operator off; `--force` overrides it.
     #[error("refusing to ban {net}: {why}; nothing was changed (add --force to ban it anyway)")]
     LockOut { net: String, why: String },
+    /// An allowlist entry so wide that it lifts every ban on a large part of the Internet;
+    /// `--force` overrides it.
+    #[error(
+        "refusing to allow {net}: it is wider than a /{widest}, and the allowlist wins over \
+         every ban there; nothing was changed (add --force to allow it anyway)"
+    )]
+    WideAllow { net: String, widest: u8 },
     /// Removing an allowlist entry that would leave the operator to a ban; `--force`
     /// overrides it.
     #[error(
@@ -131,6 +138,7 @@ impl Error {
                 | Error::ReasonTooLong { .. }
                 | Error::LockOut { .. }
                 | Error::AllowRemovalLockOut { .. }
+                | Error::WideAllow { .. }
                 | Error::InvalidRule(_)
                 | Error::InvalidBunchSettings(_)
                 | Error::NoSuchRule(_)

@@ -93,6 +93,9 @@ pub fn import(
     // is not hiding bans the maps hold.
     let mut store = Store::open_scoped(pins, state_path, &[])?;
     let guard = if force { None } else { Some(Guard::detect()?) };
+    if !force {
+        allow.iter().try_for_each(crate::lockout::check_allow)?;
+    }
     let now = store.now.wall;
     // The list's allowlist entries count for the lock-out check as if already stored: they
     // are, once the import commits, and nothing is stored otherwise.

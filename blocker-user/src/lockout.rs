@@ -268,6 +268,18 @@ impl Guard {
     }
 }
 
+/// Refuses an allowlist entry wider than a ban may be ([`wider_than_allowed`]): the allowlist
+/// wins over every ban, so `0.0.0.0/0` there turns every IPv4 ban off.
+pub fn check_allow(net: &IpNet) -> Result<()> {
+    match wider_than_allowed(net) {
+        Some(widest) => Err(Error::WideAllow {
+            net: net.to_string(),
+            widest,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The widest prefix length of `net`'s family ([`WIDEST_V4`], [`WIDEST_V6`]) when `net` is
 /// wider than it.
 pub fn wider_than_allowed(net: &IpNet) -> Option<u8> {
@@ -478,6 +490,17 @@ mod tests {
         );
         // A rule on any protocol and port covers SSH too.
         assert!(ssh_warning(&ssh, &allowlist(&[]), [&ssh_rule]).is_some());
+    }
+
+    #[test]
+    fn very_wide_allowlist_entries_are_refused() {
+        for wide in ["0.0.0.0/0", "128.0.0.0/7", "::/0", "2000::/3"] {
+            let err = check_allow(&net(wide)).unwrap_err();
+            assert!(err.to_string().contains("refusing to allow"), "{err}");
+        }
+        for fine in ["10.0.0.0/8", "192.0.2.1/32", "2001::/16", "fe80::/64"] {
+            check_allow(&net(fine)).unwrap();
+        }
     }
 
     #[test]

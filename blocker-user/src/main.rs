@@ -136,9 +136,10 @@ enum Command {
         /// Remove the entries instead of adding them.
         #[arg(long)]
         remove: bool,
-        /// Remove even an entry that keeps your SSH session's source or an address of this
-        /// host clear of a ban.
-        #[arg(long, requires = "remove")]
+        /// Add even an entry wider than a /8 (IPv4) or /16 (IPv6), which lifts every ban
+        /// there; with --remove, remove even an entry that keeps your SSH session's source
+        /// or an address of this host clear of a ban.
+        #[arg(long)]
         force: bool,
     },
     /// List bans and allowlist entries.
@@ -580,6 +581,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 store.commit(|| {})?;
                 report_removed(&nets, &missing, "on the allowlist");
             } else {
+                if !force {
+                    nets.iter().try_for_each(lockout::check_allow)?;
+                }
                 store.allow(&nets, reason.as_deref());
                 store.commit(|| {})?;
                 for net in &nets {

@@ -199,6 +199,46 @@ fn under_sudo_the_ssh_session_is_found_in_a_parent_process() {
 
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
+fn an_allowlist_entry_that_would_lift_bans_on_a_large_part_of_the_internet_needs_force() {
+    require_root();
+    let net = TestNet::new();
+    net.load(&[]).ok();
+    let banned = net.client_v4(1, 2);
+    net.blocker(&["ban", &banned.to_string()]).ok();
+    let state_before = net.state_text();
+    let run = net.blocker(&["allow", "0.0.0.0/0"]);
+    assert_eq!(run.code, 2, "the entry was not refused: {}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("refusing to allow 0.0.0.0/0: it is wider than a /8"),
+        "{}",
+        run.stderr
+    );
+    // A list's allow entries (`import --with-allow`) the same way.
+    let list = net.state_dir.path().join(".htaccess");
+    std::fs::write(&list, "deny from 192.0.2.1\nallow from 0.0.0.0/0\n").expect("the list");
+    let run = net.blocker(&["import", &list.to_string_lossy(), "--with-allow"]);
+    assert_eq!(run.code, 2, "the list was not refused: {}", run.stderr);
+    assert!(
+        run.stderr.contains("refusing to allow 0.0.0.0/0"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        net.state_text(),
+        state_before,
+        "a refusal changed the state"
+    );
+    assert!(!net.reaches(banned), "the ban still applies");
+    net.blocker(&["allow", "0.0.0.0/0", "--force"]).ok();
+    assert!(
+        net.reaches(banned),
+        "--force allows it, and the allowlist wins"
+    );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
 fn removing_the_allowlist_entry_that_keeps_the_operator_in_needs_force() {
     require_root();
     let net = TestNet::new();
