@@ -375,7 +375,10 @@ mod tests {
                     let now = Timestamp::from_second(1_800_000_000).unwrap();
                     let verdict = book.offend(&config, offense.net, offense.severity, &offense.reason, offense.key.as_deref(), now);
                     prop_assert!(verdict.is_ok(), "{verdict:?}");
-                    let mask = if offense.net.addr().is_ipv4() { config.mask } else { config.mask6 };
+                    let mask = match offense.net {
+                        ipnet::IpNet::V4(_) => config.mask,
+                        ipnet::IpNet::V6(net) => crate::addr::v6_key_len(net.addr(), config.mask6),
+                    };
                     prop_assert!(offense.net.prefix_len() >= mask, "{}", offense.net);
                 }
             }
@@ -395,6 +398,12 @@ mod tests {
             (r#"{"addr":"0.0.0.0/0","severity":"critical"}"#, 422),
             (r#"{"addr":"::/0","severity":1e300}"#, 422),
             (r#"{"addr":"192.0.2.0/31","severity":"minor"}"#, 422),
+            // A link-local source is scored alone: a range of them is a network.
+            (
+                r#"{"addr":"fe80::8000:0:0:0/65","severity":"critical"}"#,
+                422,
+            ),
+            (r#"{"addr":"fe80::/127","severity":"minor"}"#, 422),
             (r#"{"addr":"192.0.2.1","severity":10.01}"#, 422),
             (r#"{"addr":"192.0.2.1","severity":"minor","reason":1}"#, 400),
         ] {

@@ -39,13 +39,14 @@ pub struct ValidOffense {
 }
 
 /// Checks a report against the scoring settings: the address must be one host as scored (a
-/// prefix at least as long as `mask` / `mask6`, so no report can ban a network wider than one
-/// source), the weight within `(0, threshold]`, and the texts short.
+/// prefix at least as long as `mask` / `mask6`, or a /128 for a link-local source, so no
+/// report can ban a network wider than one source), the weight within `(0, threshold]`, and
+/// the texts short.
 pub fn validate(report: &OffenseReport, config: &OffenseConfig) -> Result<ValidOffense> {
     let net = parse_net(&report.addr)?.net;
     let mask = match net {
         IpNet::V4(_) => config.mask,
-        IpNet::V6(_) => config.mask6,
+        IpNet::V6(v6) => crate::addr::v6_key_len(v6.addr(), config.mask6),
     };
     if net.prefix_len() < mask {
         return Err(Error::InvalidOffense(format!(
