@@ -32,15 +32,24 @@ pub struct JailRules {
 }
 
 impl JailRules {
-    /// The prefix `addr` is counted and banned as.
+    /// The prefix `addr` is counted and banned as: the host alone when its prefix holds an
+    /// `ignoreip` network, which no ban may cover.
     pub fn prefix_of(&self, addr: IpAddr) -> IpNet {
         let len = match addr {
             IpAddr::V4(_) => self.mask,
             IpAddr::V6(v6) => crate::addr::v6_key_len(v6, self.mask6),
         };
-        IpNet::new(addr, len)
-            .map(|net| net.trunc())
-            .unwrap_or_else(|_| IpNet::from(addr))
+        match IpNet::new(addr, len).map(|net| net.trunc()) {
+            Ok(prefix)
+                if !self
+                    .ignoreip
+                    .iter()
+                    .any(|ignored| prefix.contains(&ignored.network())) =>
+            {
+                prefix
+            }
+            _ => IpNet::from(addr),
+        }
     }
 
     pub fn ignores(&self, addr: IpAddr) -> bool {
@@ -254,6 +263,34 @@ mod tests {
             rules.prefix_of(ip("2001:db8::1:2")),
             "2001:db8::/64".parse().unwrap()
         );
+    }
+
+    /// `ignoreip` is never banned: not even by the prefix of a neighbour in its /64 (or /24).
+    #[test]
+    fn a_prefix_holding_an_ignored_address_is_banned_host_by_host() {
+        let mut jail = Jail::new(JailRules {
+            name: "sshd".into(),
+            maxretry: 2,
+            findtime: Duration::from_secs(600),
+            mask: 24,
+            mask6: 64,
+            ignoreip: vec![
+                "2001:db8:1:2::10/128".parse().unwrap(),
+                "198.51.100.7/32".parse().unwrap(),
+            ],
+        });
+        for (source, banned) in [
+            ("2001:db8:1:2::666", "2001:db8:1:2::666/128"),
+            ("198.51.100.9", "198.51.100.9/32"),
+            ("203.0.113.9", "203.0.113.0/24"),
+            ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ] {
+            jail.failure(ip(source), None, "", at(0));
+            match jail.failure(ip(source), None, "", at(1)) {
+                Counted::Ban(ban) => assert_eq!(ban.prefix.to_string(), banned),
+                other => panic!("{source}: {other:?}"),
+            }
+        }
     }
 
     #[test]
