@@ -8,6 +8,10 @@ use crate::{addr::parse_net, text, Error, Result};
 /// Lines read before a list of bare addresses is taken for the plain format.
 const LOOKAHEAD: usize = 100;
 
+/// Lines of any kind (blank lines and comments tell nothing) read before detection decides
+/// from what it has: they are held until then, and a list is streamed, never held whole.
+const MAX_HEAD_LINES: usize = 10_000;
+
 /// A detected format, why, and the lines read to find it (to be parsed first).
 #[derive(Debug)]
 pub struct Detected {
@@ -135,7 +139,7 @@ pub fn detect(
             });
         }
         head.push((number, text));
-        if addresses >= LOOKAHEAD {
+        if addresses >= LOOKAHEAD || head.len() >= MAX_HEAD_LINES {
             break;
         }
     }
@@ -223,6 +227,18 @@ mod tests {
             );
             assert!(!detected.head.is_empty());
         }
+    }
+
+    #[test]
+    fn lines_that_tell_nothing_are_held_only_up_to_a_bound() {
+        let mut lines = std::iter::repeat_with(|| Ok((1, String::new())))
+            .take(1_000_000)
+            .chain(std::iter::once(Ok((1_000_001, "192.0.2.1".to_string()))));
+        let detected = detect(&mut lines, "list").unwrap();
+        assert_eq!(detected.format, Format::Plain);
+        assert!(detected.head.len() <= MAX_HEAD_LINES, "{}", detected.head.len());
+        // The rest is left to the parser, which streams it.
+        assert_eq!(lines.count(), 1_000_001 - MAX_HEAD_LINES);
     }
 
     #[test]
