@@ -236,7 +236,11 @@ mod tests {
             .chain(std::iter::once(Ok((1_000_001, "192.0.2.1".to_string()))));
         let detected = detect(&mut lines, "list").unwrap();
         assert_eq!(detected.format, Format::Plain);
-        assert!(detected.head.len() <= MAX_HEAD_LINES, "{}", detected.head.len());
+        assert!(
+            detected.head.len() <= MAX_HEAD_LINES,
+            "{}",
+            detected.head.len()
+        );
         // The rest is left to the parser, which streams it.
         assert_eq!(lines.count(), 1_000_001 - MAX_HEAD_LINES);
     }

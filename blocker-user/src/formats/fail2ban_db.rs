@@ -54,13 +54,12 @@ pub fn read(path: &Path, source: &str, options: &Options) -> Result<Vec<Entry>> 
         let parsed = parse_net(&ip).map_err(|err| bad_row(err.to_string()))?;
         let banned_at = Timestamp::from_second(time_of_ban)
             .map_err(|_| bad_row("timeofban out of range".into()))?;
+        // fail2ban's negative bantime is a permanent ban; one past the calendar is an error,
+        // not another permanent ban.
         let expires_at = (bantime >= 0)
-            .then(|| {
-                banned_at
-                    .checked_add(SignedDuration::from_secs(bantime))
-                    .ok()
-            })
-            .flatten();
+            .then(|| banned_at.checked_add(SignedDuration::from_secs(bantime)))
+            .transpose()
+            .map_err(|_| bad_row(format!("bantime {bantime} out of range")))?;
         // A jail name is the operator's, but bounded here so the reason stays within limits.
         let jail: String = crate::text::escape(&jail).chars().take(100).collect();
         entries.push(Entry {
@@ -131,6 +130,23 @@ pub mod tests {
             reason.starts_with("fail2ban jail sshd, banned "),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn a_bantime_past_the_calendar_is_an_error_not_a_permanent_ban() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fail2ban.sqlite3");
+        let options = test_options();
+        fail2ban_database(&path, options.now.as_second());
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE bans SET bantime = 300000000000 WHERE ip = '198.51.100.8'",
+                [],
+            )
+            .unwrap();
+        let err = read(&path, "f2b", &options).unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
     }
 
     #[test]

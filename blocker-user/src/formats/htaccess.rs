@@ -47,8 +47,9 @@ impl LineFormat for Htaccess {
         let reason =
             reason(comment.trim_matches(|c: char| c == '"' || c == '#' || c.is_whitespace()));
         let expires_at = (self.temporary && !allow)
-            .then(|| options.now.checked_add(options.temporary_for).ok())
-            .flatten();
+            .then(|| options.now.checked_add(options.temporary_for))
+            .transpose()
+            .map_err(|_| "the --temporary-for expiry is out of range".to_string())?;
         let mut any = false;
         for addr in addrs.split_whitespace() {
             any = true;

@@ -8,6 +8,9 @@ use jiff::SignedDuration;
 
 use super::{reason, words, Entry, LineFormat, Options};
 
+/// ipset's largest timeout (seconds), `UINT_MAX / MSEC_PER_SEC`.
+const MAX_TIMEOUT_S: u32 = 2_147_483;
+
 #[derive(Default)]
 pub struct Ipset {
     /// The type of each set created so far.
@@ -61,15 +64,21 @@ fn entry(addr: &str, rest: &[String], options: &Options) -> std::result::Result<
         };
         match option.as_str() {
             "timeout" => {
-                let seconds: i64 = value()?
+                // ipset's timeout 0 is "never expires"; it takes nothing negative nor over
+                // 2,147,483 s, so neither is turned into a permanent ban here.
+                let seconds: u32 = value()?
                     .parse()
-                    .map_err(|_| "timeout is not a number of seconds".to_string())?;
-                // ipset's timeout 0 is "never expires".
+                    .ok()
+                    .filter(|seconds| *seconds <= MAX_TIMEOUT_S)
+                    .ok_or_else(|| {
+                        format!("timeout is not a number of seconds from 0 to {MAX_TIMEOUT_S}")
+                    })?;
                 if seconds > 0 {
-                    entry.expires_at = options
+                    let expiry = options
                         .now
-                        .checked_add(SignedDuration::from_secs(seconds))
-                        .ok();
+                        .checked_add(SignedDuration::from_secs(seconds.into()))
+                        .map_err(|_| "timeout out of range".to_string())?;
+                    entry.expires_at = Some(expiry);
                 }
             }
             "comment" => entry.reason = reason(value()?),
@@ -131,6 +140,15 @@ mod tests {
             (
                 "create a hash:ip\nadd a 1.2.3.4 timeout soon\n",
                 "not a number",
+            ),
+            // Neither is ipset's, and neither may become a permanent ban.
+            (
+                "create a hash:ip\nadd a 1.2.3.4 timeout -5\n",
+                "from 0 to 2147483",
+            ),
+            (
+                "create a hash:ip\nadd a 1.2.3.4 timeout 300000000000\n",
+                "from 0 to 2147483",
             ),
         ] {
             let err = parse_all(Format::Ipset, text).unwrap_err().to_string();
