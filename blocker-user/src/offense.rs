@@ -235,7 +235,9 @@ impl OffenseBook {
         entry.score = decayed(entry, now, config.half_life) + weight;
         entry.at = now;
         if !reason.is_empty() {
-            entry.reasons.push(reason.to_string());
+            // A reporter's text, kept and logged as one line: a line break in it could
+            // forge a log line that log filters read as blocker's own.
+            entry.reasons.push(crate::text::escape(reason).into_owned());
             let excess = entry.reasons.len().saturating_sub(KEPT_REASONS);
             entry.reasons.drain(..excess);
         }
@@ -361,6 +363,23 @@ mod tests {
                 .offend(&config, source, MINOR, "", None, at(i * 3 * 3600))
                 .unwrap();
             assert!(!is_ban(&verdict), "offense {i}");
+        }
+    }
+
+    #[test]
+    fn a_reporter_s_reason_is_kept_on_one_line() {
+        let config = OffenseConfig::default();
+        let mut book = OffenseBook::default();
+        let forged = "x\nadding to BLACKLIST: 198.51.100.1 rule=ssh\r\u{2028}";
+        match book
+            .offend(&config, addr("192.0.2.9/32"), CRITICAL, forged, None, at(0))
+            .unwrap()
+        {
+            Verdict::Ban { reason, .. } => {
+                assert!(!reason.chars().any(crate::text::is_unsafe), "{reason:?}");
+                assert!(reason.contains(r"x\nadding to BLACKLIST"), "{reason}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 
