@@ -204,6 +204,11 @@ pub enum Verdict {
 
 const KEPT_REASONS: usize = 5;
 
+/// Keys scored apart for one source at most. A source reporting more at once is not a NAT's
+/// users each mistyping a few times but one spraying user names: its further keyed offenses
+/// score the source itself (which the pairs never raise), and its stored scores stay bounded.
+pub const MAX_KEYS_PER_SOURCE: usize = 64;
+
 fn decayed(score: &Score, now: Timestamp, half_life: Duration) -> f64 {
     let elapsed = now.duration_since(score.at).as_secs_f64().max(0.0);
     score.score * 0.5f64.powf(elapsed / half_life.as_secs_f64())
@@ -223,10 +228,15 @@ impl OffenseBook {
     ) -> Result<Verdict, String> {
         let weight = config.weight(severity)?;
         let prefix = config.prefix_of(addr);
-        let subject = match key {
-            Some(key) => format!("{prefix} {key}"),
-            None => prefix.to_string(),
-        };
+        let keyed = key.map(|key| format!("{prefix} {key}")).filter(|keyed| {
+            self.scores.contains_key(keyed)
+                || self
+                    .scores
+                    .range(format!("{prefix} ")..format!("{prefix}!"))
+                    .count()
+                    < MAX_KEYS_PER_SOURCE
+        });
+        let subject = keyed.unwrap_or_else(|| prefix.to_string());
         let entry = self.scores.entry(subject.clone()).or_insert(Score {
             score: 0.0,
             at: now,
@@ -364,6 +374,35 @@ mod tests {
                 .unwrap();
             assert!(!is_ban(&verdict), "offense {i}");
         }
+    }
+
+    #[test]
+    fn a_source_spraying_keys_is_scored_itself_past_a_bound() {
+        let config = OffenseConfig::default();
+        let mut book = OffenseBook::default();
+        let source = addr("203.0.113.7/32");
+        let banned_at = (0..10_000).find(|i| {
+            let key = format!("user{i}");
+            is_ban(
+                &book
+                    .offend(&config, source, MINOR, "", Some(&key), at(*i))
+                    .unwrap(),
+            )
+        });
+        // 64 pairs, then the source's own score: 28 minor offenses reach the threshold.
+        assert_eq!(banned_at, Some(MAX_KEYS_PER_SOURCE as i64 + 27));
+        assert!(book.scores.len() <= MAX_KEYS_PER_SOURCE + 1);
+        // A key already scored keeps its pair.
+        let mut book = OffenseBook::default();
+        for i in 0..MAX_KEYS_PER_SOURCE {
+            let key = format!("user{i}");
+            book.offend(&config, source, MINOR, "", Some(&key), at(0))
+                .unwrap();
+        }
+        book.offend(&config, source, MINOR, "", Some("user0"), at(1))
+            .unwrap();
+        assert!(book.scores.contains_key("203.0.113.7/32 user0"));
+        assert!(!book.scores.contains_key("203.0.113.7/32"));
     }
 
     #[test]

@@ -139,10 +139,13 @@ pub fn record_batch(
     config: &Config,
     offenses: &[ValidOffense],
 ) -> Result<Vec<Result<OffenseAnswer>>> {
-    let touched: Vec<IpNet> = offenses
+    let mut touched: Vec<IpNet> = offenses
         .iter()
         .map(|offense| config.offenses.prefix_of(offense.net))
         .collect();
+    // Each source's rows are read once, however many of the batch's reports name it.
+    touched.sort_unstable();
+    touched.dedup();
     let mut store = Store::open_scoped(pins, state_path, &touched)?;
     store.origin = Origin::local("offense");
     // The lock-out check `blocker ban` runs: no report bans this host or the operator's SSH
