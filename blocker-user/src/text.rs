@@ -48,11 +48,44 @@ pub fn check_reason(reason: &str) -> Result<()> {
     Ok(())
 }
 
+/// `url` as it may be shown, logged or stored in a reason: a password in it and the values of
+/// its query (where API keys go) written as `***`. Text that is no URL is shown as it is.
+pub fn redacted_url(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return url.to_string();
+    };
+    if parsed.password().is_some() {
+        // Only a URL that cannot have a password refuses one.
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, &str)> = parsed
+            .query_pairs()
+            .map(|(name, _)| (name.into_owned(), "***"))
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_secrets() {
+        assert_eq!(
+            redacted_url("https://u:s3cret@lists.example/drop.txt?key=K3Y&fmt=txt"),
+            "https://u:***@lists.example/drop.txt?key=***&fmt=***"
+        );
+        assert_eq!(
+            redacted_url("http://lists.example/drop.txt"),
+            "http://lists.example/drop.txt"
+        );
+        assert_eq!(redacted_url("not a url"), "not a url");
+    }
 
     #[test]
     fn terminal_escapes_and_line_breaks_are_escaped() {

@@ -8,7 +8,7 @@ use blocker::{
     config::Config,
     feeds::{self, status_path, Statuses},
     pins::PinDir,
-    text::escape,
+    text::{escape, redacted_url},
 };
 
 /// The config file a package installs.
@@ -88,7 +88,7 @@ fn write_json(
         .map(|feed| {
             let status = statuses.0.get(&feed.url).cloned().unwrap_or_default();
             serde_json::json!({
-                "url": feed.url,
+                "url": redacted_url(&feed.url),
                 "format": feed.format,
                 "every": humantime::format_duration(feed.every).to_string(),
                 "ban_for": humantime::format_duration(feed.ban_for).to_string(),
@@ -123,7 +123,7 @@ fn write_table(
         writeln!(
             out,
             "{:<40} {:<10} {:>6} {:>8} {:<25} {:>8}  {}",
-            escape(&feed.url),
+            escape(&redacted_url(&feed.url)),
             feed.format.to_string(),
             humantime::format_duration(feed.every).to_string(),
             humantime::format_duration(feed.ban_for).to_string(),

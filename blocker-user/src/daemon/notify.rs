@@ -54,15 +54,16 @@ async fn deliver(notify: &NotifyConfig, client: Option<&reqwest::Client>, event:
         run_command(command, event).await;
     }
     if let (Some(url), Some(client)) = (&notify.webhook, client) {
+        let shown = crate::text::redacted_url(url);
         let mut delay = Duration::from_millis(500);
         for attempt in 1..=4 {
             match client.post(url).json(event).send().await {
                 Ok(response) if response.status().is_success() => break,
                 Ok(response) => warn!(
-                    "webhook {url}: HTTP {} (attempt {attempt})",
+                    "webhook {shown}: HTTP {} (attempt {attempt})",
                     response.status()
                 ),
-                Err(err) => warn!("webhook {url}: {err} (attempt {attempt})"),
+                Err(err) => warn!("webhook {shown}: {err} (attempt {attempt})"),
             }
             tokio::time::sleep(delay).await;
             delay *= 2;

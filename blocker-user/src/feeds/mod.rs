@@ -21,6 +21,7 @@ use crate::{
     pins::PinDir,
     state::Origin,
     store::Store,
+    text::redacted_url,
     Result,
 };
 
@@ -154,10 +155,13 @@ fn apply(
     }
     status.error = error.clone();
     if let Some(error) = &error {
-        tracing::warn!("feed {}: {error}; the last good list stays", feed.url);
+        tracing::warn!(
+            "feed {}: {error}; the last good list stays",
+            redacted_url(&feed.url)
+        );
     }
     let refreshed = Refreshed {
-        url: feed.url.clone(),
+        url: redacted_url(&feed.url),
         banned,
         lifted,
         not_modified,
@@ -197,9 +201,10 @@ fn parse(
     Ok(set)
 }
 
-/// The reason a feed's bans carry: how its own bans are told from everyone else's.
+/// The reason a feed's bans carry: how its own bans are told from everyone else's. Without the
+/// URL's secrets: reasons are listed, exported, served and published to the fleet.
 fn feed_reason(feed: &FeedConfig) -> String {
-    let reason = format!("feed {}", feed.url);
+    let reason = format!("feed {}", redacted_url(&feed.url));
     if crate::text::check_reason(&reason).is_ok() {
         reason
     } else {
@@ -298,6 +303,21 @@ mod tests {
         let config =
             Config::parse("[[feeds]]\nurl = \"https://lists.example/drop.txt\"\n").unwrap();
         config.feeds[0].clone()
+    }
+
+    #[test]
+    fn a_feed_s_reason_holds_none_of_its_url_s_secrets() {
+        let mut feed = feed();
+        feed.url = "https://me:s3cret@lists.example/drop.txt?key=K3Y".into();
+        let reason = feed_reason(&feed);
+        assert!(
+            !reason.contains("s3cret") && !reason.contains("K3Y"),
+            "{reason}"
+        );
+        assert!(
+            reason.starts_with("feed https://me:***@lists.example/drop.txt"),
+            "{reason}"
+        );
     }
 
     #[test]
