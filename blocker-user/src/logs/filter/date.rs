@@ -337,10 +337,20 @@ fn time_of(fields: &Fields, now: &Zoned) -> Option<Timestamp> {
         None => now.time_zone().clone(),
     };
     let at = |year: i64| {
-        civil(year)?
-            .to_zoned(zone.clone())
-            .ok()
-            .map(|z| z.timestamp())
+        let ambiguous = zone.to_ambiguous_timestamp(civil(year)?);
+        match ambiguous.offset() {
+            // The hour a clock turned back is read twice: its later reading is the one just
+            // written, unless that is still to come (a line written before the turn).
+            jiff::tz::AmbiguousOffset::Fold { .. } => {
+                let later = ambiguous.later().ok()?;
+                if later <= now.timestamp() {
+                    Some(later)
+                } else {
+                    ambiguous.earlier().ok()
+                }
+            }
+            _ => ambiguous.compatible().ok(),
+        }
     };
     match year {
         Some(year) => at(year),
@@ -429,6 +439,28 @@ mod tests {
             Some("2026-12-01T10:00:00.123456Z".into())
         );
         assert!(finder.find("no date here", &now()).is_none());
+    }
+
+    #[test]
+    fn a_zone_less_time_in_the_repeated_hour_is_the_newest_reading_not_after_now() {
+        let finder = DateFinder::new(None).unwrap();
+        let line = "Oct 25 02:30:00 host sshd[1]: x";
+        for (now, expected) in [
+            // The second pass through 02:00-03:00 (CET): the line was just written.
+            (
+                "2026-10-25T02:30:00+01:00[Europe/Berlin]",
+                "2026-10-25T01:30:00Z",
+            ),
+            // The first pass (CEST): the later reading is still to come.
+            (
+                "2026-10-25T02:30:00+02:00[Europe/Berlin]",
+                "2026-10-25T00:30:00Z",
+            ),
+        ] {
+            let now: Zoned = now.parse().unwrap();
+            let found = finder.find(line, &now).unwrap();
+            assert_eq!(found.time.unwrap().to_string(), expected, "at {now}");
+        }
     }
 
     #[test]
