@@ -92,7 +92,8 @@ impl Detector {
             }
             JailKind::Bunch => Detector::Bunches {
                 tracker: BunchTracker::new(config.bunch_settings())
-                    .map_err(|err| err.to_string())?,
+                    .map_err(|err| err.to_string())?
+                    .bounded(crate::logs::jail::MAX_SOURCES),
                 rules,
                 window: SignedDuration::try_from(config.window).unwrap_or(SignedDuration::MAX),
             },

@@ -79,7 +79,8 @@ struct Flagged {
 }
 
 /// Bunches of requests per source, flagging a source once per window. Memory is bounded by
-/// the sources seen within about a window: a source idle longer than that is forgotten.
+/// the sources seen within about a window: a source idle longer than that is forgotten; and,
+/// [`BunchTracker::bounded`], by a number of sources.
 #[derive(Debug)]
 pub struct BunchTracker {
     settings: BunchSettings,
@@ -87,6 +88,7 @@ pub struct BunchTracker {
     window_ms: u64,
     sources: HashMap<IpAddr, Source>,
     next_sweep_ms: u64,
+    max_sources: usize,
 }
 
 impl BunchTracker {
@@ -117,7 +119,15 @@ impl BunchTracker {
             window_ms,
             sources: HashMap::new(),
             next_sweep_ms: 0,
+            max_sources: usize::MAX,
         })
+    }
+
+    /// This tracker, holding at most `max_sources` sources: when full, the least recently
+    /// seen half is forgotten (a daemon reads a log anyone can fill with distinct addresses).
+    pub fn bounded(mut self, max_sources: usize) -> Self {
+        self.max_sources = max_sources.max(2);
+        self
     }
 
     /// A request from `addr` at `time`; the flag when this request makes the source meet a
@@ -126,6 +136,9 @@ impl BunchTracker {
         let now_ms = u64::try_from(time.as_millisecond()).unwrap_or(0);
         if now_ms >= self.next_sweep_ms {
             self.forget_idle(now_ms);
+        }
+        if self.sources.len() >= self.max_sources && !self.sources.contains_key(&addr) {
+            self.make_room(now_ms);
         }
         let source = self.sources.entry(addr).or_default();
         // A log's lines are in the order requests ended, so a request may be logged a little
@@ -215,6 +228,18 @@ impl BunchTracker {
 
     /// Forgets sources idle longer than the window (nothing of theirs counts any more, and a
     /// flag of theirs has run out), then waits a quarter window before looking again.
+    fn make_room(&mut self, now_ms: u64) {
+        self.forget_idle(now_ms);
+        if self.sources.len() < self.max_sources {
+            return;
+        }
+        let mut last: Vec<u64> = self.sources.values().map(|source| source.last_ms).collect();
+        let middle = last.len() / 2;
+        let (_, cut, _) = last.select_nth_unstable(middle);
+        let cut = *cut;
+        self.sources.retain(|_, source| source.last_ms > cut);
+    }
+
     fn forget_idle(&mut self, now_ms: u64) {
         let window_ms = self.window_ms;
         self.sources
@@ -253,6 +278,19 @@ mod tests {
         (0..len)
             .filter_map(|i| tracker.hit(CLICKER, at(start + i * 1_000)))
             .collect()
+    }
+
+    #[test]
+    fn a_bounded_tracker_forgets_the_least_recent_half_when_full() {
+        let mut tracker = tracker().bounded(1_000);
+        for i in 0..200_000u32 {
+            let addr = IpAddr::V6(std::net::Ipv6Addr::from(u128::from(i) << 64));
+            tracker.hit(addr, at(u64::from(i)));
+            assert!(tracker.sources() <= 1_000, "{}", tracker.sources());
+        }
+        // The clicker, seen last, is still counted after the sweep.
+        let flags = bunch(&mut tracker, 200_000, 10);
+        assert_eq!(flags.len(), 1);
     }
 
     #[test]
