@@ -52,7 +52,7 @@ pub fn for_each_line(
     let mut overlong = 0;
     loop {
         line.clear();
-        let (read, complete) = read_bounded_line(reader, &mut line)?;
+        let (read, complete) = read_bounded_line(reader, &mut line, MAX_LINE_BYTES)?;
         if read == 0 {
             break;
         }
@@ -83,9 +83,13 @@ pub fn for_each_line(
     Ok(number)
 }
 
-/// Reads up to the next newline into `line`, keeping at most `MAX_LINE_BYTES`; the bytes
-/// consumed and whether the line fit.
-fn read_bounded_line(reader: &mut dyn BufRead, line: &mut Vec<u8>) -> io::Result<(usize, bool)> {
+/// Reads up to the next newline into `line`, keeping at most `max` bytes (a longer line is
+/// read past, never held); the bytes consumed and whether the line fit.
+pub fn read_bounded_line(
+    reader: &mut dyn BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<(usize, bool)> {
     let mut consumed = 0;
     let mut fits = true;
     loop {
@@ -101,7 +105,7 @@ fn read_bounded_line(reader: &mut dyn BufRead, line: &mut Vec<u8>) -> io::Result
             Some(newline) => (newline + 1, true),
             None => (buffer.len(), false),
         };
-        if fits && line.len() + take <= MAX_LINE_BYTES {
+        if fits && line.len() + take <= max {
             line.extend_from_slice(&buffer[..take]);
         } else {
             fits = false;

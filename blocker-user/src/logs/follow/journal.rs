@@ -107,17 +107,9 @@ impl JournalFollower {
         let spawned = std::thread::Builder::new()
             .name("blocker-journal".into())
             .spawn(move || {
-                for line in BufReader::new(stdout).split(b'\n') {
-                    let Ok(line) = line else { break };
-                    if line.len() > MAX_LINE {
-                        continue;
-                    }
-                    if let Some(entry) = parse_entry(&line) {
-                        if sender.send(entry).is_err() {
-                            break;
-                        }
-                    }
-                }
+                forward_entries(&mut BufReader::new(stdout), |entry| {
+                    sender.send(entry).is_ok()
+                })
             });
         if let Err(err) = spawned {
             self.warnings
@@ -201,6 +193,27 @@ fn since_arg(at: Timestamp) -> String {
 }
 
 /// One line of `journalctl --output=json`.
+/// Parses each line `reader` gives into an entry for `send`, until the end, a read error or
+/// `send` refusing. A line over [`MAX_LINE`] (an entry as large as a journal takes) is read
+/// past, never held whole.
+fn forward_entries(reader: &mut dyn BufRead, mut send: impl FnMut(Entry) -> bool) {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match crate::logs::lines::read_bounded_line(reader, &mut line, MAX_LINE) {
+            Ok((0, _)) | Err(_) => return,
+            Ok((_, false)) => continue,
+            Ok((_, true)) => {}
+        }
+        let json = line.strip_suffix(b"\n").unwrap_or(&line);
+        if let Some(entry) = parse_entry(json) {
+            if !send(entry) {
+                return;
+            }
+        }
+    }
+}
+
 fn parse_entry(line: &[u8]) -> Option<Entry> {
     let value: Value = serde_json::from_slice(line).ok()?;
     let cursor = value.get("__CURSOR")?.as_str()?.to_string();
@@ -232,6 +245,20 @@ fn parse_entry(line: &[u8]) -> Option<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_over_the_line_limit_is_read_past_and_the_next_one_forwarded() {
+        use std::io::Read as _;
+        let next = br#"{"__CURSOR":"c2","MESSAGE":"next"}"#;
+        let huge = std::io::repeat(b'x').take(8 * MAX_LINE as u64);
+        let mut reader = BufReader::new(huge.chain(&b"\n"[..]).chain(&next[..]).chain(&b"\n"[..]));
+        let mut forwarded = Vec::new();
+        forward_entries(&mut reader, |entry| {
+            forwarded.push(entry.cursor);
+            true
+        });
+        assert_eq!(forwarded, ["c2"]);
+    }
 
     #[test]
     fn entries_read_as_syslog_lines_with_their_time_and_cursor() {
