@@ -105,7 +105,9 @@ pub(super) fn scaling(
         }
         let path = lab.dir.path().join("bans.txt");
         std::fs::write(&path, list)?;
-        lab.blocker(&["import", &path.to_string_lossy()])?;
+        // Random prefixes may cover this host's resolver, which the lock-out check protects;
+        // the lab's namespace never reaches it.
+        lab.blocker(&["import", &path.to_string_lossy(), "--force"])?;
         points.push(ScalePoint {
             series: "manual CIDR bans (unmatched packet)".into(),
             size,
