@@ -19,6 +19,9 @@ use crate::logs::positions::Position;
 const CHUNK: usize = 256 * 1024;
 /// Bytes read from one file per poll at most, so one busy file cannot starve the others.
 const BUDGET: u64 = 64 << 20;
+/// How long a file whose name is gone stays open: its writer may append until it reopens the
+/// new file (logrotate's postrotate); then its handle and its space on disk are let go.
+const GONE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Where a followed file is, for `blocker status`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -41,6 +44,8 @@ struct Followed {
     /// Bytes of an overlong line being dropped (they follow `offset`).
     skipped: u64,
     exists: bool,
+    /// When the name was first found gone while the file was open.
+    gone_since: Option<std::time::Instant>,
 }
 
 impl Followed {
@@ -52,6 +57,7 @@ impl Followed {
             partial: Vec::new(),
             skipped: 0,
             exists: false,
+            gone_since: None,
         }
     }
 
@@ -75,6 +81,7 @@ pub struct FileFollower {
     saved: HashMap<String, Position>,
     warnings: Warnings,
     buffer: Vec<u8>,
+    gone_grace: std::time::Duration,
 }
 
 fn has_glob(pattern: &str) -> bool {
@@ -90,6 +97,7 @@ impl FileFollower {
             saved,
             warnings: Warnings::default(),
             buffer: vec![0; CHUNK],
+            gone_grace: GONE_GRACE,
         }
     }
 
@@ -107,6 +115,13 @@ impl FileFollower {
                 }
             }
         }
+        // A file a glob found that is gone and let go: a dated log rotated away for good.
+        let named: Vec<&String> = self.patterns.iter().filter(|p| !has_glob(p)).collect();
+        self.files.retain(|path, followed| {
+            followed.exists
+                || followed.file.is_some()
+                || named.iter().any(|name| Path::new(name.as_str()) == path)
+        });
     }
 
     /// Adds the paths the patterns name now.
@@ -140,12 +155,22 @@ impl FileFollower {
         };
         followed.exists = metadata.is_some();
         let Some(metadata) = metadata else {
-            // Renamed away and not created again yet: finish the old file.
+            // Renamed away and not created again yet: finish the old file, and let it go once
+            // its writer has had time to move on.
             if followed.file.is_some() {
                 read_lines(followed, &mut self.buffer, &mut self.warnings, path, sink)?;
+                let since = *followed
+                    .gone_since
+                    .get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= self.gone_grace {
+                    flush_partial(followed, sink);
+                    // A file made at the name later is another, even on the same inode.
+                    *followed = Followed::closed();
+                }
             }
             return Ok(());
         };
+        followed.gone_since = None;
         if followed.file.is_some() && metadata.ino() != followed.inode {
             // Rotated: the rest of the old file, then the new one from its start.
             read_lines(followed, &mut self.buffer, &mut self.warnings, path, sink)?;
@@ -391,6 +416,35 @@ mod tests {
         assert_eq!(seen, ["a1", "first"]);
         append(&dir.path().join("b.access.log"), b"b1\n");
         assert_eq!(lines(&mut follower), ["b1"]);
+    }
+
+    #[test]
+    fn a_file_whose_name_is_gone_is_let_go_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (named, globbed) = (dir.path().join("auth.log"), dir.path().join("a.access.log"));
+        append(&named, b"n1\n");
+        append(&globbed, b"g1\nunfinished");
+        let pattern = dir.path().join("*.access.log");
+        let mut follower = FileFollower::new(
+            &[named.display().to_string(), pattern.display().to_string()],
+            HashMap::new(),
+        );
+        follower.gone_grace = std::time::Duration::ZERO;
+        let mut seen = lines(&mut follower);
+        seen.sort();
+        assert_eq!(seen, ["g1", "n1"]);
+        std::fs::remove_file(&named).unwrap();
+        std::fs::remove_file(&globbed).unwrap();
+        assert_eq!(lines(&mut follower), ["unfinished"]);
+        assert!(follower
+            .files
+            .values()
+            .all(|followed| followed.file.is_none()));
+        // The named path waits for its file; the globbed one is forgotten.
+        let watched: Vec<&PathBuf> = follower.files.keys().collect();
+        assert_eq!(watched, [&named]);
+        append(&named, b"n2\n");
+        assert_eq!(lines(&mut follower), ["n2"]);
     }
 
     #[test]
