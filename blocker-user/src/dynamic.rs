@@ -34,13 +34,8 @@ pub fn write_rules(pins: &PinDir, before: Option<&RuleTable>, after: &RuleTable)
         context: "counting CPUs".into(),
         source,
     })?;
-    let generation_in = |table: Option<&RuleTable>, slot: usize| {
-        table
-            .and_then(|table| table.rules.iter().find(|r| r.slot as usize == slot))
-            .map(|r| r.generation)
-    };
     for (slot, rule) in compiled.slots.iter().enumerate() {
-        if before.is_none() || generation_in(before, slot) != generation_in(Some(after), slot) {
+        if slot_starts_over(before, after, slot) {
             let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus])
                 .map_err(Error::io(context(MAP_RULE_STATS)))?;
             stats
@@ -52,6 +47,19 @@ pub fn write_rules(pins: &PinDir, before: Option<&RuleTable>, after: &RuleTable)
             .map_err(Error::map(context(MAP_RULES)))?;
     }
     Ok(())
+}
+
+/// Whether the counters of `slot` start over when the kernel's rules go from `before` (`None`:
+/// unknown) to `after`: its rule changed, came or went.
+pub fn slot_starts_over(before: Option<&RuleTable>, after: &RuleTable, slot: usize) -> bool {
+    let generation_in = |table: &RuleTable| {
+        table
+            .rules
+            .iter()
+            .find(|r| r.slot as usize == slot)
+            .map(|r| r.generation)
+    };
+    before.is_none_or(|before| generation_in(before) != generation_in(after))
 }
 
 /// Reads the settings, lets `change` edit them, and writes them back; fields `change` leaves

@@ -846,6 +846,22 @@ impl Store {
         };
         let rules_changed =
             self.fresh_maps || kernel_rules_differ || self.state.rules != self.before.rules;
+        if let Some(rules) = self.state.rules.as_ref().filter(|_| rules_changed) {
+            if !self.fresh_maps {
+                // The counters of the slots whose rule changes start over: what they counted
+                // stays in the issued total, which a counter must never take back.
+                let previous = self.before.rules.as_ref();
+                let restarted: u64 = dynamic::rule_stats(&self.pins)?
+                    .iter()
+                    .enumerate()
+                    .filter(|(slot, _)| dynamic::slot_starts_over(previous, rules, *slot))
+                    .map(|(_, stats)| stats.blacklisted)
+                    .sum();
+                if restarted > 0 {
+                    self.count_issued("rule", restarted);
+                }
+            }
+        }
         // The database first: once committed, a crash before the maps follow is healed by
         // the next writer, which finds the mark, or by `load`, which bring the maps to the
         // database.

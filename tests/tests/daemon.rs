@@ -169,19 +169,63 @@ fn scores_survive_a_daemon_restart() {
     assert!(!net.reaches(net.client_v4(1, 3)));
 }
 
+/// `series`'s value in a scrape.
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn the_rule_bans_issued_counter_never_goes_back_when_a_rule_changes() {
+    require_root();
+    let (net, daemon) = loaded_with_daemon("1h");
+    let target = net.tcp_listener(net.server_v4());
+    let port = target.port().to_string();
+    let rule = |hitcount: &str| {
+        let args = [
+            "rule",
+            "add",
+            "quick",
+            "--proto",
+            "tcp",
+            "--dport",
+            &port,
+            "--hitcount",
+            hitcount,
+            "--blacklist-for",
+            "60s",
+        ];
+        net.blocker(&args).ok();
+    };
+    rule("1");
+    let attacker = net.client_v4(1, 2);
+    net.tcp_connects(attacker, target);
+    assert!(!net.tcp_connects(attacker, target), "blacklisted");
+    let issued = r#"blocker_bans_issued_total{source="rule"}"#;
+    // Past the daemon's reuse of its last scrape.
+    let scrape = || {
+        thread::sleep(Duration::from_millis(300));
+        daemon.curl(&["/metrics"]).1
+    };
+    assert_eq!(metric(&scrape(), issued), 1.0);
+    // Replacing the rule starts its kernel counters over; the total keeps what they counted.
+    rule("2");
+    assert_eq!(metric(&scrape(), issued), 1.0);
+    net.blocker(&["rule", "remove", "quick"]).ok();
+    assert_eq!(metric(&scrape(), issued), 1.0);
+}
+
 #[test]
 #[ignore = "needs root: cargo xtask test runs it"]
 fn metrics_parse_with_promtool_and_move_with_traffic() {
     require_root();
     let (net, daemon) = loaded_with_daemon("1h");
-    let value = |metrics: &str, series: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|line| line.starts_with(series))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-    };
+    let value = metric;
     let banned = r#"blocker_packets_total{action="drop",reason="manual_ban"}"#;
     let (_, before) = daemon.curl(&["/metrics"]);
     let client = net.client_v4(1, 2);

@@ -171,7 +171,8 @@ pub fn metrics_text(
     let rule_events = Family::<Labels, Counter>::default();
     let rule_blacklisted = Family::<Labels, Counter>::default();
     let stats = dynamic::rule_stats(pins)?;
-    let mut rule_bans = 0;
+    // What the slots counted before their rule changed, and what they count now.
+    let mut rule_bans = state.issued.get("rule").copied().unwrap_or(0);
     for placed in state.rules.iter().flat_map(|table| &table.rules) {
         let counts = stats.get(placed.slot as usize).copied().unwrap_or_default();
         let l = labels(&[("rule", &placed.spec.name)]);
