@@ -97,7 +97,8 @@ pub(crate) fn parse_line(raw: &str, line: usize, source: &str) -> Result<Option<
 }
 
 /// Renders entries in the same format, so an export imports back to the same bans, expiry
-/// included. Control characters in reasons are escaped, which keeps one ban per line.
+/// included. Control characters in reasons are escaped, which keeps one ban per line, and an
+/// escaped reason is cut to the length an import takes, so no line of an export is refused.
 pub fn render<'a>(entries: impl IntoIterator<Item = (&'a IpNet, &'a Entry)>) -> String {
     let mut out = String::new();
     for (net, entry) in entries {
@@ -107,7 +108,8 @@ pub fn render<'a>(entries: impl IntoIterator<Item = (&'a IpNet, &'a Entry)>) -> 
         }
         if let Some(reason) = &entry.reason {
             out.push_str(" # ");
-            out.push_str(&text::escape(reason));
+            let escaped = text::escape(reason);
+            out.push_str(&escaped[..escaped.floor_char_boundary(text::MAX_REASON_BYTES)]);
         }
         out.push('\n');
     }
@@ -200,6 +202,23 @@ mod tests {
         let back = parse(&text, "-").unwrap();
         assert_eq!(back[0].expires_at, Some(at));
         assert_eq!(back[0].reason.as_deref(), Some("scanner"));
+    }
+
+    #[test]
+    fn a_reason_of_the_longest_length_with_control_characters_imports_back() {
+        let entry = Entry {
+            reason: Some(format!("{}\t", "é".repeat(511))),
+            created_at: Timestamp::UNIX_EPOCH,
+            expires_at: None,
+        };
+        assert_eq!(entry.reason.as_ref().map(String::len), Some(1023));
+        let net: IpNet = "192.0.2.1/32".parse().unwrap();
+        let back = parse(&render([(&net, &entry)]), "-").unwrap();
+        assert_eq!(back[0].net, net);
+        assert!(back[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("éé")));
     }
 
     #[test]
