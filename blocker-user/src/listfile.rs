@@ -207,11 +207,14 @@ mod tests {
     #[test]
     fn a_reason_of_the_longest_length_with_control_characters_imports_back() {
         let entry = Entry {
-            reason: Some(format!("{}\t", "é".repeat(511))),
+            reason: Some(format!("{}a\t", "é".repeat(511))),
             created_at: Timestamp::UNIX_EPOCH,
             expires_at: None,
         };
-        assert_eq!(entry.reason.as_ref().map(String::len), Some(1023));
+        assert_eq!(
+            entry.reason.as_ref().map(String::len),
+            Some(crate::text::MAX_REASON_BYTES)
+        );
         let net: IpNet = "192.0.2.1/32".parse().unwrap();
         let back = parse(&render([(&net, &entry)]), "-").unwrap();
         assert_eq!(back[0].net, net);
