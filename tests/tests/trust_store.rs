@@ -202,21 +202,25 @@ fn a_second_load_keeps_the_history_of_unchanged_rules() {
     );
 }
 
-#[test]
-#[ignore = "needs root: cargo xtask test runs it"]
-fn a_boot_with_more_bans_stored_than_the_configured_capacity_enforces_them_all() {
-    require_root();
-    let net = TestNet::new();
+/// Bans three client addresses, then unloads: a state with three IPv4 bans and no maps.
+fn three_bans_stored(net: &TestNet) -> Vec<IpAddr> {
     net.load(&[]).ok();
-    let banned: Vec<String> = (2..=4)
-        .map(|host| net.client_v4(1, host).to_string())
-        .collect();
+    let banned = vec![
+        net.client_v4(1, 2),
+        net.client_v4(1, 3),
+        net.add_client_v4(4),
+    ];
+    let text: Vec<String> = banned.iter().map(IpAddr::to_string).collect();
     let mut ban = vec!["ban"];
-    ban.extend(banned.iter().map(String::as_str));
+    ban.extend(text.iter().map(String::as_str));
     net.blocker(&ban).ok();
     net.blocker(&["unload"]).ok();
-    // The operator lowered the capacity below what is stored: the boot must not leave the
-    // host without any map (nor drop stored bans).
+    banned
+}
+
+/// Loads with a configured capacity of two IPv4 bans, below what is stored: the boot must
+/// not leave the host without any map (nor drop stored bans), and says so.
+fn load_with_room_for_two_bans(net: &TestNet) {
     let config = net.config("small.toml", "[maps]\nban_v4 = 2\n");
     let run = net.load(&["--config", &config]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -225,10 +229,21 @@ fn a_boot_with_more_bans_stored_than_the_configured_capacity_enforces_them_all()
         "{}",
         run.stderr
     );
-    assert!(
-        !net.reaches(net.client_v4(1, 2)),
-        "the stored bans are enforced"
-    );
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test runs it"]
+fn a_boot_with_more_bans_stored_than_the_configured_capacity_enforces_them_all() {
+    require_root();
+    let net = TestNet::new();
+    let banned = three_bans_stored(&net);
+    load_with_room_for_two_bans(&net);
+    for source in banned {
+        assert!(
+            !net.reaches(source),
+            "the stored ban of {source} is enforced"
+        );
+    }
     assert_eq!(net.stored_bans().len(), 3);
 }
 
@@ -237,28 +252,10 @@ fn a_boot_with_more_bans_stored_than_the_configured_capacity_enforces_them_all()
 fn a_boot_falling_back_to_the_last_good_copy_sizes_the_maps_for_the_copy() {
     require_root();
     let net = TestNet::new();
-    net.load(&[]).ok();
-    let banned: Vec<IpAddr> = [
-        net.client_v4(1, 2),
-        net.client_v4(1, 3),
-        net.add_client_v4(4),
-    ]
-    .into();
-    let banned_text: Vec<String> = banned.iter().map(IpAddr::to_string).collect();
-    let mut ban = vec!["ban"];
-    ban.extend(banned_text.iter().map(String::as_str));
-    net.blocker(&ban).ok();
-    // Unloading refreshes the last good copy; then the database is damaged beyond use.
-    net.blocker(&["unload"]).ok();
+    // Unloading refreshed the last good copy; then the database is damaged beyond use.
+    let banned = three_bans_stored(&net);
     fs::write(net.state_path(), "not a database").expect("damaging the state");
-    let config = net.config("small.toml", "[maps]\nban_v4 = 2\n");
-    let run = net.load(&["--config", &config]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("more than its configured"),
-        "{}",
-        run.stderr
-    );
+    load_with_room_for_two_bans(&net);
     for source in banned {
         assert!(
             !net.reaches(source),
