@@ -64,9 +64,30 @@ pub fn expiry_after(
         .transpose()
 }
 
+/// The end of a temporary ban of `duration` from `now`: a length past the calendar (an
+/// escalation cap of 10000 years) ends at its last second, never turning the ban permanent.
+pub fn temporary_ban_end(now: Timestamp, duration: Duration) -> Timestamp {
+    jiff::SignedDuration::try_from(duration)
+        .ok()
+        .and_then(|d| now.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_temporary_ban_past_the_calendar_ends_with_it() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        assert_eq!(
+            temporary_ban_end(now, Duration::from_secs(60)).as_second(),
+            1_800_000_060
+        );
+        let years = Duration::from_secs(10_000 * 366 * 86_400);
+        assert_eq!(temporary_ban_end(now, years), Timestamp::MAX);
+        assert_eq!(temporary_ban_end(now, Duration::MAX), Timestamp::MAX);
+    }
 
     #[test]
     fn durations_in_the_documented_units() {

@@ -172,16 +172,17 @@ fn load_restore_attach(
 
 /// The capacity of the trie stored under `map` (its kept-count kind) in fresh maps: the
 /// `configured` one, or the stored entries when they are more, with a warning, so a capacity
-/// lowered below what is stored never leaves a boot without any map. The last good copy
-/// counts too: a boot that finds the database damaged restores from it. `state_path` is
-/// `None` when the maps exist already.
+/// lowered below what is stored never leaves a boot without any map. A database that cannot
+/// be read is counted by its last good copy, which such a boot restores from. `state_path`
+/// is `None` when the maps exist already.
 fn fits_stored(state_path: Option<&Path>, map: &str, configured: u32) -> u32 {
     let stored = state_path
-        .into_iter()
-        .flat_map(|path| [path.to_path_buf(), crate::state::last_good_path(path)])
-        .filter_map(|path| crate::state::summary(&path).ok())
-        .filter_map(|summary| summary.entries.get(map).copied())
-        .max()
+        .and_then(|path| {
+            crate::state::summary(path)
+                .or_else(|_| crate::state::summary(&crate::state::last_good_path(path)))
+                .ok()
+        })
+        .and_then(|summary| summary.entries.get(map).copied())
         .unwrap_or(0);
     match u32::try_from(stored) {
         Ok(stored) if stored > configured => {

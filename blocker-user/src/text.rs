@@ -61,7 +61,7 @@ pub fn redacted_url(url: &str) -> String {
     if parsed.query().is_some() {
         let pairs: Vec<(String, &str)> = parsed
             .query_pairs()
-            .map(|(name, _)| (name.into_owned(), "***"))
+            .map(|(name, value)| (name.into_owned(), if value.is_empty() { "" } else { "***" }))
             .collect();
         parsed.query_pairs_mut().clear().extend_pairs(pairs);
     }

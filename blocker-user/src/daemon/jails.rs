@@ -329,9 +329,7 @@ fn issue(
             .state
             .offenses
             .next_ban_length(ban.prefix, escalation, now);
-        let expires_at = SignedDuration::try_from(duration)
-            .ok()
-            .and_then(|d| now.checked_add(d).ok());
+        let expires_at = Some(crate::clock::temporary_ban_end(now, duration));
         store.ban_at_least(ban.prefix, expires_at, &ban.reason);
         let until = expires_at.map_or("further notice".into(), |t| format!("{t:.0}"));
         info!("banned {} until {until}: {}", ban.prefix, ban.reason);

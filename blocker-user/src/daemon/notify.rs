@@ -63,7 +63,7 @@ async fn deliver(notify: &NotifyConfig, client: Option<&reqwest::Client>, event:
                     "webhook {shown}: HTTP {} (attempt {attempt})",
                     response.status()
                 ),
-                Err(err) => warn!("webhook {shown}: {err} (attempt {attempt})"),
+                Err(err) => warn!("webhook {shown}: {} (attempt {attempt})", err.without_url()),
             }
             tokio::time::sleep(delay).await;
             delay *= 2;

@@ -111,9 +111,7 @@ fn score(store: &mut Store, config: &Config, offense: &ValidOffense) -> Result<O
             duration,
             reason,
         } => {
-            let expires_at = jiff::SignedDuration::try_from(duration)
-                .ok()
-                .and_then(|d| now.checked_add(d).ok());
+            let expires_at = Some(crate::clock::temporary_ban_end(now, duration));
             store.ban_at_least(prefix, expires_at, &reason);
             store.count_issued("offense", 1);
             let until = expires_at.map_or("further notice".into(), |t| format!("{t:.0}"));

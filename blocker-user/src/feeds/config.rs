@@ -61,7 +61,7 @@ pub fn validate_feeds(feeds: &[FeedConfig]) -> Result<(), String> {
             Err(format!(
                 "[[feeds]] #{} ({}): {message}",
                 index + 1,
-                feed.url
+                crate::text::redacted_url(&feed.url)
             ))
         };
         if !(feed.url.starts_with("http://") || feed.url.starts_with("https://")) {

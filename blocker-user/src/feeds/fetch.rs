@@ -102,7 +102,8 @@ pub async fn fetch(
     let mut response = request
         .send()
         .await
-        .map_err(|err| format!("fetching: {}", with_causes(&err)))?;
+        // Without the URL, whose query may hold a key: the error is stored and shown.
+        .map_err(|err| format!("fetching: {}", with_causes(&err.without_url())))?;
     // No list may ban the server it comes from: the next refresh could not reach it.
     if let Some(server) = response.remote_addr() {
         crate::lockout::needs_server(server.ip());
@@ -135,7 +136,7 @@ pub async fn fetch(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|err| format!("reading: {}", with_causes(&err)))?
+        .map_err(|err| format!("reading: {}", with_causes(&err.without_url())))?
     {
         size += chunk.len() as u64;
         if size > feed.max_bytes {

@@ -202,9 +202,16 @@ fn parse(
 }
 
 /// The reason a feed's bans carry: how its own bans are told from everyone else's. Without the
-/// URL's secrets: reasons are listed, exported, served and published to the fleet.
+/// URL's secrets (reasons are listed, exported, served and published to the fleet): a URL
+/// holding any is shown redacted, with a digest of the whole URL that keeps two such feeds
+/// apart; any other URL as it is, as before.
 fn feed_reason(feed: &FeedConfig) -> String {
-    let reason = format!("feed {}", redacted_url(&feed.url));
+    let shown = redacted_url(&feed.url);
+    let reason = if shown.contains("***") {
+        format!("feed {shown} #{:08x}", crc32fast::hash(feed.url.as_bytes()))
+    } else {
+        format!("feed {}", feed.url)
+    };
     if crate::text::check_reason(&reason).is_ok() {
         reason
     } else {
@@ -317,6 +324,16 @@ mod tests {
         assert!(
             reason.starts_with("feed https://me:***@lists.example/drop.txt"),
             "{reason}"
+        );
+        // Two feeds differing only in a secret keep their own bans apart.
+        let mut other = feed.clone();
+        other.url = "https://me:s3cret@lists.example/drop.txt?key=OTHER".into();
+        assert_ne!(feed_reason(&other), reason);
+        // A URL without secrets is the reason as it always was (its bans stay its own).
+        other.url = "https://Lists.Example/drop.txt?list".into();
+        assert_eq!(
+            feed_reason(&other),
+            "feed https://Lists.Example/drop.txt?list"
         );
     }
 

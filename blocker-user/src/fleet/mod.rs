@@ -41,8 +41,6 @@ pub async fn run(
     link: SharedLink,
     blacklistings: Option<blacklist::Queued>,
 ) -> anyhow::Result<()> {
-    // Before anything waits on NATS: a server this node cannot reach yet is one it needs.
-    guard_servers(&config).await;
     let node = config.node_name();
     // Where publishing starts is fixed before anything waits on NATS: a change made from now
     // on is published, however long the bucket takes to answer.
@@ -53,10 +51,14 @@ pub async fn run(
     })
     .await?;
     let cursor = cursor?;
+    // Before waiting on NATS (a server this node cannot reach yet is one it needs), and again
+    // once it answered, when DNS surely works (at boot it may not have yet).
+    guard_servers(&config).await;
     let (connections, _) = tokio::sync::watch::channel(0u64);
     let client = connect(&config, &link, connections.clone()).await?;
     let jetstream = jetstream::new(client);
     let bucket = open_bucket(&jetstream, &config).await;
+    guard_servers(&config).await;
     info!(
         "fleet: node {node} joined bucket {} on {}",
         config.bucket,

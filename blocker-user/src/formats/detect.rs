@@ -139,7 +139,20 @@ pub fn detect(
             });
         }
         head.push((number, text));
-        if addresses >= LOOKAHEAD || head.len() >= MAX_HEAD_LINES {
+        if addresses >= LOOKAHEAD {
+            break;
+        }
+        if head.len() >= MAX_HEAD_LINES {
+            if addresses == 0 && hint.is_none() {
+                return Err(Error::InvalidListLine {
+                    path: source.to_string(),
+                    line: number,
+                    message: format!(
+                        "no address nor format mark in the first {MAX_HEAD_LINES} lines: name \
+                         the format with --format"
+                    ),
+                });
+            }
             break;
         }
     }
@@ -234,14 +247,16 @@ mod tests {
         let mut lines = std::iter::repeat_with(|| Ok((1, String::new())))
             .take(1_000_000)
             .chain(std::iter::once(Ok((1_000_001, "192.0.2.1".to_string()))));
+        // Nothing told the format within the bound: named, not guessed.
+        let err = detect(&mut lines, "list").unwrap_err();
+        assert!(err.to_string().contains("--format"), "{err}");
+        assert_eq!(lines.count(), 1_000_001 - MAX_HEAD_LINES);
+        // An address seen by then: plain, and the rest is left to the parser, which streams it.
+        let mut lines = std::iter::once(Ok((1, "192.0.2.1".to_string())))
+            .chain(std::iter::repeat_with(|| Ok((2, String::new()))).take(1_000_000));
         let detected = detect(&mut lines, "list").unwrap();
         assert_eq!(detected.format, Format::Plain);
-        assert!(
-            detected.head.len() <= MAX_HEAD_LINES,
-            "{}",
-            detected.head.len()
-        );
-        // The rest is left to the parser, which streams it.
+        assert_eq!(detected.head.len(), MAX_HEAD_LINES);
         assert_eq!(lines.count(), 1_000_001 - MAX_HEAD_LINES);
     }
 

@@ -226,8 +226,7 @@ impl BunchTracker {
         }
     }
 
-    /// Forgets sources idle longer than the window (nothing of theirs counts any more, and a
-    /// flag of theirs has run out), then waits a quarter window before looking again.
+    /// Forgets idle sources, then, if still full, the least recently seen half.
     fn make_room(&mut self, now_ms: u64) {
         self.forget_idle(now_ms);
         if self.sources.len() < self.max_sources {
@@ -240,6 +239,8 @@ impl BunchTracker {
         self.sources.retain(|_, source| source.last_ms > cut);
     }
 
+    /// Forgets sources idle longer than the window (nothing of theirs counts any more, and a
+    /// flag of theirs has run out), then waits a quarter window before looking again.
     fn forget_idle(&mut self, now_ms: u64) {
         let window_ms = self.window_ms;
         self.sources

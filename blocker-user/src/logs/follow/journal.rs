@@ -192,7 +192,6 @@ fn since_arg(at: Timestamp) -> String {
     format!("--since=@{}.{:06}", at.as_second(), at.subsec_microsecond())
 }
 
-/// One line of `journalctl --output=json`.
 /// Parses each line `reader` gives into an entry for `send`, until the end, a read error or
 /// `send` refusing. A line over [`MAX_LINE`] (an entry as large as a journal takes) is read
 /// past, never held whole.
@@ -200,7 +199,8 @@ fn forward_entries(reader: &mut dyn BufRead, mut send: impl FnMut(Entry) -> bool
     let mut line = Vec::new();
     loop {
         line.clear();
-        match crate::logs::lines::read_bounded_line(reader, &mut line, MAX_LINE) {
+        // The limit is the entry's, without its newline.
+        match crate::logs::lines::read_bounded_line(reader, &mut line, MAX_LINE + 1) {
             Ok((0, _)) | Err(_) => return,
             Ok((_, false)) => continue,
             Ok((_, true)) => {}
@@ -214,6 +214,7 @@ fn forward_entries(reader: &mut dyn BufRead, mut send: impl FnMut(Entry) -> bool
     }
 }
 
+/// One line of `journalctl --output=json`.
 fn parse_entry(line: &[u8]) -> Option<Entry> {
     let value: Value = serde_json::from_slice(line).ok()?;
     let cursor = value.get("__CURSOR")?.as_str()?.to_string();
