@@ -29,6 +29,8 @@ pub struct Options<'a> {
     pub default_expiry: Option<Timestamp>,
     /// Import even entries that would lock the operator out.
     pub force: bool,
+    /// Servers the lock-out check protects for this import alone (a feed's list server).
+    pub also_protect: &'a [std::net::IpAddr],
     /// Allowlist entries added with the bans, in the same transaction (`--with-allow`).
     pub allow: &'a [IpNet],
     /// Which bans in force the list replaces.
@@ -80,6 +82,7 @@ pub fn import(
         origin,
         default_expiry,
         force,
+        also_protect,
         allow,
         replace,
     } = *options;
@@ -92,7 +95,11 @@ pub fn import(
     // An empty scope: the lock, the maps, the allowlist and a check that a missing database
     // is not hiding bans the maps hold.
     let mut store = Store::open_scoped(pins, state_path, &[])?;
-    let guard = if force { None } else { Some(Guard::detect()?) };
+    let guard = if force {
+        None
+    } else {
+        Some(Guard::detect()?.also_protecting(also_protect))
+    };
     if !force {
         allow.iter().try_for_each(crate::lockout::check_allow)?;
     }

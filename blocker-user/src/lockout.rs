@@ -6,9 +6,10 @@
 //! drops them, those of the nearest parent process: see [`session`]) or an address of this
 //! host (every interface, from `getifaddrs`) that the allowlist does not cover: the allowlist
 //! wins over every ban, so an allowlisted address cannot be locked out. So is a ban covering a
-//! server this host needs: its DNS resolvers (`/etc/resolv.conf`) and the servers this process
-//! talks to (the fleet's NATS servers, the feeds' list servers: [`needs_server`]), whose
-//! answers a ban would drop.
+//! server this host needs: its DNS resolvers (`/etc/resolv.conf`) and the fleet's NATS servers
+//! ([`needs_server`]), whose answers a ban would drop. (A feed's list server is protected for
+//! that feed's own import only: whoever answers a feed's URL must not make an address
+//! unbannable for every other source.)
 
 pub mod session;
 
@@ -87,11 +88,11 @@ const GUARD_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 /// Where the DNS resolvers are named.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-/// The servers this process has talked to and needs again ([`needs_server`]).
+/// The servers this process needs, from its own configuration ([`needs_server`]).
 static NEEDED_SERVERS: std::sync::Mutex<std::collections::BTreeSet<IpAddr>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
-/// Records `addr` as a server this process needs (a NATS server, a feed's list server): every
+/// Records `addr` as a server this process needs (a NATS server of its configuration): every
 /// [`Guard`] detected from now on refuses a ban covering it.
 pub fn needs_server(addr: IpAddr) {
     NEEDED_SERVERS
@@ -115,7 +116,7 @@ fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
 }
 
 /// What a ban must not cut off: the SSH session's source, this host's addresses and the
-/// servers it cannot do without (its resolvers, the fleet's NATS servers, the feeds' servers).
+/// servers it cannot do without (its resolvers, the fleet's NATS servers).
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     pub ssh: Option<SshSession>,

@@ -76,6 +76,7 @@ pub fn run(pins: &PinDir, state_path: &Path, args: ImportArgs) -> anyhow::Result
             origin: &origin,
             default_expiry,
             force: args.force,
+            also_protect: &[],
             allow: &allowed,
             replace: blocker::state::Replace::Any,
         },

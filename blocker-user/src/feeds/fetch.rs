@@ -87,10 +87,12 @@ fn with_causes(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Fetches `feed`'s list; `server` is set to the address that answered, if any did.
 pub async fn fetch(
     client: &reqwest::Client,
     feed: &FeedConfig,
     status: &FeedStatus,
+    server: &mut Option<std::net::IpAddr>,
 ) -> Result<Fetched, String> {
     let mut request = client.get(&feed.url);
     if let Some(etag) = &status.etag {
@@ -104,10 +106,7 @@ pub async fn fetch(
         .await
         // Without the URL, whose query may hold a key: the error is stored and shown.
         .map_err(|err| format!("fetching: {}", with_causes(&err.without_url())))?;
-    // No list may ban the server it comes from: the next refresh could not reach it.
-    if let Some(server) = response.remote_addr() {
-        crate::lockout::needs_server(server.ip());
-    }
+    *server = response.remote_addr().map(|addr| addr.ip());
     match response.status() {
         StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified),
         StatusCode::OK => {}

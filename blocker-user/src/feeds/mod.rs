@@ -8,7 +8,7 @@ mod config;
 mod fetch;
 mod status;
 
-use std::{collections::HashSet, io::Write as _, path::Path};
+use std::{collections::HashSet, io::Write as _, net::IpAddr, path::Path};
 
 use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
@@ -68,14 +68,22 @@ pub async fn refresh(
             continue;
         }
         let mut status = statuses.0.get(&feed.url).cloned().unwrap_or_default();
+        let mut server = None;
         let fetched = match fetch::client(feed) {
-            Ok(client) => fetch::fetch(&client, feed, &status).await,
+            Ok(client) => fetch::fetch(&client, feed, &status, &mut server).await,
             Err(err) => Err(err),
         };
         let (pins, state_path, task_feed) = (pins.clone(), state_path.to_path_buf(), feed.clone());
         let previous = status.clone();
         let (status_after, refreshed) = tokio::task::spawn_blocking(move || {
-            apply(&pins, &state_path, &task_feed, fetched, previous, now)
+            apply(
+                &pins,
+                &state_path,
+                &task_feed,
+                (fetched, server),
+                previous,
+                now,
+            )
         })
         .await
         .map_err(|err| io_error("refreshing a feed", err))?;
@@ -88,12 +96,13 @@ pub async fn refresh(
 }
 
 /// Bans what the fetch brought (or, failing that, the last good set) and lifts what the new
-/// list dropped; returns the feed's new status.
+/// list dropped; returns the feed's new status. No list may ban the server that answered
+/// (`server`): the next refresh could not reach it.
 fn apply(
     pins: &PinDir,
     state_path: &Path,
     feed: &FeedConfig,
-    fetched: std::result::Result<fetch::Fetched, String>,
+    (fetched, server): (std::result::Result<fetch::Fetched, String>, Option<IpAddr>),
     mut status: FeedStatus,
     now: Timestamp,
 ) -> (FeedStatus, Refreshed) {
@@ -115,14 +124,15 @@ fn apply(
         Err(err) => (old.clone(), None, Some(err)),
     };
     let mut banned = 0;
-    match ban(pins, state_path, feed, &set, now) {
+    let server = server.as_slice();
+    match ban(pins, state_path, feed, &set, server, now) {
         Ok(count) => banned = count,
         // A new list refused whole (the lock-out check, a full map) bans nothing: the last
         // good set is renewed instead, or its bans would lapse, as every later refresh meets
         // the same list.
         Err(err) if error.is_none() && set != old => {
             error = Some(err.to_string());
-            match ban(pins, state_path, feed, &old, now) {
+            match ban(pins, state_path, feed, &old, server, now) {
                 Ok(count) => banned = count,
                 Err(renewal) => {
                     error = Some(format!("{err}; renewing the last good set: {renewal}"));
@@ -228,6 +238,7 @@ fn ban(
     state_path: &Path,
     feed: &FeedConfig,
     set: &[IpNet],
+    server: &[IpAddr],
     now: Timestamp,
 ) -> Result<usize> {
     let reason = feed_reason(feed);
@@ -259,6 +270,7 @@ fn ban(
         origin: &origin,
         default_expiry: expires_at,
         force: false,
+        also_protect: server,
         allow: &[],
         replace: crate::state::Replace::Own(&reason),
     };
